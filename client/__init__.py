@@ -1,0 +1,1 @@
+"""livedm: the thin client of livedmd (standard library only)."""

@@ -1,0 +1,151 @@
+"""`livedm`: the command line of livedmd. `rtpcli` for scripts (as cryoSPARC's), `ls` and friends for people."""
+
+from __future__ import annotations
+
+import argparse
+import code
+import json
+import sys
+from typing import Any
+
+from .callparse import CallSyntaxError, parse_call
+from .format import DATATYPE_COLUMNS, category_cell, short_time, table
+from .rpc import CommandClient, LivedmError, Unreachable
+
+EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def print_result(result: Any) -> None:
+    """Strings and numbers bare (shell scripts capture them); everything else as JSON."""
+    if isinstance(result, str) or (isinstance(result, (int, float)) and not isinstance(result, bool)):
+        print(result)
+    else:
+        print(json.dumps(result))
+
+
+def cmd_rtpcli(client: CommandClient, args: argparse.Namespace) -> int:
+    try:
+        method, params = parse_call(args.call)
+    except CallSyntaxError as exc:
+        print(f"livedm rtpcli: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print_result(client.send(method, params))
+    return EXIT_OK
+
+
+def cmd_icli(client: CommandClient, args: argparse.Namespace) -> int:
+    methods = client.methods()
+    banner = (f"livedm interactive client: connected to {client.url}\n"
+              f"`cli` has {len(methods)} methods, e.g. cli.list_projects(); dir(cli) lists them.")
+    try:
+        import readline
+        import rlcompleter
+
+        readline.set_completer(rlcompleter.Completer({"cli": client}).complete)
+        readline.parse_and_bind("tab: complete")
+    except ImportError:
+        pass
+    code.interact(banner=banner, local={"cli": client}, exitmsg="")
+    return EXIT_OK
+
+
+def overview_rows(projects: list[dict], sessions_by_project: dict[str, list[dict]]) -> list[list[str]]:
+    rows = []
+    for project in projects:
+        totals = project["data_management"]
+        rows.append([project["uid"], project["title"], f"{project['session_count']} sessions",
+                     *(category_cell(totals[dt]) for dt, _ in DATATYPE_COLUMNS),
+                     short_time(project["created_at"]), "", ""])
+        for s in sessions_by_project.get(project["uid"], []):
+            dm = s["data_management"]
+            rows.append([f"  {s['uid']}", s["title"], s["status"],
+                         *(category_cell(dm[dt]) for dt, _ in DATATYPE_COLUMNS), short_time(s["created_at"]),
+                         short_time((s["paused_at"] or [None])[-1]), short_time(s["completed_at"])])
+    return rows
+
+
+def cmd_ls(client: CommandClient, args: argparse.Namespace) -> int:
+    projects = [client.call("get_project", args.project)] if args.project else client.call("list_projects")
+    sessions = {p["uid"]: client.call("list_sessions", p["uid"]) for p in projects}
+    if args.json:
+        print(json.dumps([{**p, "sessions": sessions[p["uid"]]} for p in projects], indent=2))
+        return EXIT_OK
+    if not projects:
+        print("No projects yet. Create one: livedm rtpcli \"create_project(title='My project', "
+              "project_dir='/data/P1')\"")
+        return EXIT_OK
+    headers = ["UID", "TITLE", "STATUS", *(label for _, label in DATATYPE_COLUMNS), "CREATED", "LAST PAUSED",
+               "COMPLETED"]
+    print(table(headers, overview_rows(projects, sessions)))
+    return EXIT_OK
+
+
+def cmd_refresh(client: CommandClient, args: argparse.Namespace) -> int:
+    sessions = [args.session] if args.session else [s["uid"] for s in client.call("list_sessions", args.project)]
+    totals = {}
+    for index, session_uid in enumerate(sessions, 1):
+        if not args.json:
+            print(f"[{index}/{len(sessions)}] measuring {args.project} {session_uid} ...", file=sys.stderr)
+        totals[session_uid] = client.call("update_session_datatype_sizes", args.project, session_uid)
+    if args.json:
+        print(json.dumps(totals))
+    else:
+        args.session = None
+        return cmd_ls(client, argparse.Namespace(project=args.project, json=False))
+    return EXIT_OK
+
+
+def cmd_whoami(client: CommandClient, args: argparse.Namespace) -> int:
+    me = client.call("whoami")
+    if args.json:
+        print(json.dumps(me))
+    else:
+        allowed = "may" if me["live_data_management"] else "may not"
+        print(f"{me['name']} ({me['role']}) at {client.url}; {allowed} change live session data")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livedm", description="Client of livedmd, the live session data management daemon. "
+        "Finds it through LIVEDM_URL and LIVEDM_TOKEN (or LIVEDM_TOKEN_FILE).")
+    parser.add_argument("--url", help="livedmd's URL (default: $LIVEDM_URL or http://127.0.0.1:39070)")
+    parser.add_argument("--token", help="API token (default: $LIVEDM_TOKEN, $LIVEDM_TOKEN_FILE, or a local "
+                        "daemon's admin.token)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("rtpcli", help="send one call written as Python, e.g. \"get_datatype_size(project_uid="
+                       "'P1', session_uid='S1', datatype='raw')\"")
+    p.add_argument("call")
+    p.set_defaults(run=cmd_rtpcli)
+    p = sub.add_parser("icli", help="interactive Python shell with a `cli` object")
+    p.set_defaults(run=cmd_icli)
+    p = sub.add_parser("ls", help="overview table: projects, sessions, sizes and statuses per category")
+    p.add_argument("project", nargs="?", help="only this project (e.g. P1)")
+    p.set_defaults(run=cmd_ls)
+    p = sub.add_parser("refresh", help="measure sizes now (a session, or every session of a project)")
+    p.add_argument("project")
+    p.add_argument("session", nargs="?")
+    p.set_defaults(run=cmd_refresh)
+    p = sub.add_parser("whoami", help="who the token belongs to")
+    p.set_defaults(run=cmd_whoami)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client = CommandClient(url=args.url, token=args.token)
+    try:
+        return args.run(client, args)
+    except Unreachable as exc:
+        print(f"livedm: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except LivedmError as exc:
+        print(f"livedm: {exc.name}: {exc.message}", file=sys.stderr)
+        return EXIT_SERVER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

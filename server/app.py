@@ -1,0 +1,120 @@
+"""The aiohttp application: routes, and one startup/cleanup context per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pymongo
+from aiohttp import web
+
+from . import __version__
+from .auth import Authenticator, ensure_admin, token_from_headers
+from .config import Config
+from .embedded import EmbeddedStore
+from .errors import INVALID_REQUEST, PARSE_ERROR, ApiError
+from .methods import METHODS
+from .rpc import CallContext, Dispatcher, error_response
+from .service import Service
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+SERVICE = web.AppKey("service", Service)
+AUTH = web.AppKey("auth", Authenticator)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+EMBEDDED = web.AppKey("embedded", EmbeddedStore)
+
+
+async def greeting(request: web.Request) -> web.Response:
+    return web.Response(text=f"livedm {__version__}: live session data management. "
+                             "JSON-RPC at POST /api, health at /healthz.\n")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    app = request.app
+    started = time.perf_counter()
+    database: dict[str, Any] = {"ok": True}
+    try:
+        await asyncio.to_thread(app[STORE].ping)
+        database["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    except pymongo.errors.PyMongoError as exc:
+        database = {"ok": False, "error": str(exc)}
+    embedded = app.get(EMBEDDED)
+    embedded_state = None if embedded is None else {
+        "ok": embedded.alive(), "pid": embedded.process.pid if embedded.process else None}
+    healthy = database["ok"] and (embedded_state is None or embedded_state["ok"])
+    body = {"status": "ok" if healthy else "failing", "version": __version__,
+            "database": database, "embedded_store": embedded_state}
+    return web.json_response(body, status=200 if healthy else 503)
+
+
+async def api(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = app[CONFIG].max_request_bytes
+        return web.json_response(error_response(
+            INVALID_REQUEST, f"the request body is larger than {limit} bytes (max_request_bytes); "
+                             "send large file lists in several calls"))
+    try:
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return web.json_response(error_response(PARSE_ERROR, "the request body is not UTF-8 text"))
+    ctx = CallContext(service=app[SERVICE], user=None)
+    token = token_from_headers(request.headers)
+    authenticator = app[AUTH]
+    try:
+        ctx.user = authenticator.cached_user(token) or await asyncio.to_thread(authenticator.user_for, token)
+    except ApiError as exc:
+        ctx.auth_error = exc
+    response = await app[DISPATCHER].dispatch(body, ctx)
+    if response is None:  # only notifications
+        return web.Response(status=204)
+    return web.json_response(response)
+
+
+def _prepare_state_dir(config: Config) -> None:
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    _prepare_state_dir(config)
+    uri = config.mongo_uri
+    if not uri:
+        embedded = EmbeddedStore(config.state_dir, config.embedded_port)
+        uri = embedded.start()  # blocking, once at start; must run on the main thread
+        app[EMBEDDED] = embedded
+    client: pymongo.MongoClient = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
+    store = Store(client, config.mongo_db)
+    await asyncio.to_thread(store.ensure_indexes)
+    token = await asyncio.to_thread(ensure_admin, store, config.admin_token_path)
+    if token is None:
+        log.info("admin token: %s (written at first start)", config.admin_token_path)
+    app[STORE] = store
+    app[SERVICE] = Service(store, config)
+    app[AUTH] = Authenticator(store, config.auth_cache_s)
+    yield
+    client.close()
+    if not config.mongo_uri:
+        app[EMBEDDED].stop()
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=config.max_request_bytes)
+    app[CONFIG] = config
+    app[DISPATCHER] = Dispatcher(METHODS)
+    app.cleanup_ctx.append(database_ctx)
+    app.router.add_get("/", greeting)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/api", api)
+    return app
+

@@ -1,0 +1,99 @@
+"""API tokens: made, stored only as SHA-256 hashes, and checked on every call.
+
+Tokens are 256 random bits, so a plain SHA-256 is the right hash (no salt or stretching needed:
+there is nothing to guess). A checked token is trusted for `auth_cache_s` before asking again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from .domain import now_iso
+from .errors import unauthenticated
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "ldm_"
+ADMIN_USER = "admin"
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_from_headers(headers: Any) -> str | None:
+    """The token from `Authorization: Bearer …` or cryoSPARC's `License-ID: …`."""
+    authorization = headers.get("Authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    license_id = headers.get("License-ID", "").strip()
+    return license_id or None
+
+
+class Authenticator:
+    def __init__(self, store: Store, cache_s: float) -> None:
+        self.store = store
+        self.cache_s = cache_s
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def cached_user(self, token: str | None) -> dict[str, Any] | None:
+        """The user of a recently checked token, without asking the database (None: ask user_for)."""
+        if not token:
+            return None
+        cached = self._cache.get(token_hash(token))
+        if cached and time.monotonic() - cached[0] < self.cache_s:
+            return cached[1]
+        return None
+
+    def user_for(self, token: str | None) -> dict[str, Any]:
+        """The user a token belongs to; blocking (may ask the database). Raises unauthenticated."""
+        if not token:
+            raise unauthenticated("no API token: send 'Authorization: Bearer <token>' or 'License-ID: <token>' "
+                                  "(livedm reads LIVEDM_TOKEN or LIVEDM_TOKEN_FILE)")
+        digest = token_hash(token)
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached and now - cached[0] < self.cache_s:
+            return cached[1]
+        user = self.store.user_for_token(digest)
+        if user is None:
+            self._cache.pop(digest, None)
+            raise unauthenticated("the API token is not valid (revoked or mistyped); ask an admin for a new one")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now, user)
+        return user
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+
+def ensure_admin(store: Store, token_path: Path) -> str | None:
+    """On first start: create the admin user and write its token (mode 0600). The token, or None."""
+    if store.get_user(ADMIN_USER) is not None:
+        return None
+    created = store.insert_user({"name": ADMIN_USER, "role": "admin", "live_data_management": True,
+                                 "created_at": now_iso()})
+    if not created:  # another livedmd on the same database was first
+        return None
+    token = new_token()
+    store.insert_token(token_hash(token), ADMIN_USER, now_iso())
+    token_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    os.chmod(token_path, 0o600)
+    log.info("created the admin user; its API token is in %s", token_path)
+    return token

@@ -1,0 +1,85 @@
+"""What livedm's words mean: datatypes, statuses and which action is allowed when. Pure, no I/O."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import conflict, invalid_params
+
+DATATYPES: tuple[str, ...] = ("raw", "micrographs", "thumbnails", "particles", "metadata")
+DATATYPE_LABELS: dict[str, str] = {
+    "raw": "Raw import data",
+    "micrographs": "Motion corrected micrographs",
+    "thumbnails": "Exposure thumbnails",
+    "particles": "Extracted particles",
+    "metadata": "Metadata",
+}
+CATEGORY_STATUSES = ("active", "archiving", "archived", "deleted", "deleting", "missing", "calculating")
+TRANSIENT_STATUSES = ("deleting", "calculating")
+SESSION_STATUSES = ("running", "paused", "completed")
+
+# A category whose files are all gone becomes "missing" from these, and returns when they come back.
+MISSING_FROM = ("active", "archiving", "archived")
+
+_PROJECT_UID = re.compile(r"^P[1-9][0-9]{0,8}$")
+_SESSION_UID = re.compile(r"^S[1-9][0-9]{0,8}$")
+
+
+def now_iso() -> str:
+    """Timestamps are stored and sent as ISO 8601 UTC strings: sortable, JSON-ready."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def check_project_uid(uid: str) -> str:
+    if not _PROJECT_UID.match(uid):
+        raise invalid_params(f"project_uid {uid!r} is not a project uid like 'P3'")
+    return uid
+
+
+def check_session_uid(uid: str) -> str:
+    if not _SESSION_UID.match(uid):
+        raise invalid_params(f"session_uid {uid!r} is not a session uid like 'S12'")
+    return uid
+
+
+def check_datatype(datatype: str) -> str:
+    if datatype not in DATATYPES:
+        raise invalid_params(f"datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    return datatype
+
+
+def check_title(title: str) -> str:
+    title = title.strip()
+    if not title or len(title) > 200:
+        raise invalid_params("title must be 1-200 characters")
+    return title
+
+
+def new_category() -> dict[str, Any]:
+    return {"status": "active", "prev_status": None, "size": 0, "file_count": 0, "updated_at": None}
+
+
+def new_data_management() -> dict[str, dict[str, Any]]:
+    return {datatype: new_category() for datatype in DATATYPES}
+
+
+def session_status_after(current: str, action: str) -> str:
+    """The status a session moves to on start/pause/complete; a completed session stays completed."""
+    target = {"start": "running", "pause": "paused", "complete": "completed"}[action]
+    if current == "completed":
+        raise conflict(f"the session is already completed; it cannot be {target} again")
+    if current == target:
+        raise conflict(f"the session is already {target}")
+    return target
+
+
+def status_after_measure(category: dict[str, Any], registered: int, present: int) -> tuple[str, str | None]:
+    """(status, prev_status) of a category after its files were measured on disk."""
+    status, prev = category["status"], category.get("prev_status")
+    if status in MISSING_FROM and registered > 0 and present == 0:
+        return "missing", status
+    if status == "missing" and present > 0:
+        return prev if prev in MISSING_FROM else "active", None
+    return status, prev

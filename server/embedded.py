@@ -1,0 +1,133 @@
+"""The zero-setup store: an nx-27017 child process (MongoDB wire protocol on SQLite) in the state dir.
+
+livedmd owns the child: it starts it before serving and stops it last. The child gets SIGTERM from
+the kernel when livedmd dies, even by `kill -9` (Linux PR_SET_PDEATHSIG), and a child left over
+anyway (other platforms) is recognised by its pid file and stopped at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pymongo
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\x00", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class EmbeddedStore:
+    """Start with start(), which returns the MongoDB URI; stop() when done. Must be started from the
+    main thread: the kernel's parent-death signal follows the thread that forked."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], port: int = 0) -> None:
+        self.directory = Path(state_dir) / "embedded"
+        self.db_path = self.directory / "livedm.db"
+        self.pid_path = self.directory / "nx-27017.pid"
+        self.log_path = self.directory / "nx-27017.log"
+        self.requested_port = port
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self, timeout_s: float = 30.0) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._stop_leftover()
+        self.port = self.requested_port or free_port()
+        argv = [sys.executable, "-m", "nx_27017.nx_27017", "--db", str(self.db_path), "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-file", str(self.log_path),
+                "--pid-file", str(self.directory / "nx-27017.daemon.pid")]
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent)
+        self.pid_path.write_text(str(self.process.pid))
+        self._wait_ready(timeout_s)
+        log.info("embedded store (nx-27017, pid %d) serving %s on 127.0.0.1:%d",
+                 self.process.pid, self.db_path, self.port)
+        return self.uri
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+        self.process = None
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        client: pymongo.MongoClient = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500)
+        try:
+            while True:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"the embedded store exited with status {self.process.returncode}; "
+                                       f"see {self.log_path}")
+                try:
+                    client.admin.command("ping")
+                    return
+                except pymongo.errors.PyMongoError:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(f"the embedded store did not answer within {timeout_s:.0f} s; "
+                                           f"see {self.log_path}") from None
+                    time.sleep(0.1)
+        finally:
+            client.close()
+
+    def _stop_leftover(self) -> None:
+        """A child of a livedmd that died without taking it along still holds our database: stop it."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return
+        if "nx_27017" not in _cmdline(pid) or str(self.db_path) not in _cmdline(pid):
+            return
+        log.warning("stopping a leftover embedded store (pid %d) from an earlier run", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _cmdline(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _cmdline(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

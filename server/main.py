@@ -1,0 +1,52 @@
+"""`livedmd`: read the settings, start the store, serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .config import ConfigError, add_flags, load
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="livedmd", description="livedm daemon: live session data management over JSON-RPC.")
+    parser.add_argument("--version", action="version", version=f"livedmd {__version__}")
+    add_flags(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        config = load(flags, config_file=args.config)
+    except ConfigError as exc:
+        print(f"livedmd: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    log = logging.getLogger("livedm")
+    log.info("livedmd %s: state dir %s, database %s", __version__, config.state_dir,
+             "embedded store" if not config.mongo_uri else "MongoDB (LIVEDM_MONGO_URI)")
+    try:
+        web.run_app(create_app(config), host=config.bind, port=config.port, print=None,
+                    access_log=None, handler_cancellation=True)
+    except OSError as exc:
+        print(f"livedmd: cannot listen on {config.bind}:{config.port}: {exc.strerror}; "
+              "pick another with --port or LIVEDM_PORT", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        print(f"livedmd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

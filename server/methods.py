@@ -1,0 +1,150 @@
+"""The JSON-RPC API: names and parameters as SPEC.md §2 gives them. Thin: each method checks nothing
+the signature's type hints do not say, and hands over to the service. Every method runs in a worker
+thread, so it may block."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__
+from .rpc import ApiMethod, CallContext, describe_type
+
+API_VERSION = 1
+METHODS: dict[str, ApiMethod] = {}
+
+
+def api(access: str = "user", name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        method_name = name or func.__name__
+        METHODS[method_name] = ApiMethod(method_name, func, access, inspect.signature(func),
+                                         typing.get_type_hints(func))
+        return func
+
+    return register
+
+
+@api(name="system.describe")
+def system_describe(ctx: CallContext) -> dict[str, Any]:
+    """The methods this server offers (cryosparc-tools' CommandClient asks for this first)."""
+    procs = []
+    for method in METHODS.values():
+        params = [{"name": p.name, "type": describe_type(method.hints.get(p.name, Any)),
+                   **({} if p.default is inspect.Parameter.empty else {"default": p.default})}
+                  for p in list(method.signature.parameters.values())[1:]]
+        procs.append({"name": method.name, "params": params, "access": method.access,
+                      "doc": inspect.getdoc(method.func) or ""})
+    return {"procs": procs, "server": "livedm", "version": __version__, "api_version": API_VERSION}
+
+
+@api()
+def whoami(ctx: CallContext) -> dict[str, Any]:
+    """The caller: name, role and whether they may change live data."""
+    user = ctx.user or {}
+    return {"name": user.get("name"), "role": user.get("role"),
+            "live_data_management": bool(user.get("live_data_management"))}
+
+
+# --- projects and sessions -----------------------------------------------------------------------
+
+@api()
+def create_project(ctx: CallContext, title: str, project_dir: str) -> dict[str, Any]:
+    """Register a project whose directory exists; its uid is the next P<n>."""
+    return ctx.service.create_project(title, project_dir)
+
+
+@api()
+def list_projects(ctx: CallContext) -> list[dict[str, Any]]:
+    """Every project with its session count and per-datatype totals."""
+    return ctx.service.list_projects()
+
+
+@api()
+def get_project(ctx: CallContext, project_uid: str) -> dict[str, Any]:
+    """One project with its session count and per-datatype totals."""
+    return ctx.service.get_project(project_uid)
+
+
+@api()
+def create_live_session(ctx: CallContext, project_uid: str, title: str,
+                        session_dir: str | None = None) -> dict[str, Any]:
+    """A new session (status paused) with data_management initialised; session_dir defaults to its uid."""
+    return ctx.service.create_live_session(project_uid, title, session_dir)
+
+
+@api()
+def list_sessions(ctx: CallContext, project_uid: str) -> list[dict[str, Any]]:
+    """The project's sessions, oldest first."""
+    return ctx.service.list_sessions(project_uid)
+
+
+@api()
+def get_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
+    """One session with its data_management."""
+    return ctx.service.get_session(project_uid, session_uid)
+
+
+@api()
+def start_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
+    """Mark the session running."""
+    return ctx.service.change_session_status(project_uid, session_uid, "start")
+
+
+@api()
+def pause_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
+    """Mark the session paused and refresh its sizes."""
+    return ctx.service.change_session_status(project_uid, session_uid, "pause")
+
+
+@api()
+def mark_session_completed(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
+    """Mark the session completed (category actions need this) and refresh its sizes."""
+    return ctx.service.change_session_status(project_uid, session_uid, "complete")
+
+
+# --- files and sizes (the seed's API) ------------------------------------------------------------
+
+@api()
+def register_files(ctx: CallContext, project_uid: str, session_uid: str, datatype: str,
+                   paths: list[str]) -> dict[str, Any]:
+    """Add files (absolute, or relative to the project dir; inside the project) to a category."""
+    return ctx.service.register_files(project_uid, session_uid, datatype, paths)
+
+
+@api()
+def scan_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
+    """Find the session's files by the layout rules and measure them; the new data_management."""
+    return ctx.service.refresh_session(project_uid, session_uid)
+
+
+@api()
+def get_datatype_file_paths(ctx: CallContext, project_uid: str, session_uid: str,
+                            datatype: str) -> dict[str, list[str]]:
+    """{datatype: [absolute paths]}; raw gives the movie files (symlink targets). Not for thumbnails."""
+    return ctx.service.get_datatype_file_paths(project_uid, session_uid, datatype)
+
+
+@api()
+def get_datatype_size(ctx: CallContext, project_uid: str, session_uid: str, datatype: str) -> int:
+    """Bytes of the category, as last measured."""
+    return ctx.service.get_datatype_size(project_uid, session_uid, datatype)
+
+
+@api()
+def update_session_datatype_sizes(ctx: CallContext, project_uid: str, session_uid: str) -> int:
+    """Measure every datatype of the session now; the session's total bytes."""
+    return ctx.service.update_session_datatype_sizes(project_uid, session_uid)
+
+
+@api()
+def get_data_management_stats(ctx: CallContext, project_uid: str) -> dict[str, Any]:
+    """{session_uid: data_management} for every session of the project."""
+    return ctx.service.get_data_management_stats(project_uid)
+
+
+@api()
+def get_project_file_paths(ctx: CallContext, project_uid: str) -> dict[str, Any]:
+    """"Download Project Stats": {session_uid: {datatype: [absolute paths]}}."""
+    return ctx.service.get_project_file_paths(project_uid)

@@ -1,0 +1,172 @@
+"""JSON-RPC 2.0 dispatch: parameters checked against each method's signature and type hints before
+it runs, errors turned into the wire shape in one place (`error_object`)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jsonrpcserver import Success
+from jsonrpcserver.async_main import dispatch_to_response
+from jsonrpcserver.exceptions import JsonRpcError
+from oslash.either import Left
+
+from .errors import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    NAME_BY_CODE,
+    PARSE_ERROR,
+    ApiError,
+    forbidden,
+    invalid_params,
+)
+
+log = logging.getLogger(__name__)
+
+_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "an object", type(None): "null"}
+
+
+@dataclass(frozen=True)
+class ApiMethod:
+    name: str
+    func: Callable[..., Any]
+    access: str  # "user" or "admin"
+    signature: inspect.Signature
+    hints: dict[str, Any]
+
+
+def describe_type(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(arg) for arg in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return "a list" if item is Any else f"a list of {describe_type(item).split(' ', 1)[-1]}s"
+    if origin is dict:
+        return "an object"
+    return _TYPE_WORDS.get(hint, "anything")
+
+
+def matches(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, arg) for arg in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(matches(v, item) for v in value)
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint) or (Any, Any)
+        return isinstance(value, dict) and all(matches(k, key_type) and matches(v, value_type)
+                                               for k, v in value.items())
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is type(None) or hint is None:
+        return value is None
+    return isinstance(value, hint)
+
+
+def check_arguments(method: ApiMethod, arguments: dict[str, Any]) -> None:
+    for name, value in arguments.items():
+        hint = method.hints.get(name, Any)
+        if not matches(value, hint):
+            raise invalid_params(f"{method.name}: argument {name!r} must be {describe_type(hint)}, "
+                                 f"got {type(value).__name__} {_short(value)}", argument=name)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_object(code: int, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one shape of every error livedm sends: name at the top (cryosparc-tools reads it) and in data."""
+    name = NAME_BY_CODE.get(code, "Error")
+    return {"code": code, "message": message, "name": name, "data": {"name": name, **(data or {})}}
+
+
+def error_response(code: int, message: str, request_id: Any = None) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "error": error_object(code, message), "id": request_id}
+
+
+def _library_error_message(code: int, detail: Any) -> str:
+    """jsonrpcserver's own errors carry a terse `data`; say what went wrong and what to do."""
+    if code == PARSE_ERROR:
+        return f"the request body is not valid JSON ({detail}); send one JSON-RPC 2.0 object or a list of them"
+    if code == INVALID_REQUEST:
+        return ('not a JSON-RPC 2.0 request: send {"jsonrpc": "2.0", "method": NAME, "params": {...} or [...], '
+                '"id": ID}' + f" ({detail})")
+    if code == METHOD_NOT_FOUND:
+        return f"method {detail!r} does not exist; system.describe lists the methods"
+    if code == INVALID_PARAMS:
+        return f"invalid params: {detail}"
+    return str(detail)
+
+
+def _post_process(response: Any) -> dict[str, Any]:
+    if isinstance(response, Left):
+        err = response._error
+        data = err.data if isinstance(err.data, dict) else None
+        if data is not None and "name" in data:  # raised by our wrapper: already a livedm error
+            extra = {k: v for k, v in data.items() if k != "name"}
+            body = error_object(err.code, err.message, extra)
+        else:
+            body = error_object(err.code, _library_error_message(err.code, err.data))
+        return {"jsonrpc": "2.0", "error": body, "id": err.id}
+    ok = response._value
+    return {"jsonrpc": "2.0", "result": ok.result, "id": ok.id}
+
+
+@dataclass
+class CallContext:
+    """What a method runs with: the service layer, the caller, and why the caller could not be
+    authenticated (if so)."""
+
+    service: Any
+    user: dict[str, Any] | None
+    auth_error: ApiError | None = None
+
+
+def _wrap(method: ApiMethod) -> Callable[..., Any]:
+    async def call(ctx: CallContext, *args: Any, **kwargs: Any) -> Any:
+        try:
+            if ctx.user is None:
+                raise ctx.auth_error or ApiError(INTERNAL_ERROR, "no caller")
+            bound = method.signature.bind(ctx, *args, **kwargs)
+            arguments = dict(bound.arguments)
+            arguments.pop(next(iter(method.signature.parameters)))
+            check_arguments(method, arguments)
+            if method.access == "admin" and ctx.user.get("role") != "admin":
+                raise forbidden(f"{method.name} needs an admin")
+            result = await asyncio.to_thread(method.func, ctx, **arguments)
+        except ApiError as exc:
+            raise JsonRpcError(exc.code, exc.message, {"name": exc.name, **exc.data}) from None
+        except Exception:
+            log.exception("%s failed", method.name)
+            raise JsonRpcError(INTERNAL_ERROR, f"{method.name} failed inside livedmd; the daemon's log has "
+                               "the details", {"name": NAME_BY_CODE[INTERNAL_ERROR]}) from None
+        return Success(result)
+
+    call.__signature__ = method.signature  # type: ignore[attr-defined]  # jsonrpcserver binds against it
+    return call
+
+
+class Dispatcher:
+    def __init__(self, methods: dict[str, ApiMethod]) -> None:
+        self.methods = methods
+        self._callables = {name: _wrap(m) for name, m in methods.items()}
+
+    async def dispatch(self, body: str, ctx: CallContext) -> dict[str, Any] | list[dict[str, Any]] | None:
+        return await dispatch_to_response(body, self._callables, context=ctx, post_process=_post_process)

@@ -1,0 +1,233 @@
+"""The rules of projects, sessions and their files, between the API and the store. Blocking: the API
+runs every call in a worker thread."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import files
+from .config import Config
+from .domain import (
+    DATATYPES,
+    check_datatype,
+    check_project_uid,
+    check_session_uid,
+    check_title,
+    new_data_management,
+    now_iso,
+    session_status_after,
+    status_after_measure,
+)
+from .errors import conflict, invalid_params, not_found
+from .store import Store, scan_digest
+
+log = logging.getLogger(__name__)
+
+_PUBLIC_SESSION_FIELDS = ("project_uid", "uid", "title", "status", "session_dir", "created_at", "started_at",
+                          "paused_at", "completed_at", "data_management")
+_MEASURE_RETRIES = 5
+
+
+def public_session(session: dict[str, Any]) -> dict[str, Any]:
+    return {field: session.get(field) for field in _PUBLIC_SESSION_FIELDS}
+
+
+def project_totals(sessions: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    totals = {datatype: {"size": 0, "file_count": 0} for datatype in DATATYPES}
+    for session in sessions:
+        for datatype, category in session["data_management"].items():
+            totals[datatype]["size"] += int(category.get("size") or 0)
+            totals[datatype]["file_count"] += int(category.get("file_count") or 0)
+    return totals
+
+
+class Service:
+    def __init__(self, store: Store, config: Config) -> None:
+        self.store = store
+        self.config = config
+
+    # --- lookups ---------------------------------------------------------------------------------
+
+    def project(self, project_uid: str) -> dict[str, Any]:
+        project = self.store.get_project(check_project_uid(project_uid))
+        if project is None:
+            raise not_found(f"project {project_uid} does not exist; list_projects() shows the projects")
+        return project
+
+    def session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
+        self.project(project_uid)
+        session = self.store.get_session(project_uid, check_session_uid(session_uid))
+        if session is None:
+            raise not_found(f"session {project_uid} {session_uid} does not exist; "
+                            f"list_sessions('{project_uid}') shows its sessions")
+        return session
+
+    # --- projects --------------------------------------------------------------------------------
+
+    def create_project(self, title: str, project_dir: str) -> dict[str, Any]:
+        title = check_title(title)
+        project_dir = files.check_project_dir(project_dir)
+        uid = f"P{self.store.next_number('projects')}"
+        project = {"uid": uid, "title": title, "project_dir": project_dir, "created_at": now_iso()}
+        self.store.insert_project(project)
+        log.info("created project %s (%s) at %s", uid, title, project_dir)
+        return self._project_row(project, [])
+
+    def _project_row(self, project: dict[str, Any], sessions: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**project, "session_count": len(sessions), "data_management": project_totals(sessions)}
+
+    def get_project(self, project_uid: str) -> dict[str, Any]:
+        project = self.project(project_uid)
+        return self._project_row(project, self.store.list_sessions(project_uid))
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        by_project: dict[str, list[dict[str, Any]]] = {}
+        for session in self.store.list_sessions():
+            by_project.setdefault(session["project_uid"], []).append(session)
+        return [self._project_row(p, by_project.get(p["uid"], [])) for p in self.store.list_projects()]
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    def create_live_session(self, project_uid: str, title: str, session_dir: str | None) -> dict[str, Any]:
+        project = self.project(project_uid)
+        title = check_title(title)
+        if session_dir is not None:
+            session_dir = files.check_session_dir(session_dir)
+            files.check_session_root(project["project_dir"], session_dir)
+        uid = f"S{self.store.next_number('sessions:' + project_uid)}"
+        session_dir = session_dir or uid
+        files.check_session_root(project["project_dir"], session_dir)
+        session = {"project_uid": project_uid, "uid": uid, "title": title, "status": "paused",
+                   "session_dir": session_dir, "created_at": now_iso(), "started_at": None, "paused_at": [],
+                   "completed_at": None, "data_management": new_data_management(),
+                   "scan_gen": None, "scan_digest": None}
+        self.store.insert_session(session)
+        log.info("created session %s %s (%s) in %s", project_uid, uid, title, session_dir)
+        return public_session(session)
+
+    def get_session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
+        return public_session(self.session(project_uid, session_uid))
+
+    def list_sessions(self, project_uid: str) -> list[dict[str, Any]]:
+        self.project(project_uid)
+        return [public_session(s) for s in self.store.list_sessions(project_uid)]
+
+    def change_session_status(self, project_uid: str, session_uid: str, action: str) -> dict[str, Any]:
+        session = self.session(project_uid, session_uid)
+        target = session_status_after(session["status"], action)
+        now = now_iso()
+        update: dict[str, Any] = {"$set": {"status": target}}
+        if target == "running":
+            update["$set"]["started_at"] = now
+        elif target == "paused":
+            update["$push"] = {"paused_at": now}
+        else:
+            update["$set"]["completed_at"] = now
+        changed = self.store.update_session(project_uid, session_uid, {"status": session["status"]}, update)
+        if changed is None:
+            raise conflict(f"session {project_uid} {session_uid} changed status meanwhile; try again")
+        log.info("session %s %s is now %s", project_uid, session_uid, target)
+        if target in ("paused", "completed"):  # as cryoSPARC >= 3.3.2 does
+            self.refresh_session(project_uid, session_uid)
+        return self.get_session(project_uid, session_uid)
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def register_files(self, project_uid: str, session_uid: str, datatype: str,
+                       paths: list[str]) -> dict[str, Any]:
+        check_datatype(datatype)
+        session = self.session(project_uid, session_uid)
+        project_dir = self.project(project_uid)["project_dir"]
+        if not paths:
+            raise invalid_params("paths is empty; give one or more file paths")
+        registry = self.store.read_registry(project_uid, session_uid, session.get("scan_gen"))
+        owner = {path: dt for source in registry.values() for dt, ps in source.items() for path in ps}
+        new: list[str] = []
+        seen: set[str] = set()
+        for index, path in enumerate(paths):
+            rel = files.project_relative(project_dir, path)
+            files.check_registrable(project_dir, rel)
+            registered_as = owner.get(rel)
+            if registered_as is not None and registered_as != datatype and rel not in registry["scan"][datatype]:
+                raise invalid_params(f"{path} is already registered as {registered_as}; a file belongs to one "
+                                     "datatype", index=index)
+            if registered_as is None and rel not in seen:
+                seen.add(rel)
+                new.append(rel)
+        self.store.add_api_paths(project_uid, session_uid, datatype, new)
+        log.info("registered %d file(s) as %s in %s %s", len(new), datatype, project_uid, session_uid)
+        self.refresh_session(project_uid, session_uid)
+        return {"registered": len(new), "already_registered": len(paths) - len(new),
+                "data_management": self.session(project_uid, session_uid)["data_management"][datatype]}
+
+    def _registered_paths(self, project_uid: str, session_uid: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        session = self.session(project_uid, session_uid)
+        registry = self.store.read_registry(project_uid, session_uid, session.get("scan_gen"))
+        merged = {dt: sorted(set(registry["scan"][dt]) | set(registry["api"][dt])) for dt in DATATYPES}
+        return session, merged
+
+    def file_paths(self, project_uid: str, session_uid: str, datatypes: tuple[str, ...]) -> dict[str, list[str]]:
+        project_dir = self.project(project_uid)["project_dir"]
+        _session, merged = self._registered_paths(project_uid, session_uid)
+        return {dt: files.absolute_paths(project_dir, merged[dt], resolve_links=dt == "raw") for dt in datatypes}
+
+    def get_datatype_file_paths(self, project_uid: str, session_uid: str, datatype: str) -> dict[str, list[str]]:
+        if check_datatype(datatype) == "thumbnails":
+            raise invalid_params("file lists are not offered for thumbnails (as in cryoSPARC)")
+        return self.file_paths(project_uid, session_uid, (datatype,))
+
+    def get_project_file_paths(self, project_uid: str) -> dict[str, dict[str, list[str]]]:
+        self.project(project_uid)
+        return {s["uid"]: self.file_paths(project_uid, s["uid"], DATATYPES)
+                for s in self.store.list_sessions(project_uid)}
+
+    # --- sizes -----------------------------------------------------------------------------------
+
+    def refresh_session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
+        """Scan the session dir by the layout rules, measure every datatype, store it; the new
+        data_management."""
+        project_dir = self.project(project_uid)["project_dir"]
+        session = self.session(project_uid, session_uid)
+        api = self.store.read_registry(project_uid, session_uid, None, sources=("api",))["api"]
+        api_paths = frozenset(p for paths in api.values() for p in paths)
+        walked = files.walk_session(project_dir, session["session_dir"], self.config.layout, skip=api_paths)
+        scanned = {dt: sorted(entry[0] for entry in walked[dt]) for dt in DATATYPES}
+        if scan_digest(scanned) != session.get("scan_digest"):
+            self.store.replace_scan(project_uid, session_uid, session.get("scan_gen"), scanned)
+        measures = {dt: files.measure(walked[dt] + files.stat_registered(project_dir, api[dt], dt == "raw"))
+                    for dt in DATATYPES}
+        return self._store_measures(project_uid, session_uid, session, measures)
+
+    def _store_measures(self, project_uid: str, session_uid: str, session: dict[str, Any],
+                        measures: dict[str, files.Measure]) -> dict[str, Any]:
+        for _attempt in range(_MEASURE_RETRIES):
+            now = now_iso()
+            expect: dict[str, Any] = {}
+            fields: dict[str, Any] = {}
+            for dt, m in measures.items():
+                category = session["data_management"][dt]
+                status, prev = status_after_measure(category, m.registered, m.present)
+                prefix = f"data_management.{dt}"
+                fields.update({f"{prefix}.size": m.size, f"{prefix}.file_count": m.present,
+                               f"{prefix}.updated_at": now})
+                if status != category["status"]:
+                    expect[f"{prefix}.status"] = category["status"]
+                    fields.update({f"{prefix}.status": status, f"{prefix}.prev_status": prev})
+            updated = self.store.update_session(project_uid, session_uid, expect, {"$set": fields})
+            if updated is not None:
+                return updated["data_management"]
+            session = self.session(project_uid, session_uid)  # a status changed meanwhile: decide again
+        raise conflict(f"session {project_uid} {session_uid} kept changing while its sizes were stored; try again")
+
+    def get_datatype_size(self, project_uid: str, session_uid: str, datatype: str) -> int:
+        check_datatype(datatype)
+        return int(self.session(project_uid, session_uid)["data_management"][datatype]["size"])
+
+    def update_session_datatype_sizes(self, project_uid: str, session_uid: str) -> int:
+        data_management = self.refresh_session(project_uid, session_uid)
+        return sum(int(category["size"]) for category in data_management.values())
+
+    def get_data_management_stats(self, project_uid: str) -> dict[str, dict[str, Any]]:
+        self.project(project_uid)
+        return {s["uid"]: s["data_management"] for s in self.store.list_sessions(project_uid)}

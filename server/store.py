@@ -1,0 +1,159 @@
+"""The only module that speaks pymongo.
+
+Every write is one single-document atomic operation (no multi-document transactions), so the same
+code runs on mongomock, on the embedded store and on a MongoDB replica set. Dotted-path projections
+and array-index update paths are avoided (the embedded store lacks them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pymongo
+from pymongo import ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from .domain import DATATYPES
+
+CHUNK_PATHS = 2000  # registry paths per document: measured in DESIGN.md, ~20x faster than one per file
+
+NO_ID = {"_id": 0}
+
+
+def session_key(project_uid: str, session_uid: str) -> str:
+    return f"{project_uid}/{session_uid}"
+
+
+def scan_digest(paths_by_datatype: dict[str, list[str]]) -> str:
+    digest = hashlib.sha256()
+    for datatype in DATATYPES:
+        digest.update(datatype.encode() + b"\x00")
+        for path in paths_by_datatype.get(datatype, ()):
+            digest.update(path.encode("utf-8", "surrogateescape") + b"\x00")
+    return digest.hexdigest()
+
+
+class Store:
+    def __init__(self, client: pymongo.MongoClient, db_name: str) -> None:
+        self.client = client
+        self.db: Database = client[db_name]
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def ensure_indexes(self) -> None:
+        self.db.sessions.create_index([("project_uid", 1), ("created_at", 1)])
+        self.db.registry.create_index([("key", 1), ("source", 1)])
+        self.db.tokens.create_index([("user", 1)])
+
+    def ping(self) -> None:
+        self.client.admin.command("ping")
+
+    # --- uids ------------------------------------------------------------------------------------
+
+    def next_number(self, counter: str) -> int:
+        doc = self.db.counters.find_one_and_update(
+            {"_id": counter}, {"$inc": {"n": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+        return int(doc["n"])
+
+    # --- projects --------------------------------------------------------------------------------
+
+    def insert_project(self, project: dict[str, Any]) -> None:
+        self.db.projects.insert_one({"_id": project["uid"], **project})
+
+    def get_project(self, project_uid: str) -> dict[str, Any] | None:
+        return self.db.projects.find_one({"_id": project_uid}, NO_ID)
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return list(self.db.projects.find({}, NO_ID).sort("created_at", 1))
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    def insert_session(self, session: dict[str, Any]) -> None:
+        key = session_key(session["project_uid"], session["uid"])
+        self.db.sessions.insert_one({"_id": key, **session})
+
+    def get_session(self, project_uid: str, session_uid: str) -> dict[str, Any] | None:
+        return self.db.sessions.find_one({"_id": session_key(project_uid, session_uid)}, NO_ID)
+
+    def list_sessions(self, project_uid: str | None = None) -> list[dict[str, Any]]:
+        query = {} if project_uid is None else {"project_uid": project_uid}
+        return list(self.db.sessions.find(query, NO_ID).sort("created_at", 1))
+
+    def update_session(self, project_uid: str, session_uid: str, expect: dict[str, Any],
+                       update: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply `update` if the session still matches `expect`; the new document, or None if it did not."""
+        query = {"_id": session_key(project_uid, session_uid), **expect}
+        return self.db.sessions.find_one_and_update(
+            query, update, projection=NO_ID, return_document=ReturnDocument.AFTER)
+
+    # --- file registry ---------------------------------------------------------------------------
+    # Scanned paths live in chunks tagged with a generation; the session's `scan_gen` names the
+    # current one, so a rescan that dies half-way leaves the previous registry in force.
+
+    def read_registry(self, project_uid: str, session_uid: str, scan_gen: str | None,
+                      sources: tuple[str, ...] = ("scan", "api")) -> dict[str, dict[str, list[str]]]:
+        """{"scan": {datatype: paths}, "api": {datatype: paths}}, reading only the given sources."""
+        out: dict[str, dict[str, list[str]]] = {"scan": {d: [] for d in DATATYPES},
+                                                 "api": {d: [] for d in DATATYPES}}
+        key = session_key(project_uid, session_uid)
+        for doc in self.db.registry.find({"key": key, "source": {"$in": list(sources)}}):
+            if doc["source"] == "scan" and doc.get("gen") != scan_gen:
+                continue
+            out[doc["source"]][doc["datatype"]].extend(doc["paths"])
+        return out
+
+    def replace_scan(self, project_uid: str, session_uid: str, old_gen: str | None,
+                     paths_by_datatype: dict[str, list[str]]) -> bool:
+        """Swap in a new scanned registry; False (and nothing changed) if another scan won the race."""
+        key = session_key(project_uid, session_uid)
+        new_gen = uuid.uuid4().hex
+        docs = list(_chunks(key, "scan", paths_by_datatype, gen=new_gen))
+        if docs:
+            self.db.registry.insert_many(docs, ordered=False)
+        flipped = self.db.sessions.update_one(
+            {"_id": key, "scan_gen": old_gen},
+            {"$set": {"scan_gen": new_gen, "scan_digest": scan_digest(paths_by_datatype)}})
+        if flipped.matched_count == 0:
+            self.db.registry.delete_many({"key": key, "source": "scan", "gen": new_gen})
+            return False
+        self.db.registry.delete_many({"key": key, "source": "scan", "gen": {"$ne": new_gen}})
+        return True
+
+    def add_api_paths(self, project_uid: str, session_uid: str, datatype: str, paths: Sequence[str]) -> None:
+        docs = list(_chunks(session_key(project_uid, session_uid), "api", {datatype: list(paths)}))
+        if docs:
+            self.db.registry.insert_many(docs, ordered=True)
+
+    # --- users and tokens ------------------------------------------------------------------------
+
+    def insert_user(self, user: dict[str, Any]) -> bool:
+        try:
+            self.db.users.insert_one({"_id": user["name"], **user})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    def get_user(self, name: str) -> dict[str, Any] | None:
+        return self.db.users.find_one({"_id": name}, NO_ID)
+
+    def insert_token(self, token_hash: str, user: str, created_at: str) -> None:
+        self.db.tokens.insert_one({"_id": token_hash, "user": user, "created_at": created_at})
+
+    def user_for_token(self, token_hash: str) -> dict[str, Any] | None:
+        token = self.db.tokens.find_one({"_id": token_hash})
+        return None if token is None else self.get_user(token["user"])
+
+
+def _chunks(key: str, source: str, paths_by_datatype: dict[str, list[str]],
+            gen: str | None = None) -> Iterable[dict[str, Any]]:
+    for datatype, paths in paths_by_datatype.items():
+        for start in range(0, len(paths), CHUNK_PATHS):
+            doc: dict[str, Any] = {"key": key, "source": source, "datatype": datatype,
+                                   "paths": paths[start:start + CHUNK_PATHS]}
+            if gen is not None:
+                doc["gen"] = gen
+            yield doc
