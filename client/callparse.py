@@ -48,5 +48,7 @@ def parse_call(text: str) -> tuple[str, list[Any] | dict[str, Any]]:
     for keyword in call.keywords:
         if keyword.arg is None:
             raise CallSyntaxError("**arguments are not allowed")
+        if keyword.arg in kwargs:
+            raise CallSyntaxError(f"keyword argument {keyword.arg!r} repeated")
         kwargs[keyword.arg] = _literal(keyword.value, f"argument {keyword.arg!r}")
     return call.func.id, (kwargs if call.keywords else args)

@@ -30,6 +30,7 @@ SERVICE = web.AppKey("service", Service)
 AUTH = web.AppKey("auth", Authenticator)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 EMBEDDED = web.AppKey("embedded", EmbeddedStore)
+MONGO_CLIENT = web.AppKey("mongo_client", pymongo.MongoClient)
 
 
 async def greeting(request: web.Request) -> web.Response:
@@ -88,12 +89,15 @@ def _prepare_state_dir(config: Config) -> None:
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     _prepare_state_dir(config)
-    uri = config.mongo_uri
-    if not uri:
-        embedded = EmbeddedStore(config.state_dir, config.embedded_port)
-        uri = embedded.start()  # blocking, once at start; must run on the main thread
-        app[EMBEDDED] = embedded
-    client: pymongo.MongoClient = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
+    client = app.get(MONGO_CLIENT)  # given by tests (mongomock); otherwise ours to open and close
+    owns_client = client is None
+    if client is None:
+        uri = config.mongo_uri
+        if not uri:
+            embedded = EmbeddedStore(config.state_dir, config.embedded_port)
+            uri = embedded.start()  # blocking, once at start; must run on the main thread
+            app[EMBEDDED] = embedded
+        client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000)
     store = Store(client, config.mongo_db)
     await asyncio.to_thread(store.ensure_indexes)
     token = await asyncio.to_thread(ensure_admin, store, config.admin_token_path)
@@ -103,14 +107,17 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SERVICE] = Service(store, config)
     app[AUTH] = Authenticator(store, config.auth_cache_s)
     yield
-    client.close()
-    if not config.mongo_uri:
+    if owns_client:
+        client.close()
+    if EMBEDDED in app:
         app[EMBEDDED].stop()
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, mongo_client: pymongo.MongoClient | None = None) -> web.Application:
     app = web.Application(client_max_size=config.max_request_bytes)
     app[CONFIG] = config
+    if mongo_client is not None:
+        app[MONGO_CLIENT] = mongo_client
     app[DISPATCHER] = Dispatcher(METHODS)
     app.cleanup_ctx.append(database_ctx)
     app.router.add_get("/", greeting)

@@ -85,8 +85,8 @@ class Setting:
         return "--" + self.name.replace("_", "-")
 
 
-def _default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+def _default_state_dir(environ: Mapping[str, str]) -> str:
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "livedm")
 
 
@@ -163,7 +163,7 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
     from_file = _read_toml(config_file) if config_file else {}
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        raw: Any = setting.default or (_default_state_dir() if setting.name == "state_dir" else "")
+        raw: Any = setting.default or (_default_state_dir(environ) if setting.name == "state_dir" else "")
         origin = "default"
         if setting.name in from_file:
             raw, origin = from_file[setting.name], f"config file {config_file}"

@@ -49,7 +49,7 @@ class EmbeddedStore:
 
     def __init__(self, state_dir: str | os.PathLike[str], port: int = 0) -> None:
         self.directory = Path(state_dir) / "embedded"
-        self.db_path = self.directory / "livedm.db"
+        self.data_dir = self.directory / "data"  # one SQLite file per database, as isolated as MongoDB's
         self.pid_path = self.directory / "nx-27017.pid"
         self.log_path = self.directory / "nx-27017.log"
         self.requested_port = port
@@ -64,7 +64,8 @@ class EmbeddedStore:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._stop_leftover()
         self.port = self.requested_port or free_port()
-        argv = [sys.executable, "-m", "nx_27017.nx_27017", "--db", str(self.db_path), "--host", "127.0.0.1",
+        self.data_dir.mkdir(exist_ok=True, mode=0o700)
+        argv = [sys.executable, "-m", "nx_27017.nx_27017", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
                 "--port", str(self.port), "--log-file", str(self.log_path),
                 "--pid-file", str(self.directory / "nx-27017.daemon.pid")]
         with open(self.log_path, "ab") as log_file:
@@ -74,7 +75,7 @@ class EmbeddedStore:
         self.pid_path.write_text(str(self.process.pid))
         self._wait_ready(timeout_s)
         log.info("embedded store (nx-27017, pid %d) serving %s on 127.0.0.1:%d",
-                 self.process.pid, self.db_path, self.port)
+                 self.process.pid, self.data_dir, self.port)
         return self.uri
 
     def alive(self) -> bool:
@@ -120,7 +121,7 @@ class EmbeddedStore:
             pid = int(self.pid_path.read_text().strip())
         except (OSError, ValueError):
             return
-        if "nx_27017" not in _cmdline(pid) or str(self.db_path) not in _cmdline(pid):
+        if "nx_27017" not in _cmdline(pid) or str(self.data_dir) not in _cmdline(pid):
             return
         log.warning("stopping a leftover embedded store (pid %d) from an earlier run", pid)
         with contextlib.suppress(ProcessLookupError):

@@ -89,7 +89,7 @@ class Service:
 
     # --- sessions --------------------------------------------------------------------------------
 
-    def create_live_session(self, project_uid: str, title: str, session_dir: str | None) -> dict[str, Any]:
+    def create_live_session(self, project_uid: str, title: str, session_dir: str | None = None) -> dict[str, Any]:
         project = self.project(project_uid)
         title = check_title(title)
         if session_dir is not None:

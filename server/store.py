@@ -85,10 +85,13 @@ class Store:
 
     def update_session(self, project_uid: str, session_uid: str, expect: dict[str, Any],
                        update: dict[str, Any]) -> dict[str, Any] | None:
-        """Apply `update` if the session still matches `expect`; the new document, or None if it did not."""
-        query = {"_id": session_key(project_uid, session_uid), **expect}
-        return self.db.sessions.find_one_and_update(
-            query, update, projection=NO_ID, return_document=ReturnDocument.AFTER)
+        """Apply `update` if the session still matches `expect`: the document after it, or None (nothing
+        changed). update_one then a read, not find_one_and_update: mongomock re-applies the filter to the
+        updated document and would report a match as a miss."""
+        key = session_key(project_uid, session_uid)
+        if self.db.sessions.update_one({"_id": key, **expect}, update).matched_count == 0:
+            return None
+        return self.db.sessions.find_one({"_id": key}, NO_ID)
 
     # --- file registry ---------------------------------------------------------------------------
     # Scanned paths live in chunks tagged with a generation; the session's `scan_gen` names the

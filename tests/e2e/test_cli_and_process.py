@@ -1,0 +1,96 @@
+"""The livedm client as a subprocess, and livedmd's life as a process: tokens, config errors, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.daemon import BIN, Daemon
+from tests.support.sessiontree import build_session_tree
+
+
+def test_rtpcli_output_and_exit_codes(daemon: Daemon, tmp_path: Path) -> None:
+    build_session_tree(tmp_path / "proj", exposures=1)
+    made = daemon.livedm("rtpcli", f"create_project(title='p', project_dir='{tmp_path / 'proj'}')")
+    assert made.returncode == 0 and json.loads(made.stdout)["uid"] == "P1"
+    daemon.livedm("rtpcli", "create_live_session('P1', 's')")
+    size = daemon.livedm("rtpcli", "update_session_datatype_sizes('P1', 'S1')")
+    assert size.returncode == 0 and size.stdout.strip().isdigit()
+
+    bad_string = daemon.livedm("rtpcli", "get_datatype_size(project_uid='P1', project_uid='P2')")
+    assert bad_string.returncode == 2 and "repeated" in bad_string.stderr and bad_string.stdout == ""
+    unknown = daemon.livedm("rtpcli", "delete_everything()")
+    assert unknown.returncode == 1 and "MethodNotFound" in unknown.stderr
+    server_error = daemon.livedm("rtpcli", "get_datatype_size('P1', 'S1', 'movies')")
+    assert server_error.returncode == 1 and "InvalidParams" in server_error.stderr
+    no_token = daemon.livedm("rtpcli", "list_projects()", env={"LIVEDM_TOKEN": "ldm_nope"})
+    assert no_token.returncode == 1 and "Unauthenticated" in no_token.stderr
+    unreachable = daemon.livedm("rtpcli", "list_projects()", env={"LIVEDM_URL": "http://127.0.0.1:9"})
+    assert unreachable.returncode == 3 and "cannot reach livedmd" in unreachable.stderr
+
+
+def test_token_file_and_people_commands(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "proj", exposures=2)
+    daemon.call("create_project", ["Apoferritin", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "grid 1"])
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    env = {"LIVEDM_TOKEN": "", "LIVEDM_TOKEN_FILE": str(daemon.state_dir / "admin.token")}
+    listing = daemon.livedm("ls", env=env)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split()[:4] == ["UID", "TITLE", "STATUS", "RAW"]
+    assert any(line.startswith("  S1") and "completed" in line for line in lines)
+    as_json = json.loads(daemon.livedm("--json", "ls", env=env).stdout)
+    assert as_json[0]["sessions"][0]["data_management"]["raw"]["size"] == tree.bytes_by_datatype["raw"]
+    me = daemon.livedm("whoami")
+    assert me.returncode == 0 and me.stdout.startswith("admin (admin)")
+
+
+def test_admin_token_is_private(daemon: Daemon) -> None:
+    mode = stat.S_IMODE(os.stat(daemon.state_dir / "admin.token").st_mode)
+    assert mode == 0o600
+    assert daemon.token.startswith("ldm_") and len(daemon.token) > 40
+
+
+def test_a_bad_setting_stops_livedmd_naming_it(tmp_path: Path) -> None:
+    done = subprocess.run([str(BIN / "livedmd"), "--state-dir", str(tmp_path), "--port", "http"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "setting 'port' (flag --port): bad value 'http'" in done.stderr
+    env = {**os.environ, "LIVEDM_LAYOUT": "import_movies=film"}
+    done = subprocess.run([str(BIN / "livedmd"), "--state-dir", str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2 and "LIVEDM_LAYOUT" in done.stderr
+
+
+def _children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_9_leaves_no_orphan_store_and_the_next_start_works(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state").start()
+    daemon.call("create_project", ["p", str(tmp_path)])
+    assert daemon.process is not None
+    children = _children_of(daemon.process.pid)
+    assert len(children) == 1, "livedmd should own exactly one embedded store process"
+    daemon.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(children[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(children[0]), "the embedded store outlived livedmd"
+    daemon.start()
+    assert [p["uid"] for p in daemon.call("list_projects")] == ["P1"]
+    assert daemon.stop() == 0

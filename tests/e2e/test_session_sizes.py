@@ -1,0 +1,99 @@
+"""A realistic session tree measured through real livedmd processes, read back by `livedm rtpcli`
+and by cryoSPARC's own CommandClient (cryosparc-tools 4.7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryosparc.command import CommandClient, CommandError
+
+from livedm.server.domain import DATATYPES
+from tests.support.daemon import Daemon
+from tests.support.sessiontree import build_session_tree
+
+
+def rtpcli(daemon: Daemon, call: str) -> str:
+    done = daemon.livedm("rtpcli", call)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_exact_bytes_per_datatype_through_rtpcli_and_cryosparc_tools(daemon: Daemon, tmp_path: Path) -> None:
+    tree1 = build_session_tree(tmp_path / "proj", "S1", exposures=6)
+    tree2 = build_session_tree(tmp_path / "proj", "S2", exposures=3)
+    rtpcli(daemon, f"create_project(title='Apoferritin', project_dir='{tree1.project_dir}')")
+    rtpcli(daemon, "create_live_session(project_uid='P1', title='grid 1')")
+    rtpcli(daemon, "create_live_session('P1', 'grid 2')")
+    total = rtpcli(daemon, "update_session_datatype_sizes(project_uid='P1', session_uid='S1')")
+    assert int(total) == tree1.total()
+    for datatype in DATATYPES:
+        size = rtpcli(daemon, f"get_datatype_size(project_uid = 'P1', session_uid = 'S1', datatype = '{datatype}')")
+        assert int(size) == tree1.bytes_by_datatype[datatype], datatype
+    paths = json.loads(rtpcli(daemon, "get_datatype_file_paths(project_uid='P1', session_uid='S1', datatype='raw')"))
+    assert sorted(paths["raw"]) == sorted(tree1.paths_by_datatype["raw"])  # the movies, not the links
+
+    cli = CommandClient(host="127.0.0.1", port=daemon.port, headers={"License-ID": daemon.token}, timeout=30)
+    assert cli.update_session_datatype_sizes(project_uid="P1", session_uid="S2") == tree2.total()
+    stats = cli.get_data_management_stats("P1")
+    for datatype in DATATYPES:
+        assert stats["S2"][datatype]["size"] == tree2.bytes_by_datatype[datatype]
+        assert cli.get_datatype_size("P1", "S1", datatype) == tree1.bytes_by_datatype[datatype]
+    files = cli.get_datatype_file_paths(project_uid="P1", session_uid="S2", datatype="particles")
+    assert sorted(files["particles"]) == sorted(tree2.paths_by_datatype["particles"])
+    project_files = cli.get_project_file_paths("P1")
+    assert sorted(project_files["S1"]["metadata"]) == sorted(tree1.paths_by_datatype["metadata"])
+    project = cli.get_project("P1")
+    assert project["data_management"]["raw"]["size"] == tree1.bytes_by_datatype["raw"] + tree2.bytes_by_datatype["raw"]
+    with pytest.raises(CommandError) as info:
+        cli.get_datatype_size("P1", "S1", "movies")
+    assert info.value.code == -32602
+
+
+def test_cryosparc_tools_can_call_every_method(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "proj", exposures=2)
+    extra = tree.project_dir / "gain" / "gain_ref.mrc"
+    extra.parent.mkdir()
+    extra.write_bytes(b"g" * 999)
+    cli = CommandClient(host="127.0.0.1", port=daemon.port, headers={"License-ID": daemon.token}, timeout=30)
+    calls = {
+        "system.describe": lambda: cli.__getattribute__("system.describe")(),
+        "whoami": lambda: cli.whoami(),
+        "create_project": lambda: cli.create_project(title="p", project_dir=str(tree.project_dir)),
+        "list_projects": lambda: cli.list_projects(),
+        "get_project": lambda: cli.get_project("P1"),
+        "create_live_session": lambda: cli.create_live_session(project_uid="P1", title="s"),
+        "list_sessions": lambda: cli.list_sessions("P1"),
+        "get_session": lambda: cli.get_session("P1", "S1"),
+        "start_session": lambda: cli.start_session("P1", "S1"),
+        "pause_session": lambda: cli.pause_session("P1", "S1"),
+        "scan_session": lambda: cli.scan_session("P1", "S1"),
+        "register_files": lambda: cli.register_files("P1", "S1", "metadata", [str(extra)]),
+        "get_datatype_file_paths": lambda: cli.get_datatype_file_paths("P1", "S1", "micrographs"),
+        "get_datatype_size": lambda: cli.get_datatype_size("P1", "S1", "metadata"),
+        "update_session_datatype_sizes": lambda: cli.update_session_datatype_sizes("P1", "S1"),
+        "get_data_management_stats": lambda: cli.get_data_management_stats("P1"),
+        "get_project_file_paths": lambda: cli.get_project_file_paths("P1"),
+        "mark_session_completed": lambda: cli.mark_session_completed("P1", "S1"),
+    }
+    assert set(calls) == set(cli._endpoints), "a method was added: call it here too"
+    results = {name: call() for name, call in calls.items()}
+    assert results["get_datatype_size"] == tree.bytes_by_datatype["metadata"] + 999
+    assert results["mark_session_completed"]["status"] == "completed"
+    assert results["update_session_datatype_sizes"] == tree.total() + 999
+
+
+def test_restart_on_the_same_state_dir_keeps_everything(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "proj", exposures=3)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    before = daemon.call("list_projects"), daemon.call("get_session", ["P1", "S1"])
+    token = daemon.token
+    assert daemon.stop() == 0
+    daemon.start()
+    assert daemon.token == token
+    assert (daemon.call("list_projects"), daemon.call("get_session", ["P1", "S1"])) == before
+    assert daemon.call("get_datatype_size", ["P1", "S1", "particles"]) == tree.bytes_by_datatype["particles"]
+    assert daemon.call("create_project", ["q", str(tree.project_dir)])["uid"] == "P2"
