@@ -18,6 +18,7 @@ from .config import Config
 from .embedded import EmbeddedStore
 from .errors import INVALID_REQUEST, PARSE_ERROR, ApiError
 from .methods import METHODS
+from .reads import SessionReader
 from .rpc import CallContext, Dispatcher, error_response
 from .service import Service
 from .store import Store
@@ -30,6 +31,7 @@ SERVICE = web.AppKey("service", Service)
 AUTH = web.AppKey("auth", Authenticator)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 EMBEDDED = web.AppKey("embedded", EmbeddedStore)
+READER = web.AppKey("reader", SessionReader)
 MONGO_CLIENT = web.AppKey("mongo_client", pymongo.MongoClient)
 
 
@@ -69,7 +71,7 @@ async def api(request: web.Request) -> web.Response:
         body = raw.decode("utf-8")
     except UnicodeDecodeError:
         return web.json_response(error_response(PARSE_ERROR, "the request body is not UTF-8 text"))
-    ctx = CallContext(service=app[SERVICE], user=None)
+    ctx = CallContext(service=app[SERVICE], reader=app[READER], user=None)
     token = token_from_headers(request.headers)
     authenticator = app[AUTH]
     try:
@@ -106,6 +108,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     app[SERVICE] = Service(store, config)
     app[AUTH] = Authenticator(store, config.auth_cache_s)
+    app[READER] = SessionReader(store)
     yield
     if owns_client:
         client.close()

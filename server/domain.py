@@ -65,6 +65,10 @@ def new_data_management() -> dict[str, dict[str, Any]]:
     return {datatype: new_category() for datatype in DATATYPES}
 
 
+def datatype_size(session: dict[str, Any], datatype: str) -> int:
+    return int(session["data_management"][check_datatype(datatype)]["size"])
+
+
 def session_status_after(current: str, action: str) -> str:
     """The status a session moves to on start/pause/complete; a completed session stays completed."""
     target = {"start": "running", "pause": "paused", "complete": "completed"}[action]

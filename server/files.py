@@ -9,24 +9,37 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .domain import DATATYPES
 from .errors import invalid_params
 
 Layout = Sequence[tuple[str, str]]
+@dataclass
+class Tally:
+    """One category's files on disk: registry paths (relative to the project dir), the bytes they hold
+    (each file, or raw symlink target, counted once, like `du -b`) and how many exist."""
 
-# (relative path, identity of the bytes counted or None when missing, bytes)
-Entry = tuple[str, tuple[int, int] | None, int]
+    paths: list[str] = field(default_factory=list)
+    size: int = 0
+    present: int = 0
+    seen: set[tuple[int, int]] = field(default_factory=set)  # (dev, inode) of bytes that may repeat
 
+    @property
+    def registered(self) -> int:
+        return len(self.paths)
 
-@dataclass(frozen=True)
-class Measure:
-    """One category measured on disk."""
-
-    size: int  # bytes, each file (or raw symlink target) counted once
-    present: int  # registered files that exist
-    registered: int
+    def add(self, rel: str, st: os.stat_result | None, always_keyed: bool) -> None:
+        self.paths.append(rel)
+        if st is None:
+            return
+        self.present += 1
+        if always_keyed or st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in self.seen:
+                return
+            self.seen.add(key)
+        self.size += st.st_size
 
 
 def datatype_of(top_dir: str, layout: Layout) -> str:
@@ -36,98 +49,89 @@ def datatype_of(top_dir: str, layout: Layout) -> str:
     return "metadata"
 
 
-def _stat_entry(rel: str, st: os.stat_result | None) -> Entry:
-    if st is None:
-        return (rel, None, 0)
-    return (rel, (st.st_dev, st.st_ino), st.st_size)
-
-
-def _raw_target_stat(path: str) -> os.stat_result | None:
+def _target_stat(name: str, dir_fd: int | None = None) -> os.stat_result | None:
     """A raw file counts with its symlink target's size; a link to a directory or nothing counts 0."""
     try:
-        st = os.stat(path)
+        st = os.stat(name, dir_fd=dir_fd)
     except OSError:
         return None
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-def _walk_files(root: str, rel_prefix: str, follow_links: bool, out: list[Entry]) -> None:
-    stack = [(root, rel_prefix)]
+def _walk_into(tally: Tally, root: str, rel_root: str, raw: bool, skip: frozenset[str]) -> None:
+    """Every file below `root` into `tally`; directories by file descriptor (fstatat on short names
+    instead of resolving long paths: the hot loop of sizing 100k-file sessions)."""
+    stack = [(root, rel_root)]
+    add = tally.add
     while stack:
         directory, rel_dir = stack.pop()
         try:
-            entries = list(os.scandir(directory))
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:
             continue
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}"
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, rel))
-                continue
-            try:
-                if follow_links and entry.is_symlink():
-                    out.append(_stat_entry(rel, _raw_target_stat(entry.path)))
-                else:
-                    out.append(_stat_entry(rel, entry.stat(follow_symlinks=False)))
-            except OSError:
-                out.append((rel, None, 0))
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((f"{directory}/{name}", f"{rel_dir}/{name}"))
+                        continue
+                    rel = f"{rel_dir}/{name}"
+                    if rel in skip:
+                        continue
+                    try:
+                        st = _target_stat(name, fd) if raw and entry.is_symlink() else entry.stat(
+                            follow_symlinks=False)
+                    except OSError:
+                        st = None
+                    add(rel, st, raw)
+        finally:
+            os.close(fd)
 
 
 def walk_session(project_dir: str, session_dir: str, layout: Layout,
-                 skip: frozenset[str] = frozenset()) -> dict[str, list[Entry]]:
-    """All files under the session dir, sorted into datatypes by the layout rules, with their sizes.
+                 skip: frozenset[str] = frozenset()) -> dict[str, Tally]:
+    """All files under the session dir, sorted into datatypes by the layout rules, and measured.
 
     Directories are walked without following symlinks; a symlink is a file of its category (raw
     ones are measured by their target). Paths in `skip` (registered by API elsewhere) are left out.
     """
-    found: dict[str, list[Entry]] = {datatype: [] for datatype in DATATYPES}
-    session_root = os.path.join(project_dir, session_dir)
+    found = {datatype: Tally() for datatype in DATATYPES}
     check_session_root(project_dir, session_dir)
+    session_root = os.path.join(project_dir, session_dir)
     try:
         top_entries = list(os.scandir(session_root))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return found
     for entry in top_entries:
         rel = f"{session_dir}/{entry.name}"
-        datatype = datatype_of(entry.name, layout) if entry.is_dir(follow_symlinks=False) else "metadata"
         if entry.is_dir(follow_symlinks=False):
-            _walk_files(entry.path, rel, datatype == "raw", found[datatype])
-        else:
-            try:
-                found["metadata"].append(_stat_entry(rel, entry.stat(follow_symlinks=False)))
-            except OSError:
-                continue
-    if skip:
-        for datatype in DATATYPES:
-            found[datatype] = [e for e in found[datatype] if e[0] not in skip]
+            datatype = datatype_of(entry.name, layout)
+            _walk_into(found[datatype], entry.path, rel, datatype == "raw", skip)
+            continue
+        if rel in skip:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        found["metadata"].add(rel, st, False)
     return found
 
 
-def stat_registered(project_dir: str, rel_paths: Iterable[str], follow_links: bool) -> list[Entry]:
-    entries: list[Entry] = []
+def _lstat_or_none(path: str, follow_links: bool) -> os.stat_result | None:
+    if follow_links:
+        return _target_stat(path)
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def add_registered(tally: Tally, project_dir: str, rel_paths: Iterable[str], follow_links: bool) -> None:
+    """Measure files registered by API (outside the layout) into a category's tally."""
     for rel in rel_paths:
-        path = os.path.join(project_dir, rel)
-        if follow_links:
-            entries.append(_stat_entry(rel, _raw_target_stat(path)))
-            continue
-        try:
-            entries.append(_stat_entry(rel, os.lstat(path)))
-        except OSError:
-            entries.append((rel, None, 0))
-    return entries
-
-
-def measure(entries: Sequence[Entry]) -> Measure:
-    seen: set[tuple[int, int]] = set()
-    size = present = 0
-    for _rel, key, nbytes in entries:
-        if key is None:
-            continue
-        present += 1
-        if key not in seen:
-            seen.add(key)
-            size += nbytes
-    return Measure(size=size, present=present, registered=len(entries))
+        tally.add(rel, _lstat_or_none(os.path.join(project_dir, rel), follow_links), follow_links)
 
 
 def _inside(path: str, root: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
@@ -21,6 +22,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (Linux, macOS): the same aiohttp, less overhead per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config"}
@@ -37,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
              "embedded store" if not config.mongo_uri else "MongoDB (LIVEDM_MONGO_URI)")
     try:
         web.run_app(create_app(config), host=config.bind, port=config.port, print=None,
-                    access_log=None, handler_cancellation=True)
+                    access_log=None, handler_cancellation=True, loop=new_event_loop())
     except OSError as exc:
         print(f"livedmd: cannot listen on {config.bind}:{config.port}: {exc.strerror}; "
               "pick another with --port or LIVEDM_PORT", file=sys.stderr)

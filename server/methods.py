@@ -1,6 +1,6 @@
 """The JSON-RPC API: names and parameters as SPEC.md §2 gives them. Thin: each method checks nothing
-the signature's type hints do not say, and hands over to the service. Every method runs in a worker
-thread, so it may block."""
+the signature's type hints do not say, and hands over to the service. Plain methods run in a worker
+thread, so they may block; the few `async` ones are hot reads that use the batched SessionReader."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
+from .domain import datatype_size
 from .rpc import ApiMethod, CallContext, describe_type
 
 API_VERSION = 1
@@ -127,9 +128,9 @@ def get_datatype_file_paths(ctx: CallContext, project_uid: str, session_uid: str
 
 
 @api()
-def get_datatype_size(ctx: CallContext, project_uid: str, session_uid: str, datatype: str) -> int:
+async def get_datatype_size(ctx: CallContext, project_uid: str, session_uid: str, datatype: str) -> int:
     """Bytes of the category, as last measured."""
-    return ctx.service.get_datatype_size(project_uid, session_uid, datatype)
+    return datatype_size(await ctx.reader.session(project_uid, session_uid), datatype)
 
 
 @api()

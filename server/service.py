@@ -192,15 +192,16 @@ class Service:
         api = self.store.read_registry(project_uid, session_uid, None, sources=("api",))["api"]
         api_paths = frozenset(p for paths in api.values() for p in paths)
         walked = files.walk_session(project_dir, session["session_dir"], self.config.layout, skip=api_paths)
-        scanned = {dt: sorted(entry[0] for entry in walked[dt]) for dt in DATATYPES}
-        if scan_digest(scanned) != session.get("scan_digest"):
-            self.store.replace_scan(project_uid, session_uid, session.get("scan_gen"), scanned)
-        measures = {dt: files.measure(walked[dt] + files.stat_registered(project_dir, api[dt], dt == "raw"))
-                    for dt in DATATYPES}
-        return self._store_measures(project_uid, session_uid, session, measures)
+        digest = scan_digest({dt: walked[dt].paths for dt in DATATYPES})
+        if digest != session.get("scan_digest"):
+            self.store.replace_scan(project_uid, session_uid, session.get("scan_gen"),
+                                    {dt: sorted(walked[dt].paths) for dt in DATATYPES}, digest)
+        for dt in DATATYPES:  # then the files registered by API join the measure (not the scanned registry)
+            files.add_registered(walked[dt], project_dir, api[dt], follow_links=dt == "raw")
+        return self._store_measures(project_uid, session_uid, session, walked)
 
     def _store_measures(self, project_uid: str, session_uid: str, session: dict[str, Any],
-                        measures: dict[str, files.Measure]) -> dict[str, Any]:
+                        measures: dict[str, files.Tally]) -> dict[str, Any]:
         for _attempt in range(_MEASURE_RETRIES):
             now = now_iso()
             expect: dict[str, Any] = {}
@@ -219,10 +220,6 @@ class Service:
                 return updated["data_management"]
             session = self.session(project_uid, session_uid)  # a status changed meanwhile: decide again
         raise conflict(f"session {project_uid} {session_uid} kept changing while its sizes were stored; try again")
-
-    def get_datatype_size(self, project_uid: str, session_uid: str, datatype: str) -> int:
-        check_datatype(datatype)
-        return int(self.session(project_uid, session_uid)["data_management"][datatype]["size"])
 
     def update_session_datatype_sizes(self, project_uid: str, session_uid: str) -> int:
         data_management = self.refresh_session(project_uid, session_uid)

@@ -29,11 +29,13 @@ def session_key(project_uid: str, session_uid: str) -> str:
 
 
 def scan_digest(paths_by_datatype: dict[str, list[str]]) -> str:
+    """Identifies a scan's result, to skip rewriting an unchanged registry. Paths in walk order: an
+    unchanged directory lists in the same order, and a reordering only costs one needless rewrite."""
     digest = hashlib.sha256()
     for datatype in DATATYPES:
         digest.update(datatype.encode() + b"\x00")
-        for path in paths_by_datatype.get(datatype, ()):
-            digest.update(path.encode("utf-8", "surrogateescape") + b"\x00")
+        digest.update("\x00".join(paths_by_datatype.get(datatype, ())).encode("utf-8", "surrogateescape"))
+        digest.update(b"\x01")
     return digest.hexdigest()
 
 
@@ -79,6 +81,10 @@ class Store:
     def get_session(self, project_uid: str, session_uid: str) -> dict[str, Any] | None:
         return self.db.sessions.find_one({"_id": session_key(project_uid, session_uid)}, NO_ID)
 
+    def get_sessions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """{session key: document} for the keys that exist, in one query."""
+        return {doc.pop("_id"): doc for doc in self.db.sessions.find({"_id": {"$in": keys}})}
+
     def list_sessions(self, project_uid: str | None = None) -> list[dict[str, Any]]:
         query = {} if project_uid is None else {"project_uid": project_uid}
         return list(self.db.sessions.find(query, NO_ID).sort("created_at", 1))
@@ -110,7 +116,7 @@ class Store:
         return out
 
     def replace_scan(self, project_uid: str, session_uid: str, old_gen: str | None,
-                     paths_by_datatype: dict[str, list[str]]) -> bool:
+                     paths_by_datatype: dict[str, list[str]], digest: str) -> bool:
         """Swap in a new scanned registry; False (and nothing changed) if another scan won the race."""
         key = session_key(project_uid, session_uid)
         new_gen = uuid.uuid4().hex
@@ -119,7 +125,7 @@ class Store:
             self.db.registry.insert_many(docs, ordered=False)
         flipped = self.db.sessions.update_one(
             {"_id": key, "scan_gen": old_gen},
-            {"$set": {"scan_gen": new_gen, "scan_digest": scan_digest(paths_by_datatype)}})
+            {"$set": {"scan_gen": new_gen, "scan_digest": digest}})
         if flipped.matched_count == 0:
             self.db.registry.delete_many({"key": key, "source": "scan", "gen": new_gen})
             return False

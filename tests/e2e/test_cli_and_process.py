@@ -94,3 +94,12 @@ def test_kill_9_leaves_no_orphan_store_and_the_next_start_works(tmp_path: Path) 
     daemon.start()
     assert [p["uid"] for p in daemon.call("list_projects")] == ["P1"]
     assert daemon.stop() == 0
+
+
+def test_icli_gives_a_shell_with_the_servers_methods(daemon: Daemon) -> None:
+    script = "print('me:', cli.whoami()['name'])\nprint('has:', 'get_datatype_size' in dir(cli))\n"
+    env = {**os.environ, "LIVEDM_URL": daemon.url, "LIVEDM_TOKEN": daemon.token}
+    done = subprocess.run([str(BIN / "livedm"), "icli"], input=script, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "me: admin" in done.stdout and "has: True" in done.stdout

@@ -12,8 +12,7 @@ LAYOUT = parse_layout("import_movies=raw,motioncorrected=micrographs,thumbnails=
 
 
 def sizes(project: Path, session_dir: str = "S1") -> dict[str, int]:
-    walked = files.walk_session(str(project), session_dir, LAYOUT)
-    return {dt: files.measure(entries).size for dt, entries in walked.items()}
+    return {dt: tally.size for dt, tally in files.walk_session(str(project), session_dir, LAYOUT).items()}
 
 
 def test_walk_sorts_a_realistic_tree_into_datatypes_with_exact_bytes(tmp_path: Path) -> None:
@@ -24,8 +23,7 @@ def test_walk_sorts_a_realistic_tree_into_datatypes_with_exact_bytes(tmp_path: P
 def test_raw_counts_each_link_target_once_and_a_dangling_link_as_missing(tmp_path: Path) -> None:
     tree = build_session_tree(tmp_path / "proj", exposures=2)
     (tree.session_path / "import_movies" / "gone.tiff").symlink_to(tmp_path / "nowhere.tiff")
-    walked = files.walk_session(str(tree.project_dir), "S1", LAYOUT)
-    raw = files.measure(walked["raw"])
+    raw = files.walk_session(str(tree.project_dir), "S1", LAYOUT)["raw"]
     assert raw.size == tree.bytes_by_datatype["raw"]
     assert (raw.registered, raw.present) == (4, 3)  # 2 movies, 1 duplicate link, 1 dangling
 
@@ -43,9 +41,18 @@ def test_symlinked_directory_is_not_followed(tmp_path: Path) -> None:
     outside.mkdir()
     (outside / "big.bin").write_bytes(b"x" * 100_000)
     (tree.session_path / "extract" / "escape").symlink_to(outside)
-    walked = files.walk_session(str(tree.project_dir), "S1", LAYOUT)
-    assert not any("big.bin" in rel for rel, _k, _n in walked["particles"])
-    assert files.measure(walked["particles"]).size < 100_000 + tree.bytes_by_datatype["particles"]
+    particles = files.walk_session(str(tree.project_dir), "S1", LAYOUT)["particles"]
+    assert not any("big.bin" in rel for rel in particles.paths)
+    assert "S1/extract/escape" in particles.paths  # the link itself is a file of the category
+    assert particles.size < 100_000 + tree.bytes_by_datatype["particles"]
+
+
+def test_skipped_paths_are_left_out(tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "proj", exposures=1)
+    skip = frozenset({"S1/exposures.bson"})
+    metadata = files.walk_session(str(tree.project_dir), "S1", LAYOUT, skip=skip)["metadata"]
+    assert "S1/exposures.bson" not in metadata.paths
+    assert metadata.size == tree.bytes_by_datatype["metadata"] - 2048
 
 
 def test_missing_session_dir_is_empty(tmp_path: Path) -> None:

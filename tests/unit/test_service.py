@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from livedm.server.domain import DATATYPES
+from livedm.server.domain import DATATYPES, datatype_size
 from livedm.server.errors import CONFLICT, INVALID_PARAMS, NOT_FOUND, ApiError
 from livedm.server.service import Service
 from tests.support.sessiontree import build_session_tree
@@ -39,7 +39,7 @@ def test_sizes_are_measured_stored_and_summed_per_project(mock_service: Service,
     assert mock_service.update_session_datatype_sizes("P1", "S1") == t1.total()
     assert mock_service.update_session_datatype_sizes("P1", "S2") == t2.total()
     for dt in DATATYPES:
-        assert mock_service.get_datatype_size("P1", "S1", dt) == t1.bytes_by_datatype[dt]
+        assert datatype_size(mock_service.session("P1", "S1"), dt) == t1.bytes_by_datatype[dt]
     totals = mock_service.get_project("P1")["data_management"]
     assert {dt: totals[dt]["size"] for dt in DATATYPES} == {
         dt: t1.bytes_by_datatype[dt] + t2.bytes_by_datatype[dt] for dt in DATATYPES}
@@ -68,7 +68,7 @@ def test_rescan_follows_the_disk_and_all_gone_is_missing(mock_service: Service, 
     extra = tree.session_path / "motioncorrected" / "new.mrc"
     extra.write_bytes(b"n" * 77)
     mock_service.update_session_datatype_sizes("P1", "S1")
-    assert mock_service.get_datatype_size("P1", "S1", "micrographs") == tree.bytes_by_datatype["micrographs"] + 77
+    assert datatype_size(mock_service.session("P1", "S1"), "micrographs") == tree.bytes_by_datatype["micrographs"] + 77
     # the registry keeps what was registered; its files vanish from disk: 0 bytes and "missing"
     for movie in tree.movies_dir.iterdir():
         movie.unlink()
@@ -91,7 +91,7 @@ def test_register_files_adds_outside_layout_and_refuses_bad_paths(mock_service: 
     shared.write_bytes(b"g" * 321)
     out = mock_service.register_files("P1", "S1", "metadata", [str(shared), "shared/gain.mrc"])
     assert out["registered"] == 1 and out["already_registered"] == 1
-    assert mock_service.get_datatype_size("P1", "S1", "metadata") == tree.bytes_by_datatype["metadata"] + 321
+    assert datatype_size(mock_service.session("P1", "S1"), "metadata") == tree.bytes_by_datatype["metadata"] + 321
     before = mock_service.get_session("P1", "S1")
     (tmp_path / "outside.bin").write_bytes(b"o")
     for bad in ([str(tmp_path / "outside.bin")], ["../outside.bin"], [str(shared), "shared/absent.bin"],
@@ -117,9 +117,10 @@ def test_session_status_rules(mock_service: Service, tmp_path: Path) -> None:
 
 def test_unknown_things_are_not_found_or_invalid(mock_service: Service, tmp_path: Path) -> None:
     mock_service.create_project("p", str(tmp_path))
+    mock_service.create_live_session("P1", "s")
     assert code_of(mock_service.get_project, "P9") == NOT_FOUND
     assert code_of(mock_service.get_session, "P1", "S4") == NOT_FOUND
     assert code_of(mock_service.get_project, "p1; drop") == INVALID_PARAMS
-    assert code_of(mock_service.get_datatype_size, "P1", "S1", "movies") == INVALID_PARAMS
+    assert code_of(datatype_size, mock_service.session("P1", "S1"), "movies") == INVALID_PARAMS
     assert code_of(mock_service.create_live_session, "P1", "s", "../escape") == INVALID_PARAMS
     assert code_of(mock_service.create_project, "  ", str(tmp_path)) == INVALID_PARAMS

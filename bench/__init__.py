@@ -1,0 +1,1 @@
+"""Benchmarks: each prints livedm's figure beside a baseline measured in the same run, as a ratio."""

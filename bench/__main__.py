@@ -1,0 +1,11 @@
+"""`python -m bench [NAME ...]`: run the benchmarks (all by default)."""
+
+import sys
+
+from bench import rpc_throughput, session_sizing
+
+BENCHMARKS = {"sizing": session_sizing.main, "throughput": rpc_throughput.main}
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or list(BENCHMARKS):
+        BENCHMARKS[name]()
