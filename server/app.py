@@ -18,20 +18,18 @@ from .config import Config
 from .embedded import EmbeddedStore
 from .errors import INVALID_REQUEST, PARSE_ERROR, ApiError
 from .methods import METHODS
-from .reads import SessionReader
 from .rpc import CallContext, Dispatcher, error_response
-from .service import Service
+from .services import Services
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
-SERVICE = web.AppKey("service", Service)
+SERVICES = web.AppKey("services", Services)
 AUTH = web.AppKey("auth", Authenticator)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 EMBEDDED = web.AppKey("embedded", EmbeddedStore)
-READER = web.AppKey("reader", SessionReader)
 MONGO_CLIENT = web.AppKey("mongo_client", pymongo.MongoClient)
 
 
@@ -71,7 +69,7 @@ async def api(request: web.Request) -> web.Response:
         body = raw.decode("utf-8")
     except UnicodeDecodeError:
         return web.json_response(error_response(PARSE_ERROR, "the request body is not UTF-8 text"))
-    ctx = CallContext(service=app[SERVICE], reader=app[READER], user=None)
+    ctx = CallContext(services=app[SERVICES], user=None)
     token = token_from_headers(request.headers)
     authenticator = app[AUTH]
     try:
@@ -106,9 +104,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     if token is None:
         log.info("admin token: %s (written at first start)", config.admin_token_path)
     app[STORE] = store
-    app[SERVICE] = Service(store, config)
     app[AUTH] = Authenticator(store, config.auth_cache_s)
-    app[READER] = SessionReader(store)
+    app[SERVICES] = Services.build(store, config, app[AUTH])
     yield
     if owns_client:
         client.close()

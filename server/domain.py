@@ -19,6 +19,7 @@ DATATYPE_LABELS: dict[str, str] = {
 CATEGORY_STATUSES = ("active", "archiving", "archived", "deleted", "deleting", "missing", "calculating")
 TRANSIENT_STATUSES = ("deleting", "calculating")
 SESSION_STATUSES = ("running", "paused", "completed")
+MARKABLE_STATUSES = ("active", "archiving", "archived", "deleted")
 
 # A category whose files are all gone becomes "missing" from these, and returns when they come back.
 MISSING_FROM = ("active", "archiving", "archived")
@@ -67,6 +68,23 @@ def new_data_management() -> dict[str, dict[str, Any]]:
 
 def datatype_size(session: dict[str, Any], datatype: str) -> int:
     return int(session["data_management"][check_datatype(datatype)]["size"])
+
+
+def check_mark(session: dict[str, Any], datatype: str, status: str) -> str:
+    """May this category be marked `status` now? Its current status, or why not (as cryoSPARC rules)."""
+    check_datatype(datatype)
+    if status not in MARKABLE_STATUSES:
+        raise invalid_params(f"status {status!r} is not one of {', '.join(MARKABLE_STATUSES)}")
+    if datatype == "thumbnails":
+        raise invalid_params("thumbnails cannot be marked (as in cryoSPARC): they go with the micrographs")
+    if session["status"] != "completed":
+        raise conflict(f"session {session['project_uid']} {session['uid']} is {session['status']}; category "
+                       "actions need a completed session (mark_session_completed)")
+    current = session["data_management"][datatype]["status"]
+    if current in TRANSIENT_STATUSES and current != status:
+        raise conflict(f"{datatype} of {session['project_uid']} {session['uid']} is {current}; wait for that "
+                       "to finish (list_jobs shows it)")
+    return current
 
 
 def session_status_after(current: str, action: str) -> str:

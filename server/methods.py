@@ -53,56 +53,56 @@ def whoami(ctx: CallContext) -> dict[str, Any]:
 @api()
 def create_project(ctx: CallContext, title: str, project_dir: str) -> dict[str, Any]:
     """Register a project whose directory exists; its uid is the next P<n>."""
-    return ctx.service.create_project(title, project_dir)
+    return ctx.services.sessions.create_project(title, project_dir)
 
 
 @api()
 def list_projects(ctx: CallContext) -> list[dict[str, Any]]:
     """Every project with its session count and per-datatype totals."""
-    return ctx.service.list_projects()
+    return ctx.services.sessions.list_projects()
 
 
 @api()
 def get_project(ctx: CallContext, project_uid: str) -> dict[str, Any]:
     """One project with its session count and per-datatype totals."""
-    return ctx.service.get_project(project_uid)
+    return ctx.services.sessions.get_project(project_uid)
 
 
 @api()
 def create_live_session(ctx: CallContext, project_uid: str, title: str,
                         session_dir: str | None = None) -> dict[str, Any]:
     """A new session (status paused) with data_management initialised; session_dir defaults to its uid."""
-    return ctx.service.create_live_session(project_uid, title, session_dir)
+    return ctx.services.sessions.create_live_session(project_uid, title, session_dir)
 
 
 @api()
 def list_sessions(ctx: CallContext, project_uid: str) -> list[dict[str, Any]]:
     """The project's sessions, oldest first."""
-    return ctx.service.list_sessions(project_uid)
+    return ctx.services.sessions.list_sessions(project_uid)
 
 
 @api()
 def get_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
     """One session with its data_management."""
-    return ctx.service.get_session(project_uid, session_uid)
+    return ctx.services.sessions.get_session(project_uid, session_uid)
 
 
 @api()
 def start_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
     """Mark the session running."""
-    return ctx.service.change_session_status(project_uid, session_uid, "start")
+    return ctx.services.sessions.change_session_status(project_uid, session_uid, "start")
 
 
 @api()
 def pause_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
     """Mark the session paused and refresh its sizes."""
-    return ctx.service.change_session_status(project_uid, session_uid, "pause")
+    return ctx.services.sessions.change_session_status(project_uid, session_uid, "pause")
 
 
 @api()
 def mark_session_completed(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
     """Mark the session completed (category actions need this) and refresh its sizes."""
-    return ctx.service.change_session_status(project_uid, session_uid, "complete")
+    return ctx.services.sessions.change_session_status(project_uid, session_uid, "complete")
 
 
 # --- files and sizes (the seed's API) ------------------------------------------------------------
@@ -111,41 +111,92 @@ def mark_session_completed(ctx: CallContext, project_uid: str, session_uid: str)
 def register_files(ctx: CallContext, project_uid: str, session_uid: str, datatype: str,
                    paths: list[str]) -> dict[str, Any]:
     """Add files (absolute, or relative to the project dir; inside the project) to a category."""
-    return ctx.service.register_files(project_uid, session_uid, datatype, paths)
+    return ctx.services.sessions.register_files(project_uid, session_uid, datatype, paths)
 
 
 @api()
 def scan_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
     """Find the session's files by the layout rules and measure them; the new data_management."""
-    return ctx.service.refresh_session(project_uid, session_uid)
+    return ctx.services.sessions.refresh_session(project_uid, session_uid)
 
 
 @api()
 def get_datatype_file_paths(ctx: CallContext, project_uid: str, session_uid: str,
                             datatype: str) -> dict[str, list[str]]:
     """{datatype: [absolute paths]}; raw gives the movie files (symlink targets). Not for thumbnails."""
-    return ctx.service.get_datatype_file_paths(project_uid, session_uid, datatype)
+    return ctx.services.sessions.get_datatype_file_paths(project_uid, session_uid, datatype)
 
 
 @api()
 async def get_datatype_size(ctx: CallContext, project_uid: str, session_uid: str, datatype: str) -> int:
     """Bytes of the category, as last measured."""
-    return datatype_size(await ctx.reader.session(project_uid, session_uid), datatype)
+    return datatype_size(await ctx.services.reader.session(project_uid, session_uid), datatype)
 
 
 @api()
 def update_session_datatype_sizes(ctx: CallContext, project_uid: str, session_uid: str) -> int:
     """Measure every datatype of the session now; the session's total bytes."""
-    return ctx.service.update_session_datatype_sizes(project_uid, session_uid)
+    return ctx.services.sessions.update_session_datatype_sizes(project_uid, session_uid)
 
 
 @api()
 def get_data_management_stats(ctx: CallContext, project_uid: str) -> dict[str, Any]:
     """{session_uid: data_management} for every session of the project."""
-    return ctx.service.get_data_management_stats(project_uid)
+    return ctx.services.sessions.get_data_management_stats(project_uid)
 
 
 @api()
 def get_project_file_paths(ctx: CallContext, project_uid: str) -> dict[str, Any]:
     """"Download Project Stats": {session_uid: {datatype: [absolute paths]}}."""
-    return ctx.service.get_project_file_paths(project_uid)
+    return ctx.services.sessions.get_project_file_paths(project_uid)
+
+
+# --- category states and the audit log -----------------------------------------------------------
+
+@api(access="manage")
+def change_session_data_management_state(ctx: CallContext, project_uid: str, session_uid: str, datatype: str,
+                                         status: str) -> dict[str, Any]:
+    """Mark a category active, archiving, archived or deleted ("deleted" only marks: files stay).
+    Completed sessions only; not thumbnails. The session's data_management."""
+    data_management, _changed = ctx.services.categories.change_state(
+        ctx.actor, project_uid, session_uid, datatype, status)
+    return data_management
+
+
+@api()
+def get_audit_log(ctx: CallContext, project_uid: str | None = None, session_uid: str | None = None,
+                  limit: int = 100) -> list[dict[str, Any]]:
+    """Newest first: state changes, deletions, permission changes, hook runs."""
+    return ctx.services.audit.query(project_uid, session_uid, limit)
+
+
+# --- users (admins only) -------------------------------------------------------------------------
+
+@api(access="admin")
+def create_user(ctx: CallContext, name: str, role: str = "user") -> dict[str, Any]:
+    """A new user (role admin or user) and its API token, shown this once."""
+    return ctx.services.users.create_user(ctx.actor, name, role)
+
+
+@api(access="admin")
+def list_users(ctx: CallContext) -> list[dict[str, Any]]:
+    """Every user with role and live data management permission."""
+    return ctx.services.users.list_users()
+
+
+@api(access="admin")
+def issue_token(ctx: CallContext, user: str) -> dict[str, str]:
+    """A new API token for the user (older ones keep working until revoked)."""
+    return ctx.services.users.issue_token(ctx.actor, user)
+
+
+@api(access="admin")
+def revoke_token(ctx: CallContext, user: str) -> dict[str, Any]:
+    """Revoke every token of the user."""
+    return ctx.services.users.revoke_token(ctx.actor, user)
+
+
+@api(access="admin")
+def set_user_data_management_permission(ctx: CallContext, user: str, enabled: bool) -> dict[str, Any]:
+    """Allow or forbid the user to mark and delete live session data."""
+    return ctx.services.users.set_permission(ctx.actor, user, enabled)

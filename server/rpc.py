@@ -40,7 +40,7 @@ _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "tru
 class ApiMethod:
     name: str
     func: Callable[..., Any]
-    access: str  # "user" or "admin"
+    access: str  # "user" (everyone), "manage" (needs the live data management permission), "admin"
     signature: inspect.Signature
     hints: dict[str, Any]
 
@@ -140,13 +140,24 @@ def _post_process(response: Any) -> dict[str, Any]:
 
 @dataclass
 class CallContext:
-    """What a method runs with: the service layer, the caller, and why the caller could not be
+    """What a method runs with: the services, the caller, and why the caller could not be
     authenticated (if so)."""
 
-    service: Any
-    reader: Any
+    services: Any
     user: dict[str, Any] | None
     auth_error: ApiError | None = None
+
+    @property
+    def actor(self) -> str:
+        return (self.user or {}).get("name", "?")
+
+
+def check_access(method: ApiMethod, user: dict[str, Any]) -> None:
+    if method.access == "admin" and user.get("role") != "admin":
+        raise forbidden(f"{method.name} needs an admin")
+    if method.access == "manage" and not user.get("live_data_management"):
+        raise forbidden(f"{method.name} needs the live data management permission, which {user.get('name')!r} "
+                        "does not have; an admin grants it: livedm user allow NAME")
 
 
 def _wrap(method: ApiMethod) -> Callable[..., Any]:
@@ -160,8 +171,7 @@ def _wrap(method: ApiMethod) -> Callable[..., Any]:
             arguments = dict(zip(names, args, strict=False))
             arguments.update(kwargs)
             check_arguments(method, arguments)
-            if method.access == "admin" and ctx.user.get("role") != "admin":
-                raise forbidden(f"{method.name} needs an admin")
+            check_access(method, ctx.user)
             if is_async:
                 result = await method.func(ctx, **arguments)
             else:

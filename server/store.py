@@ -50,6 +50,8 @@ class Store:
         self.db.sessions.create_index([("project_uid", 1), ("created_at", 1)])
         self.db.registry.create_index([("key", 1), ("source", 1)])
         self.db.tokens.create_index([("user", 1)])
+        self.db.audit.create_index([("at", 1)])
+        self.db.audit.create_index([("project_uid", 1), ("session_uid", 1)])
 
     def ping(self) -> None:
         self.client.admin.command("ping")
@@ -155,6 +157,23 @@ class Store:
     def user_for_token(self, token_hash: str) -> dict[str, Any] | None:
         token = self.db.tokens.find_one({"_id": token_hash})
         return None if token is None else self.get_user(token["user"])
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return list(self.db.users.find({}, NO_ID).sort("created_at", 1))
+
+    def update_user(self, name: str, fields: dict[str, Any]) -> bool:
+        return self.db.users.update_one({"_id": name}, {"$set": fields}).matched_count == 1
+
+    def delete_tokens(self, user: str) -> int:
+        return self.db.tokens.delete_many({"user": user}).deleted_count
+
+    # --- audit log (append-only) -----------------------------------------------------------------
+
+    def append_audit(self, entry: dict[str, Any]) -> None:
+        self.db.audit.insert_one(dict(entry))
+
+    def find_audit(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+        return list(self.db.audit.find(query, NO_ID).sort("at", -1).limit(limit))
 
 
 def _chunks(key: str, source: str, paths_by_datatype: dict[str, list[str]],

@@ -76,12 +76,22 @@ def test_cryosparc_tools_can_call_every_method(daemon: Daemon, tmp_path: Path) -
         "get_data_management_stats": lambda: cli.get_data_management_stats("P1"),
         "get_project_file_paths": lambda: cli.get_project_file_paths("P1"),
         "mark_session_completed": lambda: cli.mark_session_completed("P1", "S1"),
+        "change_session_data_management_state": lambda: cli.change_session_data_management_state(
+            project_uid="P1", session_uid="S1", datatype="particles", status="archiving"),
+        "get_audit_log": lambda: cli.get_audit_log(project_uid="P1"),
+        "create_user": lambda: cli.create_user(name="operator"),
+        "list_users": lambda: cli.list_users(),
+        "issue_token": lambda: cli.issue_token("operator"),
+        "set_user_data_management_permission": lambda: cli.set_user_data_management_permission("operator", True),
+        "revoke_token": lambda: cli.revoke_token(user="operator"),
     }
     assert set(calls) == set(cli._endpoints), "a method was added: call it here too"
     results = {name: call() for name, call in calls.items()}
     assert results["get_datatype_size"] == tree.bytes_by_datatype["metadata"] + 999
     assert results["mark_session_completed"]["status"] == "completed"
     assert results["update_session_datatype_sizes"] == tree.total() + 999
+    assert results["change_session_data_management_state"]["particles"]["status"] == "archiving"
+    assert results["revoke_token"]["revoked"] == 2
 
 
 def test_restart_on_the_same_state_dir_keeps_everything(daemon: Daemon, tmp_path: Path) -> None:

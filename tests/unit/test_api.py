@@ -7,63 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import mongomock
 import pytest
-from aiohttp.test_utils import TestClient
 
-from livedm.server.app import create_app
-from livedm.server.config import Config
 from livedm.server.methods import METHODS
-from tests.conftest import make_config
-from tests.support.sessiontree import build_session_tree
-
-
-class Api:
-    def __init__(self, client: TestClient, token: str, mongo: mongomock.MongoClient) -> None:
-        self.client, self.token, self.mongo = client, token, mongo
-
-    async def post(self, body: Any, token: str | None = "default", raw: bool = False) -> Any:
-        headers = {} if token is None else {"Authorization": f"Bearer {self.token if token == 'default' else token}"}
-        data = body if raw else json.dumps(body)
-        response = await self.client.post("/api", data=data, headers=headers)
-        assert response.status == 200, await response.text()
-        return await response.json()
-
-    async def call(self, method: str, params: Any = None, **kw: Any) -> dict[str, Any]:
-        return await self.post({"jsonrpc": "2.0", "method": method, "params": params or {}, "id": 7}, **kw)
-
-    async def ok(self, method: str, params: Any = None) -> Any:
-        reply = await self.call(method, params)
-        assert "error" not in reply, reply
-        return reply["result"]
-
-    def snapshot(self) -> dict[str, list]:
-        db = self.mongo["livedm"]
-        return {name: sorted(map(repr, db[name].find())) for name in db.list_collection_names()}
-
-
-@pytest.fixture
-async def api(aiohttp_client: Any, tmp_path: Path) -> Api:
-    config: Config = make_config(tmp_path / "state")
-    mongo = mongomock.MongoClient()
-    client = await aiohttp_client(create_app(config, mongo_client=mongo))
-    return Api(client, config.admin_token_path.read_text().strip(), mongo)
-
-
-@pytest.fixture
-async def populated(api: Api, tmp_path: Path) -> Api:
-    build_session_tree(tmp_path / "proj", exposures=2)
-    await api.ok("create_project", {"title": "p", "project_dir": str(tmp_path / "proj")})
-    await api.ok("create_live_session", ["P1", "s"])
-    await api.ok("update_session_datatype_sizes", ["P1", "S1"])
-    return api
-
-
-def assert_error(reply: dict[str, Any], code: int, name: str) -> dict[str, Any]:
-    error = reply["error"]
-    assert (error["code"], error["name"], error["data"]["name"]) == (code, name, name), reply
-    assert isinstance(error["message"], str) and len(error["message"]) > 10
-    return error
+from tests.unit.conftest import Api, assert_error
 
 
 async def test_greeting_and_health(api: Api) -> None:
@@ -137,11 +84,20 @@ async def test_non_utf8_and_oversized_bodies(populated: Api) -> None:
 def _valid_params(tmp_path: Path) -> dict[str, Any]:
     return {"project_uid": "P1", "session_uid": "S1", "datatype": "metadata", "title": "t",
             "project_dir": str(tmp_path / "proj"), "session_dir": "S9",
-            "paths": [str(tmp_path / "proj" / "S1" / "exposures.bson")]}
+            "paths": [str(tmp_path / "proj" / "S1" / "exposures.bson")], "status": "archived",
+            "name": "newuser", "role": "user", "user": "admin", "enabled": True, "limit": 10}
 
 
-def _wrong_value(hint_name: str) -> Any:
-    return {"str": 12345, "list": "not-a-list"}.get(hint_name, {"nested": ["object"]})
+def _wrong_value(hint: Any) -> Any:
+    """A JSON value the parameter's type refuses."""
+    text = str(hint)
+    if "list" in text:
+        return "not-a-list"
+    if "bool" in text:
+        return "yes"
+    if "int" in text:
+        return "ten"
+    return 12345
 
 
 HOSTILE_CASES = []
@@ -165,8 +121,7 @@ async def test_every_method_refuses_missing_extra_and_wrong_typed_arguments(
     elif case == "missing":
         del params[param]
     else:
-        hint = spec.hints[param]
-        params[param] = _wrong_value("list" if "list" in str(hint) else "str")
+        params[param] = _wrong_value(spec.hints[param])
     before = populated.snapshot()
     error = assert_error(await populated.call(method, params), -32602, "InvalidParams")
     if case == "wrong-type":

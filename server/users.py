@@ -1,0 +1,76 @@
+"""Users, their API tokens and their "live data management" permission (admins only), audited."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .audit import Audit
+from .auth import new_token, token_hash
+from .domain import now_iso
+from .errors import conflict, invalid_params, not_found
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+ROLES = ("admin", "user")
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
+
+
+def public_user(user: dict[str, Any]) -> dict[str, Any]:
+    return {"name": user["name"], "role": user["role"],
+            "live_data_management": bool(user.get("live_data_management")), "created_at": user.get("created_at")}
+
+
+class Users:
+    def __init__(self, store: Store, audit: Audit, changed: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.audit = audit
+        self.changed = changed  # forget cached sign-ins: a revoked token must stop working here at once
+
+    def _user(self, name: str) -> dict[str, Any]:
+        user = self.store.get_user(name)
+        if user is None:
+            raise not_found(f"user {name!r} does not exist; list_users() shows the users")
+        return user
+
+    def create_user(self, actor: str, name: str, role: str) -> dict[str, Any]:
+        if not _USER_NAME.match(name):
+            raise invalid_params(f"user name {name!r}: lower-case letters, digits, '_', '.', '-' (max 64), "
+                                 "starting with a letter or '_'")
+        if role not in ROLES:
+            raise invalid_params(f"role {role!r} is not one of {', '.join(ROLES)}")
+        user = {"name": name, "role": role, "live_data_management": False, "created_at": now_iso()}
+        if not self.store.insert_user(user):
+            raise conflict(f"user {name!r} exists already; issue_token('{name}') gives it a new token")
+        token = new_token()
+        self.store.insert_token(token_hash(token), name, now_iso())
+        self.audit.record(actor, "user_created", user=name, role=role)
+        return {**public_user(user), "token": token}
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return [public_user(u) for u in self.store.list_users()]
+
+    def issue_token(self, actor: str, name: str) -> dict[str, str]:
+        self._user(name)
+        token = new_token()
+        self.store.insert_token(token_hash(token), name, now_iso())
+        self.audit.record(actor, "token_issued", user=name)
+        return {"user": name, "token": token}
+
+    def revoke_token(self, actor: str, name: str) -> dict[str, Any]:
+        self._user(name)
+        revoked = self.store.delete_tokens(name)
+        self.changed()
+        self.audit.record(actor, "tokens_revoked", user=name, count=revoked)
+        return {"user": name, "revoked": revoked}
+
+    def set_permission(self, actor: str, name: str, enabled: bool) -> dict[str, Any]:
+        user = self._user(name)
+        if bool(user.get("live_data_management")) != enabled:
+            self.store.update_user(name, {"live_data_management": enabled})
+            self.changed()
+            self.audit.record(actor, "permission_changed", user=name, live_data_management=enabled)
+        return public_user(self._user(name))
