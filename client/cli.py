@@ -105,6 +105,54 @@ def cmd_whoami(client: CommandClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_user(client: CommandClient, args: argparse.Namespace) -> int:
+    action = args.action
+    if action == "list":
+        users = client.call("list_users")
+        if args.json:
+            print(json.dumps(users))
+        else:
+            rows = [[u["name"], u["role"], "yes" if u["live_data_management"] else "no", short_time(u["created_at"])]
+                    for u in users]
+            print(table(["NAME", "ROLE", "LIVE DATA MANAGEMENT", "CREATED"], rows))
+        return EXIT_OK
+    if not args.name:
+        print(f"livedm user {action}: give the user's name", file=sys.stderr)
+        return EXIT_USAGE
+    calls = {"add": ("create_user", {"name": args.name, "role": "admin" if args.admin else "user"}),
+             "token": ("issue_token", {"user": args.name}),
+             "revoke": ("revoke_token", {"user": args.name}),
+             "allow": ("set_user_data_management_permission", {"user": args.name, "enabled": True}),
+             "deny": ("set_user_data_management_permission", {"user": args.name, "enabled": False})}
+    method, params = calls[action]
+    result = client.call(method, **params)
+    if args.json:
+        print(json.dumps(result))
+    elif "token" in result:
+        print(f"token for {args.name} (shown once; give it to them as LIVEDM_TOKEN):\n{result['token']}")
+    elif action == "revoke":
+        print(f"revoked {result['revoked']} token(s) of {args.name}")
+    else:
+        allowed = "may" if result["live_data_management"] else "may not"
+        print(f"{args.name} {allowed} change live session data")
+    return EXIT_OK
+
+
+def cmd_audit(client: CommandClient, args: argparse.Namespace) -> int:
+    entries = client.call("get_audit_log", project_uid=args.project, session_uid=args.session, limit=args.limit)
+    if args.json:
+        print(json.dumps(entries))
+        return EXIT_OK
+    rows = []
+    for e in entries:
+        where = " ".join(filter(None, (e.get("project_uid"), e.get("session_uid"), e.get("datatype"))))
+        skip = {"at", "actor", "action", "project_uid", "session_uid", "datatype"}
+        what = ", ".join(f"{k}={v}" for k, v in e.items() if k not in skip)
+        rows.append([e["at"].replace("T", " ")[:19], e["actor"], e["action"], where or "-", what])
+    print(table(["WHEN (UTC)", "WHO", "ACTION", "WHERE", "DETAILS"], rows) if rows else "The audit log is empty.")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livedm", description="Client of livedmd, the live session data management daemon. "
@@ -129,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_refresh)
     p = sub.add_parser("whoami", help="who the token belongs to")
     p.set_defaults(run=cmd_whoami)
+    p = sub.add_parser("user", help="admins: list, add, token, revoke, allow, deny users")
+    p.add_argument("action", choices=["list", "add", "token", "revoke", "allow", "deny"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--admin", action="store_true", help="with add: make an admin")
+    p.set_defaults(run=cmd_user)
+    p = sub.add_parser("audit", help="who changed what, newest first")
+    p.add_argument("project", nargs="?")
+    p.add_argument("session", nargs="?")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(run=cmd_audit)
     return parser
 
 

@@ -103,3 +103,22 @@ def test_icli_gives_a_shell_with_the_servers_methods(daemon: Daemon) -> None:
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "me: admin" in done.stdout and "has: True" in done.stdout
+
+
+def test_user_and_audit_commands(daemon: Daemon, tmp_path: Path) -> None:
+    added = daemon.livedm("user", "add", "alice")
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip().splitlines()[-1]
+    assert token.startswith("ldm_")
+    as_alice = daemon.livedm("whoami", env={"LIVEDM_TOKEN": token})
+    assert "alice (user)" in as_alice.stdout and "may not" in as_alice.stdout
+    refused = daemon.livedm("user", "list", env={"LIVEDM_TOKEN": token})
+    assert refused.returncode == 1 and "Forbidden" in refused.stderr
+    assert "alice may change" in daemon.livedm("user", "allow", "alice").stdout
+    listing = daemon.livedm("user", "list").stdout
+    assert any(line.split()[:3] == ["alice", "user", "yes"] for line in listing.splitlines())
+    assert "revoked 1 token" in daemon.livedm("user", "revoke", "alice").stdout
+    assert daemon.livedm("whoami", env={"LIVEDM_TOKEN": token}).returncode == 1
+    audit = json.loads(daemon.livedm("--json", "audit").stdout)
+    assert [e["action"] for e in audit] == ["tokens_revoked", "permission_changed", "user_created"]
+    assert "permission_changed" in daemon.livedm("audit").stdout
