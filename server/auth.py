@@ -62,11 +62,11 @@ class Authenticator:
         if not token:
             raise unauthenticated("no API token: send 'Authorization: Bearer <token>' or 'License-ID: <token>' "
                                   "(livedm reads LIVEDM_TOKEN or LIVEDM_TOKEN_FILE)")
+        cached = self.cached_user(token)
+        if cached is not None:
+            return cached
         digest = token_hash(token)
-        cached = self._cache.get(digest)
         now = time.monotonic()
-        if cached and now - cached[0] < self.cache_s:
-            return cached[1]
         user = self.store.user_for_token(digest)
         if user is None:
             self._cache.pop(digest, None)
