@@ -161,15 +161,14 @@ class Service:
         return {"registered": len(new), "already_registered": len(paths) - len(new),
                 "data_management": self.session(project_uid, session_uid)["data_management"][datatype]}
 
-    def _registered_paths(self, project_uid: str, session_uid: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    def _registered_paths(self, project_uid: str, session_uid: str) -> dict[str, list[str]]:
         session = self.session(project_uid, session_uid)
         registry = self.store.read_registry(project_uid, session_uid, session.get("scan_gen"))
-        merged = {dt: sorted(set(registry["scan"][dt]) | set(registry["api"][dt])) for dt in DATATYPES}
-        return session, merged
+        return {dt: sorted(set(registry["scan"][dt]) | set(registry["api"][dt])) for dt in DATATYPES}
 
     def file_paths(self, project_uid: str, session_uid: str, datatypes: tuple[str, ...]) -> dict[str, list[str]]:
         project_dir = self.project(project_uid)["project_dir"]
-        _session, merged = self._registered_paths(project_uid, session_uid)
+        merged = self._registered_paths(project_uid, session_uid)
         return {dt: files.absolute_paths(project_dir, merged[dt], resolve_links=dt == "raw") for dt in datatypes}
 
     def get_datatype_file_paths(self, project_uid: str, session_uid: str, datatype: str) -> dict[str, list[str]]:
