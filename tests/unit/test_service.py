@@ -7,7 +7,15 @@ import pytest
 from livedm.server.domain import DATATYPES, datatype_size
 from livedm.server.errors import CONFLICT, INVALID_PARAMS, NOT_FOUND, ApiError
 from livedm.server.service import Service
-from tests.support.sessiontree import build_session_tree
+from tests.support.sessiontree import SessionTree, build_session_tree
+
+
+def session_on_disk(service: Service, tmp_path: Path, exposures: int) -> SessionTree:
+    """P1 S1 over a realistic tree, not yet measured."""
+    tree = build_session_tree(tmp_path / "proj", exposures=exposures)
+    service.create_project("p", str(tree.project_dir))
+    service.create_live_session("P1", "s")
+    return tree
 
 
 def code_of(call, *args):
@@ -49,9 +57,7 @@ def test_sizes_are_measured_stored_and_summed_per_project(mock_service: Service,
 
 
 def test_file_paths_are_absolute_and_raw_gives_movie_targets(mock_service: Service, tmp_path: Path) -> None:
-    tree = build_session_tree(tmp_path / "proj", exposures=3)
-    mock_service.create_project("p", str(tree.project_dir))
-    mock_service.create_live_session("P1", "s")
+    tree = session_on_disk(mock_service, tmp_path, exposures=3)
     mock_service.update_session_datatype_sizes("P1", "S1")
     for dt in ("raw", "micrographs", "particles", "metadata"):
         assert sorted(mock_service.get_datatype_file_paths("P1", "S1", dt)[dt]) == sorted(tree.paths_by_datatype[dt])
@@ -61,9 +67,7 @@ def test_file_paths_are_absolute_and_raw_gives_movie_targets(mock_service: Servi
 
 
 def test_rescan_follows_the_disk_and_all_gone_is_missing(mock_service: Service, tmp_path: Path) -> None:
-    tree = build_session_tree(tmp_path / "proj", exposures=2)
-    mock_service.create_project("p", str(tree.project_dir))
-    mock_service.create_live_session("P1", "s")
+    tree = session_on_disk(mock_service, tmp_path, exposures=2)
     mock_service.update_session_datatype_sizes("P1", "S1")
     extra = tree.session_path / "motioncorrected" / "new.mrc"
     extra.write_bytes(b"n" * 77)
@@ -82,9 +86,7 @@ def test_rescan_follows_the_disk_and_all_gone_is_missing(mock_service: Service, 
 
 
 def test_register_files_adds_outside_layout_and_refuses_bad_paths(mock_service: Service, tmp_path: Path) -> None:
-    tree = build_session_tree(tmp_path / "proj", exposures=1)
-    mock_service.create_project("p", str(tree.project_dir))
-    mock_service.create_live_session("P1", "s")
+    tree = session_on_disk(mock_service, tmp_path, exposures=1)
     mock_service.refresh_session("P1", "S1")
     shared = tree.project_dir / "shared" / "gain.mrc"
     shared.parent.mkdir()
