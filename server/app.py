@@ -17,10 +17,12 @@ from .auth import Authenticator, ensure_admin, token_from_headers
 from .config import Config
 from .embedded import EmbeddedStore
 from .errors import INVALID_REQUEST, PARSE_ERROR, ApiError
+from .hooks import ensure_hook_user
 from .methods import METHODS
 from .rpc import CallContext, Dispatcher, error_response
 from .services import Services
 from .store import Store
+from .worker import Workers
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 SERVICES = web.AppKey("services", Services)
 AUTH = web.AppKey("auth", Authenticator)
+WORKERS = web.AppKey("workers", Workers)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 EMBEDDED = web.AppKey("embedded", EmbeddedStore)
 MONGO_CLIENT = web.AppKey("mongo_client", pymongo.MongoClient)
@@ -50,9 +53,13 @@ async def healthz(request: web.Request) -> web.Response:
     embedded = app.get(EMBEDDED)
     embedded_state = None if embedded is None else {
         "ok": embedded.alive(), "pid": embedded.process.pid if embedded.process else None}
-    healthy = database["ok"] and (embedded_state is None or embedded_state["ok"])
+    workers = app.get(WORKERS)
+    workers_state = None if workers is None else {
+        "ok": workers.alive() == workers.count, "configured": workers.count, "alive": workers.alive(),
+        "running_jobs": sorted(workers.running)}
+    healthy = database["ok"] and all(part is None or part["ok"] for part in (embedded_state, workers_state))
     body = {"status": "ok" if healthy else "failing", "version": __version__,
-            "database": database, "embedded_store": embedded_state}
+            "database": database, "embedded_store": embedded_state, "workers": workers_state}
     return web.json_response(body, status=200 if healthy else 503)
 
 
@@ -101,6 +108,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     store = Store(client, config.mongo_db)
     await asyncio.to_thread(store.ensure_indexes)
     token = await asyncio.to_thread(ensure_admin, store, config.admin_token_path)
+    await asyncio.to_thread(ensure_hook_user, store)
     if token is None:
         log.info("admin token: %s (written at first start)", config.admin_token_path)
     app[STORE] = store
@@ -113,6 +121,16 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         app[EMBEDDED].stop()
 
 
+async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Background jobs; on shutdown they finish within drain_s or go back to the queue."""
+    config = app[CONFIG]
+    workers = app[SERVICES].workers(config.workers)
+    app[WORKERS] = workers
+    workers.start()
+    yield
+    await workers.stop(config.drain_s)
+
+
 def create_app(config: Config, mongo_client: pymongo.MongoClient | None = None) -> web.Application:
     app = web.Application(client_max_size=config.max_request_bytes)
     app[CONFIG] = config
@@ -120,6 +138,7 @@ def create_app(config: Config, mongo_client: pymongo.MongoClient | None = None) 
         app[MONGO_CLIENT] = mongo_client
     app[DISPATCHER] = Dispatcher(METHODS)
     app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(workers_ctx)
     app.router.add_get("/", greeting)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/api", api)

@@ -67,7 +67,7 @@ class Authenticator:
             return cached
         digest = token_hash(token)
         now = time.monotonic()
-        user = self.store.user_for_token(digest)
+        user = self.store.user_for_token(digest, time.time())
         if user is None:
             self._cache.pop(digest, None)
             raise unauthenticated("the API token is not valid (revoked or mistyped); ask an admin for a new one")

@@ -8,15 +8,17 @@ from typing import Any
 from .audit import Audit
 from .domain import check_mark, now_iso
 from .errors import conflict
+from .hooks import Hooks
 from .service import Service
 
 log = logging.getLogger(__name__)
 
 
 class Categories:
-    def __init__(self, sessions: Service, audit: Audit) -> None:
+    def __init__(self, sessions: Service, audit: Audit, hooks: Hooks) -> None:
         self.sessions = sessions
         self.audit = audit
+        self.hooks = hooks
 
     def change_state(self, actor: str, project_uid: str, session_uid: str, datatype: str,
                      status: str) -> tuple[dict[str, Any], bool]:
@@ -36,4 +38,5 @@ class Categories:
         self.audit.record(actor, "state_changed", project_uid=project_uid, session_uid=session_uid,
                           datatype=datatype, old_status=current, status=status)
         log.info("%s: %s %s %s %s -> %s", actor, project_uid, session_uid, datatype, current, status)
+        self.hooks.on_state_change(actor, project_uid, session_uid, datatype, status)
         return updated["data_management"], True

@@ -42,6 +42,26 @@ def _parse_positive_float(text: str) -> float:
     return value
 
 
+def _parse_non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("true or false")
+
+
+def _parse_optional_path(text: str) -> str:
+    return _parse_path(text) if text else ""
+
+
 def _parse_path(text: str) -> str:
     if not text:
         raise ValueError("must not be empty")
@@ -75,10 +95,15 @@ class Setting:
     default: str
     help: str
     parse: Callable[[str], Any] = str
+    aliases: tuple[str, ...] = ()  # other environment names read too (cryoSPARC's), after LIVEDM_*
 
     @property
     def env(self) -> str:
         return "LIVEDM_" + self.name.upper()
+
+    @property
+    def is_switch(self) -> bool:
+        return self.parse is _parse_bool
 
     @property
     def flag(self) -> str:
@@ -106,6 +131,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth_cache_s", "2", "How long a checked token is trusted before the database is asked again.",
             _parse_positive_float),
     Setting("log_level", "info", "debug, info, warning or error.", _parse_log_level),
+    Setting("workers", "2", "Background jobs (deletions, hooks, size refreshes) run at once by this process; "
+            "0 runs none.", _parse_non_negative_int),
+    Setting("worker_only", "false", "Run jobs only, without the HTTP server (more workers for a shared "
+            "database).", _parse_bool),
+    Setting("job_lease_s", "30", "How long a claimed job stays claimed without a heartbeat; after that "
+            "another worker may take it over (after a crash).", _parse_positive_float),
+    Setting("job_max_attempts", "5", "Attempts of a job whose failures may pass before it is failed.",
+            _parse_positive_int),
+    Setting("drain_s", "20", "On SIGTERM: how long running jobs may take to finish before they are "
+            "released for another worker.", _parse_positive_float),
+    Setting("hook_enable", "false", "Run the state-change hook script (cryoSPARC's name works too).",
+            _parse_bool, ("CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE",)),
+    Setting("hook_path", "", "Absolute path of the hook script, run as `script project_uid session_uid "
+            "datatype status`.", _parse_optional_path, ("CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH",)),
+    Setting("hook_timeout_s", "3600", "A hook run longer than this is killed (its whole process group).",
+            _parse_positive_float),
+    Setting("hook_log_dir", "", "Where hook logs go, one file per session. Default: <state_dir>/hook-logs.",
+            _parse_optional_path),
+    Setting("url", "", "The URL hook scripts use to call back. Default: http://<bind>:<port> "
+            "(127.0.0.1 when bound to all addresses)."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -123,10 +168,31 @@ class Config:
     max_request_bytes: int
     auth_cache_s: float
     log_level: str
+    workers: int
+    worker_only: bool
+    job_lease_s: float
+    job_max_attempts: int
+    drain_s: float
+    hook_enable: bool
+    hook_path: str
+    hook_timeout_s: float
+    hook_log_dir: str
+    url: str
 
     @property
     def admin_token_path(self) -> Path:
         return Path(self.state_dir) / "admin.token"
+
+    @property
+    def hook_logs(self) -> Path:
+        return Path(self.hook_log_dir) if self.hook_log_dir else Path(self.state_dir) / "hook-logs"
+
+    @property
+    def callback_url(self) -> str:
+        if self.url:
+            return self.url.rstrip("/")
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "::", "") else self.bind
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
 
 def _convert(setting: Setting, raw: Any, origin: str) -> Any:
@@ -167,10 +233,13 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
         origin = "default"
         if setting.name in from_file:
             raw, origin = from_file[setting.name], f"config file {config_file}"
-        if setting.env in environ:
-            raw, origin = environ[setting.env], f"environment {setting.env}"
+        for env in (*reversed(setting.aliases), setting.env):
+            if env in environ:
+                raw, origin = environ[env], f"environment {env}"
         if flags.get(setting.name) is not None:
             raw, origin = flags[setting.name], f"flag {setting.flag}"
+        if isinstance(raw, bool) and setting.is_switch:
+            raw = "true" if raw else "false"
         values[setting.name] = raw if raw == "" and setting.parse is str else _convert(setting, raw, origin)
     return Config(**values)
 
@@ -178,8 +247,13 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
 def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file (env LIVEDM_CONFIG)")
     for setting in SETTINGS:
-        parser.add_argument(setting.flag, dest=setting.name, metavar=setting.name.upper(),
-                            help=f"{setting.help} (env {setting.env})")
+        envs = " or ".join((setting.env, *setting.aliases))
+        if setting.is_switch:
+            parser.add_argument(setting.flag, dest=setting.name, action="store_const", const="true",
+                                help=f"{setting.help} (env {envs})")
+        else:
+            parser.add_argument(setting.flag, dest=setting.name, metavar=setting.name.upper(),
+                                help=f"{setting.help} (env {envs})")
 
 
 def markdown_table(settings: Sequence[Setting] = SETTINGS) -> str:
@@ -187,7 +261,8 @@ def markdown_table(settings: Sequence[Setting] = SETTINGS) -> str:
     lines = ["| setting (TOML key) | environment | flag | default | meaning |", "|---|---|---|---|---|"]
     for s in settings:
         default = f"`{s.default}`" if s.default else "(empty)"
-        lines.append(f"| `{s.name}` | `{s.env}` | `{s.flag}` | {default} | {s.help} |")
+        envs = "<br>".join(f"`{env}`" for env in (s.env, *s.aliases))
+        lines.append(f"| `{s.name}` | {envs} | `{s.flag}` | {default} | {s.help} |")
     return "\n".join(lines)
 
 

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the thread that started it exits (livedmd dies)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -71,7 +72,7 @@ class EmbeddedStore:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=die_with_parent)
         self.pid_path.write_text(str(self.process.pid))
         self._wait_ready(timeout_s)
         log.info("embedded store (nx-27017, pid %d) serving %s on 127.0.0.1:%d",

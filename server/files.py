@@ -6,6 +6,7 @@ Registry paths are stored relative to the project directory ("S1/motioncorrected
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -208,3 +209,64 @@ def absolute_paths(project_dir: str, rel_paths: Iterable[str], resolve_links: bo
             seen.add(path)
             out.append(path)
     return out
+
+
+class UnsafePath(Exception):
+    """A registered path that now leads somewhere livedm must not delete (a symlinked directory, '..')."""
+
+
+class Unlinker:
+    """Deletes registry paths below one project dir without ever following a symlink: each directory
+    is opened by name from the project root with O_NOFOLLOW, and the file is unlinked by name in it
+    (a symlink goes as a link). Directory descriptors are kept for the files that share them."""
+
+    def __init__(self, project_dir: str) -> None:
+        self.root_fd = os.open(os.path.realpath(project_dir), os.O_RDONLY | os.O_DIRECTORY)
+        self._dir_fds: dict[str, int] = {"": self.root_fd}
+
+    def close(self) -> None:
+        for fd in self._dir_fds.values():
+            os.close(fd)
+        self._dir_fds.clear()
+
+    def __enter__(self) -> Unlinker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _dir_fd(self, rel_dir: str) -> int:
+        fd = self._dir_fds.get(rel_dir)
+        if fd is not None:
+            return fd
+        parent, _, name = rel_dir.rpartition("/")
+        parent_fd = self._dir_fd(parent)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafePath(f"{rel_dir} is not a plain directory (a symlink?)") from None
+            raise
+        if len(self._dir_fds) > 256:  # bound open descriptors on trees with many directories
+            for key in [k for k in self._dir_fds if k][:128]:
+                os.close(self._dir_fds.pop(key))
+        self._dir_fds[rel_dir] = fd
+        return fd
+
+    def unlink(self, rel: str) -> int | None:
+        """Bytes freed (0 for a file with other hard links), or None if it was already gone."""
+        parts = rel.split("/")
+        if rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise UnsafePath(f"{rel!r} is not a plain path inside the project")
+        try:
+            dir_fd = self._dir_fd("/".join(parts[:-1]))
+            st = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafePath(f"{rel} is a directory")
+        try:
+            os.unlink(parts[-1], dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        return st.st_size if st.st_nlink == 1 or stat.S_ISLNK(st.st_mode) else 0

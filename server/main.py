@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from aiohttp import web
@@ -31,6 +32,19 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+async def run_workers_only(app: web.Application) -> None:
+    """The app's resources and workers without an HTTP server, until SIGTERM or SIGINT."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("livedm").info("worker-only mode: running jobs, no HTTP server")
+    await stop.wait()
+    await runner.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k != "config"}
@@ -46,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("livedmd %s: state dir %s, database %s", __version__, config.state_dir,
              "embedded store" if not config.mongo_uri else "MongoDB (LIVEDM_MONGO_URI)")
     try:
-        web.run_app(create_app(config), host=config.bind, port=config.port, print=None,
-                    access_log=None, handler_cancellation=True, loop=new_event_loop())
+        if config.worker_only:
+            new_event_loop().run_until_complete(run_workers_only(create_app(config)))
+        else:
+            web.run_app(create_app(config), host=config.bind, port=config.port, print=None,
+                        access_log=None, handler_cancellation=True, loop=new_event_loop())
     except OSError as exc:
         print(f"livedmd: cannot listen on {config.bind}:{config.port}: {exc.strerror}; "
               "pick another with --port or LIVEDM_PORT", file=sys.stderr)

@@ -4,13 +4,14 @@ thread, so they may block; the few `async` ones are hot reads that use the batch
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import typing
 from collections.abc import Callable
 from typing import Any
 
 from . import __version__
-from .domain import datatype_size
+from .domain import check_datatype, datatype_size
 from .rpc import ApiMethod, CallContext, describe_type
 
 API_VERSION = 1
@@ -200,3 +201,62 @@ def revoke_token(ctx: CallContext, user: str) -> dict[str, Any]:
 def set_user_data_management_permission(ctx: CallContext, user: str, enabled: bool) -> dict[str, Any]:
     """Allow or forbid the user to mark and delete live session data."""
     return ctx.services.users.set_permission(ctx.actor, user, enabled)
+
+
+# --- deletion, background jobs and the hook ------------------------------------------------------
+
+WAIT_POLL_S = 0.2
+
+
+@api(access="manage")
+async def delete_live_datatype(ctx: CallContext, project_uid: str, session_uid: str, datatype: str,
+                               filepaths_to_delete: dict[str, list[str]] | list[str] | None = None,
+                               user_id: str | None = None, asynchronous: bool = True,
+                               dry_run: bool = False) -> Any:
+    """Delete the category's files (or the listed subset, all registered to it) in a background job.
+    Not raw; completed sessions only. The job id; with asynchronous=False the finished job; with
+    dry_run=True the file count and bytes that would go, changing nothing."""
+    outcome = await asyncio.to_thread(ctx.services.deletions.request, ctx.user, project_uid, session_uid, datatype,
+                                      filepaths_to_delete, user_id, dry_run)
+    if dry_run or asynchronous:
+        return outcome
+    return await wait_for_job(ctx, outcome)
+
+
+async def wait_for_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
+    while True:
+        job = await asyncio.to_thread(ctx.services.queue.get, job_id)
+        if job["state"] in ("done", "failed"):
+            return job
+        await asyncio.sleep(WAIT_POLL_S)
+
+
+@api()
+def update_all_sessions_datatype_sizes(ctx: CallContext, project_uid: str) -> str:
+    """Measure every session of the project in a background job; the job id (get_job shows progress)."""
+    ctx.services.sessions.project(project_uid)
+    return ctx.services.queue.enqueue("refresh_sizes", {"project_uid": project_uid}, ctx.actor)
+
+
+@api(access="manage")
+def trigger_live_data_management_script(ctx: CallContext, project_uid: str, session_uid: str, datatype: str,
+                                        status: str | None = None, script_location: str | None = None,
+                                        script_log_path_abs: str | None = None) -> str:
+    """Run the hook script now (only when enabled); the overrides need an admin. The job id."""
+    session = ctx.services.sessions.session(project_uid, session_uid)
+    current = session["data_management"][check_datatype(datatype)]["status"]
+    return ctx.services.hooks.trigger(ctx.user, project_uid, session_uid, datatype, status, script_location,
+                                      script_log_path_abs, current)
+
+
+@api()
+def get_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
+    """A background job: kind, state (queued/running/done/failed), progress, result, error, times."""
+    return ctx.services.queue.get(job_id)
+
+
+@api()
+def list_jobs(ctx: CallContext, kind: str | None = None, state: str | None = None, project_uid: str | None = None,
+              limit: int = 50) -> list[dict[str, Any]]:
+    """Recent jobs, newest first, filtered by kind, state or project."""
+    return ctx.services.queue.list(kind, state, project_uid, limit)

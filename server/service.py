@@ -4,6 +4,7 @@ runs every call in a worker thread."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from . import files
@@ -161,14 +162,14 @@ class Service:
         return {"registered": len(new), "already_registered": len(paths) - len(new),
                 "data_management": self.session(project_uid, session_uid)["data_management"][datatype]}
 
-    def _registered_paths(self, project_uid: str, session_uid: str) -> dict[str, list[str]]:
+    def registered_paths(self, project_uid: str, session_uid: str) -> dict[str, list[str]]:
         session = self.session(project_uid, session_uid)
         registry = self.store.read_registry(project_uid, session_uid, session.get("scan_gen"))
         return {dt: sorted(set(registry["scan"][dt]) | set(registry["api"][dt])) for dt in DATATYPES}
 
     def file_paths(self, project_uid: str, session_uid: str, datatypes: tuple[str, ...]) -> dict[str, list[str]]:
         project_dir = self.project(project_uid)["project_dir"]
-        merged = self._registered_paths(project_uid, session_uid)
+        merged = self.registered_paths(project_uid, session_uid)
         return {dt: files.absolute_paths(project_dir, merged[dt], resolve_links=dt == "raw") for dt in datatypes}
 
     def get_datatype_file_paths(self, project_uid: str, session_uid: str, datatype: str) -> dict[str, list[str]]:
@@ -219,6 +220,17 @@ class Service:
                 return updated["data_management"]
             session = self.session(project_uid, session_uid)  # a status changed meanwhile: decide again
         raise conflict(f"session {project_uid} {session_uid} kept changing while its sizes were stored; try again")
+
+    def refresh_project(self, project_uid: str, progress: Callable[..., None]) -> dict[str, int]:
+        """Refresh every session of the project; {session_uid: total bytes}. Safe to run again."""
+        sessions = self.store.list_sessions(check_project_uid(project_uid))
+        totals: dict[str, int] = {}
+        for index, session in enumerate(sessions):
+            progress(done=index, total=len(sessions))
+            data_management = self.refresh_session(project_uid, session["uid"])
+            totals[session["uid"]] = sum(int(c["size"]) for c in data_management.values())
+        progress(force=True, done=len(sessions), total=len(sessions))
+        return totals
 
     def update_session_datatype_sizes(self, project_uid: str, session_uid: str) -> int:
         data_management = self.refresh_session(project_uid, session_uid)

@@ -8,10 +8,14 @@ from .audit import Audit
 from .auth import Authenticator
 from .categories import Categories
 from .config import Config
+from .deletion import Deletions
+from .hooks import Hooks
+from .jobs import Queue
 from .reads import SessionReader
 from .service import Service
 from .store import Store
 from .users import Users
+from .worker import Handler, JobRun, Workers
 
 
 @dataclass(frozen=True)
@@ -21,10 +25,25 @@ class Services:
     categories: Categories
     users: Users
     audit: Audit
+    queue: Queue
+    hooks: Hooks
+    deletions: Deletions
 
     @classmethod
     def build(cls, store: Store, config: Config, authenticator: Authenticator) -> Services:
         audit = Audit(store)
         sessions = Service(store, config)
-        return cls(sessions=sessions, reader=SessionReader(store), categories=Categories(sessions, audit),
-                   users=Users(store, audit, changed=authenticator.forget), audit=audit)
+        queue = Queue(store, lease_s=config.job_lease_s, max_attempts=config.job_max_attempts)
+        hooks = Hooks(config, store, queue, audit)
+        return cls(sessions=sessions, reader=SessionReader(store), categories=Categories(sessions, audit, hooks),
+                   users=Users(store, audit, changed=authenticator.forget), audit=audit, queue=queue, hooks=hooks,
+                   deletions=Deletions(sessions, queue, audit, hooks))
+
+    def job_handlers(self) -> dict[str, Handler]:
+        def refresh_sizes(run: JobRun) -> dict[str, int]:
+            return self.sessions.refresh_project(run.params["project_uid"], run.progress)
+
+        return {"delete": self.deletions.run, "hook": self.hooks.run, "refresh_sizes": refresh_sizes}
+
+    def workers(self, count: int) -> Workers:
+        return Workers(self.queue, self.job_handlers(), count, maintenance=self.deletions.repair_stuck)

@@ -51,6 +51,7 @@ class Store:
         self.db.registry.create_index([("key", 1), ("source", 1)])
         self.db.tokens.create_index([("user", 1)])
         self.db.audit.create_index([("at", 1)])
+        self.db.jobs.create_index([("state", 1)])
         self.db.audit.create_index([("project_uid", 1), ("session_uid", 1)])
 
     def ping(self) -> None:
@@ -151,12 +152,18 @@ class Store:
     def get_user(self, name: str) -> dict[str, Any] | None:
         return self.db.users.find_one({"_id": name}, NO_ID)
 
-    def insert_token(self, token_hash: str, user: str, created_at: str) -> None:
-        self.db.tokens.insert_one({"_id": token_hash, "user": user, "created_at": created_at})
+    def insert_token(self, token_hash: str, user: str, created_at: str, expires_at: float | None = None) -> None:
+        self.db.tokens.insert_one({"_id": token_hash, "user": user, "created_at": created_at,
+                                   "expires_at": expires_at})
 
-    def user_for_token(self, token_hash: str) -> dict[str, Any] | None:
+    def delete_token(self, token_hash: str) -> None:
+        self.db.tokens.delete_one({"_id": token_hash})
+
+    def user_for_token(self, token_hash: str, now: float) -> dict[str, Any] | None:
         token = self.db.tokens.find_one({"_id": token_hash})
-        return None if token is None else self.get_user(token["user"])
+        if token is None or (token.get("expires_at") is not None and token["expires_at"] < now):
+            return None
+        return self.get_user(token["user"])
 
     def list_users(self) -> list[dict[str, Any]]:
         return list(self.db.users.find({}, NO_ID).sort("created_at", 1))
@@ -166,6 +173,49 @@ class Store:
 
     def delete_tokens(self, user: str) -> int:
         return self.db.tokens.delete_many({"user": user}).deleted_count
+
+    # --- jobs (the durable queue) ----------------------------------------------------------------
+    # Every write after the claim names the owner: a worker whose lease was taken over changes nothing.
+
+    def insert_job(self, job: dict[str, Any]) -> None:
+        self.db.jobs.insert_one({"_id": job["id"], **job})
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        return self.db.jobs.find_one({"_id": job_id}, NO_ID)
+
+    def list_jobs(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+        return list(self.db.jobs.find(query, NO_ID).sort("created_at", -1).limit(limit))
+
+    def claim_job(self, owner: str, now: float, lease_s: float) -> dict[str, Any] | None:
+        """Take one job that is queued and due, or running with an expired lease. Atomic: of two
+        claimers, one gets it. (ReturnDocument.BEFORE: mongomock misreports AFTER with a filter.)"""
+        before = self.db.jobs.find_one_and_update(
+            {"$or": [{"state": "queued", "not_before": {"$lte": now}},
+                     {"state": "running", "lease_until": {"$lt": now}}]},
+            {"$set": {"state": "running", "owner": owner, "lease_until": now + lease_s},
+             "$inc": {"attempts": 1}},
+            projection=NO_ID, return_document=ReturnDocument.BEFORE)
+        if before is None:
+            return None
+        return {**before, "state": "running", "owner": owner, "lease_until": now + lease_s,
+                "attempts": before.get("attempts", 0) + 1}
+
+    def update_owned_job(self, job_id: str, owner: str, fields: dict[str, Any]) -> bool:
+        """Set fields on a job this owner still holds; False if it no longer does."""
+        result = self.db.jobs.update_one({"_id": job_id, "owner": owner, "state": "running"}, {"$set": fields})
+        return result.matched_count == 1
+
+    def count_jobs(self, query: dict[str, Any]) -> int:
+        return self.db.jobs.count_documents(query)
+
+    def sessions_with_status(self, datatype: str, status: str) -> list[dict[str, Any]]:
+        return list(self.db.sessions.find({f"data_management.{datatype}.status": status}, NO_ID))
+
+    def remove_api_paths(self, project_uid: str, session_uid: str, datatype: str, paths: list[str]) -> None:
+        if paths:
+            self.db.registry.update_many(
+                {"key": session_key(project_uid, session_uid), "source": "api", "datatype": datatype},
+                {"$pullAll": {"paths": paths}})
 
     # --- audit log (append-only) -----------------------------------------------------------------
 

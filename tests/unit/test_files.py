@@ -97,3 +97,24 @@ def test_project_and_session_dir_checks(tmp_path: Path) -> None:
         with pytest.raises(ApiError, match="relative path inside"):
             files.check_session_dir(bad)
     assert files.check_session_dir("sessions/S1/") == "sessions/S1"
+
+
+def test_unlinker_removes_links_as_links_and_never_walks_through_one(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    (project / "S1" / "extract").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "movie.tiff"
+    target.write_bytes(b"m" * 10)
+    (project / "S1" / "extract" / "link.mrc").symlink_to(target)
+    (project / "S1" / "extract" / "real.mrc").write_bytes(b"r" * 7)
+    (project / "S1" / "swapped").symlink_to(outside)  # a directory replaced by a link after registration
+    with files.Unlinker(str(project)) as unlinker:
+        assert unlinker.unlink("S1/extract/real.mrc") == 7
+        assert unlinker.unlink("S1/extract/link.mrc") == len(str(target))  # the link's own size
+        assert unlinker.unlink("S1/extract/real.mrc") is None  # already gone
+        for unsafe in ("S1/swapped/movie.tiff", "S1/../../outside/movie.tiff", "/etc/passwd", "S1/extract"):
+            with pytest.raises(files.UnsafePath):
+                unlinker.unlink(unsafe)
+    assert target.read_bytes() == b"m" * 10
+    assert not (project / "S1" / "extract" / "link.mrc").is_symlink()
