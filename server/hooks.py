@@ -21,10 +21,10 @@ from typing import Any
 from .audit import Audit
 from .auth import new_token, token_hash
 from .config import Config
-from .domain import check_datatype, check_project_uid, check_session_uid, now_iso
+from .domain import CATEGORY_STATUSES, check_datatype, check_project_uid, check_session_uid, now_iso
 from .embedded import die_with_parent
 from .errors import conflict, forbidden, invalid_params
-from .jobs import Queue
+from .jobs import JobFailed, Queue
 from .store import Store
 from .worker import JobRun
 
@@ -34,7 +34,7 @@ HOOK_USER = "hook"
 KILL_GRACE_S = 5.0
 
 
-class HookFailed(Exception):
+class HookFailed(JobFailed):
     pass
 
 
@@ -71,6 +71,8 @@ class Hooks:
         check_project_uid(project_uid)
         check_session_uid(session_uid)
         check_datatype(datatype)
+        if status is not None and status not in CATEGORY_STATUSES:
+            raise invalid_params(f"status {status!r} is not one of {', '.join(CATEGORY_STATUSES)}")
         if not self.config.hook_enable:
             raise conflict("the hook is disabled: set CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE=true (or "
                            "hook_enable) and restart livedmd")

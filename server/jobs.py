@@ -24,6 +24,10 @@ class Released(Exception):
     """The job stops without an outcome (the worker shuts down or lost its lease); it runs again later."""
 
 
+class JobFailed(Exception):
+    """An expected failure: the job ends failed with this message (no traceback in the log)."""
+
+
 class Retry(Exception):
     """A failure that may pass (the database went away, a file was busy): try again after a backoff."""
 

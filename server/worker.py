@@ -20,7 +20,7 @@ from typing import Any
 import pymongo.errors
 
 from .errors import ApiError
-from .jobs import Queue, Released, Retry
+from .jobs import JobFailed, Queue, Released, Retry
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,10 @@ class Workers:
         except (Retry, pymongo.errors.AutoReconnect, pymongo.errors.ServerSelectionTimeoutError) as exc:
             await self._safely(self.queue.retry_later, job, str(exc))
             log.warning("job %s will be retried: %s", job["id"], exc)
-        except ApiError as exc:
-            await self._safely(self.queue.fail, job, exc.message)
-            log.warning("job %s failed: %s", job["id"], exc.message)
+        except (ApiError, JobFailed) as exc:
+            message = exc.message if isinstance(exc, ApiError) else str(exc)
+            await self._safely(self.queue.fail, job, message)
+            log.warning("job %s failed: %s", job["id"], message)
         except Exception as exc:
             log.exception("job %s failed", job["id"])
             await self._safely(self.queue.fail, job, f"{type(exc).__name__}: {exc}")

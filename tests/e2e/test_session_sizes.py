@@ -4,6 +4,7 @@ and by cryoSPARC's own CommandClient (cryosparc-tools 4.7)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,12 @@ def test_exact_bytes_per_datatype_through_rtpcli_and_cryosparc_tools(daemon: Dae
     assert info.value.code == -32602
 
 
+def error_of(call: Callable[[], object]) -> CommandError:
+    with pytest.raises(CommandError) as info:
+        call()
+    return info.value
+
+
 def test_cryosparc_tools_can_call_every_method(daemon: Daemon, tmp_path: Path) -> None:
     tree = build_session_tree(tmp_path / "proj", exposures=2)
     extra = tree.project_dir / "gain" / "gain_ref.mrc"
@@ -84,6 +91,12 @@ def test_cryosparc_tools_can_call_every_method(daemon: Daemon, tmp_path: Path) -
         "issue_token": lambda: cli.issue_token("operator"),
         "set_user_data_management_permission": lambda: cli.set_user_data_management_permission("operator", True),
         "revoke_token": lambda: cli.revoke_token(user="operator"),
+        "delete_live_datatype": lambda: cli.delete_live_datatype("P1", "S1", "particles", None, None, False),
+        "update_all_sessions_datatype_sizes": lambda: cli.update_all_sessions_datatype_sizes("P1"),
+        "get_job": lambda: cli.get_job("J1"),
+        "list_jobs": lambda: cli.list_jobs(),
+        "trigger_live_data_management_script": lambda: error_of(
+            lambda: cli.trigger_live_data_management_script("P1", "S1", "particles")),  # the hook is off here
     }
     assert set(calls) == set(cli._endpoints), "a method was added: call it here too"
     results = {name: call() for name, call in calls.items()}
@@ -92,6 +105,9 @@ def test_cryosparc_tools_can_call_every_method(daemon: Daemon, tmp_path: Path) -
     assert results["update_session_datatype_sizes"] == tree.total() + 999
     assert results["change_session_data_management_state"]["particles"]["status"] == "archiving"
     assert results["revoke_token"]["revoked"] == 2
+    assert results["delete_live_datatype"]["state"] == "done"
+    assert results["delete_live_datatype"]["result"]["bytes_freed"] == tree.bytes_by_datatype["particles"]
+    assert "hook is disabled" in str(results["trigger_live_data_management_script"])
 
 
 def test_restart_on_the_same_state_dir_keeps_everything(daemon: Daemon, tmp_path: Path) -> None:

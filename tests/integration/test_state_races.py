@@ -10,6 +10,8 @@ from pathlib import Path
 from livedm.server.audit import Audit
 from livedm.server.categories import Categories
 from livedm.server.errors import ApiError
+from livedm.server.hooks import Hooks
+from livedm.server.jobs import Queue
 from livedm.server.service import Service
 
 
@@ -18,7 +20,8 @@ def test_twenty_concurrent_changes_form_one_unbroken_chain(real_service: Service
     real_service.create_live_session("P1", "s")
     real_service.change_session_status("P1", "S1", "complete")
     audit = Audit(real_service.store)
-    categories = Categories(real_service, audit)
+    hooks = Hooks(real_service.config, real_service.store, Queue(real_service.store, 30, 3), audit)
+    categories = Categories(real_service, audit, hooks)
     targets = [random.Random(i).choice(["archiving", "archived", "active", "deleted"]) for i in range(20)]
 
     def attempt(i: int) -> str:

@@ -1,0 +1,156 @@
+"""The state-change hook with real livedmd processes: the seed's example script, the archiver,
+and scripts that fail, hang or flood their log."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import Daemon
+from tests.support.sessiontree import SessionTree, build_session_tree
+
+HOOKS = Path(__file__).resolve().parents[2] / "hooks"
+SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "cryosparc-live-data-management.txt"
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def hook_daemon(tmp_path: Path, script: Path, **env: str) -> Daemon:
+    return Daemon(tmp_path / "state", env={"CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE": "true",
+                                           "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH": str(script), **env}).start()
+
+
+def completed_session(daemon: Daemon, tmp_path: Path, exposures: int = 3) -> SessionTree:
+    tree = build_session_tree(tmp_path / "proj", exposures=exposures)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    return tree
+
+
+def status_of(daemon: Daemon, datatype: str) -> str:
+    return daemon.call("get_session", ["P1", "S1"])["data_management"][datatype]["status"]
+
+
+@pytest.fixture
+def seed_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh")
+    yield daemon
+    daemon.stop()
+
+
+def seed_script_lines() -> list[str]:
+    """The example script as the seed prints it: numbered lines, a blank one where only a number stands."""
+    lines = SEED.read_text().splitlines()
+    i, number, script = lines.index("#!/bin/sh") - 1, 1, []
+    while lines[i] != "Copied!":
+        assert lines[i] == str(number)
+        following = lines[i + 1]
+        if following in (str(number + 1), "Copied!"):
+            script.append("")
+            i += 1
+        else:
+            script.append(following)
+            i += 2
+        number += 1
+    return script
+
+
+def test_the_shipped_example_is_the_seeds_but_for_two_lines() -> None:
+    if not SEED.exists():
+        pytest.skip("shared/seed is not beside this checkout")
+    ours = (HOOKS / "cryosparc-seed-example.sh").read_text().splitlines()
+    seed = seed_script_lines()
+    assert len(ours) == len(seed) == 42
+    differ = [(a, b) for a, b in zip(seed, ours, strict=True) if a != b]
+    assert len(differ) == 2
+    assert differ[0][0].startswith("cryosparcm=/") and differ[0][1] == "cryosparcm=livedm"
+    assert differ[1][1] == differ[1][0] + ")"  # the parenthesis the seed's get_datatype_size line lacks
+
+
+def test_seed_example_moves_archiving_to_archived(seed_daemon: Daemon, tmp_path: Path) -> None:
+    completed_session(seed_daemon, tmp_path)
+    dm = seed_daemon.call("change_session_data_management_state", ["P1", "S1", "micrographs", "archiving"])
+    assert dm["micrographs"]["status"] == "archiving"
+    wait_until(lambda: status_of(seed_daemon, "micrographs") == "archived", what="the hook to archive")
+    log = seed_daemon.state_dir / "hook-logs" / "P1_S1.log"
+    text = wait_until(lambda: log.exists() and "SUCCESS" in log.read_text() and log.read_text(), what="the log")
+    assert "SUCCESS changed data management state for micrographs in P1 S1 to 'archived'" in text
+    assert "Total size of micrographs datatype in P1 S1 is " in text
+    changes = [e for e in seed_daemon.call("get_audit_log", {"project_uid": "P1"}) if e["action"] == "state_changed"]
+    assert [(e["actor"], e["status"]) for e in changes] == [("hook", "archived"), ("admin", "archiving")]
+    # the hook's token was short-lived: it is gone once the runs are over
+    wait_until(lambda: all(j["state"] == "done" for j in seed_daemon.call("list_jobs", {"kind": "hook"})))
+    assert len(seed_daemon.call("list_jobs", {"kind": "hook"})) == 2  # archiving, then archived
+
+
+def test_archiver_copies_verifies_and_marks_archived(tmp_path: Path) -> None:
+    archive_root = tmp_path / "archive"
+    daemon = hook_daemon(tmp_path, HOOKS / "archive-copy.py", LIVEDM_ARCHIVE_ROOT=str(archive_root))
+    try:
+        tree = completed_session(daemon, tmp_path)
+        daemon.call("change_session_data_management_state", ["P1", "S1", "raw", "archiving"])
+        wait_until(lambda: status_of(daemon, "raw") == "archived", what="the archiver")
+    finally:
+        daemon.stop()
+    destination = archive_root / "P1" / "S1" / "raw"
+    manifest = (destination / "MANIFEST.sha256").read_text().splitlines()
+    assert len(manifest) == len(tree.paths_by_datatype["raw"])
+    for movie in tree.paths_by_datatype["raw"]:
+        copy = destination / movie.lstrip("/")
+        assert copy.read_bytes() == Path(movie).read_bytes()
+        assert f"{hashlib.sha256(copy.read_bytes()).hexdigest()}  {movie.lstrip('/')}" in manifest
+
+
+def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path: Path) -> None:
+    script = tmp_path / "bad-hook.sh"
+    script.write_text("#!/bin/sh\n"
+                      "case \"$4\" in\n"
+                      "  archiving) echo 'about to fail'; exit 3 ;;\n"
+                      "  archived) sleep 60 ;;\n"
+                      "  active) head -c 50000000 /dev/zero | tr '\\0' x ;;\n"
+                      "esac\n")
+    script.chmod(0o755)
+    daemon = hook_daemon(tmp_path, script, LIVEDM_HOOK_TIMEOUT_S="3")
+    try:
+        completed_session(daemon, tmp_path)
+        for status in ("archiving", "archived", "active"):
+            daemon.call("change_session_data_management_state", ["P1", "S1", "particles", status])
+        started = time.monotonic()
+        while time.monotonic() - started < 2:  # the daemon answers while hooks fail, hang and flood
+            t0 = time.monotonic()
+            assert daemon.call("get_datatype_size", ["P1", "S1", "particles"]) > 0
+            assert time.monotonic() - t0 < 1.0
+            time.sleep(0.05)
+        jobs = wait_until(lambda: (js := daemon.call("list_jobs", {"kind": "hook"})) and
+                          all(j["state"] in ("done", "failed") for j in js) and js, timeout_s=30, what="hooks")
+        by_status = {j["params"]["status"]: j for j in jobs}
+        assert by_status["archiving"]["state"] == "failed" and "status 3" in by_status["archiving"]["error"]
+        assert by_status["archived"]["state"] == "failed" and "timed out" in by_status["archived"]["error"]
+        assert by_status["active"]["state"] == "done"
+        assert status_of(daemon, "particles") == "active"  # the last change stands; failures changed nothing
+        log = (daemon.state_dir / "hook-logs" / "P1_S1.log")
+        assert log.stat().st_size > 50_000_000
+        text = log.read_bytes()
+        assert b"about to fail" in text and b"exit status 3" in text and b"timed out, killed" in text
+        runs = [e for e in daemon.call("get_audit_log", {}) if e["action"] == "hook_ran"]
+        assert sorted((e["status"], e["exit_status"] == 0) for e in runs) == [
+            ("active", True), ("archived", False), ("archiving", False)]
+        hung = subprocess.run(["pgrep", "-fx", "sleep 60"], capture_output=True, text=True).stdout
+        assert not hung, "the hung hook's process group was not killed"
+    finally:
+        daemon.stop()
