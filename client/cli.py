@@ -6,10 +6,11 @@ import argparse
 import code
 import json
 import sys
+import time
 from typing import Any
 
 from .callparse import CallSyntaxError, parse_call
-from .format import DATATYPE_COLUMNS, category_cell, short_time, table
+from .format import DATATYPE_COLUMNS, category_cell, human_size, short_time, table
 from .rpc import CommandClient, LivedmError, Unreachable
 
 EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -153,6 +154,78 @@ def cmd_audit(client: CommandClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def describe_progress(job: dict) -> str:
+    progress = job.get("progress") or {}
+    text = f"{job['id']} {job['kind']} {job['state']}"
+    if progress.get("total"):
+        text += f" {progress.get('done', 0)}/{progress['total']}"
+    if progress.get("bytes_freed"):
+        text += f", {human_size(progress['bytes_freed'])} freed"
+    return text
+
+
+def follow_job(client: CommandClient, job_id: str, quiet: bool, poll_s: float = 0.5) -> dict:
+    """Poll a job until it ends, showing its progress on stderr."""
+    last = ""
+    while True:
+        job = client.call("get_job", job_id)
+        line = describe_progress(job)
+        if not quiet and line != last:
+            print(line, file=sys.stderr)
+            last = line
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(poll_s)
+
+
+def cmd_job(client: CommandClient, args: argparse.Namespace) -> int:
+    job = follow_job(client, args.job_id, args.json) if args.wait else client.call("get_job", args.job_id)
+    print(json.dumps(job) if args.json else describe_progress(job) + (f": {job['error']}" if job.get("error") else ""))
+    return EXIT_SERVER_ERROR if job["state"] == "failed" else EXIT_OK
+
+
+def cmd_jobs(client: CommandClient, args: argparse.Namespace) -> int:
+    jobs = client.call("list_jobs", kind=args.kind, state=args.state, project_uid=args.project, limit=args.limit)
+    if args.json:
+        print(json.dumps(jobs))
+        return EXIT_OK
+    rows = [[j["id"], j["kind"], j["state"], " ".join(str(v) for k, v in j["params"].items()
+                                                      if k in ("project_uid", "session_uid", "datatype", "status")),
+             describe_progress(j).split(j["state"], 1)[1].strip() or "-", short_time(j["created_at"]),
+             (j.get("error") or "")[:60]] for j in jobs]
+    print(table(["JOB", "KIND", "STATE", "WHAT", "PROGRESS", "CREATED", "ERROR"], rows) if rows else "No jobs.")
+    return EXIT_OK
+
+
+def cmd_delete(client: CommandClient, args: argparse.Namespace) -> int:
+    where = dict(project_uid=args.project, session_uid=args.session, datatype=args.datatype)
+    dry = client.call("delete_live_datatype", **where, dry_run=True)
+    if args.dry_run:
+        print(json.dumps(dry) if args.json else
+              f"would delete {dry['file_count']} files, {human_size(dry['bytes'])}")
+        return EXIT_OK
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("livedm delete: refusing without --yes when not at a terminal", file=sys.stderr)
+            return EXIT_USAGE
+        answer = input(f"Delete {dry['file_count']} {args.datatype} files ({human_size(dry['bytes'])}) of "
+                       f"{args.project} {args.session}? Type the session uid to confirm: ")
+        if answer.strip() != args.session:
+            print("not deleted", file=sys.stderr)
+            return EXIT_USAGE
+    job_id = client.call("delete_live_datatype", **where)
+    job = follow_job(client, job_id, args.json)
+    if args.json:
+        print(json.dumps(job))
+    elif job["state"] == "done":
+        result = job["result"]
+        print(f"deleted {result['deleted']} files, {human_size(result['bytes_freed'])} freed; "
+              f"{args.datatype} is {result['status']}")
+    else:
+        print(f"deletion failed: {job['error']}", file=sys.stderr)
+    return EXIT_OK if job["state"] == "done" else EXIT_SERVER_ERROR
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livedm", description="Client of livedmd, the live session data management daemon. "
@@ -182,6 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("--admin", action="store_true", help="with add: make an admin")
     p.set_defaults(run=cmd_user)
+    p = sub.add_parser("jobs", help="background jobs, newest first")
+    p.add_argument("--kind", choices=["delete", "hook", "refresh_sizes"])
+    p.add_argument("--state", choices=["queued", "running", "done", "failed"])
+    p.add_argument("--project")
+    p.add_argument("--limit", type=int, default=30)
+    p.set_defaults(run=cmd_jobs)
+    p = sub.add_parser("job", help="one job; --wait follows its progress until it ends")
+    p.add_argument("job_id")
+    p.add_argument("--wait", action="store_true")
+    p.set_defaults(run=cmd_job)
+    p = sub.add_parser("delete", help="delete a category's files (asks first; --dry-run only counts)")
+    p.add_argument("project")
+    p.add_argument("session")
+    p.add_argument("datatype", choices=["micrographs", "thumbnails", "particles", "metadata"])
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    p.set_defaults(run=cmd_delete)
     p = sub.add_parser("audit", help="who changed what, newest first")
     p.add_argument("project", nargs="?")
     p.add_argument("session", nargs="?")
