@@ -58,10 +58,8 @@ class Queue:
         return f"J{self.store.next_number('jobs')}"
 
     def claim(self, owner: str) -> dict[str, Any] | None:
-        job = self.store.claim_job(owner, time.time(), self.lease_s)
-        if job is not None and job.get("started_at") is None:
-            self.store.update_owned_job(job["id"], owner, {"started_at": now_iso()})
-        return job
+        """The next due job, now this owner's (started_at is the latest attempt's start)."""
+        return self.store.claim_job(owner, time.time(), self.lease_s, now_iso())
 
     def heartbeat(self, job: dict[str, Any]) -> bool:
         return self.store.update_owned_job(job["id"], job["owner"], {"lease_until": time.time() + self.lease_s})

@@ -205,7 +205,8 @@ def set_user_data_management_permission(ctx: CallContext, user: str, enabled: bo
 
 # --- deletion, background jobs and the hook ------------------------------------------------------
 
-WAIT_POLL_S = 0.2
+WAIT_FIRST_POLL_S = 0.02
+WAIT_MAX_POLL_S = 0.5
 
 
 @api(access="manage")
@@ -224,11 +225,13 @@ async def delete_live_datatype(ctx: CallContext, project_uid: str, session_uid: 
 
 
 async def wait_for_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
+    poll_s = WAIT_FIRST_POLL_S  # short jobs answer quickly, long ones cost few reads
     while True:
         job = await asyncio.to_thread(ctx.services.queue.get, job_id)
         if job["state"] in ("done", "failed"):
             return job
-        await asyncio.sleep(WAIT_POLL_S)
+        await asyncio.sleep(poll_s)
+        poll_s = min(poll_s * 2, WAIT_MAX_POLL_S)
 
 
 @api()

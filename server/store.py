@@ -186,18 +186,18 @@ class Store:
     def list_jobs(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
         return list(self.db.jobs.find(query, NO_ID).sort("created_at", -1).limit(limit))
 
-    def claim_job(self, owner: str, now: float, lease_s: float) -> dict[str, Any] | None:
+    def claim_job(self, owner: str, now: float, lease_s: float, started_at: str) -> dict[str, Any] | None:
         """Take one job that is queued and due, or running with an expired lease. Atomic: of two
         claimers, one gets it. (ReturnDocument.BEFORE: mongomock misreports AFTER with a filter.)"""
         before = self.db.jobs.find_one_and_update(
             {"$or": [{"state": "queued", "not_before": {"$lte": now}},
                      {"state": "running", "lease_until": {"$lt": now}}]},
-            {"$set": {"state": "running", "owner": owner, "lease_until": now + lease_s},
+            {"$set": {"state": "running", "owner": owner, "lease_until": now + lease_s, "started_at": started_at},
              "$inc": {"attempts": 1}},
             projection=NO_ID, return_document=ReturnDocument.BEFORE)
         if before is None:
             return None
-        return {**before, "state": "running", "owner": owner, "lease_until": now + lease_s,
+        return {**before, "state": "running", "owner": owner, "lease_until": now + lease_s, "started_at": started_at,
                 "attempts": before.get("attempts", 0) + 1}
 
     def update_owned_job(self, job_id: str, owner: str, fields: dict[str, Any]) -> bool:
