@@ -71,6 +71,7 @@ def seed_script_lines() -> list[str]:
 
 
 def test_the_shipped_example_is_the_seeds_but_for_two_lines() -> None:
+    assert subprocess.run(["sh", "-n", str(HOOKS / "cryosparc-seed-example.sh")]).returncode == 0
     if not SEED.exists():
         pytest.skip("shared/seed is not beside this checkout")
     ours = (HOOKS / "cryosparc-seed-example.sh").read_text().splitlines()
@@ -154,3 +155,24 @@ def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path
         assert not hung, "the hung hook's process group was not killed"
     finally:
         daemon.stop()
+
+
+def test_trigger_runs_the_hook_now_and_its_overrides_need_an_admin(seed_daemon: Daemon, tmp_path: Path) -> None:
+    completed_session(seed_daemon, tmp_path)
+    other = tmp_path / "other-hook.sh"
+    other.write_text("#!/bin/sh\necho \"other hook $*\"\n")
+    other.chmod(0o755)
+    custom_log = tmp_path / "custom.log"
+    user = seed_daemon.call("create_user", {"name": "erin"})
+    seed_daemon.call("set_user_data_management_permission", ["erin", True])
+    as_erin = seed_daemon.livedm("rtpcli", f"trigger_live_data_management_script('P1', 'S1', 'metadata', "
+                                 f"'active', '{other}')", env={"LIVEDM_TOKEN": user["token"]})
+    assert as_erin.returncode == 1 and "need an admin" in as_erin.stderr
+    job_id = seed_daemon.call("trigger_live_data_management_script", {
+        "project_uid": "P1", "session_uid": "S1", "datatype": "metadata", "script_location": str(other),
+        "script_log_path_abs": str(custom_log)})
+    wait_until(lambda: seed_daemon.call("get_job", [job_id])["state"] == "done", what="the triggered hook")
+    assert "other hook P1 S1 metadata active" in custom_log.read_text()  # status: the category's current one
+    plain = seed_daemon.livedm("rtpcli", "trigger_live_data_management_script('P1', 'S1', 'metadata')",
+                               env={"LIVEDM_TOKEN": user["token"]})
+    assert plain.returncode == 0 and plain.stdout.strip().startswith("J")

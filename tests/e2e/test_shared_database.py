@@ -53,3 +53,27 @@ def test_two_daemons_run_each_of_200_jobs_once(tmp_path: Path) -> None:
         first.stop()
         second.stop()
         store.stop()
+
+
+def test_a_worker_only_process_runs_what_an_api_process_queues(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path / "db")
+    uri = store.start()
+    api = Daemon(tmp_path / "api", env={"LIVEDM_MONGO_URI": uri, "LIVEDM_WORKERS": "0"}).start()
+    worker = Daemon(tmp_path / "worker", env={"LIVEDM_MONGO_URI": uri}, args=["--worker-only"]).start()
+    try:
+        trees = [build_session_tree(tmp_path / "proj", f"S{i}", exposures=i) for i in (1, 2)]
+        api.call("create_project", ["p", str(trees[0].project_dir)])
+        for i in (1, 2):
+            api.call("create_live_session", ["P1", f"s{i}"])
+        job_id = api.call("update_all_sessions_datatype_sizes", ["P1"])
+        job = wait_until(lambda: (j := api.call("get_job", [job_id]))["state"] == "done" and j, what="the worker")
+        assert job["result"] == {"S1": trees[0].total(), "S2": trees[1].total()}
+        assert job["progress"] == {"done": 2, "total": 2}
+        assert f"job {job_id} (refresh_sizes) started" in worker.log()
+        assert "started by" not in api.log()
+        assert worker.stop() == 0
+    finally:
+        api.stop()
+        if worker.process is not None:
+            worker.stop()
+        store.stop()

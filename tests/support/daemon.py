@@ -45,6 +45,11 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"livedmd exited with {self.process.returncode}:\n{self.log()}")
+            if "--worker-only" in self.args:  # no HTTP server to ask
+                if "worker-only mode" in self.log():
+                    return self
+                time.sleep(0.1)
+                continue
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
                     if json.loads(response.read())["status"] == "ok":
