@@ -151,8 +151,9 @@ class Deletions:
                     deleted += 1
                     freed += nbytes
         run.progress(force=True, done=len(targets), total=len(targets), bytes_freed=freed)
+        kept = set(refused_paths)
         self.sessions.store.remove_api_paths(project_uid, session_uid, datatype,
-                                             [rel for rel in targets if rel not in set(refused_paths)])
+                                             [rel for rel in targets if rel not in kept])
         self.sessions.refresh_session(project_uid, session_uid)
         final = "deleted" if p["paths"] is None and not refused else category.get("prev_status") or "active"
         prefix = f"data_management.{datatype}"
