@@ -66,8 +66,12 @@ def overview_rows(projects: list[dict], sessions_by_project: dict[str, list[dict
 
 
 def cmd_ls(client: CommandClient, args: argparse.Namespace) -> int:
-    projects = [client.call("get_project", args.project)] if args.project else client.call("list_projects")
-    sessions = {p["uid"]: client.call("list_sessions", p["uid"]) for p in projects}
+    if args.project:
+        projects = [client.call("get_project", args.project)]
+        sessions = {args.project: client.call("list_sessions", args.project)}
+    else:
+        projects = client.call("get_overview")["projects"]
+        sessions = {p["uid"]: p.pop("sessions") for p in projects}
     if args.json:
         print(json.dumps([{**p, "sessions": sessions[p["uid"]]} for p in projects], indent=2))
         return EXIT_OK

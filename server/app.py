@@ -26,6 +26,8 @@ from .worker import Workers
 
 log = logging.getLogger(__name__)
 
+WEB_DIR = Path(__file__).parent / "web"
+
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 SERVICES = web.AppKey("services", Services)
@@ -39,6 +41,10 @@ MONGO_CLIENT = web.AppKey("mongo_client", pymongo.MongoClient)
 async def greeting(request: web.Request) -> web.Response:
     return web.Response(text=f"livedm {__version__}: live session data management. "
                              "JSON-RPC at POST /api, health at /healthz.\n")
+
+
+async def ui_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -142,5 +148,8 @@ def create_app(config: Config, mongo_client: pymongo.MongoClient | None = None) 
     app.router.add_get("/", greeting)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/api", api)
+    app.router.add_get("/ui", ui_page)
+    app.router.add_get("/ui/", ui_page)
+    app.router.add_static("/ui/static", WEB_DIR, append_version=False)
     return app
 

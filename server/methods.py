@@ -64,6 +64,12 @@ def list_projects(ctx: CallContext) -> list[dict[str, Any]]:
 
 
 @api()
+def get_overview(ctx: CallContext) -> dict[str, Any]:
+    """The Data Management table in one call: {"projects": [project with totals and "sessions"], "as_of"}."""
+    return ctx.services.sessions.get_overview()
+
+
+@api()
 def get_project(ctx: CallContext, project_uid: str) -> dict[str, Any]:
     """One project with its session count and per-datatype totals."""
     return ctx.services.sessions.get_project(project_uid)

@@ -83,10 +83,17 @@ class Service:
         return self._project_row(project, self.store.list_sessions(project_uid))
 
     def list_projects(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in row.items() if k != "sessions"} for row in self.get_overview()["projects"]]
+
+    def get_overview(self) -> dict[str, Any]:
+        """Every project with its totals and its sessions: the Data Management table in two queries."""
         by_project: dict[str, list[dict[str, Any]]] = {}
         for session in self.store.list_sessions():
             by_project.setdefault(session["project_uid"], []).append(session)
-        return [self._project_row(p, by_project.get(p["uid"], [])) for p in self.store.list_projects()]
+        projects = [{**self._project_row(p, by_project.get(p["uid"], [])),
+                     "sessions": [public_session(s) for s in by_project.get(p["uid"], [])]}
+                    for p in self.store.list_projects()]
+        return {"projects": projects, "as_of": now_iso()}
 
     # --- sessions --------------------------------------------------------------------------------
 

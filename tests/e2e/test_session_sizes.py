@@ -69,6 +69,7 @@ def test_cryosparc_tools_can_call_every_method(daemon: Daemon, tmp_path: Path) -
         "whoami": lambda: cli.whoami(),
         "create_project": lambda: cli.create_project(title="p", project_dir=str(tree.project_dir)),
         "list_projects": lambda: cli.list_projects(),
+        "get_overview": lambda: cli.get_overview(),
         "get_project": lambda: cli.get_project("P1"),
         "create_live_session": lambda: cli.create_live_session(project_uid="P1", title="s"),
         "list_sessions": lambda: cli.list_sessions("P1"),

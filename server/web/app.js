@@ -1,0 +1,465 @@
+// livedm's Data Management page: a plain JSON-RPC client of /api (the same API as the CLI).
+"use strict";
+
+const DATATYPES = ["raw", "micrographs", "thumbnails", "particles", "metadata"];
+const LABELS = {
+  raw: "Raw import data", micrographs: "Motion corrected micrographs", thumbnails: "Exposure thumbnails",
+  particles: "Extracted particles", metadata: "Metadata",
+};
+const TRANSIENT = ["deleting", "calculating"];
+const REFRESH_EVERY_MS = 10000;
+const TOKEN_KEY = "livedm.token";
+
+const state = { token: null, me: null, overview: null, expanded: new Set(), view: "table", timer: null };
+const $ = (selector) => document.querySelector(selector);
+
+// --- the API ------------------------------------------------------------------------------------
+
+class RpcError extends Error {
+  constructor(error) {
+    super(error.message);
+    this.code = error.code;
+    this.kind = error.name;
+  }
+}
+
+let nextId = 1;
+async function rpc(method, params = {}) {
+  let response;
+  try {
+    response = await fetch("/api", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${state.token}` },
+      body: JSON.stringify({ jsonrpc: "2.0", method, params, id: nextId++ }),
+    });
+  } catch (err) {
+    throw new RpcError({ message: `livedmd does not answer (${err.message}); is it running?`, name: "Unreachable" });
+  }
+  const reply = await response.json();
+  if (reply.error) {
+    if (reply.error.code === -32004 && state.me) signOut(reply.error.message);
+    throw new RpcError(reply.error);
+  }
+  return reply.result;
+}
+
+// --- small helpers ------------------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child.nodeType ? child : String(child));
+  }
+  return node;
+}
+
+function humanSize(bytes) {
+  if (bytes === null || bytes === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let size = bytes, unit = 0;
+  while (size >= 1024 && unit < units.length - 1) { size /= 1024; unit++; }
+  return unit === 0 ? `${size} B` : `${size.toFixed(1)} ${units[unit]}`;
+}
+
+function shortTime(iso) {
+  if (!iso) return "–";
+  const d = new Date(iso);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+function toast(message, isError = false) {
+  const node = el("div", { class: isError ? "toast error" : "toast", role: isError ? "alert" : "status" }, message);
+  $("#toasts").append(node);
+  setTimeout(() => node.remove(), isError ? 9000 : 4000);
+}
+
+async function guarded(action) {
+  try { return await action(); } catch (err) { toast(err.message, true); return undefined; }
+}
+
+function download(filename, data) {
+  const url = URL.createObjectURL(new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }));
+  const link = el("a", { href: url, download: filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+// --- signing in and out --------------------------------------------------------------------------
+
+async function signIn(token) {
+  state.token = token.trim();
+  try {
+    state.me = await rpc("whoami");
+  } catch (err) {
+    state.token = null;
+    $("#sign-in-error").textContent = err.code === -32004
+      ? "That token is not valid (mistyped or revoked). Ask an admin for a new one." : err.message;
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, state.token);
+  $("#sign-in-error").textContent = "";
+  $("#token").value = "";
+  $("#who-name").textContent = `${state.me.name} (${state.me.role}${state.me.live_data_management ? ", may change data" : ""})`;
+  $("#who").hidden = false;
+  $("#nav").hidden = false;
+  $("#users-tab").hidden = state.me.role !== "admin";
+  show("table");
+}
+
+function signOut(message = "") {
+  sessionStorage.removeItem(TOKEN_KEY);
+  Object.assign(state, { token: null, me: null, overview: null });
+  clearInterval(state.timer);
+  closeMenus();
+  for (const id of ["#who", "#nav", "#table-view", "#jobs-view", "#users-view"]) $(id).hidden = true;
+  $("#sign-in").hidden = false;
+  $("#sign-in-error").textContent = message;
+}
+
+function show(view) {
+  state.view = view;
+  $("#sign-in").hidden = true;
+  for (const name of ["table", "jobs", "users"]) $(`#${name}-view`).hidden = name !== view;
+  for (const tab of document.querySelectorAll("nav .tab")) tab.classList.toggle("active", tab.dataset.view === view);
+  clearInterval(state.timer);
+  const load = { table: loadOverview, jobs: loadJobs, users: loadUsers }[view];
+  guarded(load);
+  state.timer = setInterval(() => {
+    if (!$("#dialog").open && $("#menu").hidden && $("#context-menu").hidden) guarded(load);
+  }, REFRESH_EVERY_MS);
+}
+
+// --- the overview table --------------------------------------------------------------------------
+
+async function loadOverview() {
+  state.overview = await rpc("get_overview");
+  renderOverview();
+}
+
+function renderSummary(projects) {
+  const totals = Object.fromEntries(DATATYPES.map((dt) => [dt, 0]));
+  let sessions = 0;
+  for (const project of projects) {
+    sessions += project.session_count;
+    for (const dt of DATATYPES) totals[dt] += project.data_management[dt].size;
+  }
+  const all = DATATYPES.reduce((sum, dt) => sum + totals[dt], 0);
+  $("#summary").replaceChildren(
+    el("div", { class: "total" }, `${humanSize(all)} in ${projects.length} project${projects.length === 1 ? "" : "s"}, ` +
+      `${sessions} session${sessions === 1 ? "" : "s"}`),
+    el("div", { class: "bar", "aria-label": "bytes by category" },
+      DATATYPES.filter((dt) => totals[dt] > 0).map((dt) => el("span", {
+        class: `seg-${dt}`, style: `width:${(100 * totals[dt]) / all}%`, title: `${LABELS[dt]}: ${humanSize(totals[dt])}`,
+      }))),
+    el("div", { class: "legend" }, DATATYPES.map((dt) =>
+      el("span", { "data-total": dt }, el("i", { class: `seg-${dt}` }), `${LABELS[dt]}: ${humanSize(totals[dt])}`))),
+  );
+}
+
+function mixBar(dataManagement) {
+  const total = DATATYPES.reduce((sum, dt) => sum + (dataManagement[dt].size || 0), 0);
+  return el("div", { class: "mix", title: DATATYPES.map((dt) => `${LABELS[dt]} ${humanSize(dataManagement[dt].size)}`).join("\n") },
+    total === 0 ? [] : DATATYPES.filter((dt) => dataManagement[dt].size > 0).map((dt) =>
+      el("span", { class: `seg-${dt}`, style: `width:${(100 * dataManagement[dt].size) / total}%` })));
+}
+
+function sizeCell(category, attrs = {}) {
+  const status = category.status;
+  return el("td", { class: "num", title: `${category.size.toLocaleString()} bytes`, ...attrs },
+    humanSize(category.size),
+    status && status !== "active" ? el("span", { class: `badge ${status}` }, status) : null);
+}
+
+function projectRows(project) {
+  const open = state.expanded.has(project.uid);
+  const body = el("tbody", { dataset: { project: project.uid } });
+  body.append(el("tr", { class: "project", dataset: { uid: project.uid } },
+    el("td", {}, el("button", {
+      type: "button", "aria-label": open ? "collapse" : "expand", "aria-expanded": String(open),
+      onclick: () => { open ? state.expanded.delete(project.uid) : state.expanded.add(project.uid); renderOverview(); },
+    }, open ? "▾" : "▸")),
+    el("td", {}, project.uid), el("td", {}, project.title), el("td", {}, `${project.session_count} session${project.session_count === 1 ? "" : "s"}`),
+    DATATYPES.map((dt) => sizeCell(project.data_management[dt])),
+    el("td", {}, mixBar(project.data_management)),
+    el("td", {}, shortTime(project.created_at)), el("td", {}), el("td", {}),
+    el("td", { class: "actions" },
+      el("button", { type: "button", title: "Refresh project stats: measure every session now",
+        onclick: () => refreshProject(project) }, "Refresh"),
+      el("button", { type: "button", title: "Download project stats: every session's file lists (JSON)",
+        onclick: () => downloadProjectStats(project) }, "Download stats")),
+  ));
+  if (open) for (const session of project.sessions) body.append(sessionRow(project, session));
+  return body;
+}
+
+function sessionRow(project, session) {
+  const paused = session.paused_at.length ? session.paused_at[session.paused_at.length - 1] : null;
+  return el("tr", { class: "session", dataset: { uid: `${project.uid}-${session.uid}` } },
+    el("td", {}), el("td", {}, session.uid), el("td", {}, session.title),
+    el("td", { class: `status-${session.status}` }, session.status),
+    DATATYPES.map((dt) => sizeCell(session.data_management[dt], {
+      class: "num category", dataset: { datatype: dt }, tabindex: "0",
+      onclick: (event) => openCategoryMenu(project, session, dt, event),
+    })),
+    el("td", {}, mixBar(session.data_management)),
+    el("td", {}, shortTime(session.created_at)), el("td", {}, shortTime(paused)),
+    el("td", {}, shortTime(session.completed_at)),
+    el("td", { class: "actions" },
+      el("button", { type: "button", title: "Refresh session stats: measure it now",
+        onclick: () => refreshSession(project, session) }, "Refresh"),
+      session.status === "completed" ? null
+        : el("button", { type: "button", onclick: () => markCompleted(project, session) }, "Mark completed")),
+  );
+}
+
+function renderOverview() {
+  const projects = state.overview.projects;
+  renderSummary(projects);
+  const table = $("#overview");
+  for (const body of table.querySelectorAll("tbody")) body.remove();
+  table.append(...projects.map(projectRows));
+  $("#empty").hidden = projects.length > 0;
+  $("#as-of").textContent = `Sizes as of ${shortTime(state.overview.as_of)}.`;
+}
+
+// --- what may be done to a category (the server decides; this explains why a button is off) -----
+
+function categoryActions(project, session, dt) {
+  const category = session.data_management[dt];
+  const where = { project_uid: project.uid, session_uid: session.uid, datatype: dt };
+  const blocked = (...reasons) => reasons.find(Boolean) || null;
+  const notCompleted = session.status !== "completed" && `the session is ${session.status}: mark it completed first`;
+  const noPermission = !state.me.live_data_management && "you do not have the live data management permission";
+  const busy = TRANSIENT.includes(category.status) && `the category is ${category.status}`;
+  const thumbs = dt === "thumbnails" && "not offered for thumbnails";
+  const actions = [{
+    label: "Download file list (JSON)", why: blocked(thumbs),
+    run: async () => download(`${project.uid}_${session.uid}_${dt}.json`, await rpc("get_datatype_file_paths", where)),
+  }];
+  for (const status of ["archiving", "archived", "active", "deleted"]) {
+    actions.push({
+      label: status === "deleted" ? "Mark as deleted (files stay)" : `Mark as ${status}`,
+      why: blocked(thumbs, notCompleted, noPermission, busy, category.status === status && `it is ${status} already`),
+      run: async () => {
+        await rpc("change_session_data_management_state", { ...where, status });
+        toast(`${LABELS[dt]} of ${project.uid} ${session.uid} marked ${status}`);
+        await loadOverview();
+      },
+    });
+  }
+  actions.push({
+    label: "Delete data…", danger: true,
+    why: blocked(dt === "raw" && "raw data is never deleted by livedm: archive it, then mark it deleted",
+      notCompleted, noPermission, busy),
+    run: () => confirmDelete(project, session, dt),
+  });
+  return actions;
+}
+
+function openCategoryMenu(project, session, dt, event) {
+  event.stopPropagation();
+  closeMenus();
+  const menu = $("#menu");
+  menu.replaceChildren(el("h3", {}, `${project.uid} ${session.uid} · ${LABELS[dt]}`),
+    ...categoryActions(project, session, dt).map((action) => el("button", {
+      type: "button", disabled: action.why !== null, title: action.why || "", class: action.danger ? "danger" : "",
+      onclick: () => { closeMenus(); guarded(action.run); },
+    }, action.label, action.why ? el("span", { class: "why" }, action.why) : null)));
+  placeMenu(menu, event);
+}
+
+function placeMenu(menu, event) {
+  menu.hidden = false;
+  const x = Math.min(event.clientX, window.innerWidth - menu.offsetWidth - 8);
+  const y = Math.min(event.clientY, window.innerHeight - menu.offsetHeight - 8);
+  menu.style.left = `${Math.max(4, x)}px`;
+  menu.style.top = `${Math.max(4, y)}px`;
+}
+
+function closeMenus() {
+  $("#menu").hidden = true;
+  $("#context-menu").hidden = true;
+}
+
+// --- dialogs --------------------------------------------------------------------------------------
+
+function ask({ title, body, okLabel = "OK", danger = false, confirmText = null }) {
+  const dialog = $("#dialog");
+  $("#dialog-title").textContent = title;
+  $("#dialog-body").replaceChildren(...body);
+  const ok = $("#dialog-ok");
+  ok.textContent = okLabel;
+  ok.classList.toggle("danger", danger);
+  ok.disabled = false;
+  $("#dialog-cancel").hidden = okLabel === "Close";
+  if (confirmText !== null) {
+    const input = el("input", { id: "confirm-input", autocomplete: "off", "aria-label": "confirmation" });
+    input.addEventListener("input", () => { ok.disabled = input.value.trim() !== confirmText; });
+    $("#dialog-body").append(el("label", {}, `Type ${confirmText} to confirm: `, input));
+    ok.disabled = true;
+  }
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+  });
+}
+
+async function confirmDelete(project, session, dt) {
+  const where = { project_uid: project.uid, session_uid: session.uid, datatype: dt };
+  const dry = await rpc("delete_live_datatype", { ...where, dry_run: true });
+  const confirmed = await ask({
+    title: `Delete ${LABELS[dt].toLowerCase()} of ${project.uid} ${session.uid}?`,
+    body: [el("p", { id: "dry-run" }, `${dry.file_count.toLocaleString()} files, ${humanSize(dry.bytes)} `,
+      `(${dry.bytes.toLocaleString()} bytes) will be deleted from disk. This cannot be undone.`)],
+    okLabel: "Delete", danger: true, confirmText: session.uid,
+  });
+  if (!confirmed) return;
+  const jobId = await rpc("delete_live_datatype", where);
+  await loadOverview();
+  trackJob(jobId, `Deleting ${LABELS[dt].toLowerCase()} of ${project.uid} ${session.uid}`);
+}
+
+// --- background jobs ------------------------------------------------------------------------------
+
+function trackJob(jobId, label) {
+  const bar = el("progress", { max: 1, value: 0 });
+  const text = el("div", { class: "job-state" }, "queued");
+  const card = el("div", { class: "job", dataset: { job: jobId } }, el("strong", {}, label), bar, text);
+  $("#job-panel").append(card);
+  const poll = async () => {
+    let job;
+    try { job = await rpc("get_job", { job_id: jobId }); } catch (err) { text.textContent = err.message; return; }
+    const progress = job.progress || {};
+    if (progress.total) { bar.max = progress.total; bar.value = progress.done || 0; }
+    text.textContent = `${job.state}${progress.total ? ` — ${progress.done}/${progress.total}` : ""}` +
+      `${progress.bytes_freed ? `, ${humanSize(progress.bytes_freed)} freed` : ""}`;
+    if (job.state === "done") {
+      bar.max = 1; bar.value = 1;
+      card.classList.add("done");
+      guarded(loadOverview);
+      setTimeout(() => card.remove(), 8000);
+    } else if (job.state === "failed") {
+      card.classList.add("failed");
+      text.textContent = `failed: ${job.error}`;
+      card.append(el("button", { type: "button", onclick: () => card.remove() }, "Dismiss"));
+      guarded(loadOverview);
+    } else {
+      setTimeout(poll, 500);
+    }
+  };
+  poll();
+}
+
+async function refreshProject(project) {
+  const jobId = await guarded(() => rpc("update_all_sessions_datatype_sizes", { project_uid: project.uid }));
+  if (jobId) trackJob(jobId, `Refreshing ${project.uid}`);
+}
+
+async function downloadProjectStats(project) {
+  const stats = await guarded(() => rpc("get_project_file_paths", { project_uid: project.uid }));
+  if (stats) download(`${project.uid}_project_stats.json`, stats);
+}
+
+async function refreshSession(project, session) {
+  await guarded(async () => {
+    const total = await rpc("update_session_datatype_sizes", { project_uid: project.uid, session_uid: session.uid });
+    toast(`${project.uid} ${session.uid}: ${humanSize(total)}`);
+    await loadOverview();
+  });
+}
+
+async function markCompleted(project, session) {
+  const confirmed = await ask({ title: `Mark ${project.uid} ${session.uid} completed?`,
+    body: [el("p", {}, "Category actions (archive, delete) become available; the session cannot run again.")] });
+  if (confirmed) {
+    await guarded(async () => {
+      await rpc("mark_session_completed", { project_uid: project.uid, session_uid: session.uid });
+      await loadOverview();
+    });
+  }
+}
+
+async function loadJobs() {
+  const jobs = await rpc("list_jobs", { limit: 100 });
+  $("#jobs tbody").replaceChildren(...jobs.map((job) => {
+    const p = job.params;
+    const progress = job.progress || {};
+    return el("tr", {}, el("td", {}, job.id), el("td", {}, job.kind), el("td", {}, job.state),
+      el("td", {}, [p.project_uid, p.session_uid, p.datatype, p.status].filter(Boolean).join(" ")),
+      el("td", {}, progress.total ? `${progress.done}/${progress.total}` : "–"),
+      el("td", {}, shortTime(job.created_at)), el("td", { class: "error" }, job.error || ""));
+  }));
+}
+
+// --- users (admins) -------------------------------------------------------------------------------
+
+async function loadUsers() {
+  const users = await rpc("list_users");
+  $("#users tbody").replaceChildren(...users.map((user) => el("tr", { dataset: { user: user.name } },
+    el("td", {}, user.name), el("td", {}, user.role),
+    el("td", {}, el("label", {}, el("input", {
+      type: "checkbox", checked: user.live_data_management, "aria-label": `live data management for ${user.name}`,
+      onchange: (event) => guarded(async () => {
+        await rpc("set_user_data_management_permission", { user: user.name, enabled: event.target.checked });
+        toast(`${user.name} ${event.target.checked ? "may" : "may not"} change live data`);
+        await loadUsers();
+      }),
+    }), user.live_data_management ? " allowed" : " not allowed")),
+    el("td", {}, shortTime(user.created_at)),
+    el("td", {},
+      el("button", { type: "button", onclick: () => guarded(async () => showToken(await rpc("issue_token", { user: user.name }))) },
+        "Issue token"),
+      el("button", { type: "button", onclick: () => guarded(async () => {
+        const { revoked } = await rpc("revoke_token", { user: user.name });
+        toast(`revoked ${revoked} token(s) of ${user.name}`);
+      }) }, "Revoke tokens")))));
+}
+
+function showToken({ user, name, token }) {
+  return ask({ title: `API token for ${user || name}`, okLabel: "Close",
+    body: [el("p", {}, "Shown this once: give it to them now."), el("code", { id: "new-token" }, token)] });
+}
+
+// --- wiring ---------------------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#sign-in-form").addEventListener("submit", (event) => { event.preventDefault(); signIn($("#token").value); });
+  $("#sign-out").addEventListener("click", () => signOut());
+  for (const tab of document.querySelectorAll("nav .tab")) tab.addEventListener("click", () => show(tab.dataset.view));
+  $("#overview").addEventListener("contextmenu", (event) => {
+    if (event.target.closest("td.num")) return;  // the size cells keep the browser's menu (copying)
+    event.preventDefault();
+    closeMenus();
+    placeMenu($("#context-menu"), event);
+  });
+  $("#context-menu").addEventListener("click", (event) => {
+    const action = event.target.closest("button")?.dataset.action;
+    closeMenus();
+    if (action === "refresh") guarded(loadOverview);
+    if (action === "expand") { state.overview.projects.forEach((p) => state.expanded.add(p.uid)); renderOverview(); }
+    if (action === "collapse") { state.expanded.clear(); renderOverview(); }
+  });
+  document.addEventListener("click", (event) => { if (!event.target.closest(".menu")) closeMenus(); });
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeMenus(); });
+  $("#add-user").addEventListener("submit", (event) => {
+    event.preventDefault();
+    guarded(async () => {
+      const made = await rpc("create_user", { name: $("#new-user").value, role: $("#new-user-admin").checked ? "admin" : "user" });
+      $("#new-user").value = "";
+      await loadUsers();
+      await showToken(made);
+    });
+  });
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) signIn(saved);
+});

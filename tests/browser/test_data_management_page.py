@@ -1,0 +1,155 @@
+"""The Data Management page in headless Chromium, as facility staff use it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from playwright.sync_api import Browser, Locator, Page, expect
+
+from tests.browser.conftest import Site, shot, sign_in
+
+CELL = "tr[data-uid='{row}'] td.category[data-datatype='{datatype}']"
+
+
+def cell(page: Page, row: str, datatype: str) -> Locator:
+    return page.locator(CELL.format(row=row, datatype=datatype))
+
+
+def right_click_table(page: Page, choice: str) -> None:
+    page.locator("tr.project td", has_text="Apoferritin").click(button="right")
+    page.locator("#context-menu button", has_text=choice).click()
+
+
+def open_menu(page: Page, row: str, datatype: str) -> None:
+    cell(page, row, datatype).click()
+    expect(page.locator("#menu")).to_be_visible()
+
+
+def menu_button(page: Page, label: str) -> Locator:
+    return page.locator("#menu button", has_text=label)
+
+
+def test_sign_in_with_a_bad_token_then_a_good_one(site: Site, browser: Browser) -> None:
+    page = site.page(browser)
+    sign_in(page, "ldm_not-a-token")
+    expect(page.locator("#sign-in-error")).to_contain_text("not valid")
+    shot(page, "01-sign-in-refused")
+    sign_in(page, site.daemon.token)
+    expect(page.locator("tr.project")).to_have_count(2)
+    expect(page.locator("#who-name")).to_contain_text("admin")
+    expect(page.locator("#summary .total")).to_contain_text("2 projects, 3 sessions")
+    shot(page, "02-overview-collapsed")
+    page.reload()  # the token is kept for the tab
+    expect(page.locator("tr.project")).to_have_count(2)
+    page.click("#sign-out")
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert not page.errors  # type: ignore[attr-defined]
+
+
+def test_expand_all_and_collapse_all_by_right_click(site: Site, browser: Browser) -> None:
+    page = site.page(browser, site.daemon.token)
+    expect(page.locator("tr.project")).to_have_count(2)
+    expect(page.locator("tr.session")).to_have_count(0)
+    right_click_table(page, "Expand all")
+    expect(page.locator("tr.session")).to_have_count(3)
+    tree = site.trees["P1/S1"]
+    size = cell(page, "P1-S1", "particles")
+    expect(size).to_have_attribute("title", f"{tree.bytes_by_datatype['particles']:,} bytes")
+    expect(page.locator("tr[data-uid='P1-S2'] td", has_text="running")).to_be_visible()
+    shot(page, "03-overview-expanded")
+    right_click_table(page, "Collapse all")
+    expect(page.locator("tr.session")).to_have_count(0)
+
+
+def test_download_project_stats_matches_the_api(site: Site, browser: Browser, tmp_path: Path) -> None:
+    page = site.page(browser, site.daemon.token)
+    with page.expect_download() as info:
+        page.locator("tr[data-uid='P1'] button", has_text="Download stats").click()
+    download = info.value
+    assert download.suggested_filename == "P1_project_stats.json"
+    saved = tmp_path / "stats.json"
+    download.save_as(saved)
+    assert json.loads(saved.read_text()) == site.daemon.call("get_project_file_paths", ["P1"])
+
+
+def test_mark_archiving_and_watch_the_hook_archive_it(site: Site, browser: Browser) -> None:
+    page = site.page(browser, site.daemon.token)
+    right_click_table(page, "Expand all")
+    open_menu(page, "P1-S1", "micrographs")
+    shot(page, "04-category-menu")
+    menu_button(page, "Mark as archiving").click()
+    # the hook (the seed's example) marks it archived; the page shows it without a reload
+    expect(cell(page, "P1-S1", "micrographs").locator(".badge")).to_have_text("archived", timeout=25_000)
+    shot(page, "05-archived-by-hook")
+    assert site.daemon.call("get_session", ["P1", "S1"])["data_management"]["micrographs"]["status"] == "archived"
+
+
+def test_delete_through_the_confirmation(site: Site, browser: Browser) -> None:
+    tree = site.trees["P1/S1"]
+    page = site.page(browser, site.daemon.token)
+    right_click_table(page, "Expand all")
+    open_menu(page, "P1-S1", "particles")
+    menu_button(page, "Delete data").click()
+    dialog = page.locator("#dialog")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#dry-run")).to_contain_text(f"{len(tree.paths_by_datatype['particles'])} files")
+    ok = page.locator("#dialog-ok")
+    expect(ok).to_be_disabled()
+    page.fill("#confirm-input", "S2")
+    expect(ok).to_be_disabled()
+    page.fill("#confirm-input", "S1")
+    expect(ok).to_be_enabled()
+    shot(page, "06-delete-confirmation")
+    ok.click()
+    expect(page.locator(".job")).to_be_visible()
+    expect(cell(page, "P1-S1", "particles").locator(".badge")).to_have_text("deleted", timeout=20_000)
+    expect(page.locator(".job.done")).to_be_visible()
+    shot(page, "07-deleted")
+    assert not any(Path(p).exists() for p in tree.paths_by_datatype["particles"])
+    assert all(Path(p).exists() for p in tree.paths_by_datatype["micrographs"])
+
+
+def test_actions_are_disabled_with_a_reason(site: Site, browser: Browser) -> None:
+    page = site.page(browser, site.daemon.token)
+    right_click_table(page, "Expand all")
+    open_menu(page, "P1-S2", "micrographs")  # a running session
+    expect(menu_button(page, "Mark as archiving")).to_be_disabled()
+    expect(menu_button(page, "Mark as archiving")).to_contain_text("the session is running")
+    expect(menu_button(page, "Delete data")).to_be_disabled()
+    expect(menu_button(page, "Download file list")).to_be_enabled()
+    shot(page, "08-running-session-menu")
+    page.keyboard.press("Escape")
+    open_menu(page, "P1-S1", "raw")
+    expect(menu_button(page, "Delete data")).to_contain_text("raw data is never deleted")
+    page.keyboard.press("Escape")
+    open_menu(page, "P1-S1", "thumbnails")
+    expect(menu_button(page, "Download file list")).to_be_disabled()
+    expect(menu_button(page, "Mark as archived")).to_contain_text("not offered for thumbnails")
+
+    viewer = site.page(browser, site.viewer_token)
+    right_click_table(viewer, "Expand all")
+    open_menu(viewer, "P1-S1", "micrographs")
+    expect(menu_button(viewer, "Mark as archived")).to_be_disabled()
+    expect(menu_button(viewer, "Mark as archived")).to_contain_text("live data management permission")
+    expect(menu_button(viewer, "Delete data")).to_be_disabled()
+    expect(menu_button(viewer, "Download file list")).to_be_enabled()
+    expect(viewer.locator("#users-tab")).to_be_hidden()
+    shot(viewer, "09-no-permission-menu")
+
+
+def test_admin_toggles_a_users_permission(site: Site, browser: Browser) -> None:
+    page = site.page(browser, site.daemon.token)
+    page.click("#users-tab")
+    toggle = page.locator("tr[data-user='viewer'] input[type=checkbox]")
+    expect(toggle).not_to_be_checked()
+    toggle.check()
+    expect(page.locator("tr[data-user='viewer']")).to_contain_text("allowed")
+    shot(page, "10-users")
+    users = {u["name"]: u for u in site.daemon.call("list_users")}
+    assert users["viewer"]["live_data_management"] is True
+    viewer = site.page(browser, site.viewer_token)
+    right_click_table(viewer, "Expand all")
+    open_menu(viewer, "P1-S1", "micrographs")
+    expect(menu_button(viewer, "Mark as archived")).to_be_enabled()
+    assert site.daemon.call("get_audit_log", {"limit": 1})[0]["action"] == "permission_changed"
