@@ -10,7 +10,9 @@ const TRANSIENT = ["deleting", "calculating"];
 const REFRESH_EVERY_MS = 10000;
 const TOKEN_KEY = "livedm.token";
 
-const state = { token: null, me: null, overview: null, expanded: new Set(), view: "table", timer: null };
+const state = {
+  token: null, me: null, overview: null, expanded: new Set(), view: "table", timer: null, rows: null, window: null,
+};
 const $ = (selector) => document.querySelector(selector);
 
 // --- the API ------------------------------------------------------------------------------------
@@ -180,15 +182,15 @@ function sizeCell(category, attrs = {}) {
     status && status !== "active" ? el("span", { class: `badge ${status}` }, status) : null);
 }
 
-function projectRows(project) {
+function projectRow(project) {
   const open = state.expanded.has(project.uid);
-  const body = el("tbody", { dataset: { project: project.uid } });
-  body.append(el("tr", { class: "project", dataset: { uid: project.uid } },
+  return el("tr", { class: "project", dataset: { uid: project.uid } },
     el("td", {}, el("button", {
       type: "button", "aria-label": open ? "collapse" : "expand", "aria-expanded": String(open),
       onclick: () => { open ? state.expanded.delete(project.uid) : state.expanded.add(project.uid); renderOverview(); },
     }, open ? "▾" : "▸")),
-    el("td", {}, project.uid), el("td", {}, project.title), el("td", {}, `${project.session_count} session${project.session_count === 1 ? "" : "s"}`),
+    el("td", {}, project.uid), el("td", { title: project.title }, project.title),
+    el("td", {}, `${project.session_count} session${project.session_count === 1 ? "" : "s"}`),
     DATATYPES.map((dt) => sizeCell(project.data_management[dt])),
     el("td", {}, mixBar(project.data_management)),
     el("td", {}, shortTime(project.created_at)), el("td", {}), el("td", {}),
@@ -197,15 +199,13 @@ function projectRows(project) {
         onclick: () => refreshProject(project) }, "Refresh"),
       el("button", { type: "button", title: "Download project stats: every session's file lists (JSON)",
         onclick: () => downloadProjectStats(project) }, "Download stats")),
-  ));
-  if (open) for (const session of project.sessions) body.append(sessionRow(project, session));
-  return body;
+  );
 }
 
 function sessionRow(project, session) {
   const paused = session.paused_at.length ? session.paused_at[session.paused_at.length - 1] : null;
   return el("tr", { class: "session", dataset: { uid: `${project.uid}-${session.uid}` } },
-    el("td", {}), el("td", {}, session.uid), el("td", {}, session.title),
+    el("td", {}), el("td", {}, session.uid), el("td", { title: session.title }, session.title),
     el("td", { class: `status-${session.status}` }, session.status),
     DATATYPES.map((dt) => sizeCell(session.data_management[dt], {
       class: "num category", dataset: { datatype: dt }, tabindex: "0",
@@ -222,15 +222,53 @@ function sessionRow(project, session) {
   );
 }
 
+// Only the rows near the viewport are in the DOM (5,000 sessions would make every frame slow);
+// spacer rows of the right height stand for the others, so the page scrolls as if all were there.
+const ROW_PX = 32;  // the height style.css gives every row
+const BUFFER_ROWS = 40;
+
 function renderOverview() {
   const projects = state.overview.projects;
   renderSummary(projects);
-  const table = $("#overview");
-  for (const body of table.querySelectorAll("tbody")) body.remove();
-  table.append(...projects.map(projectRows));
+  state.rows = [];
+  for (const project of projects) {
+    state.rows.push({ project });
+    if (state.expanded.has(project.uid)) for (const session of project.sessions) state.rows.push({ project, session });
+  }
+  state.window = null;
+  renderWindow();
   $("#empty").hidden = projects.length > 0;
   $("#as-of").textContent = `Sizes as of ${shortTime(state.overview.as_of)}.`;
 }
+
+function spacer(rows) {
+  return el("tr", { class: "spacer", "aria-hidden": "true" },
+    el("td", { colspan: "14", style: `height:${rows * ROW_PX}px` }));
+}
+
+function renderWindow() {
+  const body = $("#rows");
+  if (!state.rows || $("#table-view").hidden) return;
+  const above = Math.max(0, -body.getBoundingClientRect().top);
+  const visibleFirst = Math.floor(above / ROW_PX);
+  const visibleLast = Math.min(state.rows.length, visibleFirst + Math.ceil(window.innerHeight / ROW_PX));
+  if (state.window && state.window[0] <= Math.max(0, visibleFirst - 5) && state.window[1] >= visibleLast + 5) return;
+  const first = Math.max(0, visibleFirst - BUFFER_ROWS);
+  const last = Math.min(state.rows.length, visibleLast + BUFFER_ROWS);
+  state.window = [first, last];
+  body.replaceChildren(
+    first > 0 ? spacer(first) : "",
+    ...state.rows.slice(first, last).map((row) => row.session ? sessionRow(row.project, row.session) : projectRow(row.project)),
+    last < state.rows.length ? spacer(state.rows.length - last) : "");
+}
+
+let windowQueued = false;
+window.addEventListener("scroll", () => {
+  if (windowQueued) return;
+  windowQueued = true;
+  requestAnimationFrame(() => { windowQueued = false; renderWindow(); });
+}, { passive: true });
+window.addEventListener("resize", () => { state.window = null; renderWindow(); });
 
 // --- what may be done to a category (the server decides; this explains why a button is off) -----
 
