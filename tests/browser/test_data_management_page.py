@@ -153,3 +153,48 @@ def test_admin_toggles_a_users_permission(site: Site, browser: Browser) -> None:
     open_menu(viewer, "P1-S1", "micrographs")
     expect(menu_button(viewer, "Mark as archived")).to_be_enabled()
     assert site.daemon.call("get_audit_log", {"limit": 1})[0]["action"] == "permission_changed"
+
+
+def test_refresh_a_project_and_mark_a_session_completed(site: Site, browser: Browser) -> None:
+    page = site.page(browser, site.daemon.token)
+    page.locator("tr[data-uid='P2'] button", has_text="Refresh").click()
+    job = page.locator(".job", has_text="Refreshing P2")
+    expect(job).to_be_visible()
+    expect(job.locator(".job-state")).to_contain_text("done — 1/1")
+    right_click_table(page, "Expand all")
+    page.locator("tr[data-uid='P1-S2'] button", has_text="Mark completed").click()
+    page.locator("#dialog-ok").click()
+    expect(page.locator("tr[data-uid='P1-S2'] td", has_text="completed")).to_be_visible()
+    assert site.daemon.call("get_session", ["P1", "S2"])["status"] == "completed"
+    open_menu(page, "P1-S2", "micrographs")
+    expect(menu_button(page, "Mark as archiving")).to_be_enabled()
+
+
+def test_failed_jobs_are_shown(site: Site, browser: Browser, tmp_path: Path) -> None:
+    failing = tmp_path / "failing-hook.sh"
+    failing.write_text("#!/bin/sh\necho broken >&2\nexit 7\n")
+    failing.chmod(0o755)
+    job_id = site.daemon.call("trigger_live_data_management_script", {
+        "project_uid": "P2", "session_uid": "S1", "datatype": "metadata", "script_location": str(failing)})
+    page = site.page(browser, site.daemon.token)
+    page.locator("nav .tab", has_text="Jobs").click()
+    row = page.locator("#jobs tr", has_text=job_id)
+    expect(row).to_contain_text("failed", timeout=15_000)
+    expect(row).to_contain_text("exited with status 7")
+    shot(page, "11-jobs")
+
+
+def test_tokens_issued_and_revoked_from_the_admin_view(site: Site, browser: Browser) -> None:
+    viewer = site.page(browser, site.viewer_token)
+    expect(viewer.locator("tr.project")).to_have_count(2)
+    admin = site.page(browser, site.daemon.token)
+    admin.click("#users-tab")
+    admin.locator("tr[data-user='viewer'] button", has_text="Issue token").click()
+    token = admin.locator("#new-token").inner_text()
+    assert token.startswith("ldm_")
+    admin.locator("#dialog-ok").click()
+    admin.locator("tr[data-user='viewer'] button", has_text="Revoke tokens").click()
+    expect(admin.locator(".toast", has_text="revoked 2 token(s) of viewer")).to_be_visible()
+    right_click_table(viewer, "Refresh table")
+    expect(viewer.locator("#sign-in-error")).to_contain_text("not valid")
+    expect(viewer.locator("#sign-in")).to_be_visible()
