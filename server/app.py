@@ -19,12 +19,14 @@ from .embedded import EmbeddedStore
 from .errors import INVALID_REQUEST, PARSE_ERROR, ApiError
 from .hooks import ensure_hook_user
 from .methods import METHODS
+from .observe import Metrics
 from .rpc import CallContext, Dispatcher, error_response
 from .services import Services
 from .store import Store
 from .worker import Workers
 
 log = logging.getLogger(__name__)
+request_log = logging.getLogger("livedm.requests")
 
 WEB_DIR = Path(__file__).parent / "web"
 
@@ -33,6 +35,7 @@ STORE = web.AppKey("store", Store)
 SERVICES = web.AppKey("services", Services)
 AUTH = web.AppKey("auth", Authenticator)
 WORKERS = web.AppKey("workers", Workers)
+METRICS = web.AppKey("metrics", Metrics)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 EMBEDDED = web.AppKey("embedded", EmbeddedStore)
 MONGO_CLIENT = web.AppKey("mongo_client", pymongo.MongoClient)
@@ -89,10 +92,27 @@ async def api(request: web.Request) -> web.Response:
         ctx.user = authenticator.cached_user(token) or await asyncio.to_thread(authenticator.user_for, token)
     except ApiError as exc:
         ctx.auth_error = exc
+    started = time.perf_counter()
     response = await app[DISPATCHER].dispatch(body, ctx)
+    codes = app[METRICS].observe_response(response)
+    log_request(request, ctx, codes, time.perf_counter() - started)
     if response is None:  # only notifications
         return web.Response(status=204)
     return web.json_response(response)
+
+
+def log_request(request: web.Request, ctx: CallContext, error_codes: list[int], seconds: float) -> None:
+    who = (ctx.user or {}).get("name", "-")
+    methods = ",".join(sorted({name for name, _ in ctx.calls})) or "-"
+    errors = f" errors={','.join(map(str, error_codes))}" if error_codes else ""
+    request_log.info("%s user=%s calls=%d methods=%s%s %.1fms", request.remote, who, len(ctx.calls), methods,
+                     errors, seconds * 1000)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(request.app[METRICS].render)
+    return web.Response(body=body, content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
 
 
 def _prepare_state_dir(config: Config) -> None:
@@ -118,6 +138,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     if token is None:
         log.info("admin token: %s (written at first start)", config.admin_token_path)
     app[STORE] = store
+    app[METRICS].watch_store(store)
     app[AUTH] = Authenticator(store, config.auth_cache_s)
     app[SERVICES] = Services.build(store, config, app[AUTH])
     yield
@@ -142,11 +163,13 @@ def create_app(config: Config, mongo_client: pymongo.MongoClient | None = None) 
     app[CONFIG] = config
     if mongo_client is not None:
         app[MONGO_CLIENT] = mongo_client
-    app[DISPATCHER] = Dispatcher(METHODS)
+    app[METRICS] = Metrics()
+    app[DISPATCHER] = Dispatcher(METHODS, app[METRICS].observe_call)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.router.add_get("/", greeting)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/api", api)
     app.router.add_get("/ui", ui_page)
     app.router.add_get("/ui/", ui_page)

@@ -62,6 +62,21 @@ def _parse_optional_path(text: str) -> str:
     return _parse_path(text) if text else ""
 
 
+def _parse_log_format(text: str) -> str:
+    if text not in ("plain", "json"):
+        raise ValueError("plain or json")
+    return text
+
+
+def _parse_path_list(text: str) -> tuple[str, ...]:
+    """Absolute directories separated by ':' (a TOML list works too); empty means unrestricted."""
+    paths = [p.strip() for p in text.split(os.pathsep) if p.strip()]
+    for path in paths:
+        if not os.path.isabs(path):
+            raise ValueError(f"{path!r} is not an absolute path")
+    return tuple(os.path.normpath(p) for p in paths)
+
+
 def _parse_path(text: str) -> str:
     if not text:
         raise ValueError("must not be empty")
@@ -131,6 +146,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth_cache_s", "2", "How long a checked token is trusted before the database is asked again.",
             _parse_positive_float),
     Setting("log_level", "info", "debug, info, warning or error.", _parse_log_level),
+    Setting("log_format", "plain", "plain (for a terminal) or json (one object per line, for a log shipper).",
+            _parse_log_format),
+    Setting("data_roots", "", "The directories livedm may manage, separated by ':'. Projects outside are refused "
+            "and deletion checks again; empty means anywhere (a warning at every start).", _parse_path_list),
     Setting("workers", "2", "Background jobs (deletions, hooks, size refreshes) run at once by this process; "
             "0 runs none.", _parse_non_negative_int),
     Setting("worker_only", "false", "Run jobs only, without the HTTP server (more workers for a shared "
@@ -168,6 +187,8 @@ class Config:
     max_request_bytes: int
     auth_cache_s: float
     log_level: str
+    log_format: str
+    data_roots: tuple[str, ...]
     workers: int
     worker_only: bool
     job_lease_s: float
@@ -196,6 +217,8 @@ class Config:
 
 
 def _convert(setting: Setting, raw: Any, origin: str) -> Any:
+    if isinstance(raw, list) and setting.parse is _parse_path_list and all(isinstance(p, str) for p in raw):
+        raw = os.pathsep.join(raw)
     text = raw if isinstance(raw, str) else str(raw)
     if isinstance(raw, (bool, list, dict)):
         raise ConfigError(f"setting {setting.name!r} ({origin}): expected a string or number, got {raw!r}")

@@ -18,9 +18,9 @@ from typing import Any
 from . import files
 from .audit import Audit
 from .domain import DATATYPES, check_datatype, now_iso
-from .errors import conflict, forbidden, invalid_params, not_found
+from .errors import ApiError, conflict, forbidden, invalid_params, not_found
 from .hooks import Hooks
-from .jobs import Queue
+from .jobs import JobFailed, Queue
 from .service import Service
 from .worker import JobRun
 
@@ -80,6 +80,7 @@ class Deletions:
                 raise not_found(f"user_id {on_behalf!r} does not exist")
         session = self.sessions.session(project_uid, session_uid)
         project_dir = self.sessions.project(project_uid)["project_dir"]
+        files.check_data_roots(project_dir, self.sessions.config.data_roots)
         if session["status"] != "completed":
             raise conflict(f"session {project_uid} {session_uid} is {session['status']}; deleting needs a "
                            "completed session (mark_session_completed)")
@@ -130,6 +131,11 @@ class Deletions:
         if category["status"] != "deleting" or category.get("job_id") != run.job["id"]:
             return {"note": "the category was already settled by an earlier run of this job"}
         project_dir = self.sessions.project(project_uid)["project_dir"]
+        try:  # again at delete time: the roots may have changed, or the project dir become a link elsewhere
+            files.check_data_roots(project_dir, self.sessions.config.data_roots)
+        except ApiError as exc:
+            self._settle(run, category, "deleting stopped: " + exc.message)
+            raise JobFailed(exc.message) from None
         targets = p["paths"] if p["paths"] is not None else \
             self.sessions.registered_paths(project_uid, session_uid)[datatype]
         deleted = gone = refused = freed = 0
@@ -169,6 +175,16 @@ class Deletions:
                               bytes_freed=freed, already_gone=gone, refused=refused, status=final)
             self.hooks.on_state_change(run.job["created_by"], project_uid, session_uid, datatype, final)
         return result
+
+    def _settle(self, run: JobRun, category: dict[str, Any], reason: str) -> None:
+        """Give a category whose deletion cannot go on back its previous status."""
+        p = run.params
+        prefix = f"data_management.{p['datatype']}"
+        self.sessions.store.update_session(
+            p["project_uid"], p["session_uid"], {f"{prefix}.status": "deleting", f"{prefix}.job_id": run.job["id"]},
+            {"$set": {f"{prefix}.status": category.get("prev_status") or "active", f"{prefix}.job_id": None}})
+        self.audit.record("livedm", "deletion_abandoned", project_uid=p["project_uid"], session_uid=p["session_uid"],
+                          datatype=p["datatype"], job_id=run.job["id"], reason=reason)
 
     # --- repair ----------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .domain import DATATYPES
-from .errors import invalid_params
+from .errors import forbidden, invalid_params
 
 Layout = Sequence[tuple[str, str]]
 @dataclass
@@ -137,6 +137,16 @@ def add_registered(tally: Tally, project_dir: str, rel_paths: Iterable[str], fol
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_data_roots(path: str, roots: Sequence[str]) -> None:
+    """Refuse a path (after resolving symlinks) outside every data root; no roots: anywhere."""
+    if not roots:
+        return
+    real = os.path.realpath(path)
+    if not any(_inside(real, os.path.realpath(root)) for root in roots):
+        raise forbidden(f"{path} is outside the data roots livedm may manage ({', '.join(roots)}); "
+                        "an admin sets them with LIVEDM_DATA_ROOTS")
 
 
 def check_project_dir(project_dir: str) -> str:

@@ -33,7 +33,7 @@ class Retry(Exception):
 
 
 def public_job(job: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in job.items() if k not in ("lease_until", "not_before")}
+    return {k: v for k, v in job.items() if k not in ("lease_until", "not_before", "created_ts")}
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Queue:
         self.store.insert_job({"id": job_id, "kind": kind, "params": params, "state": "queued", "attempts": 0,
                                "owner": None, "lease_until": 0.0, "not_before": 0.0, "progress": {},
                                "result": None, "error": None, "created_by": actor, "created_at": now_iso(),
+                               "created_ts": time.time(),
                                "started_at": None, "finished_at": None})
         for listener in self.listeners:
             listener()

@@ -12,7 +12,8 @@ from aiohttp import web
 
 from . import __version__
 from .app import create_app
-from .config import ConfigError, add_flags, load
+from .config import Config, ConfigError, add_flags, load
+from .observe import configure_logging
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,12 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"livedmd: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    listener = configure_logging(config.log_level, config.log_format)
+    try:
+        return serve(config)
+    finally:
+        listener.stop()
+
+
+def serve(config: Config) -> int:
     log = logging.getLogger("livedm")
     log.info("livedmd %s: state dir %s, database %s", __version__, config.state_dir,
              "embedded store" if not config.mongo_uri else "MongoDB (LIVEDM_MONGO_URI)")
+    if config.data_roots:
+        log.info("data roots: %s", ", ".join(config.data_roots))
+    else:
+        log.warning("no data roots are set: livedm may manage and delete files anywhere; set LIVEDM_DATA_ROOTS "
+                    "(or data_roots) to the directories it is for")
     try:
         if config.worker_only:
             new_event_loop().run_until_complete(run_workers_only(create_app(config)))

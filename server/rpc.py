@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jsonrpcserver import Success
@@ -146,6 +147,7 @@ class CallContext:
     services: Any
     user: dict[str, Any] | None
     auth_error: ApiError | None = None
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (method, outcome) for the request's log line
 
     @property
     def actor(self) -> str:
@@ -160,10 +162,15 @@ def check_access(method: ApiMethod, user: dict[str, Any]) -> None:
                         "does not have; an admin grants it: livedm user allow NAME")
 
 
-def _wrap(method: ApiMethod) -> Callable[..., Any]:
+Observer = Callable[[str, str, float], None]  # (method, outcome, seconds)
+
+
+def _wrap(method: ApiMethod, observe: Observer) -> Callable[..., Any]:
     names, is_async = method.param_names, method.is_async
 
     async def call(ctx: CallContext, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        outcome = "ok"
         try:
             if ctx.user is None:
                 raise ctx.auth_error or ApiError(INTERNAL_ERROR, "no caller")
@@ -177,11 +184,16 @@ def _wrap(method: ApiMethod) -> Callable[..., Any]:
             else:
                 result = await asyncio.to_thread(method.func, ctx, **arguments)
         except ApiError as exc:
+            outcome = str(exc.code)
             raise JsonRpcError(exc.code, exc.message, {"name": exc.name, **exc.data}) from None
         except Exception:
+            outcome = str(INTERNAL_ERROR)
             log.exception("%s failed", method.name)
             raise JsonRpcError(INTERNAL_ERROR, f"{method.name} failed inside livedmd; the daemon's log has "
                                "the details", {"name": NAME_BY_CODE[INTERNAL_ERROR]}) from None
+        finally:
+            ctx.calls.append((method.name, outcome))
+            observe(method.name, outcome, time.perf_counter() - started)
         return Success(result)
 
     call.__signature__ = method.signature  # type: ignore[attr-defined]  # jsonrpcserver binds against it
@@ -203,9 +215,9 @@ def validate_request(request: Any) -> Any:
 
 
 class Dispatcher:
-    def __init__(self, methods: dict[str, ApiMethod]) -> None:
+    def __init__(self, methods: dict[str, ApiMethod], observe: Observer = lambda *_: None) -> None:
         self.methods = methods
-        self._callables = {name: _wrap(m) for name, m in methods.items()}
+        self._callables = {name: _wrap(m, observe) for name, m in methods.items()}
 
     async def dispatch(self, body: str, ctx: CallContext) -> dict[str, Any] | list[dict[str, Any]] | None:
         return await dispatch_to_response(body, self._callables, context=ctx, validator=validate_request,

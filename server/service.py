@@ -69,6 +69,7 @@ class Service:
     def create_project(self, title: str, project_dir: str) -> dict[str, Any]:
         title = check_title(title)
         project_dir = files.check_project_dir(project_dir)
+        files.check_data_roots(project_dir, self.config.data_roots)
         uid = f"P{self.store.next_number('projects')}"
         project = {"uid": uid, "title": title, "project_dir": project_dir, "created_at": now_iso()}
         self.store.insert_project(project)

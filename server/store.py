@@ -208,6 +208,21 @@ class Store:
     def count_jobs(self, query: dict[str, Any]) -> int:
         return self.db.jobs.count_documents(query)
 
+    def job_counts(self) -> dict[tuple[str, str], int]:
+        """{(kind, state): count}. One count per pair: the embedded store cannot group by two fields."""
+        return {(kind, state): self.db.jobs.count_documents({"kind": kind, "state": state})
+                for kind in ("delete", "hook", "refresh_sizes") for state in ("queued", "running", "done", "failed")}
+
+    def oldest_queued_job_time(self) -> float | None:
+        job = self.db.jobs.find_one({"state": "queued"}, sort=[("created_ts", 1)])
+        return None if job is None else job.get("created_ts")
+
+    def bytes_by_datatype(self) -> dict[str, int]:
+        group: dict[str, Any] = {"_id": None}
+        group.update({dt: {"$sum": f"$data_management.{dt}.size"} for dt in DATATYPES})
+        rows = list(self.db.sessions.aggregate([{"$group": group}]))
+        return {dt: int(rows[0][dt]) for dt in DATATYPES} if rows else {}
+
     def sessions_with_status(self, datatype: str, status: str) -> list[dict[str, Any]]:
         return list(self.db.sessions.find({f"data_management.{datatype}.status": status}, NO_ID))
 

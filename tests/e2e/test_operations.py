@@ -1,0 +1,84 @@
+"""Running on a lab server: data roots, /metrics, request and job logs (plain and JSON), no tokens in logs."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+from tests.e2e.test_hooks import wait_until
+from tests.support.daemon import Daemon
+from tests.support.sessiontree import build_session_tree
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}{{{re.escape(wanted)}}} (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    assert found, f"{name} {labels} not in /metrics"
+    return float(found.group(1))
+
+
+def test_metrics_count_calls_errors_jobs_and_bytes(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "proj", exposures=2)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    for _ in range(3):
+        daemon.call("get_datatype_size", ["P1", "S1", "raw"])
+    daemon.livedm("rtpcli", "get_datatype_size('P1', 'S1', 'movies')")
+    job = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
+                                               "asynchronous": False})
+    assert job["state"] == "done"
+    text = urllib.request.urlopen(daemon.url + "/metrics", timeout=10).read().decode()
+    assert metric(text, "livedm_requests_total", method="get_datatype_size", outcome="ok") == 3
+    assert metric(text, "livedm_requests_total", method="get_datatype_size", outcome="-32602") == 1
+    assert metric(text, "livedm_errors_total", code="-32602") == 1
+    assert metric(text, "livedm_request_seconds_count", method="get_datatype_size") == 4
+    assert metric(text, "livedm_jobs", kind="delete", state="done") == 1
+    assert metric(text, "livedm_jobs", kind="hook", state="queued") == 0
+    assert metric(text, "livedm_queue_oldest_age_seconds") == 0
+    assert metric(text, "livedm_category_bytes", datatype="micrographs") == tree.bytes_by_datatype["micrographs"]
+    assert metric(text, "livedm_category_bytes", datatype="particles") == 0
+
+
+def test_one_log_line_per_request_and_job_and_never_a_token(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", env={"LIVEDM_LOG_FORMAT": "json"}).start()
+    try:
+        tree = build_session_tree(tmp_path / "proj", exposures=1)
+        daemon.call("create_project", ["p", str(tree.project_dir)])
+        daemon.call("create_live_session", ["P1", "s"])
+        daemon.livedm("rtpcli", "list_projects()", env={"LIVEDM_TOKEN": "ldm_" + "x" * 43})  # a wrong token
+        daemon.call("update_all_sessions_datatype_sizes", ["P1"])
+        wait_until(lambda: "done" in daemon.log(), what="the job's log line")
+        token = daemon.token
+    finally:
+        daemon.stop()
+    lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    requests = [e["message"] for e in lines if e["logger"] == "livedm.requests"]
+    assert any("user=admin" in m and "methods=create_project" in m for m in requests)
+    assert any("user=-" in m and "errors=-32004" in m for m in requests)
+    assert len(requests) == 4  # exactly one line per request
+    assert any(e["logger"] == "livedm.server.worker" and "refresh_sizes" in e["message"] for e in lines)
+    assert any(e["level"] == "warning" and "no data roots" in e["message"] for e in lines)
+    raw = daemon.log()
+    assert token not in raw and "ldm_xxxx" not in raw
+
+
+def test_data_roots_bound_projects_and_deletions(tmp_path: Path) -> None:
+    inside, outside = tmp_path / "data", tmp_path / "elsewhere"
+    inside.mkdir()
+    outside.mkdir()
+    daemon = Daemon(tmp_path / "state", env={"LIVEDM_DATA_ROOTS": str(inside)}).start()
+    try:
+        refused = daemon.livedm("rtpcli", f"create_project(title='x', project_dir='{outside}')")
+        assert refused.returncode == 1 and "Forbidden" in refused.stderr and "data roots" in refused.stderr
+        (inside / "link").symlink_to(outside)
+        sneaky = daemon.livedm("rtpcli", f"create_project(title='x', project_dir='{inside / 'link'}')")
+        assert sneaky.returncode == 1 and "Forbidden" in sneaky.stderr
+        tree = build_session_tree(inside / "proj", exposures=1)
+        daemon.call("create_project", ["p", str(tree.project_dir)])
+        assert "data roots: " + str(inside) in daemon.log()
+    finally:
+        daemon.stop()
