@@ -14,6 +14,9 @@ from . import __version__
 from .app import create_app
 from .config import Config, ConfigError, add_flags, load
 from .observe import configure_logging
+from .systemd import notify
+
+log = logging.getLogger("livedm")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,17 +36,31 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-async def run_workers_only(app: web.Application) -> None:
-    """The app's resources and workers without an HTTP server, until SIGTERM or SIGINT."""
-    runner = web.AppRunner(app, handle_signals=False)
+async def run(app: web.Application, config: Config) -> None:
+    """Start the app's resources and workers, then the HTTP server (unless worker-only); tell systemd
+    it is ready; on SIGTERM or SIGINT tell it we stop, answer what is in flight, drain, exit."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True)
     await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("livedm").info("worker-only mode: running jobs, no HTTP server")
-    await stop.wait()
-    await runner.cleanup()
+    try:
+        if config.worker_only:
+            log.info("worker-only mode: running jobs, no HTTP server")
+        else:
+            try:
+                await web.TCPSite(runner, config.bind, config.port).start()
+            except OSError as exc:
+                raise RuntimeError(f"cannot listen on {config.bind}:{config.port}: {exc.strerror}; pick another "
+                                   "with --port or LIVEDM_PORT") from None
+            log.info("serving http://%s:%d (the page: /ui)", config.bind, config.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        notify("READY=1")
+        await stop.wait()
+        log.info("stopping: finishing requests and jobs (up to %.0f s)", config.drain_s)
+        notify("STOPPING=1")
+    finally:
+        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(config: Config) -> int:
-    log = logging.getLogger("livedm")
     log.info("livedmd %s: state dir %s, database %s", __version__, config.state_dir,
              "embedded store" if not config.mongo_uri else "MongoDB (LIVEDM_MONGO_URI)")
     if config.data_roots:
@@ -70,19 +86,15 @@ def serve(config: Config) -> int:
     else:
         log.warning("no data roots are set: livedm may manage and delete files anywhere; set LIVEDM_DATA_ROOTS "
                     "(or data_roots) to the directories it is for")
+    loop = new_event_loop()
     try:
-        if config.worker_only:
-            new_event_loop().run_until_complete(run_workers_only(create_app(config)))
-        else:
-            web.run_app(create_app(config), host=config.bind, port=config.port, print=None,
-                        access_log=None, handler_cancellation=True, loop=new_event_loop())
-    except OSError as exc:
-        print(f"livedmd: cannot listen on {config.bind}:{config.port}: {exc.strerror}; "
-              "pick another with --port or LIVEDM_PORT", file=sys.stderr)
-        return 1
+        loop.run_until_complete(run(create_app(config), config))
     except RuntimeError as exc:
         print(f"livedmd: {exc}", file=sys.stderr)
         return 1
+    finally:
+        loop.close()
+    log.info("stopped")
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -82,3 +84,20 @@ def test_data_roots_bound_projects_and_deletions(tmp_path: Path) -> None:
         assert "data roots: " + str(inside) in daemon.log()
     finally:
         daemon.stop()
+
+
+def test_systemd_hears_ready_once_serving_and_stopping_on_sigterm(tmp_path: Path) -> None:
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        daemon = Daemon(tmp_path / "state", env={"NOTIFY_SOCKET": address})
+        daemon.start()
+        assert sock.recv(100) == b"READY=1"
+        health = json.loads(urllib.request.urlopen(daemon.url + "/healthz", timeout=5).read())
+        assert health["status"] == "ok" and health["workers"]["alive"] == 2
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGTERM)
+        assert sock.recv(100) == b"STOPPING=1"
+        assert daemon.process.wait(30) == 0
+        daemon.process = None
