@@ -7,6 +7,7 @@ import code
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .callparse import CallSyntaxError, parse_call
@@ -230,6 +231,24 @@ def cmd_delete(client: CommandClient, args: argparse.Namespace) -> int:
     return EXIT_OK if job["state"] == "done" else EXIT_SERVER_ERROR
 
 
+def cmd_admin(client: CommandClient, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if args.action == "backup":
+        written = client.download("/admin/backup", path)
+        with open(path, "rb") as backup_file:
+            lines = sum(1 for _ in backup_file) - 1
+        print(json.dumps({"file": str(path), "bytes": written, "documents": lines}) if args.json
+              else f"backed up {lines} documents ({human_size(written)}) to {path}")
+        return EXIT_OK
+    if not args.yes:
+        print("livedm admin restore replaces livedm's whole database with the backup: add --yes", file=sys.stderr)
+        return EXIT_USAGE
+    result = client.upload("/admin/restore?confirm=yes", path)
+    print(json.dumps(result) if args.json else "restored " + ", ".join(
+        f"{n} {c}" for c, n in result["restored"].items()))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livedm", description="Client of livedmd, the live session data management daemon. "
@@ -276,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     p.set_defaults(run=cmd_delete)
+    p = sub.add_parser("admin", help="admins: backup FILE / restore FILE --yes of livedm's own database")
+    p.add_argument("action", choices=["backup", "restore"])
+    p.add_argument("file")
+    p.add_argument("--yes", action="store_true", help="with restore: replace the database")
+    p.set_defaults(run=cmd_admin)
     p = sub.add_parser("audit", help="who changed what, newest first")
     p.add_argument("project", nargs="?")
     p.add_argument("session", nargs="?")

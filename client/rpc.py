@@ -108,6 +108,43 @@ class CommandClient:
         raise Unreachable(f"cannot reach livedmd at {self.url} ({last}) after {self.retries} attempts; "
                           "is it running? Set LIVEDM_URL if it listens elsewhere", name="Unreachable")
 
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _http(self, request: urllib.request.Request) -> Any:
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout_s)
+        except urllib.error.HTTPError as exc:
+            try:
+                error = json.loads(exc.read())["error"]
+            except (ValueError, KeyError, TypeError):
+                raise LivedmError(f"livedmd answered HTTP {exc.code} {exc.reason}", exc.code, "HTTPError") from None
+            raise LivedmError(error["message"], error.get("code"), error.get("name", "Error")) from None
+        except (urllib.error.URLError, ConnectionError) as exc:
+            raise Unreachable(f"cannot reach livedmd at {self.url} ({getattr(exc, 'reason', exc)})",
+                              name="Unreachable") from None
+
+    def download(self, path: str, destination: Path) -> int:
+        """GET a livedmd URL path into a file (written to a temporary name, then renamed); bytes written."""
+        partial = destination.with_name(destination.name + ".partial")
+        written = 0
+        with self._http(urllib.request.Request(self.url + path, headers=self._headers())) as response, \
+                open(partial, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                written += len(chunk)
+        partial.replace(destination)
+        return written
+
+    def upload(self, path: str, source: Path) -> Any:
+        """POST a file to a livedmd URL path; its JSON answer."""
+        with open(source, "rb") as body:
+            request = urllib.request.Request(self.url + path, data=body, method="POST", headers={
+                **self._headers(), "Content-Type": "application/x-ndjson",
+                "Content-Length": str(source.stat().st_size)})
+            with self._http(request) as response:
+                return json.loads(response.read())
+
     def methods(self) -> list[str]:
         if self._methods is None:
             described = self.send("system.describe", [])

@@ -12,7 +12,7 @@ from typing import Any
 import pymongo
 from aiohttp import web
 
-from . import __version__
+from . import __version__, backup
 from .auth import Authenticator, ensure_admin, token_from_headers
 from .config import Config
 from .embedded import EmbeddedStore
@@ -109,6 +109,20 @@ def log_request(request: web.Request, ctx: CallContext, error_codes: list[int], 
                      errors, seconds * 1000)
 
 
+async def _caller(request: web.Request) -> dict[str, Any]:
+    authenticator = request.app[AUTH]
+    token = token_from_headers(request.headers)
+    return authenticator.cached_user(token) or await asyncio.to_thread(authenticator.user_for, token)
+
+
+async def backup_route(request: web.Request) -> web.StreamResponse:
+    return await backup.backup(request, request.app[STORE], _caller)
+
+
+async def restore_route(request: web.Request) -> web.Response:
+    return await backup.restore(request, request.app[STORE], _caller, request.app[AUTH].forget)
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = await asyncio.to_thread(request.app[METRICS].render)
     return web.Response(body=body, content_type="text/plain", charset="utf-8",
@@ -170,6 +184,8 @@ def create_app(config: Config, mongo_client: pymongo.MongoClient | None = None) 
     app.router.add_get("/", greeting)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin/backup", backup_route)
+    app.router.add_post("/admin/restore", restore_route)
     app.router.add_post("/api", api)
     app.router.add_get("/ui", ui_page)
     app.router.add_get("/ui/", ui_page)

@@ -20,6 +20,7 @@ from pymongo.errors import DuplicateKeyError
 from .domain import DATATYPES
 
 CHUNK_PATHS = 2000  # registry paths per document: measured in DESIGN.md, ~20x faster than one per file
+COLLECTIONS = ("projects", "sessions", "registry", "counters", "users", "tokens", "jobs", "audit")
 
 NO_ID = {"_id": 0}
 
@@ -231,6 +232,16 @@ class Store:
             self.db.registry.update_many(
                 {"key": session_key(project_uid, session_uid), "source": "api", "datatype": datatype},
                 {"$pullAll": {"paths": paths}})
+
+    # --- backup and restore ------------------------------------------------------------------------
+
+    def dump(self, collection: str) -> Iterable[dict[str, Any]]:
+        return self.db[collection].find({})
+
+    def replace_collection(self, collection: str, docs: list[dict[str, Any]]) -> None:
+        self.db[collection].delete_many({})
+        for start in range(0, len(docs), 1000):
+            self.db[collection].insert_many(docs[start:start + 1000], ordered=True)
 
     # --- audit log (append-only) -----------------------------------------------------------------
 

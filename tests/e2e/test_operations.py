@@ -101,3 +101,45 @@ def test_systemd_hears_ready_once_serving_and_stopping_on_sigterm(tmp_path: Path
         assert sock.recv(100) == b"STOPPING=1"
         assert daemon.process.wait(30) == 0
         daemon.process = None
+
+
+def test_backup_and_restore_round_trip(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "proj", exposures=2)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    daemon.call("change_session_data_management_state", ["P1", "S1", "raw", "archived"])
+    alice = daemon.call("create_user", {"name": "alice"})
+    backup_file = tmp_path / "livedm.ndjson"
+    as_user = daemon.livedm("admin", "backup", str(backup_file), env={"LIVEDM_TOKEN": alice["token"]})
+    assert as_user.returncode == 1 and "need an admin" in as_user.stderr and not backup_file.exists()
+    made = daemon.livedm("admin", "backup", str(backup_file))
+    assert made.returncode == 0 and made.stdout.startswith("backed up "), made.stderr
+    before = {m: daemon.call(m, p) for m, p in [("get_overview", []), ("list_users", []),
+                                               ("get_audit_log", {}), ("get_project_file_paths", ["P1"])]}
+    before["get_overview"].pop("as_of")
+
+    fresh = Daemon(tmp_path / "fresh-state").start()  # a new server with an empty database
+    try:
+        refused = fresh.livedm("admin", "restore", str(backup_file))
+        assert refused.returncode == 2 and "--yes" in refused.stderr
+        not_admin = fresh.livedm("admin", "restore", str(backup_file), "--yes",
+                                 env={"LIVEDM_TOKEN": "ldm_" + "n" * 43})
+        assert not_admin.returncode == 1 and "not valid" in not_admin.stderr
+        broken = tmp_path / "broken.ndjson"
+        broken.write_text(backup_file.read_text().splitlines()[0] + "\n{not json\n")
+        assert fresh.livedm("admin", "restore", str(broken), "--yes").returncode == 1
+        assert fresh.call("list_projects") == []  # a bad file changed nothing
+        done = fresh.livedm("admin", "restore", str(backup_file), "--yes")
+        assert done.returncode == 0 and "restored" in done.stdout, done.stderr
+        old_admin = Daemon(fresh.state_dir, port=fresh.port)  # the backup's tokens are in force now
+        old_admin.state_dir = daemon.state_dir
+        after = {m: old_admin.call(m, p) for m, p in [("get_overview", []), ("list_users", []),
+                                                     ("get_audit_log", {}), ("get_project_file_paths", ["P1"])]}
+        after["get_overview"].pop("as_of")
+        assert after == before
+        as_alice = fresh.livedm("whoami", env={"LIVEDM_TOKEN": alice["token"]})
+        assert as_alice.returncode == 0 and as_alice.stdout.startswith("alice")
+        assert old_admin.call("create_project", ["q", str(tree.project_dir)])["uid"] == "P2"  # counters too
+    finally:
+        fresh.stop()
