@@ -133,7 +133,7 @@ def test_backup_and_restore_round_trip(daemon: Daemon, tmp_path: Path) -> None:
         done = fresh.livedm("admin", "restore", str(backup_file), "--yes")
         assert done.returncode == 0 and "restored" in done.stdout, done.stderr
         old_admin = Daemon(fresh.state_dir, port=fresh.port)  # the backup's tokens are in force now
-        old_admin.state_dir = daemon.state_dir
+        old_admin.token_file = daemon.token_file
         after = {m: old_admin.call(m, p) for m, p in [("get_overview", []), ("list_users", []),
                                                      ("get_audit_log", {}), ("get_project_file_paths", ["P1"])]}
         after["get_overview"].pop("as_of")

@@ -28,6 +28,7 @@ class Daemon:
         self.args = args or []
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir.parent / f"livedmd-{state_dir.name}-{self.port}.log"
+        self.token_file = state_dir / "admin.token"  # another daemon's, when they share a database
 
     @property
     def url(self) -> str:
@@ -35,7 +36,7 @@ class Daemon:
 
     @property
     def token(self) -> str:
-        return (self.state_dir / "admin.token").read_text().strip()
+        return self.token_file.read_text().strip()
 
     def start(self, timeout_s: float = 30.0) -> Daemon:
         argv = [str(BIN / "livedmd"), "--state-dir", str(self.state_dir), "--port", str(self.port), *self.args]
