@@ -164,7 +164,7 @@ def test_refresh_a_project_and_mark_a_session_completed(site: Site, browser: Bro
     right_click_table(page, "Expand all")
     page.locator("tr[data-uid='P1-S2'] button", has_text="Mark completed").click()
     page.locator("#dialog-ok").click()
-    expect(page.locator("tr[data-uid='P1-S2'] td", has_text="completed")).to_be_visible()
+    expect(page.locator("tr[data-uid='P1-S2'] td.status-completed")).to_be_visible()
     assert site.daemon.call("get_session", ["P1", "S2"])["status"] == "completed"
     open_menu(page, "P1-S2", "micrographs")
     expect(menu_button(page, "Mark as archiving")).to_be_enabled()
