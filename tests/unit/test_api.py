@@ -164,3 +164,12 @@ async def test_register_files_outside_project_is_refused_as_a_whole(populated: A
     reply = await populated.call("register_files", ["P1", "S1", "metadata", [str(inside), str(tmp_path / "secret")]])
     assert "outside the project" in assert_error(reply, -32602, "InvalidParams")["message"]
     assert populated.snapshot() == before
+
+
+async def test_a_single_notification_gets_no_body_and_null_id_is_a_request(populated: Api) -> None:
+    headers = {"Authorization": f"Bearer {populated.token}"}
+    response = await populated.client.post("/api", headers=headers, data=json.dumps(
+        {"jsonrpc": "2.0", "method": "list_projects"}))
+    assert response.status == 204 and await response.read() == b""
+    reply = await populated.post({"jsonrpc": "2.0", "method": "list_projects", "id": None})
+    assert reply["id"] is None and reply["result"][0]["uid"] == "P1"
