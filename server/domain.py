@@ -9,16 +9,8 @@ from typing import Any
 from .errors import conflict, invalid_params
 
 DATATYPES: tuple[str, ...] = ("raw", "micrographs", "thumbnails", "particles", "metadata")
-DATATYPE_LABELS: dict[str, str] = {
-    "raw": "Raw import data",
-    "micrographs": "Motion corrected micrographs",
-    "thumbnails": "Exposure thumbnails",
-    "particles": "Extracted particles",
-    "metadata": "Metadata",
-}
 CATEGORY_STATUSES = ("active", "archiving", "archived", "deleted", "deleting", "missing", "calculating")
 TRANSIENT_STATUSES = ("deleting", "calculating")
-SESSION_STATUSES = ("running", "paused", "completed")
 MARKABLE_STATUSES = ("active", "archiving", "archived", "deleted")
 
 # A category whose files are all gone becomes "missing" from these, and returns when they come back.
