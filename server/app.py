@@ -141,7 +141,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     if client is None:
         uri = config.mongo_uri
         if not uri:
-            embedded = EmbeddedStore(config.state_dir, config.embedded_port)
+            embedded = EmbeddedStore(config.state_dir)
             uri = embedded.start()  # blocking, once at start; must run on the main thread
             app[EMBEDDED] = embedded
         client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000)

@@ -138,18 +138,34 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mongo_uri", "", "MongoDB URI (replica sets included). Empty: start the embedded store "
             "in the state dir."),
     Setting("mongo_db", "livedm", "Database name inside MongoDB."),
-    Setting("embedded_port", "0", "Loopback port of the embedded store (0 picks a free one).", _parse_port),
+    Setting("embedded_max_restarts", "5", "How often livedmd restarts an embedded store that died before it gives "
+            "up and exits (systemd then restarts the unit).", _parse_non_negative_int),
     Setting("layout", "import_movies=raw,motioncorrected=micrographs,thumbnails=thumbnails,extract=particles",
             "Session directory layout: top-level dir=datatype pairs; everything else is metadata.",
             parse_layout),
     Setting("max_request_bytes", "8388608", "Largest JSON-RPC request body accepted.", _parse_positive_int),
+    Setting("max_batch_calls", "100", "Most calls in one JSON-RPC batch; a larger batch is refused whole.",
+            _parse_positive_int),
+    Setting("max_connections", "512", "Most HTTP connections served at once; more are closed at once (keep "
+            "LimitNOFILE in the unit well above it).", _parse_positive_int),
+    Setting("keepalive_timeout_s", "15", "An idle keep-alive connection is closed after this long.",
+            _parse_positive_float),
+    Setting("request_timeout_s", "30", "A client must send a request's headers and body within this long.",
+            _parse_positive_float),
     Setting("auth_cache_s", "2", "How long a checked token is trusted before the database is asked again.",
             _parse_positive_float),
     Setting("log_level", "info", "debug, info, warning or error.", _parse_log_level),
     Setting("log_format", "plain", "plain (for a terminal) or json (one object per line, for a log shipper).",
             _parse_log_format),
     Setting("data_roots", "", "The directories livedm may manage, separated by ':'. Projects outside are refused "
-            "and deletion checks again; empty means anywhere (a warning at every start).", _parse_path_list),
+            "and deletion checks again. livedmd refuses to start without them unless `trial` is set.",
+            _parse_path_list),
+    Setting("trial", "false", "Allow running without data_roots (a trial on a laptop: projects may then be "
+            "anywhere but system and state dirs). Never on a shared server.", _parse_bool),
+    Setting("disk_threads", "4", "Threads for disk work (walking, sizing) requested by API calls; other calls and "
+            "job heartbeats never wait behind them.", _parse_positive_int),
+    Setting("state_min_free_bytes", "1073741824", "/healthz fails when the state dir's file system has less free "
+            "space than this.", _parse_non_negative_int),
     Setting("workers", "2", "Background jobs (deletions, hooks, size refreshes) run at once by this process; "
             "0 runs none.", _parse_non_negative_int),
     Setting("worker_only", "false", "Run jobs only, without the HTTP server (more workers for a shared "
@@ -168,6 +184,11 @@ SETTINGS: tuple[Setting, ...] = (
             _parse_positive_float),
     Setting("hook_log_dir", "", "Where hook logs go, one file per session. Default: <state_dir>/hook-logs.",
             _parse_optional_path),
+    Setting("hook_log_max_bytes", "10485760", "Most bytes of a hook run's output kept in its log (the head and "
+            "the tail; the middle is cut with a note).", _parse_positive_int),
+    Setting("hook_allowed_scripts", "", "Scripts, separated by ':', that an admin may run instead of hook_path "
+            "through trigger_live_data_management_script(script_location=...). Empty: only hook_path.",
+            _parse_path_list),
     Setting("url", "", "The URL hook scripts use to call back. Default: http://<bind>:<port> "
             "(127.0.0.1 when bound to all addresses)."),
 )
@@ -182,13 +203,20 @@ class Config:
     state_dir: str
     mongo_uri: str
     mongo_db: str
-    embedded_port: int
+    embedded_max_restarts: int
     layout: tuple[tuple[str, str], ...]
     max_request_bytes: int
+    max_batch_calls: int
+    max_connections: int
+    keepalive_timeout_s: float
+    request_timeout_s: float
     auth_cache_s: float
     log_level: str
     log_format: str
     data_roots: tuple[str, ...]
+    trial: bool
+    disk_threads: int
+    state_min_free_bytes: int
     workers: int
     worker_only: bool
     job_lease_s: float
@@ -198,6 +226,8 @@ class Config:
     hook_path: str
     hook_timeout_s: float
     hook_log_dir: str
+    hook_log_max_bytes: int
+    hook_allowed_scripts: tuple[str, ...]
     url: str
 
     @property

@@ -153,9 +153,11 @@ class Store:
     def get_user(self, name: str) -> dict[str, Any] | None:
         return self.db.users.find_one({"_id": name}, NO_ID)
 
-    def insert_token(self, token_hash: str, user: str, created_at: str, expires_at: float | None = None) -> None:
+    def insert_token(self, token_hash: str, user: str, created_at: str, expires_at: float | None = None,
+                     scope: dict[str, Any] | None = None) -> None:
+        """`scope` narrows what the token may do (a hook run's token: one category); None: the user's rights."""
         self.db.tokens.insert_one({"_id": token_hash, "user": user, "created_at": created_at,
-                                   "expires_at": expires_at})
+                                   "expires_at": expires_at, "scope": scope})
 
     def delete_token(self, token_hash: str) -> None:
         self.db.tokens.delete_one({"_id": token_hash})
@@ -164,7 +166,10 @@ class Store:
         token = self.db.tokens.find_one({"_id": token_hash})
         if token is None or (token.get("expires_at") is not None and token["expires_at"] < now):
             return None
-        return self.get_user(token["user"])
+        user = self.get_user(token["user"])
+        if user is not None and token.get("scope") is not None:
+            user["token_scope"] = token["scope"]
+        return user
 
     def list_users(self) -> list[dict[str, Any]]:
         return list(self.db.users.find({}, NO_ID).sort("created_at", 1))
