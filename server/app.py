@@ -22,7 +22,7 @@ from .methods import METHODS
 from .observe import Metrics
 from .rpc import CallContext, Dispatcher, error_response
 from .services import Services
-from .store import Store
+from .store import Store, StoreUnavailable
 from .worker import Workers
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ async def healthz(request: web.Request) -> web.Response:
     try:
         await asyncio.to_thread(app[STORE].ping)
         database["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    except pymongo.errors.PyMongoError as exc:
+    except StoreUnavailable as exc:
         database = {"ok": False, "error": str(exc)}
     embedded = app.get(EMBEDDED)
     embedded_state = None if embedded is None else {

@@ -149,6 +149,32 @@ def check_data_roots(path: str, roots: Sequence[str]) -> None:
                         "an admin sets them with LIVEDM_DATA_ROOTS")
 
 
+# Never a project dir, nor inside one of them: deleting "metadata" there would break the machine.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin",
+                "/sys", "/usr", "/var/lib", "/var/log", "/var/run", "/var/spool", "/var/cache")
+# Never a project dir themselves (projects may lie below them).
+SYSTEM_DIRS = ("/", "/home", "/var", "/tmp", "/var/tmp", "/mnt", "/media", "/srv", "/opt", "/root", "/data")
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def check_project_location(project_dir: str, data_roots: Sequence[str], guarded: Sequence[str]) -> None:
+    """Where a project dir may never be: `/` or a system directory, a directory holding (or inside) one
+    of `guarded` (livedmd's state dir, its hook logs), or outside the data roots when they are set."""
+    real = _real(project_dir)
+    if real in SYSTEM_DIRS or any(_inside(real, tree) for tree in SYSTEM_TREES):
+        raise forbidden(f"{project_dir} is a system directory (or inside one); a project dir must be a "
+                        "directory of its own on your data storage")
+    for path in guarded:
+        real_guarded = _real(path)
+        if _inside(real_guarded, real) or _inside(real, real_guarded):
+            raise forbidden(f"{project_dir} holds or lies inside livedm's own state ({path}); choose a directory "
+                            "on your data storage")
+    check_data_roots(project_dir, data_roots)
+
+
 def check_project_dir(project_dir: str) -> str:
     """A project dir is an absolute path to an existing directory; kept as given, normalised."""
     if "\x00" in project_dir or not os.path.isabs(project_dir):

@@ -25,6 +25,10 @@ COLLECTIONS = ("projects", "sessions", "registry", "counters", "users", "tokens"
 NO_ID = {"_id": 0}
 
 
+class StoreUnavailable(Exception):
+    """The database does not answer (the embedded store died, MongoDB is unreachable)."""
+
+
 def session_key(project_uid: str, session_uid: str) -> str:
     return f"{project_uid}/{session_uid}"
 
@@ -55,8 +59,16 @@ class Store:
         self.db.jobs.create_index([("state", 1)])
         self.db.audit.create_index([("project_uid", 1), ("session_uid", 1)])
 
-    def ping(self) -> None:
-        self.client.admin.command("ping")
+    def ping(self, timeout_s: float | None = None) -> None:
+        """Raises StoreUnavailable when the database does not answer (within timeout_s, if given)."""
+        try:
+            if timeout_s is None:
+                self.client.admin.command("ping")
+            else:
+                with pymongo.timeout(timeout_s):
+                    self.client.admin.command("ping")
+        except pymongo.errors.PyMongoError as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     # --- uids ------------------------------------------------------------------------------------
 

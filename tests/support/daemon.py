@@ -22,9 +22,12 @@ class Daemon:
                  args: list[str] | None = None) -> None:
         self.state_dir = state_dir
         self.port = port or free_port()
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ}
         for name in ("LIVEDM_URL", "LIVEDM_TOKEN", "LIVEDM_TOKEN_FILE", "LIVEDM_CONFIG"):
             self.env.pop(name, None)
+        # livedmd refuses to start without data roots: the test's own directory is the default one
+        self.env["LIVEDM_DATA_ROOTS"] = str(state_dir.parent)
+        self.env.update(env or {})
         self.args = args or []
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir.parent / f"livedmd-{state_dir.name}-{self.port}.log"
