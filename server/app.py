@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pymongo
 from aiohttp import web
 
 from . import __version__, backup
@@ -22,6 +23,7 @@ from .methods import METHODS
 from .observe import Metrics
 from .rpc import CallContext, Dispatcher, error_response
 from .services import Services
+from .statelock import StateDirLock
 from .store import Store, StoreUnavailable
 from .worker import Workers
 
@@ -38,7 +40,12 @@ WORKERS = web.AppKey("workers", Workers)
 METRICS = web.AppKey("metrics", Metrics)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 EMBEDDED = web.AppKey("embedded", EmbeddedStore)
-MONGO_CLIENT = web.AppKey("mongo_client", pymongo.MongoClient)
+MONGO_CLIENT = web.AppKey("mongo_client", object)  # a client given by tests (mongomock)
+FATAL = web.AppKey("fatal", list)  # why livedmd must exit non-zero, if it must
+
+SELECTION_TIMEOUT_S = 3.0  # a call while the database is away fails within this, as -32603
+STORE_WATCH_S = 1.0
+STORE_STABLE_S = 60.0
 
 
 async def greeting(request: web.Request) -> web.Response:
@@ -130,36 +137,87 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def _prepare_state_dir(config: Config) -> None:
-    Path(config.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The state dir holds the admin token and the embedded store's socket: ours alone, mode 0700."""
+    path = Path(config.state_dir)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.stat(path)
+    if st.st_uid != os.geteuid():
+        raise RuntimeError(f"the state dir {path} belongs to uid {st.st_uid}, not to livedmd's user "
+                           f"(uid {os.geteuid()}); give livedmd a state dir of its own (--state-dir)")
+    if st.st_mode & 0o077:
+        log.warning("the state dir %s was open to other users (mode %o); now 0700", path, st.st_mode & 0o777)
+        os.chmod(path, 0o700)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     _prepare_state_dir(config)
-    client = app.get(MONGO_CLIENT)  # given by tests (mongomock); otherwise ours to open and close
-    owns_client = client is None
-    if client is None:
-        uri = config.mongo_uri
-        if not uri:
-            embedded = EmbeddedStore(config.state_dir)
-            uri = embedded.start()  # blocking, once at start; must run on the main thread
-            app[EMBEDDED] = embedded
-        client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000)
-    store = Store(client, config.mongo_db)
-    await asyncio.to_thread(store.ensure_indexes)
-    token = await asyncio.to_thread(ensure_admin, store, config.admin_token_path)
-    await asyncio.to_thread(ensure_hook_user, store)
-    if token is None:
-        log.info("admin token: %s (written at first start)", config.admin_token_path)
-    app[STORE] = store
-    app[METRICS].watch_store(store)
-    app[AUTH] = Authenticator(store, config.auth_cache_s)
-    app[SERVICES] = Services.build(store, config, app[AUTH])
-    yield
-    if owns_client:
-        client.close()
-    if EMBEDDED in app:
-        app[EMBEDDED].stop()
+    lock = StateDirLock(config.state_dir).acquire()  # before the embedded store: it is the state dir's
+    supervisor: asyncio.Task[None] | None = None
+    try:
+        client = app.get(MONGO_CLIENT)  # given by tests (mongomock); otherwise ours to open and close
+        if client is None:
+            uri = config.mongo_uri
+            if not uri:
+                embedded = EmbeddedStore(config.state_dir)
+                app[EMBEDDED] = embedded
+                embedded.spawn()  # on the main thread: the store dies with the thread that started it
+                await asyncio.to_thread(embedded.wait_ready)
+                uri = embedded.uri
+            store = Store.connect(uri, config.mongo_db, selection_timeout_s=SELECTION_TIMEOUT_S)
+        else:
+            store = Store(client, config.mongo_db)
+        await asyncio.to_thread(store.ensure_indexes)
+        token = await asyncio.to_thread(ensure_admin, store, config.admin_token_path)
+        await asyncio.to_thread(ensure_hook_user, store)
+        if token is None:
+            log.info("admin token: %s (written at first start)", config.admin_token_path)
+        app[STORE] = store
+        app[METRICS].watch_store(store)
+        app[AUTH] = Authenticator(store, config.auth_cache_s)
+        app[SERVICES] = Services.build(store, config, app[AUTH])
+        if EMBEDDED in app:
+            supervisor = asyncio.create_task(supervise_embedded(app), name="embedded-store-supervisor")
+        yield
+    finally:
+        if supervisor is not None:
+            supervisor.cancel()
+        if STORE in app and MONGO_CLIENT not in app:
+            app[STORE].close()
+        if EMBEDDED in app:
+            app[EMBEDDED].stop()
+        lock.release()
+
+
+async def supervise_embedded(app: web.Application) -> None:
+    """Restart the embedded store when it dies; after embedded_max_restarts restarts that did not last
+    STORE_STABLE_S, give up: livedmd stops with an error and systemd restarts the whole unit."""
+    embedded, config = app[EMBEDDED], app[CONFIG]
+    failures = 0
+    last_restart = 0.0
+    while True:
+        await asyncio.sleep(STORE_WATCH_S)
+        if embedded.alive():
+            if failures and time.monotonic() - last_restart > STORE_STABLE_S:
+                failures = 0
+            continue
+        failures += 1
+        code = embedded.process.returncode if embedded.process else None
+        if failures > config.embedded_max_restarts:
+            message = (f"the embedded store keeps dying (exit status {code}; {failures - 1} restarts); "
+                       f"see {embedded.log_path}")
+            log.critical("%s; stopping livedmd", message)
+            app[FATAL].append(message)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        log.error("the embedded store died (exit status %s); restarting it (%d of %d)", code, failures,
+                  config.embedded_max_restarts)
+        last_restart = time.monotonic()
+        try:
+            embedded.respawn()
+            await asyncio.to_thread(embedded.wait_ready)
+        except RuntimeError as exc:
+            log.error("%s", exc)
 
 
 async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -172,9 +230,10 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     await workers.stop(config.drain_s)
 
 
-def create_app(config: Config, mongo_client: pymongo.MongoClient | None = None) -> web.Application:
+def create_app(config: Config, mongo_client: Any = None) -> web.Application:
     app = web.Application(client_max_size=config.max_request_bytes)
     app[CONFIG] = config
+    app[FATAL] = []
     if mongo_client is not None:
         app[MONGO_CLIENT] = mongo_client
     app[METRICS] = Metrics()

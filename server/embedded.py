@@ -1,4 +1,5 @@
-"""The zero-setup store: an nx-27017 child process (MongoDB wire protocol on SQLite) in the state dir.
+"""The zero-setup store: an nx-27017 child process (MongoDB wire protocol on SQLite) in the state dir,
+reachable only through a Unix socket that only the service's user may open.
 
 livedmd owns the child: it starts it before serving and stops it last. The child gets SIGTERM from
 the kernel when livedmd dies, even by `kill -9` (Linux PR_SET_PDEATHSIG), and a child left over
@@ -11,12 +12,15 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pymongo
 
@@ -29,6 +33,9 @@ def die_with_parent() -> None:
     """preexec_fn: the child gets SIGTERM when the thread that started it exits (livedmd dies)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes with its NUL; keep a margin
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -46,43 +53,69 @@ def _cmdline(pid: int) -> str:
 
 class EmbeddedStore:
     """Start with start(), which returns the MongoDB URI; stop() when done. Must be started from the
-    main thread: the kernel's parent-death signal follows the thread that forked."""
+    main thread: the kernel's parent-death signal follows the thread that forked.
 
-    def __init__(self, state_dir: str | os.PathLike[str], port: int = 0) -> None:
+    The store listens on a Unix socket (mode 0600, in a 0700 directory), never on TCP: no other local
+    user can reach livedm's database."""
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.directory = Path(state_dir) / "embedded"
         self.data_dir = self.directory / "data"  # one SQLite file per database, as isolated as MongoDB's
         self.pid_path = self.directory / "nx-27017.pid"
         self.log_path = self.directory / "nx-27017.log"
-        self.requested_port = port
-        self.port = 0
+        self._private_dir: Path | None = None
+        self.socket_path = self.directory / "db.sock"  # until start() decides
         self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def _socket_path(self) -> Path:
+        """In the state dir; where that path is too long for a Unix socket (108 bytes), in a private
+        0700 directory of the runtime dir instead."""
+        preferred = self.directory / "db.sock"
+        if len(os.fsencode(preferred)) <= _MAX_SOCKET_PATH:
+            return preferred
+        base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        self._private_dir = Path(tempfile.mkdtemp(prefix="livedm-store-", dir=base))
+        return self._private_dir / "db.sock"
 
     @property
     def uri(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        return f"mongodb://{quote(str(self.socket_path), safe='')}/?directConnection=true"
 
     def start(self, timeout_s: float = 30.0) -> str:
+        self.spawn()
+        self.wait_ready(timeout_s)
+        return self.uri
+
+    def spawn(self) -> None:
+        """Start the process (quick; from the main thread). wait_ready() then waits for it to answer."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.directory, 0o700)
+        if self._private_dir is None:
+            self.socket_path = self._socket_path()
         self._stop_leftover()
-        self.port = self.requested_port or free_port()
         self.data_dir.mkdir(exist_ok=True, mode=0o700)
-        argv = [sys.executable, "-m", "nx_27017.nx_27017", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-                "--port", str(self.port), "--log-file", str(self.log_path),
-                "--pid-file", str(self.directory / "nx-27017.daemon.pid")]
+        argv = [sys.executable, "-m", "livedm.server.store_server", "--data-dir", str(self.data_dir),
+                "--socket", str(self.socket_path)]
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent)
         self.pid_path.write_text(str(self.process.pid))
-        self._wait_ready(timeout_s)
-        log.info("embedded store (nx-27017, pid %d) serving %s on 127.0.0.1:%d",
-                 self.process.pid, self.data_dir, self.port)
-        return self.uri
+
+    def respawn(self) -> None:
+        """After the store died: start it again on the same socket (clients reconnect by themselves);
+        then wait_ready()."""
+        self.stop(final=False)
+        self.restarts += 1
+        self.spawn()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 10.0, final: bool = True) -> None:
+        if final and self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -96,16 +129,21 @@ class EmbeddedStore:
             self.pid_path.unlink()
         self.process = None
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
         client: pymongo.MongoClient = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500)
+        process = self.process
         try:
             while True:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"the embedded store exited with status {self.process.returncode}; "
+                if process is None or process is not self.process:
+                    raise RuntimeError("the embedded store was stopped while it started")
+                if process.poll() is not None:
+                    raise RuntimeError(f"the embedded store exited with status {process.returncode}; "
                                        f"see {self.log_path}")
                 try:
                     client.admin.command("ping")
+                    log.info("embedded store (nx-27017, pid %d) serving %s on %s",
+                             process.pid, self.data_dir, self.socket_path)
                     return
                 except pymongo.errors.PyMongoError:
                     if time.monotonic() > deadline:
@@ -122,7 +160,7 @@ class EmbeddedStore:
             pid = int(self.pid_path.read_text().strip())
         except (OSError, ValueError):
             return
-        if "nx_27017" not in _cmdline(pid) or str(self.data_dir) not in _cmdline(pid):
+        if "store_server" not in _cmdline(pid) or str(self.data_dir) not in _cmdline(pid):
             return
         log.warning("stopping a leftover embedded store (pid %d) from an earlier run", pid)
         with contextlib.suppress(ProcessLookupError):

@@ -7,9 +7,10 @@ and array-index update paths are avoided (the embedded store lacks them).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pymongo
@@ -29,6 +30,26 @@ class StoreUnavailable(Exception):
     """The database does not answer (the embedded store died, MongoDB is unreachable)."""
 
 
+def _unavailable_as_store_error(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except pymongo.errors.ConnectionFailure as exc:
+            raise StoreUnavailable(f"the database does not answer ({exc.__class__.__name__}: {exc})") from exc
+
+    return call
+
+
+def _translating_errors(cls: type) -> type:
+    """Callers see StoreUnavailable, never pymongo's connection errors: nothing outside this module
+    needs to know pymongo."""
+    for name, member in list(vars(cls).items()):
+        if callable(member) and not name.startswith("__"):
+            setattr(cls, name, _unavailable_as_store_error(member))
+    return cls
+
+
 def session_key(project_uid: str, session_uid: str) -> str:
     return f"{project_uid}/{session_uid}"
 
@@ -44,10 +65,20 @@ def scan_digest(paths_by_datatype: dict[str, list[str]]) -> str:
     return digest.hexdigest()
 
 
+@_translating_errors
 class Store:
     def __init__(self, client: pymongo.MongoClient, db_name: str) -> None:
         self.client = client
         self.db: Database = client[db_name]
+
+    @classmethod
+    def connect(cls, uri: str, db_name: str, selection_timeout_s: float) -> Store:
+        """A store on its own client; a call while the database is away fails after selection_timeout_s."""
+        client: pymongo.MongoClient = pymongo.MongoClient(uri, serverSelectionTimeoutMS=int(selection_timeout_s * 1000))
+        return cls(client, db_name)
+
+    def close(self) -> None:
+        self.client.close()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -68,7 +99,7 @@ class Store:
                 with pymongo.timeout(timeout_s):
                     self.client.admin.command("ping")
         except pymongo.errors.PyMongoError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            raise StoreUnavailable(f"the database does not answer ({exc})") from exc
 
     # --- uids ------------------------------------------------------------------------------------
 

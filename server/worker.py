@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pymongo.errors
-
 from .errors import ApiError
 from .jobs import JobFailed, Queue, Released, Retry
+from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ class Workers:
             self._wake.clear()  # before claiming: an enqueue from now on wakes us
             try:
                 job = await asyncio.to_thread(self.queue.claim, owner)
-            except pymongo.errors.PyMongoError as exc:
+            except StoreUnavailable as exc:
                 log.warning("cannot claim jobs (%s); retrying", exc)
                 job = None
             if job is None:
@@ -140,7 +139,7 @@ class Workers:
         except Released as exc:
             await asyncio.to_thread(self.queue.release, job)
             log.info("job %s released: %s", job["id"], exc)
-        except (Retry, pymongo.errors.AutoReconnect, pymongo.errors.ServerSelectionTimeoutError) as exc:
+        except (Retry, StoreUnavailable) as exc:
             await self._safely(self.queue.retry_later, job, str(exc))
             log.warning("job %s will be retried: %s", job["id"], exc)
         except (ApiError, JobFailed) as exc:
@@ -161,7 +160,7 @@ class Workers:
     async def _safely(self, action: Callable[..., Any], *args: Any) -> None:
         try:
             await asyncio.to_thread(action, *args)
-        except pymongo.errors.PyMongoError as exc:  # the lease expires and the job is taken over
+        except StoreUnavailable as exc:  # the lease expires and the job is taken over
             log.warning("could not record the outcome of a job (%s); it will run again", exc)
 
     async def _heartbeat(self, run: JobRun) -> None:
@@ -172,5 +171,5 @@ class Workers:
                 if not await asyncio.to_thread(self.queue.heartbeat, run.job):
                     run.lost.set()
                     return
-            except pymongo.errors.PyMongoError as exc:
+            except StoreUnavailable as exc:
                 log.warning("heartbeat of job %s failed: %s", run.job["id"], exc)
