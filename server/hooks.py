@@ -1,20 +1,30 @@
 """The state-change hook: the site's script, run as a job on every category state change.
 
-`script project_uid session_uid datatype status`, no shell, its own process group (killed whole on
-timeout), stdout and stderr appended to one log per session with a header and a footer per run. The
-script gets LIVEDM_URL and a short-lived LIVEDM_TOKEN of the `hook` user, which may change states,
-so `livedm rtpcli "change_session_data_management_state(...)"` inside it reaches this daemon.
+`script project_uid session_uid datatype status`, no shell, its own session (every process of it
+killed on timeout, at shutdown and when the script ends), its output appended to one log per session
+with a header and a footer per run, capped at `hook_log_max_bytes` (head and tail kept). The script
+gets an allow-listed environment with LIVEDM_URL and a LIVEDM_TOKEN of the `hook` user that is scoped
+to the one category and expires with the run, so `livedm rtpcli
+"change_session_data_management_state(...)"` inside it reaches this daemon.
+
+A hook job's document is not trusted: whatever it says, the script run is the configured
+`hook_path` (or, for an admin's override, one listed in `hook_allowed_scripts`), only while hooks
+are enabled in this livedmd's configuration, and the log is a plain file in the hook log dir.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
-import signal
+import select
+import stat
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +33,9 @@ from .auth import new_token, token_hash
 from .config import Config
 from .domain import CATEGORY_STATUSES, check_datatype, check_project_uid, check_session_uid, now_iso
 from .embedded import die_with_parent
-from .errors import conflict, forbidden, invalid_params
+from .errors import ApiError, conflict, forbidden, invalid_params
 from .jobs import JobFailed, Queue
+from .processes import kill_session
 from .store import Store
 from .worker import JobRun
 
@@ -32,6 +43,23 @@ log = logging.getLogger(__name__)
 
 HOOK_USER = "hook"
 KILL_GRACE_S = 5.0
+TOKEN_MARGIN_S = 30.0  # the hook token outlives the run's timeout by this much at most
+DRAIN_S = 2.0  # after the run: how long output still held open by an escaped process is read
+POLL_S = 0.2
+READ_BYTES = 65536
+LOG_DIR_MODE = 0o700
+LOG_FILE_MODE = 0o600
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+# What a hook script sees of livedmd's environment (besides PATH, LIVEDM_URL and LIVEDM_TOKEN):
+# locale, time zone and identity; cryoSPARC's host and port (the seed's example prints them); the
+# shipped archiver's destination. Nothing else: not the database URI, not NOTIFY_SOCKET.
+HOOK_ENV_NAMES = frozenset({"LANG", "TZ", "HOME", "USER", "LOGNAME", "CRYOSPARC_MASTER_HOSTNAME",
+                            "CRYOSPARC_BASE_PORT", "LIVEDM_ARCHIVE_ROOT"})
+HOOK_ENV_PREFIXES = ("LC_",)
+
+_REQUIRED_PARAMS = ("project_uid", "session_uid", "datatype", "status")
+_OPTIONAL_PARAMS = ("script", "log_path")  # an admin's trigger overrides, checked again at run time
 
 
 class HookFailed(JobFailed):
@@ -41,6 +69,146 @@ class HookFailed(JobFailed):
 def ensure_hook_user(store: Store) -> None:
     """The user whose short-lived tokens hook scripts get: may change states, nothing else."""
     store.insert_user({"name": HOOK_USER, "role": "user", "live_data_management": True, "created_at": now_iso()})
+
+
+@dataclass(frozen=True)
+class HookParams:
+    project_uid: str
+    session_uid: str
+    datatype: str
+    status: str
+    script: str | None = None
+    log_path: str | None = None
+
+
+def hook_params(params: Any) -> HookParams:
+    """A hook job's params, checked as an API call's would be: the document in the queue is not trusted."""
+    if not isinstance(params, dict):
+        raise invalid_params("a hook job's params must be an object")
+    unknown = sorted(set(params) - {*_REQUIRED_PARAMS, *_OPTIONAL_PARAMS})
+    if unknown:
+        raise invalid_params(f"a hook job has no params {', '.join(map(repr, unknown))}")
+    for name in _REQUIRED_PARAMS:
+        if not isinstance(params.get(name), str):
+            raise invalid_params(f"a hook job's {name} must be a string")
+    for name in _OPTIONAL_PARAMS:
+        if not isinstance(params.get(name, ""), str):
+            raise invalid_params(f"a hook job's {name} must be a string or absent")
+    check_project_uid(params["project_uid"])
+    check_session_uid(params["session_uid"])
+    check_datatype(params["datatype"])
+    if params["status"] not in CATEGORY_STATUSES:
+        raise invalid_params(f"status {params['status']!r} is not one of {', '.join(CATEGORY_STATUSES)}")
+    return HookParams(**params)
+
+
+def hook_environment(environ: Mapping[str, str], url: str, token: str) -> dict[str, str]:
+    """The hook's environment: the allow-listed names of `environ`, PATH with livedm's bin first, and
+    how to call back (LIVEDM_URL, LIVEDM_TOKEN)."""
+    env = {k: v for k, v in environ.items() if k in HOOK_ENV_NAMES or k.startswith(HOOK_ENV_PREFIXES)}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environ.get("PATH") or DEFAULT_PATH])
+    env["LIVEDM_URL"] = url
+    env["LIVEDM_TOKEN"] = token
+    return env
+
+
+def _exited(pid: int) -> bool:
+    """Has the child ended? It is left unreaped (a zombie), so its pid, the session id, is not reused."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+class CappedLog:
+    """A run's output into its log: the first half of `max_bytes` at once, the last half at the end,
+    and one line saying how many bytes were cut between them. No temporary file: the tail waits in a
+    bounded buffer. A failed write (a full disk) stops the logging, never the hook."""
+
+    def __init__(self, fd: int, max_bytes: int) -> None:
+        self.fd = fd
+        self.max_bytes = max_bytes
+        self.head_left = max_bytes - max_bytes // 2
+        self.tail_max = max_bytes // 2
+        self.tail: deque[bytes] = deque()
+        self.tail_bytes = 0
+        self.cut_bytes = 0
+        self.error: str | None = None
+        self._at_line_start = True
+
+    def feed(self, chunk: bytes) -> None:
+        if self.head_left > 0:
+            head, chunk = chunk[:self.head_left], chunk[self.head_left:]
+            self.head_left -= len(head)
+            self._write(head)
+        if not chunk:
+            return
+        self.tail.append(chunk)
+        self.tail_bytes += len(chunk)
+        while self.tail and self.tail_bytes - len(self.tail[0]) >= self.tail_max:
+            dropped = self.tail.popleft()
+            self.tail_bytes -= len(dropped)
+            self.cut_bytes += len(dropped)
+
+    def finish(self) -> None:
+        """Write the cut note and the tail kept back."""
+        excess = self.tail_bytes - self.tail_max
+        if excess > 0:
+            self.tail[0] = self.tail[0][excess:]
+            self.tail_bytes -= excess
+            self.cut_bytes += excess
+        if self.cut_bytes:
+            self.line(f"=== [{self.cut_bytes} bytes of output cut here: a run keeps its first and last "
+                      f"{self.max_bytes} bytes in all (hook_log_max_bytes)]")
+        while self.tail:
+            self._write(self.tail.popleft())
+        self.tail_bytes = 0
+
+    def line(self, text: str) -> None:
+        """A line of livedm's own (header, note, footer), on a line of its own."""
+        self._write(("" if self._at_line_start else "\n").encode() + text.encode(errors="replace") + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        if self.error is not None or not data:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            self.error = exc.strerror or str(exc)
+            log.warning("hook log write failed (%s); the rest of this run's output is not logged", self.error)
+            return
+        self._at_line_start = data.endswith(b"\n")
+
+
+class _OutputPipe:
+    """The read end of the pipe the hook writes its stdout and stderr to."""
+
+    def __init__(self, fd: int, sink: CappedLog) -> None:
+        self.fd = fd
+        self.sink = sink
+        self.open = True
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+
+    def pump(self, timeout_s: float) -> None:
+        """Copy one chunk of output to the log, waiting at most `timeout_s` for it."""
+        if not self.open:
+            time.sleep(timeout_s)
+            return
+        if self.poller.poll(timeout_s * 1000):
+            chunk = os.read(self.fd, READ_BYTES)
+            if chunk:
+                self.sink.feed(chunk)
+            else:
+                self.open = False
+
+    def drain(self, timeout_s: float) -> None:
+        """Read until every writer has closed the pipe, for at most `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while self.open and (left_s := deadline - time.monotonic()) > 0:
+            self.pump(min(POLL_S, left_s))
 
 
 class Hooks:
@@ -54,17 +222,13 @@ class Hooks:
     def enabled(self) -> bool:
         return self.config.hook_enable and bool(self.config.hook_path)
 
-    def log_path(self, project_uid: str, session_uid: str) -> str:
-        return str(self.config.hook_logs / f"{project_uid}_{session_uid}.log")
-
     def on_state_change(self, actor: str, project_uid: str, session_uid: str, datatype: str,
                         status: str) -> str | None:
         """Queue the hook for a state change; its job id, or None when the hook is off."""
         if not self.enabled:
             return None
-        return self.queue.enqueue("hook", {
-            "project_uid": project_uid, "session_uid": session_uid, "datatype": datatype, "status": status,
-            "script": self.config.hook_path, "log_path": self.log_path(project_uid, session_uid)}, actor)
+        return self.queue.enqueue("hook", {"project_uid": project_uid, "session_uid": session_uid,
+                                           "datatype": datatype, "status": status}, actor)
 
     def trigger(self, user: dict[str, Any], project_uid: str, session_uid: str, datatype: str, status: str | None,
                 script_location: str | None, script_log_path_abs: str | None, current_status: str) -> str:
@@ -73,101 +237,186 @@ class Hooks:
         check_datatype(datatype)
         if status is not None and status not in CATEGORY_STATUSES:
             raise invalid_params(f"status {status!r} is not one of {', '.join(CATEGORY_STATUSES)}")
+        self._check_enabled()
+        if (script_location or script_log_path_abs) and user.get("role") != "admin":
+            raise forbidden("script_location and script_log_path_abs need an admin")
+        params: dict[str, Any] = {"project_uid": project_uid, "session_uid": session_uid, "datatype": datatype,
+                                  "status": status or current_status}
+        if script_location is not None:
+            script = self._script_for(script_location)
+            if script != self.config.hook_path:
+                params["script"] = script
+        if script_log_path_abs is not None:
+            if os.path.islink(self.config.hook_logs / self._log_name(script_log_path_abs, project_uid, session_uid)):
+                raise forbidden(f"script_log_path_abs {script_log_path_abs} is a symbolic link; livedmd never writes "
+                                "through a link: name a plain file")
+            params["log_path"] = script_log_path_abs
+        return self.queue.enqueue("hook", params, user["name"])
+
+    # --- what the configuration allows (checked when triggered and again when run) --------------
+
+    def _check_enabled(self) -> None:
         if not self.config.hook_enable:
             raise conflict("the hook is disabled: set CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE=true (or "
                            "hook_enable) and restart livedmd")
-        if (script_location or script_log_path_abs) and user.get("role") != "admin":
-            raise forbidden("script_location and script_log_path_abs need an admin")
-        script = script_location or self.config.hook_path
-        for name, path in (("script_location", script), ("script_log_path_abs", script_log_path_abs)):
-            if path is not None and not os.path.isabs(path):
-                raise invalid_params(f"{name} must be an absolute path")
-        if not script:
-            raise conflict("no hook script is configured (CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH)")
-        return self.queue.enqueue("hook", {
-            "project_uid": project_uid, "session_uid": session_uid, "datatype": datatype,
-            "status": status or current_status, "script": script,
-            "log_path": script_log_path_abs or self.log_path(project_uid, session_uid)}, user["name"])
+        if not self.config.hook_path:
+            raise conflict("no hook script is configured: set CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH (or "
+                           "hook_path) and restart livedmd")
+
+    def _script_for(self, requested: str | None) -> str:
+        """The script to run: hook_path, or the hook_allowed_scripts entry an override names."""
+        if requested is None:
+            return self.config.hook_path
+        if "\0" in requested or not os.path.isabs(requested):
+            raise invalid_params("script_location must be an absolute path")
+        wanted = os.path.normpath(requested)
+        for script in (self.config.hook_path, *self.config.hook_allowed_scripts):
+            if os.path.normpath(script) == wanted:
+                return script
+        raise forbidden(f"the script {requested} is neither hook_path nor listed in the hook_allowed_scripts "
+                        "setting (LIVEDM_HOOK_ALLOWED_SCRIPTS); an admin adds it there and restarts livedmd")
+
+    def _log_name(self, requested: str | None, project_uid: str, session_uid: str) -> str:
+        """The log's file name in the hook log dir: the session's, or the one script_log_path_abs names there."""
+        if requested is None:
+            return f"{project_uid}_{session_uid}.log"
+        if "\0" in requested or not os.path.isabs(requested):
+            raise invalid_params("script_log_path_abs must be an absolute path")
+        name = os.path.basename(requested)
+        inside = os.path.realpath(os.path.dirname(requested)) == os.path.realpath(self.config.hook_logs)
+        if name in ("", ".", "..") or not inside:
+            raise forbidden(f"script_log_path_abs must name a file directly in the hook log dir "
+                            f"{self.config.hook_logs} (the hook_log_dir setting)")
+        return name
 
     # --- the job ---------------------------------------------------------------------------------
 
     def run(self, run: JobRun) -> dict[str, Any]:
-        p = run.params
-        argv = [p["script"], p["project_uid"], p["session_uid"], p["datatype"], p["status"]]
-        log_path = Path(p["log_path"])
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._check_enabled()
+            params = hook_params(run.params)
+            script = self._script_for(params.script)
+            log_name = self._log_name(params.log_path, params.project_uid, params.session_uid)
+        except ApiError as exc:
+            log.warning("hook job %s refused, nothing was run: %s", run.job.get("id"), exc.message)
+            raise HookFailed(f"refused, nothing was run: {exc.message}") from None
+        log_fd = self._open_log(log_name)
+        argv = [script, params.project_uid, params.session_uid, params.datatype, params.status]
+        try:
+            return self._run_logged(run, params, argv, log_fd, self.config.hook_logs / log_name)
+        finally:
+            os.close(log_fd)
+
+    def _open_log(self, name: str) -> int:
+        """The hook log, opened to append without following a symlink: a link planted there is refused."""
+        directory = self.config.hook_logs
+        directory.mkdir(parents=True, exist_ok=True, mode=LOG_DIR_MODE)
+        path = directory / name
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         LOG_FILE_MODE, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise HookFailed(f"refused, nothing was run: the hook log {path} is a symbolic link; remove it "
+                                 "(livedmd never writes through a link)") from None
+            raise HookFailed(f"nothing was run: cannot open the hook log {path}: {exc.strerror}") from None
+        finally:
+            os.close(dir_fd)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise HookFailed(f"refused, nothing was run: the hook log {path} is not a plain file with one link; "
+                             "remove it")
+        return fd
+
+    def _run_logged(self, run: JobRun, params: HookParams, argv: list[str], log_fd: int,
+                    log_path: Path) -> dict[str, Any]:
+        output = CappedLog(log_fd, self.config.hook_log_max_bytes)
+        output.line(f"=== {now_iso()} job {run.job['id']} attempt {run.job['attempts']}: {' '.join(argv)}")
         if not (os.path.isfile(argv[0]) and os.access(argv[0], os.X_OK)):
-            self._log_line(log_path, f"=== {now_iso()} hook {' '.join(argv)}: cannot run: not an executable file")
+            output.line("=== cannot run: not an executable file")
             raise HookFailed(f"hook script {argv[0]} is not an executable file")
         token = new_token()
+        scope = {"project_uid": params.project_uid, "session_uid": params.session_uid, "datatype": params.datatype}
         self.store.insert_token(token_hash(token), HOOK_USER, now_iso(),
-                                expires_at=time.time() + self.config.hook_timeout_s + 60)
+                                expires_at=time.time() + self.config.hook_timeout_s + TOKEN_MARGIN_S, scope=scope)
         try:
-            outcome = self._execute(run, argv, log_path, token)
+            outcome = self._execute(run, argv, output, token)
         finally:
             self.store.delete_token(token_hash(token))
-        self.audit.record(run.job["created_by"], "hook_ran", project_uid=p["project_uid"],
-                          session_uid=p["session_uid"], datatype=p["datatype"], status=p["status"],
+        outcome["log_path"] = str(log_path)
+        self.audit.record(run.job.get("created_by", "?"), "hook_ran", project_uid=params.project_uid,
+                          session_uid=params.session_uid, datatype=params.datatype, status=params.status,
                           job_id=run.job["id"], exit_status=outcome["exit_status"], timed_out=outcome["timed_out"])
         if outcome["timed_out"]:
-            raise HookFailed(f"hook timed out after {self.config.hook_timeout_s:.0f} s and was killed; see {log_path}")
+            raise HookFailed(f"hook timed out after {self.config.hook_timeout_s:.0f} s and was killed; "
+                             f"see {outcome['log_path']}")
         if outcome["exit_status"] != 0:
-            raise HookFailed(f"hook exited with status {outcome['exit_status']}; see {log_path}")
+            raise HookFailed(f"hook exited with status {outcome['exit_status']}; see {outcome['log_path']}")
         return outcome
 
-    def _environment(self, token: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "LIVEDM_TOKEN_FILE"}
-        env.update({"LIVEDM_URL": self.config.callback_url, "LIVEDM_TOKEN": token,
-                    "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "/usr/bin:/bin")])})
-        return env
-
-    def _execute(self, run: JobRun, argv: list[str], log_path: Path, token: str) -> dict[str, Any]:
+    def _execute(self, run: JobRun, argv: list[str], output: CappedLog, token: str) -> dict[str, Any]:
         started = time.monotonic()
-        timed_out = stopped = False
-        with open(log_path, "ab") as log_file:
-            log_file.write(f"=== {now_iso()} job {run.job['id']} attempt {run.job['attempts']}: "
-                           f"{' '.join(argv)}\n".encode())
-            log_file.flush()
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                       env=self._environment(token), start_new_session=True,
-                                       cwd=str(log_path.parent), preexec_fn=die_with_parent)
-            while True:
-                try:
-                    process.wait(timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if time.monotonic() - started > self.config.hook_timeout_s:
-                    timed_out = True
-                elif run.stopping.is_set() or run.lost.is_set():
-                    stopped = True
-                if timed_out or stopped:
-                    _kill_group(process)
-                    break
-            duration_s = round(time.monotonic() - started, 3)
-            if stopped:
-                log_file.write(f"=== stopped after {duration_s} s: livedmd is shutting down; the hook runs again "
-                               "later\n".encode())
-            else:
-                what = "timed out, killed" if timed_out else f"exit status {process.returncode}"
-                log_file.write(f"=== {what} after {duration_s} s\n".encode())
-        if stopped:
+        read_fd, write_fd = os.pipe()
+        try:
+            process = self._start(argv, write_fd, token)
+        except OSError as exc:
+            os.close(read_fd)
+            output.line(f"=== cannot run: {exc.strerror}")
+            raise HookFailed(f"hook script {argv[0]} cannot run: {exc.strerror}") from None
+        finally:
+            os.close(write_fd)
+        pipe = _OutputPipe(read_fd, output)
+        try:
+            try:
+                ending = self._wait_for_end(run, process, pipe)
+            finally:  # whatever the ending: nothing of the hook's session outlives its run
+                leftovers = kill_session(process.pid, KILL_GRACE_S)
+            pipe.drain(DRAIN_S)
+        finally:
+            os.close(read_fd)
+            returncode = _reap(process)
+        duration_s = round(time.monotonic() - started, 3)
+        output.finish()
+        output.line(_footer(ending, returncode, duration_s, leftovers))
+        if ending == "stopped":
             run.check()  # raises Released
-        return {"exit_status": process.returncode, "timed_out": timed_out, "duration_s": duration_s,
-                "log_path": str(log_path)}
+        return {"exit_status": returncode, "timed_out": ending == "timed_out", "duration_s": duration_s,
+                "log_bytes_cut": output.cut_bytes, "log_error": output.error}
 
-    @staticmethod
-    def _log_line(path: Path, line: str) -> None:
-        with open(path, "a") as fh:
-            fh.write(line + "\n")
+    def _start(self, argv: list[str], stdout_fd: int, token: str) -> subprocess.Popen[bytes]:
+        self.config.hook_logs.mkdir(parents=True, exist_ok=True, mode=LOG_DIR_MODE)
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout_fd, stderr=subprocess.STDOUT,
+                                env=hook_environment(os.environ, self.config.callback_url, token),
+                                start_new_session=True, cwd=str(self.config.hook_logs), preexec_fn=die_with_parent)
+
+    def _wait_for_end(self, run: JobRun, process: subprocess.Popen[bytes], pipe: _OutputPipe) -> str:
+        """Copy output until the script exits, times out or must stop (shutdown, lease lost); which one."""
+        deadline = time.monotonic() + self.config.hook_timeout_s
+        while True:
+            pipe.pump(POLL_S)
+            if _exited(process.pid):
+                return "exited"
+            if time.monotonic() > deadline:
+                return "timed_out"
+            if run.stopping.is_set() or run.lost.is_set():
+                return "stopped"
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+def _reap(process: subprocess.Popen[bytes]) -> int | None:
     try:
-        process.wait(KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        return process.wait(KILL_GRACE_S)
+    except subprocess.TimeoutExpired:  # stuck in the kernel even after SIGKILL
+        log.error("hook process %d did not end after SIGKILL", process.pid)
+        return None
+
+
+def _footer(ending: str, returncode: int | None, duration_s: float, leftovers: int) -> str:
+    if ending == "stopped":
+        return f"=== stopped after {duration_s} s: livedmd is shutting down; the hook runs again later"
+    what = "timed out, killed" if ending == "timed_out" else f"exit status {returncode}"
+    footer = f"=== {what} after {duration_s} s"
+    if ending == "exited" and leftovers:
+        footer += f" ({leftovers} process(es) it left running were killed)"
+    return footer

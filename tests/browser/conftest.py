@@ -64,7 +64,8 @@ def shot(page: Page, name: str) -> None:
 def site(tmp_path: Path) -> Iterator[Site]:
     """P1 'Apoferritin' (S1 completed, S2 running) and P2 'TRPV1' (S1 completed), the seed's hook on,
     a user 'viewer' without the live data management permission."""
-    daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh")
+    daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh",
+                         LIVEDM_HOOK_ALLOWED_SCRIPTS=str(tmp_path / "failing-hook.sh"))
     trees = {"P1/S1": build_session_tree(tmp_path / "apoferritin", "S1", exposures=4),
              "P1/S2": build_session_tree(tmp_path / "apoferritin", "S2", exposures=2),
              "P2/S1": build_session_tree(tmp_path / "trpv1", "S1", exposures=3)}

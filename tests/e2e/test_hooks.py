@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from livedm.server.processes import session_members
 from tests.support.daemon import Daemon
 from tests.support.sessiontree import SessionTree, build_session_tree
 
@@ -118,11 +119,11 @@ def test_archiver_copies_verifies_and_marks_archived(tmp_path: Path) -> None:
 
 
 def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path: Path) -> None:
-    script = tmp_path / "bad-hook.sh"
+    script, session_file = tmp_path / "bad-hook.sh", tmp_path / "hung-session"
     script.write_text("#!/bin/sh\n"
                       "case \"$4\" in\n"
                       "  archiving) echo 'about to fail'; exit 3 ;;\n"
-                      "  archived) sleep 60 ;;\n"
+                      f"  archived) echo $$ > {session_file}; sleep 60 ;;\n"
                       "  active) head -c 50000000 /dev/zero | tr '\\0' x ;;\n"
                       "esac\n")
     script.chmod(0o755)
@@ -145,24 +146,32 @@ def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path
         assert by_status["active"]["state"] == "done"
         assert status_of(daemon, "particles") == "active"  # the last change stands; failures changed nothing
         log = (daemon.state_dir / "hook-logs" / "P1_S1.log")
-        assert log.stat().st_size > 50_000_000
+        assert 10_485_760 < log.stat().st_size < 10_485_760 + 1000  # hook_log_max_bytes: head and tail kept
         text = log.read_bytes()
         assert b"about to fail" in text and b"exit status 3" in text and b"timed out, killed" in text
+        assert f"=== [{50_000_000 - 10_485_760} bytes of output cut here: ".encode() in text
         runs = [e for e in daemon.call("get_audit_log", {}) if e["action"] == "hook_ran"]
         assert sorted((e["status"], e["exit_status"] == 0) for e in runs) == [
             ("active", True), ("archived", False), ("archiving", False)]
-        hung = subprocess.run(["pgrep", "-fx", "sleep 60"], capture_output=True, text=True).stdout
-        assert not hung, "the hung hook's process group was not killed"
+        assert session_members(int(session_file.read_text())) == [], "the hung hook's session was not killed"
     finally:
         daemon.stop()
 
 
-def test_trigger_runs_the_hook_now_and_its_overrides_need_an_admin(seed_daemon: Daemon, tmp_path: Path) -> None:
-    completed_session(seed_daemon, tmp_path)
+def test_trigger_runs_the_hook_now_and_its_overrides_need_an_admin(tmp_path: Path) -> None:
     other = tmp_path / "other-hook.sh"
     other.write_text("#!/bin/sh\necho \"other hook $*\"\n")
     other.chmod(0o755)
-    custom_log = tmp_path / "custom.log"
+    seed_daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh", LIVEDM_HOOK_ALLOWED_SCRIPTS=str(other))
+    try:
+        trigger_as_admin_and_as_a_user(seed_daemon, tmp_path, other)
+    finally:
+        seed_daemon.stop()
+
+
+def trigger_as_admin_and_as_a_user(seed_daemon: Daemon, tmp_path: Path, other: Path) -> None:
+    completed_session(seed_daemon, tmp_path)
+    custom_log = seed_daemon.state_dir / "hook-logs" / "custom.log"  # an override stays in the hook log dir
     user = seed_daemon.call("create_user", {"name": "erin"})
     seed_daemon.call("set_user_data_management_permission", ["erin", True])
     as_erin = seed_daemon.livedm("rtpcli", f"trigger_live_data_management_script('P1', 'S1', 'metadata', "
