@@ -19,8 +19,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed-run
 
+# --trial: a first try needs no data_roots; a shared server sets them (README, Deployment)
 run: $(VENV)/.installed-run
-	$(BIN)/livedmd $(ARGS)
+	$(BIN)/livedmd --trial $(ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@ there is nothing to guess). A checked token is trusted for `auth_cache_s` before
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .audit import Audit
 from .domain import now_iso
 from .errors import unauthenticated
 from .store import Store
@@ -80,6 +82,27 @@ class Authenticator:
         self._cache.clear()
 
 
+def write_secret(path: Path, text: str) -> None:
+    """Write a token file (mode 0600) so that it is never read half-written and never written through a
+    symlink: a new file beside it (O_EXCL | O_NOFOLLOW), synced, then renamed over the old name (a rename
+    replaces a symlink itself, never its target)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, text.encode())
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
 def ensure_admin(store: Store, token_path: Path) -> str | None:
     """On first start: create the admin user and write its token (mode 0600). The token, or None."""
     if store.get_user(ADMIN_USER) is not None:
@@ -90,10 +113,22 @@ def ensure_admin(store: Store, token_path: Path) -> str | None:
         return None
     token = new_token()
     store.insert_token(token_hash(token), ADMIN_USER, now_iso())
-    token_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    os.chmod(token_path, 0o600)
+    write_secret(token_path, token + "\n")
     log.info("created the admin user; its API token is in %s", token_path)
     return token
+
+
+def reset_admin_token(store: Store, token_path: Path, actor: str) -> int:
+    """`livedmd --reset-admin-token`: the `admin` user (made again if gone) is an admin with the live data
+    management permission and one new token, written to token_path; its older tokens are revoked (a lost or
+    leaked token is why one resets). The number of tokens revoked."""
+    if not store.insert_user({"name": ADMIN_USER, "role": "admin", "live_data_management": True,
+                              "created_at": now_iso()}):
+        store.update_user(ADMIN_USER, {"role": "admin", "live_data_management": True})
+    revoked = store.delete_tokens(ADMIN_USER)
+    token = new_token()
+    store.insert_token(token_hash(token), ADMIN_USER, now_iso())
+    write_secret(token_path, token + "\n")
+    Audit(store).record(actor, "admin_token_reset", user=ADMIN_USER, revoked=revoked)
+    log.info("a new token for %r is in %s; %d older token(s) revoked", ADMIN_USER, token_path, revoked)
+    return revoked

@@ -6,6 +6,7 @@ database when /metrics is scraped (so every livedmd sharing the database reports
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import logging.handlers
@@ -86,15 +87,56 @@ class RedactTokens(logging.Filter):
         if "ldm_" in message:
             record.msg = _TOKEN.sub("ldm_<redacted>", message)
             record.args = None
+        if record.exc_text and "ldm_" in record.exc_text:
+            record.exc_text = _TOKEN.sub("ldm_<redacted>", record.exc_text)
         return True
+
+
+def _escapes() -> dict[int, str]:
+    """Characters that could end or forge a log line, or not be written at all: C0 and C1 controls, DEL,
+    the Unicode line and paragraph separators, lone surrogates."""
+    table = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+    table.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+    table.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0xD800, 0xE000))})
+    return table
+
+
+_ESCAPES = _escapes()
+
+
+def escape_controls(text: str) -> str:
+    """One log record stays one line, whatever a title, a user name or a method name holds."""
+    return text if text.isprintable() else text.translate(_ESCAPES)
+
+
+def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    if record.exc_text:
+        return record.exc_text
+    return formatter.formatException(record.exc_info) if record.exc_info else ""
+
+
+class PlainFormatter(logging.Formatter):
+    """The record's line escaped; a traceback, which spans lines by nature, is indented under it, so no
+    line of it can pass for a record of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        lines = [escape_controls(self.formatMessage(record))]
+        for text in (_traceback(self, record), record.stack_info):
+            lines.extend("    " + escape_controls(line) for line in (text or "").splitlines())
+        return "\n".join(lines)
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-                 "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+                 "level": record.levelname.lower(), "logger": record.name,
+                 "message": escape_controls(record.getMessage())}
+        traceback = _traceback(self, record)
+        if traceback:
+            entry["exception"] = traceback
         return json.dumps(entry)
 
 
@@ -103,9 +145,14 @@ class DeferredQueueHandler(logging.handlers.QueueHandler):
     formatting can wait for the listener's thread."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if record.exc_info:  # tracebacks hold frames: render them now
-            return super().prepare(record)
+        if record.exc_info:  # tracebacks hold frames: render them now, apart from the message
+            record = copy.copy(record)
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+            record.msg, record.args, record.exc_info = record.getMessage(), None, None
         return record
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 def configure_logging(level: str, log_format: str) -> logging.handlers.QueueListener:
@@ -114,7 +161,7 @@ def configure_logging(level: str, log_format: str) -> logging.handlers.QueueList
     handler = logging.StreamHandler()
     handler.addFilter(RedactTokens())
     handler.setFormatter(JsonFormatter() if log_format == "json"
-                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+                         else PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # The logging HOWTO's "Optimization": skip what livedm's format never shows (caller frame, thread
     # and process names); together they cost more than writing the line.
     logging._srcfile = None  # type: ignore[attr-defined]

@@ -7,6 +7,8 @@ import asyncio
 import inspect
 import json
 import logging
+import re
+import reprlib
 import time
 import types
 import typing
@@ -34,6 +36,7 @@ from .errors import (
     forbidden,
     invalid_params,
 )
+from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +103,35 @@ def check_arguments(method: ApiMethod, arguments: dict[str, Any]) -> None:
                                  f"got {type(value).__name__} {_short(value)}", argument=name)
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# A lone surrogate can only arrive as a JSON escape (a UTF-8 encoded one fails decoding the body).
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def check_text(method: ApiMethod, arguments: dict[str, Any]) -> None:
+    """Every string (and key) must be Unicode text: a lone surrogate cannot be stored, logged or encoded.
+    Iterative: arguments may be nested as deep as the JSON parser allows."""
+    pending: list[tuple[str, Any]] = list(arguments.items())
+    while pending:
+        name, value = pending.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                raise invalid_params(f"{method.name}: argument {name!r} holds a lone UTF-16 surrogate "
+                                     f"({_short(value)}); send Unicode text (UTF-8, or \\u escapes of whole "
+                                     "characters)", argument=name)
+        elif isinstance(value, list):
+            pending.extend((name, item) for item in value)
+        elif isinstance(value, dict):
+            pending.extend((name, key) for key in value)
+            pending.extend((name, item) for item in value.values())
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)  # bounded depth: a value nested 900 levels must not exhaust the stack
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -152,13 +182,39 @@ class CallContext:
     user: dict[str, Any] | None
     auth_error: ApiError | None = None
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, outcome) for the request's log line
+    may_hold_surrogates: bool = True  # False when the body holds no surrogate escape: nothing to check
 
     @property
     def actor(self) -> str:
         return (self.user or {}).get("name", "?")
 
 
-def check_access(method: ApiMethod, user: dict[str, Any]) -> None:
+# What a scoped token (a hook run's: one project, session and datatype) may call: these reads, and
+# SCOPED_CHANGE for exactly its own category. Everything else, including any method added later, is refused.
+SCOPED_READS = frozenset({
+    "system.describe", "whoami", "list_projects", "get_overview", "get_project", "list_sessions", "get_session",
+    "get_datatype_file_paths", "get_datatype_size", "get_data_management_stats", "get_project_file_paths",
+    "get_audit_log", "get_job", "list_jobs"})
+SCOPED_CHANGE = "change_session_data_management_state"
+SCOPE_KEYS = ("project_uid", "session_uid", "datatype")
+
+
+def check_scope(method: ApiMethod, user: dict[str, Any], arguments: dict[str, Any]) -> None:
+    scope = user.get("token_scope")
+    if scope is None or method.name in SCOPED_READS:
+        return
+    scope = scope if isinstance(scope, dict) else {}
+    if method.name == SCOPED_CHANGE and all(scope.get(k) is not None and arguments.get(k) == scope[k]
+                                            for k in SCOPE_KEYS):
+        return
+    where = "/".join(str(scope.get(k)) for k in SCOPE_KEYS)
+    raise forbidden(f"{method.name} is not allowed with this token: it was issued to a hook run for {where} and "
+                    f"may only read, and change that one category's state ({SCOPED_CHANGE}); use a user's "
+                    "own token for anything else")
+
+
+def check_access(method: ApiMethod, user: dict[str, Any], arguments: dict[str, Any] | None = None) -> None:
+    check_scope(method, user, arguments or {})
     if method.access == "admin" and user.get("role") != "admin":
         raise forbidden(f"{method.name} needs an admin")
     if method.access == "manage" and not user.get("live_data_management"):
@@ -182,7 +238,9 @@ def _wrap(method: ApiMethod, observe: Observer) -> Callable[..., Any]:
             arguments = dict(zip(names, args, strict=False))
             arguments.update(kwargs)
             check_arguments(method, arguments)
-            check_access(method, ctx.user)
+            if ctx.may_hold_surrogates:
+                check_text(method, arguments)
+            check_access(method, ctx.user, arguments)
             if is_async:
                 result = await method.func(ctx, **arguments)
             else:
@@ -190,6 +248,12 @@ def _wrap(method: ApiMethod, observe: Observer) -> Callable[..., Any]:
         except ApiError as exc:
             outcome = str(exc.code)
             raise JsonRpcError(exc.code, exc.message, {"name": exc.name, **exc.data}) from None
+        except StoreUnavailable as exc:
+            outcome = str(INTERNAL_ERROR)
+            log.warning("%s: %s", method.name, exc)
+            raise JsonRpcError(INTERNAL_ERROR, f"{exc}; try again in a few seconds (livedmd restarts an embedded "
+                               "store by itself; /healthz shows the state)",
+                               {"name": NAME_BY_CODE[INTERNAL_ERROR]}) from None
         except Exception:
             outcome = str(INTERNAL_ERROR)
             log.exception("%s failed", method.name)
@@ -222,21 +286,49 @@ def validate_request(request: Any) -> Any:
     return request if is_plain_request(request) else default_validator(request)
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_not_json)
+
+
+def parse_json(body: str) -> Any:
+    """The body as JSON, strictly: NaN and Infinity are refused. Raises ApiError (-32700)."""
+    try:
+        return _STRICT_JSON.decode(body)
+    except RecursionError:
+        raise ApiError(PARSE_ERROR, "the request body is nested too deeply to parse; send a flat JSON-RPC "
+                       "request (params are plain values, lists and objects)") from None
+    except ValueError as exc:
+        raise ApiError(PARSE_ERROR, _library_error_message(PARSE_ERROR, exc)) from None
+
+
 class Dispatcher:
-    def __init__(self, methods: dict[str, ApiMethod], observe: Observer = lambda *_: None) -> None:
+    def __init__(self, methods: dict[str, ApiMethod], observe: Observer = lambda *_: None,
+                 max_batch_calls: int = 100) -> None:
         self.methods = methods
+        self.max_batch_calls = max_batch_calls
         self._callables = {name: _wrap(m, observe) for name, m in methods.items()}
+
+    def _check_batch(self, parsed: Any) -> None:
+        if isinstance(parsed, list) and len(parsed) > self.max_batch_calls:
+            raise ApiError(INVALID_REQUEST, f"a batch may hold at most {self.max_batch_calls} calls "
+                           f"(max_batch_calls) and this one has {len(parsed)}: none of them ran; send them in "
+                           "smaller batches")
 
     async def dispatch(self, body: str, ctx: CallContext) -> dict[str, Any] | list[dict[str, Any]] | None:
         # One well-formed request (nearly every call) goes straight to jsonrpcserver's dispatch_request;
         # batches and anything malformed take the library's whole path, which answers them to the letter.
         try:
-            parsed = json.loads(body)
-        except ValueError:
-            parsed = None
+            parsed = parse_json(body)
+            self._check_batch(parsed)
+        except ApiError as exc:
+            return error_response(exc.code, exc.message)
+        ctx.may_hold_surrogates = SURROGATE_ESCAPE.search(body) is not None
         if is_plain_request(parsed):
             request = create_request(parsed)
             _request, result = await dispatch_request(self._callables, ctx, request)
             return None if request.id is NOID else _post_process(to_response(request, result))
-        return await dispatch_to_response(body, self._callables, context=ctx, validator=validate_request,
-                                          post_process=_post_process)
+        return await dispatch_to_response(body, self._callables, context=ctx, deserializer=lambda _body: parsed,
+                                          validator=validate_request, post_process=_post_process)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 ROLES = ("admin", "user")
-_USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,63}")  # fullmatch: "$" would let "x.y\n" in
 
 
 def public_user(user: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +38,7 @@ class Users:
         return user
 
     def create_user(self, actor: str, name: str, role: str) -> dict[str, Any]:
-        if not _USER_NAME.match(name):
+        if not _USER_NAME.fullmatch(name):
             raise invalid_params(f"user name {name!r}: lower-case letters, digits, '_', '.', '-' (max 64), "
                                  "starting with a letter or '_'")
         if role not in ROLES:
@@ -61,11 +62,23 @@ class Users:
         return {"user": name, "token": token}
 
     def revoke_token(self, actor: str, name: str) -> dict[str, Any]:
-        self._user(name)
+        user = self._user(name)
+        if user.get("role") == "admin" and self._admins_with_tokens() == {name}:
+            raise conflict(f"revoking the tokens of {name!r} would leave no admin who can sign in; issue another "
+                           "admin a token first (create_user(name, role='admin') or issue_token(user)); on the "
+                           "server, `livedmd --reset-admin-token` makes a new token for 'admin'")
         revoked = self.store.delete_tokens(name)
         self.changed()
         self.audit.record(actor, "tokens_revoked", user=name, count=revoked)
         return {"user": name, "revoked": revoked}
+
+    def _admins_with_tokens(self) -> set[str]:
+        """Admins holding a token that signs in as them: unexpired and not scoped to a hook run. Revoking is
+        rare and the tokens collection small, so reading it whole is fine."""
+        admins = {u["name"] for u in self.store.list_users() if u.get("role") == "admin"}
+        now = time.time()
+        return {t["user"] for t in self.store.dump("tokens") if t.get("user") in admins and t.get("scope") is None
+                and (t.get("expires_at") is None or t["expires_at"] >= now)}
 
     def set_permission(self, actor: str, name: str, enabled: bool) -> dict[str, Any]:
         user = self._user(name)

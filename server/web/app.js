@@ -54,6 +54,8 @@ function el(tag, attrs = {}, ...children) {
     if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else if (key === "class") node.className = value;
     else if (key === "dataset") Object.assign(node.dataset, value);
+    // Styles through the CSSOM: the Content-Security-Policy refuses inline style attributes.
+    else if (key === "style") Object.assign(node.style, value);
     else node.setAttribute(key, value === true ? "" : value);
   }
   for (const child of children.flat()) {
@@ -161,7 +163,7 @@ function renderSummary(projects) {
       `${sessions} session${sessions === 1 ? "" : "s"}`),
     el("div", { class: "bar", "aria-label": "bytes by category" },
       DATATYPES.filter((dt) => totals[dt] > 0).map((dt) => el("span", {
-        class: `seg-${dt}`, style: `width:${(100 * totals[dt]) / all}%`, title: `${LABELS[dt]}: ${humanSize(totals[dt])}`,
+        class: `seg-${dt}`, style: { width: `${(100 * totals[dt]) / all}%` }, title: `${LABELS[dt]}: ${humanSize(totals[dt])}`,
       }))),
     el("div", { class: "legend" }, DATATYPES.map((dt) =>
       el("span", { "data-total": dt }, el("i", { class: `seg-${dt}` }), `${LABELS[dt]}: ${humanSize(totals[dt])}`))),
@@ -172,7 +174,7 @@ function mixBar(dataManagement) {
   const total = DATATYPES.reduce((sum, dt) => sum + (dataManagement[dt].size || 0), 0);
   return el("div", { class: "mix", title: DATATYPES.map((dt) => `${LABELS[dt]} ${humanSize(dataManagement[dt].size)}`).join("\n") },
     total === 0 ? [] : DATATYPES.filter((dt) => dataManagement[dt].size > 0).map((dt) =>
-      el("span", { class: `seg-${dt}`, style: `width:${(100 * dataManagement[dt].size) / total}%` })));
+      el("span", { class: `seg-${dt}`, style: { width: `${(100 * dataManagement[dt].size) / total}%` } })));
 }
 
 function sizeCell(category, attrs = {}) {
@@ -243,7 +245,7 @@ function renderOverview() {
 
 function spacer(rows) {
   return el("tr", { class: "spacer", "aria-hidden": "true" },
-    el("td", { colspan: "14", style: `height:${rows * ROW_PX}px` }));
+    el("td", { colspan: "14", style: { height: `${rows * ROW_PX}px` } }));
 }
 
 function renderWindow() {
@@ -362,7 +364,7 @@ async function confirmDelete(project, session, dt) {
     okLabel: "Delete", danger: true, confirmText: session.uid,
   });
   if (!confirmed) return;
-  const jobId = await rpc("delete_live_datatype", where);
+  const jobId = await rpc("delete_live_datatype", { ...where, confirm_digest: dry.confirm_digest });
   await loadOverview();
   trackJob(jobId, `Deleting ${LABELS[dt].toLowerCase()} of ${project.uid} ${session.uid}`);
 }
