@@ -218,7 +218,7 @@ def cmd_delete(client: CommandClient, args: argparse.Namespace) -> int:
         if answer.strip() != args.session:
             print("not deleted", file=sys.stderr)
             return EXIT_USAGE
-    job_id = client.call("delete_live_datatype", **where)
+    job_id = client.call("delete_live_datatype", **where, confirm_digest=dry["confirm_digest"])
     job = follow_job(client, job_id, args.json)
     if args.json:
         print(json.dumps(job))
@@ -231,21 +231,47 @@ def cmd_delete(client: CommandClient, args: argparse.Namespace) -> int:
     return EXIT_OK if job["state"] == "done" else EXIT_SERVER_ERROR
 
 
+def backup_documents(path: Path) -> int | None:
+    """The documents a backup file holds, from its end line; None if it has none (it was cut short)."""
+    last = b""
+    with open(path, "rb") as backup_file:
+        for line in backup_file:
+            if line.strip():
+                last = line
+    try:
+        counts = json.loads(last)["livedm_backup_end"]["counts"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return sum(counts.values())
+
+
 def cmd_admin(client: CommandClient, args: argparse.Namespace) -> int:
     path = Path(args.file)
     if args.action == "backup":
         written = client.download("/admin/backup", path)
-        with open(path, "rb") as backup_file:
-            lines = sum(1 for _ in backup_file) - 1
-        print(json.dumps({"file": str(path), "bytes": written, "documents": lines}) if args.json
-              else f"backed up {lines} documents ({human_size(written)}) to {path}")
+        documents = backup_documents(path)
+        if documents is None:
+            path.unlink()
+            print("the backup stopped before its end (livedmd or its database failed mid-way; see its log): "
+                  "nothing was written, try again", file=sys.stderr)
+            return EXIT_SERVER_ERROR
+        print(json.dumps({"file": str(path), "bytes": written, "documents": documents}) if args.json
+              else f"backed up {documents} documents ({human_size(written)}) to {path}")
         return EXIT_OK
     if not args.yes:
         print("livedm admin restore replaces livedm's whole database with the backup: add --yes", file=sys.stderr)
         return EXIT_USAGE
-    result = client.upload("/admin/restore?confirm=yes", path)
-    print(json.dumps(result) if args.json else "restored " + ", ".join(
-        f"{n} {c}" for c, n in result["restored"].items()))
+    result = client.upload("/admin/restore?confirm=yes" + ("&unverified=yes" if args.unverified else ""), path)
+    if args.json:
+        print(json.dumps(result))
+        return EXIT_OK
+    print("restored " + ", ".join(f"{n} {c}" for c, n in result["restored"].items()))
+    left_out = result.get("left_out", {}).get("queued_or_running_jobs", 0)
+    if left_out:
+        print(f"left out {left_out} queued or running job(s): a restore never brings back queued work")
+    if result.get("settled_categories"):
+        print(f"{result['settled_categories']} category(ies) left deleting or calculating are back to their "
+              "previous status")
     return EXIT_OK
 
 
@@ -299,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["backup", "restore"])
     p.add_argument("file")
     p.add_argument("--yes", action="store_true", help="with restore: replace the database")
+    p.add_argument("--unverified", action="store_true",
+                   help="with restore: accept a format-1 backup (older livedm), which cannot prove it is whole")
     p.set_defaults(run=cmd_admin)
     p = sub.add_parser("audit", help="who changed what, newest first")
     p.add_argument("project", nargs="?")

@@ -1,0 +1,312 @@
+"""Issue 8, High 5: a tampered backup neither runs a command nor deletes a file, and a bad one changes
+nothing. Each attack is a backup livedm wrote, edited as an attacker would (the end line recounted),
+restored into a real livedmd."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson import json_util
+
+from tests.support.daemon import Daemon
+from tests.support.sessiontree import SessionTree, build_session_tree
+
+Entry = dict[str, Any]
+END = "livedm_backup_end"
+WORKER_POLLS_S = 3.0  # workers look for due jobs every second: three chances to run one
+
+
+def load_entries(path: Path) -> list[Entry]:
+    return [json_util.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def dump_entries(entries: list[Entry]) -> bytes:
+    return b"".join((json_util.dumps(e, json_options=json_util.CANONICAL_JSON_OPTIONS) + "\n").encode()
+                    for e in entries)
+
+
+def recounted(entries: list[Entry]) -> list[Entry]:
+    """What an attacker does after editing: make the end line agree with the documents."""
+    counts: dict[str, int] = {}
+    for entry in entries:
+        if "collection" in entry:
+            counts[entry["collection"]] = counts.get(entry["collection"], 0) + 1
+    body = [e for e in entries if END not in e]
+    return [*body, {END: {"counts": {c: counts.get(c, 0) for c in (
+        "projects", "sessions", "registry", "counters", "users", "tokens", "jobs", "audit")}}}]
+
+
+def craft(path: Path, entries: list[Entry]) -> Path:
+    path.write_bytes(dump_entries(recounted(entries)))
+    return path
+
+
+def with_jobs(entries: list[Entry], jobs: list[Entry]) -> list[Entry]:
+    """Job lines go where livedm writes them: after the tokens, before the audit log."""
+    at = next(i for i, e in enumerate(entries) if e.get("collection") == "audit" or END in e)
+    return [*entries[:at], *({"collection": "jobs", "doc": job} for job in jobs), *entries[at:]]
+
+
+def job(job_id: str, kind: str, state: str, params: dict[str, Any]) -> Entry:
+    return {"_id": job_id, "id": job_id, "kind": kind, "params": params, "state": state, "attempts": 0,
+            "owner": "elsewhere:1:0" if state == "running" else None, "lease_until": 0.0, "not_before": 0.0,
+            "progress": {}, "result": None, "error": None, "created_by": "admin",
+            "created_at": "2026-01-01T00:00:00.000Z", "created_ts": 0.0, "started_at": None, "finished_at": None}
+
+
+def doc_of(entries: list[Entry], collection: str, ident: Any) -> Entry:
+    return next(e["doc"] for e in entries if e.get("collection") == collection and e["doc"]["_id"] == ident)
+
+
+def database(daemon: Daemon, path: Path) -> list[bytes]:
+    """The whole database as a backup writes it, without the header (which carries the time)."""
+    made = daemon.livedm("admin", "backup", str(path))
+    assert made.returncode == 0, made.stderr
+    return path.read_bytes().splitlines()[1:]
+
+
+def restore(daemon: Daemon, path: Path, *flags: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {"LIVEDM_TOKEN": token} if token else None
+    return daemon.livedm("--json", "admin", "restore", str(path), "--yes", *flags, env=env)
+
+
+def rpc(daemon: Daemon, method: str, params: Any) -> dict[str, Any]:
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode()
+    request = urllib.request.Request(daemon.url + "/api", data=body, headers={
+        "Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def active_jobs(daemon: Daemon) -> list[dict[str, Any]]:
+    return [j for state in ("queued", "running") for j in daemon.call("list_jobs", {"state": state})]
+
+
+@pytest.fixture
+def lab(daemon: Daemon, tmp_path: Path) -> Iterator[tuple[Daemon, SessionTree, Path]]:
+    """A project with a completed session on disk, and a good backup of it."""
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=2)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "grid 1"])
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    good = tmp_path / "good.ndjson"
+    assert daemon.livedm("admin", "backup", str(good)).returncode == 0
+    yield daemon, tree, good
+
+
+def test_a_queued_hook_job_naming_bin_sh_is_left_out_and_never_runs(
+        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
+    daemon, _tree, good = lab
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "pwned"
+    (evil / "P1").write_text(f"touch {marker}\n")  # `/bin/sh P1 ...` run in the log's dir runs this
+    subprocess.run(["/bin/sh", "P1", "S1", "raw", "archived"], cwd=evil, check=True)
+    assert marker.exists()  # the payload is live
+    marker.unlink()
+    params = {"project_uid": "P1", "session_uid": "S1", "datatype": "raw", "status": "archived",
+              "script": "/bin/sh", "log_path": str(evil / "hook.log")}
+    attack = craft(tmp_path / "attack.ndjson", with_jobs(load_entries(good), [
+        job("J41", "hook", "queued", params), job("J42", "hook", "running", params)]))  # lease long expired
+
+    done = restore(daemon, attack)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["left_out"]["queued_or_running_jobs"] == 2 and result["restored"]["jobs"] == 0
+    time.sleep(WORKER_POLLS_S)
+    assert active_jobs(daemon) == [] and daemon.call("list_jobs", {}) == []
+    assert rpc(daemon, "get_job", ["J41"])["error"]["name"] == "NotFound"
+    assert not marker.exists() and not (evil / "hook.log").exists()
+
+
+def test_crafted_delete_jobs_are_left_out_and_no_file_is_deleted(
+        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
+    daemon, tree, good = lab
+    outside = tmp_path / "data" / "outside"  # inside the data roots, outside every project
+    outside.mkdir()
+    victim = outside / "victim.mrc"
+    victim.write_bytes(b"keep me")
+    entries = load_entries(good)
+    session = doc_of(entries, "sessions", "P1/S1")
+    session["data_management"]["micrographs"].update(status="deleting", prev_status="archived", job_id="J43")
+    delete = {"project_uid": "P1", "session_uid": "S1", "datatype": "micrographs", "user_id": "admin"}
+    attack = craft(tmp_path / "attack.ndjson", with_jobs(entries, [
+        job("J43", "delete", "queued", {**delete, "paths": None}),
+        job("J44", "delete", "queued", {**delete, "paths": ["../outside/victim.mrc"]}),
+        job("J45", "delete", "running", {**delete, "paths": ["/etc/passwd", str(victim)]})]))
+
+    done = restore(daemon, attack)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["left_out"]["queued_or_running_jobs"] == 3 and result["settled_categories"] == 1
+    time.sleep(WORKER_POLLS_S)
+    assert active_jobs(daemon) == []
+    assert victim.read_bytes() == b"keep me"
+    assert all(Path(p).exists() for paths in tree.paths_by_datatype.values() for p in paths)
+    micrographs = daemon.call("get_session", ["P1", "S1"])["data_management"]["micrographs"]
+    assert micrographs["status"] == "archived" and micrographs.get("job_id") is None
+
+
+@pytest.mark.parametrize("where", ["/", "/etc", "outside the data roots", "the state dir", "around the state dir"])
+def test_a_project_dir_livedm_must_never_manage_refuses_the_whole_backup(
+        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path, where: str) -> None:
+    daemon, _tree, good = lab
+    project_dir = {"outside the data roots": str(tmp_path.parent / f"{tmp_path.name}-elsewhere"),
+                   "the state dir": str(daemon.state_dir), "around the state dir": str(tmp_path)}.get(where, where)
+    before = database(daemon, tmp_path / "before.ndjson")
+    entries = load_entries(good)
+    doc_of(entries, "projects", "P1")["project_dir"] = project_dir
+
+    refused = restore(daemon, craft(tmp_path / "attack.ndjson", entries))
+
+    assert refused.returncode == 1 and "refused" in refused.stderr and "nothing was restored" in refused.stderr
+    assert database(daemon, tmp_path / "after.ndjson") == before
+
+
+def _cut_mid_line(entries: list[Entry], raw: bytes) -> bytes:
+    return raw[:len(raw) // 2]
+
+
+def _cut_at_a_line(entries: list[Entry], raw: bytes) -> bytes:
+    return b"".join(line + b"\n" for line in raw.splitlines()[:-2])
+
+
+def _header_only(entries: list[Entry], raw: bytes) -> bytes:
+    return raw.splitlines(keepends=True)[0]
+
+
+def _empty(entries: list[Entry], raw: bytes) -> bytes:
+    return b""
+
+
+def _duplicate_id(entries: list[Entry], raw: bytes) -> bytes:
+    at = next(i for i, e in enumerate(entries) if e.get("collection") == "sessions")
+    return dump_entries(recounted([*entries[:at + 1], entries[at], *entries[at + 1:]]))
+
+
+def _wrong_type_deep_in_the_file(entries: list[Entry], raw: bytes) -> bytes:
+    last_audit = max(i for i, e in enumerate(entries) if e.get("collection") == "audit")
+    entries[last_audit]["doc"]["at"] = 20260101
+    return dump_entries(recounted(entries))
+
+
+def _escaping_registry_path(entries: list[Entry], raw: bytes) -> bytes:
+    chunk = next(e["doc"] for e in entries if e.get("collection") == "registry")
+    chunk["paths"].append("S1/../../outside/victim.mrc")
+    return dump_entries(recounted(entries))
+
+
+def _finished_delete_job_with_escaping_paths(entries: list[Entry], raw: bytes) -> bytes:
+    params = {"project_uid": "P1", "session_uid": "S1", "datatype": "particles", "user_id": "admin",
+              "paths": ["/etc/passwd"]}
+    return dump_entries(recounted(with_jobs(entries, [job("J1", "delete", "done", params)])))
+
+
+def _end_line_that_lies(entries: list[Entry], raw: bytes) -> bytes:
+    lines = raw.splitlines(keepends=True)
+    return b"".join([*lines[:-2], lines[-1]])  # the last document dropped, the end line kept
+
+
+def _two_backups_joined(entries: list[Entry], raw: bytes) -> bytes:
+    return raw + raw
+
+
+def _an_unknown_collection(entries: list[Entry], raw: bytes) -> bytes:
+    return dump_entries([entries[0], {"collection": "system.js", "doc": {"_id": "x"}}, *entries[1:]])
+
+
+BROKEN: list[Callable[[list[Entry], bytes], bytes]] = [
+    _cut_mid_line, _cut_at_a_line, _header_only, _empty, _duplicate_id, _wrong_type_deep_in_the_file,
+    _escaping_registry_path, _finished_delete_job_with_escaping_paths, _end_line_that_lies, _two_backups_joined,
+    _an_unknown_collection]
+
+
+def test_a_broken_or_tampered_file_is_refused_whole_and_changes_nothing(
+        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
+    daemon, _tree, _good = lab
+    daemon.call("change_session_data_management_state", ["P1", "S1", "raw", "archived"])  # an audit entry
+    before = database(daemon, tmp_path / "before.ndjson")
+    raw = (tmp_path / "before.ndjson").read_bytes()
+    for breaking in BROKEN:
+        broken = tmp_path / f"{breaking.__name__}.ndjson"
+        broken.write_bytes(breaking(load_entries(tmp_path / "before.ndjson"), raw))
+        refused = restore(daemon, broken)
+        assert refused.returncode == 1, (breaking.__name__, refused.stdout)
+        assert "nothing was restored" in refused.stderr, (breaking.__name__, refused.stderr)
+    assert database(daemon, tmp_path / "after.ndjson") == before
+    assert not list(daemon.state_dir.glob(".restore-upload-*"))  # every upload was removed
+
+
+def test_a_good_round_trip_keeps_finished_jobs_as_history(lab: tuple[Daemon, SessionTree, Path],
+                                                          tmp_path: Path) -> None:
+    daemon, _tree, _good = lab
+    deleted = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
+                                                   "datatype": "particles", "asynchronous": False})
+    assert deleted["state"] == "done"
+    backup_file = tmp_path / "history.ndjson"
+    made = daemon.livedm("--json", "admin", "backup", str(backup_file))
+    assert made.returncode == 0, made.stderr
+    documents = json.loads(made.stdout)["documents"]
+    assert documents == len(backup_file.read_bytes().splitlines()) - 2  # header and end line
+    before = {m: daemon.call(m, p) for m, p in [("list_jobs", {}), ("get_overview", []), ("list_users", [])]}
+    before["get_overview"].pop("as_of")
+
+    fresh = Daemon(tmp_path / "fresh-state").start()
+    try:
+        for token in (fresh.token, daemon.token):  # over an empty database, then over the restored one
+            done = restore(fresh, backup_file, token=token)
+            assert done.returncode == 0, done.stderr
+            result = json.loads(done.stdout)
+            assert result["left_out"] == {"queued_or_running_jobs": 0, "job_file_lists": 1}  # the deletion's list
+            assert sum(result["restored"].values()) == documents - 1
+        fresh.token_file = daemon.token_file  # the backup's tokens are in force now
+        after = {m: fresh.call(m, p) for m, p in [("list_jobs", {}), ("get_overview", []), ("list_users", [])]}
+        after["get_overview"].pop("as_of")
+        assert after == before
+        assert fresh.call("list_projects")[0]["uid"] == "P1"  # the database still serves after two switches
+    finally:
+        fresh.stop()
+
+
+def test_a_format_1_backup_needs_unverified(lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
+    daemon, _tree, good = lab
+    entries = [e for e in load_entries(good) if END not in e]
+    entries[0] = {"livedm_backup": 1}
+    old = tmp_path / "v1.ndjson"
+    old.write_bytes(dump_entries(entries))
+
+    refused = restore(daemon, old)
+    assert refused.returncode == 1 and "--unverified" in refused.stderr
+
+    done = restore(daemon, old, "--unverified")
+    assert done.returncode == 0 and json.loads(done.stdout)["format"] == 1, done.stderr
+
+
+def test_a_scoped_token_may_neither_back_up_nor_restore(lab: tuple[Daemon, SessionTree, Path],
+                                                        tmp_path: Path) -> None:
+    daemon, _tree, good = lab
+    scoped = "ldm_" + "s" * 43
+    entries = load_entries(good)
+    at = max(i for i, e in enumerate(entries) if e.get("collection") == "tokens") + 1
+    entries.insert(at, {"collection": "tokens", "doc": {
+        "_id": hashlib.sha256(scoped.encode()).hexdigest(), "user": "admin", "created_at": "2026-01-01T00:00:00Z",
+        "expires_at": None, "scope": {"project_uid": "P1", "session_uid": "S1", "datatype": "raw"}}})
+    assert restore(daemon, craft(tmp_path / "scoped.ndjson", entries)).returncode == 0
+
+    refused = restore(daemon, good, token=scoped)
+    assert refused.returncode == 1 and "scoped" in refused.stderr
+    request = urllib.request.Request(daemon.url + "/admin/backup", headers={"Authorization": f"Bearer {scoped}"})
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(request, timeout=10)
+    assert denied.value.code == 403
