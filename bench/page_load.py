@@ -19,13 +19,18 @@ PROJECTS = 500
 SESSIONS_PER_PROJECT = 10
 
 
+BATCH_CALLS = 100  # livedmd's default max_batch_calls
+
+
 def batch(daemon: Daemon, calls: list[tuple[str, list]]) -> None:
-    body = json.dumps([{"jsonrpc": "2.0", "method": m, "params": p, "id": i} for i, (m, p) in enumerate(calls)])
-    request = urllib.request.Request(daemon.url + "/api", data=body.encode(),
-                                     headers={"Authorization": f"Bearer {daemon.token}"})
-    with urllib.request.urlopen(request, timeout=600) as response:
-        errors = [r for r in json.loads(response.read()) if "error" in r]
-    assert not errors, errors[:3]
+    for start in range(0, len(calls), BATCH_CALLS):
+        chunk = calls[start:start + BATCH_CALLS]
+        body = json.dumps([{"jsonrpc": "2.0", "method": m, "params": p, "id": i} for i, (m, p) in enumerate(chunk)])
+        request = urllib.request.Request(daemon.url + "/api", data=body.encode(),
+                                         headers={"Authorization": f"Bearer {daemon.token}"})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            errors = [r for r in json.loads(response.read()) if "error" in r]
+        assert not errors, errors[:3]
 
 
 def main() -> None:
@@ -35,7 +40,10 @@ def main() -> None:
         daemon = Daemon(root / "state").start()
         try:
             started = time.perf_counter()
-            batch(daemon, [("create_project", [f"project {i}", str(root / "data")]) for i in range(PROJECTS)])
+            for i in range(PROJECTS):
+                (root / "data" / f"project{i}").mkdir()
+            batch(daemon, [("create_project", [f"project {i}", str(root / "data" / f"project{i}")])
+                           for i in range(PROJECTS)])
             for p in range(1, PROJECTS + 1, 50):
                 batch(daemon, [("create_live_session", [f"P{q}", f"session {s}"])
                                for q in range(p, p + 50) for s in range(SESSIONS_PER_PROJECT)])

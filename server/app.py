@@ -16,8 +16,10 @@ from aiohttp import web
 from . import __version__, backup
 from .auth import Authenticator, ensure_admin, token_from_headers
 from .config import Config
+from .connections import ConnectionGuard, guard_middleware, received
 from .embedded import EmbeddedStore
-from .errors import INVALID_REQUEST, PARSE_ERROR, ApiError
+from .errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, ApiError
+from .health import HealthChecks
 from .hooks import ensure_hook_user
 from .methods import METHODS
 from .observe import Metrics
@@ -42,6 +44,14 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 EMBEDDED = web.AppKey("embedded", EmbeddedStore)
 MONGO_CLIENT = web.AppKey("mongo_client", object)  # a client given by tests (mongomock)
 FATAL = web.AppKey("fatal", list)  # why livedmd must exit non-zero, if it must
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
+HEALTH = web.AppKey("health", HealthChecks)
+
+# The page's own files only: no inline script or style, no other origin, never inside a frame.
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY",
+                    "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 SELECTION_TIMEOUT_S = 3.0  # a call while the database is away fails within this, as -32603
 STORE_WATCH_S = 1.0
@@ -59,35 +69,38 @@ async def ui_page(request: web.Request) -> web.FileResponse:
 
 async def healthz(request: web.Request) -> web.Response:
     app = request.app
-    started = time.perf_counter()
-    database: dict[str, Any] = {"ok": True}
-    try:
-        await asyncio.to_thread(app[STORE].ping)
-        database["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
-    except StoreUnavailable as exc:
-        database = {"ok": False, "error": str(exc)}
+    checks = app[HEALTH]
+    database, state_dir = await asyncio.gather(checks.database(app[STORE]), checks.state_dir_space())
     embedded = app.get(EMBEDDED)
     embedded_state = None if embedded is None else {
         "ok": embedded.alive(), "pid": embedded.process.pid if embedded.process else None}
+    if embedded_state is not None and not embedded_state["ok"]:
+        embedded_state["error"] = "the embedded store is not running (livedmd restarts it; see its log)"
     workers = app.get(WORKERS)
     workers_state = None if workers is None else {
         "ok": workers.alive() == workers.count, "configured": workers.count, "alive": workers.alive(),
         "running_jobs": sorted(workers.running)}
-    healthy = database["ok"] and all(part is None or part["ok"] for part in (embedded_state, workers_state))
-    body = {"status": "ok" if healthy else "failing", "version": __version__,
-            "database": database, "embedded_store": embedded_state, "workers": workers_state}
-    return web.json_response(body, status=200 if healthy else 503)
+    if workers_state is not None and not workers_state["ok"]:
+        workers_state["error"] = f"{workers_state['alive']} of {workers_state['configured']} workers are alive"
+    parts = {"database": database, "embedded_store": embedded_state, "workers": workers_state,
+             "state_dir": state_dir}
+    reasons = [f"{name}: {part.get('error', 'not ok')}" for name, part in parts.items()
+               if part is not None and not part["ok"]]
+    body = {"status": "failing" if reasons else "ok", "version": __version__, **parts,
+            "connections": app[CONNECTIONS].open_connections, "reasons": reasons}
+    return web.json_response(body, status=503 if reasons else 200)
 
 
 async def api(request: web.Request) -> web.Response:
     app = request.app
     try:
-        raw = await request.read()
+        raw = await request.read()  # within request_timeout_s of the request's first byte (connections.py)
     except web.HTTPRequestEntityTooLarge:
         limit = app[CONFIG].max_request_bytes
         return web.json_response(error_response(
             INVALID_REQUEST, f"the request body is larger than {limit} bytes (max_request_bytes); "
                              "send large file lists in several calls"))
+    received(app[CONNECTIONS], request)
     try:
         body = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -99,6 +112,9 @@ async def api(request: web.Request) -> web.Response:
         ctx.user = authenticator.cached_user(token) or await asyncio.to_thread(authenticator.user_for, token)
     except ApiError as exc:
         ctx.auth_error = exc
+    except StoreUnavailable as exc:
+        ctx.auth_error = ApiError(INTERNAL_ERROR, f"{exc}; the token cannot be checked now: try again in a few "
+                                  "seconds (/healthz shows the state)")
     started = time.perf_counter()
     response = await app[DISPATCHER].dispatch(body, ctx)
     codes = app[METRICS].observe_response(response)
@@ -119,7 +135,10 @@ def log_request(request: web.Request, ctx: CallContext, error_codes: list[int], 
 async def _caller(request: web.Request) -> dict[str, Any]:
     authenticator = request.app[AUTH]
     token = token_from_headers(request.headers)
-    return authenticator.cached_user(token) or await asyncio.to_thread(authenticator.user_for, token)
+    user = authenticator.cached_user(token) or await asyncio.to_thread(authenticator.user_for, token)
+    if user.get("token_scope") is not None:  # a hook run's token is never an admin's
+        return {**user, "role": "scoped token"}
+    return user
 
 
 async def backup_route(request: web.Request) -> web.StreamResponse:
@@ -127,13 +146,27 @@ async def backup_route(request: web.Request) -> web.StreamResponse:
 
 
 async def restore_route(request: web.Request) -> web.Response:
-    return await backup.restore(request, request.app[STORE], _caller, request.app[AUTH].forget)
+    # an upload streamed by an admin has no request deadline, from the moment the admin is known
+    return await backup.restore(request, request.app[STORE], _caller, request.app[AUTH].forget, request.app[CONFIG],
+                                lambda: received(request.app[CONNECTIONS], request))
 
 
 async def metrics(request: web.Request) -> web.Response:
     body = await asyncio.to_thread(request.app[METRICS].render)
-    return web.Response(body=body, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response, the page's and its static files' included."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+async def health_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    app[HEALTH] = HealthChecks(config.state_dir, config.state_min_free_bytes)
+    yield
+    app[HEALTH].close()
 
 
 def _prepare_state_dir(config: Config) -> None:
@@ -167,6 +200,10 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
             store = Store.connect(uri, config.mongo_db, selection_timeout_s=SELECTION_TIMEOUT_S)
         else:
             store = Store(client, config.mongo_db)
+        finished = await asyncio.to_thread(store.finish_interrupted_restore, time.time(),
+                                           0.0 if EMBEDDED in app else Store.RESTORE_STALE_S)
+        if finished:
+            log.warning("restore: %s", finished)
         await asyncio.to_thread(store.ensure_indexes)
         token = await asyncio.to_thread(ensure_admin, store, config.admin_token_path)
         await asyncio.to_thread(ensure_hook_user, store)
@@ -176,12 +213,17 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS].watch_store(store)
         app[AUTH] = Authenticator(store, config.auth_cache_s)
         app[SERVICES] = Services.build(store, config, app[AUTH])
+        pinned = await asyncio.to_thread(app[SERVICES].sessions.pin_projects)
+        if pinned:
+            log.info("pinned the directories of %d project(s) made by an earlier livedm", pinned)
         if EMBEDDED in app:
             supervisor = asyncio.create_task(supervise_embedded(app), name="embedded-store-supervisor")
         yield
     finally:
         if supervisor is not None:
             supervisor.cancel()
+        if SERVICES in app:
+            app[SERVICES].disk.close()
         if STORE in app and MONGO_CLIENT not in app:
             app[STORE].close()
         if EMBEDDED in app:
@@ -231,13 +273,17 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: Config, mongo_client: Any = None) -> web.Application:
-    app = web.Application(client_max_size=config.max_request_bytes)
+    guard = ConnectionGuard(config.max_connections, config.request_timeout_s)
+    app = web.Application(client_max_size=config.max_request_bytes, middlewares=[guard_middleware(guard)])
     app[CONFIG] = config
+    app[CONNECTIONS] = guard
     app[FATAL] = []
     if mongo_client is not None:
         app[MONGO_CLIENT] = mongo_client
     app[METRICS] = Metrics()
-    app[DISPATCHER] = Dispatcher(METHODS, app[METRICS].observe_call)
+    app[DISPATCHER] = Dispatcher(METHODS, app[METRICS].observe_call, max_batch_calls=config.max_batch_calls)
+    app.on_response_prepare.append(security_headers)
+    app.cleanup_ctx.append(health_ctx)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(workers_ctx)
     app.router.add_get("/", greeting)

@@ -152,6 +152,8 @@ SETTINGS: tuple[Setting, ...] = (
             _parse_positive_float),
     Setting("request_timeout_s", "30", "A client must send a request's headers and body within this long.",
             _parse_positive_float),
+    Setting("max_restore_bytes", "4294967296", "Largest backup POST /admin/restore accepts. The upload is kept in "
+            "the state dir while it is checked, so the state dir needs that much free space.", _parse_positive_int),
     Setting("auth_cache_s", "2", "How long a checked token is trusted before the database is asked again.",
             _parse_positive_float),
     Setting("log_level", "info", "debug, info, warning or error.", _parse_log_level),
@@ -180,7 +182,7 @@ SETTINGS: tuple[Setting, ...] = (
             _parse_bool, ("CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE",)),
     Setting("hook_path", "", "Absolute path of the hook script, run as `script project_uid session_uid "
             "datatype status`.", _parse_optional_path, ("CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH",)),
-    Setting("hook_timeout_s", "3600", "A hook run longer than this is killed (its whole process group).",
+    Setting("hook_timeout_s", "3600", "A hook run longer than this is killed (with every process of its session).",
             _parse_positive_float),
     Setting("hook_log_dir", "", "Where hook logs go, one file per session. Default: <state_dir>/hook-logs.",
             _parse_optional_path),
@@ -207,6 +209,7 @@ class Config:
     layout: tuple[tuple[str, str], ...]
     max_request_bytes: int
     max_batch_calls: int
+    max_restore_bytes: int
     max_connections: int
     keepalive_timeout_s: float
     request_timeout_s: float

@@ -10,14 +10,16 @@ is repaired by `repair_stuck`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import files
 from .audit import Audit
-from .domain import DATATYPES, check_datatype, now_iso
+from .domain import DATATYPES, check_datatype, check_project_uid, check_session_uid, now_iso
 from .errors import ApiError, conflict, forbidden, invalid_params, not_found
 from .hooks import Hooks
 from .jobs import JobFailed, Queue
@@ -27,7 +29,103 @@ from .worker import JobRun
 log = logging.getLogger(__name__)
 
 PROGRESS_FILES = 500
+SAVE_COUNTS_FILES = 2000  # counts saved at least this often: a resumed job misses at most these
 QUEUE_GRACE_S = 60  # between marking a category deleting and queueing its job
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked deletion request: exactly which registry paths would go."""
+
+    project_uid: str
+    session_uid: str
+    datatype: str
+    project_dir: str
+    paths: list[str]
+    whole: bool
+    on_behalf: str
+    status: str  # the category's status when it was checked
+
+    @property
+    def digest(self) -> str:
+        digest = hashlib.sha256(f"{self.project_uid}\0{self.session_uid}\0{self.datatype}\0".encode())
+        for rel in sorted(self.paths):
+            digest.update(os.fsencode(rel) + b"\0")
+        return digest.hexdigest()
+
+
+def _checked_params(params: Any) -> dict[str, Any]:
+    """A deletion job's document, checked before anything is touched: a job that did not come from
+    Deletions.request (or an older livedm) fails and deletes nothing."""
+    try:
+        checked = {"project_uid": check_project_uid(params["project_uid"]),
+                   "session_uid": check_session_uid(params["session_uid"]),
+                   "datatype": check_datatype(params["datatype"]), "whole_category": params["whole_category"],
+                   "user_id": params["user_id"]}
+    except (KeyError, TypeError, ApiError) as exc:
+        raise JobFailed(f"not a valid deletion job ({exc}); nothing was deleted") from None
+    if checked["datatype"] == "raw" or not isinstance(checked["whole_category"], bool) \
+            or not isinstance(checked["user_id"], str):
+        raise JobFailed("not a valid deletion job; nothing was deleted")
+    return checked
+
+
+@dataclass
+class _Tally:
+    """What a deletion did, over every attempt of its job (an attempt after a crash goes on counting)."""
+
+    deleted: int = 0
+    freed: int = 0
+    gone: int = 0
+    earlier_deleted: int = 0  # files an earlier attempt deleted: this one finds them gone
+    refused_paths: list[str] = field(default_factory=list)
+    failed_paths: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def resumed(cls, progress: dict[str, Any]) -> _Tally:
+        deleted = int(progress.get("deleted") or 0)
+        return cls(deleted=deleted, freed=int(progress.get("bytes_freed") or 0), earlier_deleted=deleted)
+
+    @property
+    def kept_paths(self) -> list[str]:
+        return self.refused_paths + [path for path, _ in self.failed_paths]
+
+    def unlink(self, unlinker: files.Unlinker, rel: str, job_id: str) -> None:
+        try:
+            nbytes = unlinker.unlink(rel)
+        except files.UnsafePath as exc:
+            self.refused_paths.append(rel)
+            log.warning("job %s: not deleting %s: %s", job_id, files.shown(rel), exc)
+            return
+        except OSError as exc:  # one undeletable file must not stop the others
+            self.failed_paths.append((rel, exc.strerror or str(exc)))
+            log.warning("job %s: cannot delete %s: %s", job_id, files.shown(rel), exc.strerror)
+            return
+        if nbytes is None:
+            self.gone += 1
+        else:
+            self.deleted += 1
+            self.freed += nbytes
+
+    def progress(self) -> dict[str, int]:
+        return {"deleted": self.deleted, "bytes_freed": self.freed, "failed": len(self.failed_paths)}
+
+    def result(self) -> dict[str, Any]:
+        return {"deleted": self.deleted, "already_gone": max(0, self.gone - self.earlier_deleted),
+                "bytes_freed": self.freed, "refused": len(self.refused_paths), "failed": len(self.failed_paths),
+                "refused_paths": [files.shown(p) for p in self.refused_paths[:100]],
+                "failed_paths": [f"{files.shown(p)}: {why}" for p, why in self.failed_paths[:100]]}
+
+    def note(self, job_id: str, remaining: int) -> str | None:
+        parts = []
+        if self.failed_paths:
+            path, why = self.failed_paths[0]
+            parts.append(f"{len(self.failed_paths)} file(s) could not be deleted (first: {files.shown(path)}: {why})")
+        if self.refused_paths:
+            parts.append(f"{len(self.refused_paths)} file(s) refused as unsafe (a symlinked directory?)")
+        if remaining and not parts:
+            parts.append(f"{remaining} file(s) registered after the deletion was confirmed were kept")
+        return f"deletion {job_id}: " + "; ".join(parts) if parts else None
 
 
 class Deletions:
@@ -64,10 +162,8 @@ class Deletions:
             targets.append(rel)
         return list(dict.fromkeys(targets))
 
-    def request(self, user: dict[str, Any], project_uid: str, session_uid: str, datatype: str,
-                filepaths: dict[str, Any] | list[Any] | None, user_id: str | None,
-                dry_run: bool) -> str | dict[str, Any]:
-        """A job id, or with dry_run the files and bytes that would go."""
+    def _plan(self, user: dict[str, Any], project_uid: str, session_uid: str, datatype: str,
+              filepaths: dict[str, Any] | list[Any] | None, user_id: str | None) -> Plan:
         check_datatype(datatype)
         if datatype == "raw":
             raise invalid_params("raw data is never deleted by livedm (as in cryoSPARC): archive the movies "
@@ -79,8 +175,9 @@ class Deletions:
             if self.sessions.store.get_user(on_behalf) is None:
                 raise not_found(f"user_id {on_behalf!r} does not exist")
         session = self.sessions.session(project_uid, session_uid)
-        project_dir = self.sessions.project(project_uid)["project_dir"]
-        files.check_data_roots(project_dir, self.sessions.config.data_roots)
+        project = self.sessions.project(project_uid)
+        self.sessions.check_project_location(project["project_dir"])
+        self.sessions.check_project_identity(project)
         if session["status"] != "completed":
             raise conflict(f"session {project_uid} {session_uid} is {session['status']}; deleting needs a "
                            "completed session (mark_session_completed)")
@@ -88,93 +185,114 @@ class Deletions:
         if current in ("deleting", "calculating"):
             raise conflict(f"{datatype} of {project_uid} {session_uid} is {current} already")
         registered = self.sessions.registered_paths(project_uid, session_uid)[datatype]
-        targets = self._targets(project_dir, registered, datatype, filepaths)
-        if dry_run:
-            return self._dry_run(project_dir, targets if targets is not None else registered)
-        job_id = self.queue.new_id()
-        prefix = f"data_management.{datatype}"
-        changed = self.sessions.store.update_session(
-            project_uid, session_uid, {"status": "completed", f"{prefix}.status": current},
-            {"$set": {f"{prefix}.status": "deleting", f"{prefix}.prev_status": current, f"{prefix}.job_id": job_id,
-                      f"{prefix}.status_changed_at": now_iso(), f"{prefix}.status_changed_by": user["name"]}})
-        if changed is None:
-            raise conflict(f"{datatype} of {project_uid} {session_uid} changed while this request was made; "
-                           "get_session() shows its state now")
-        self.queue.enqueue("delete", {"project_uid": project_uid, "session_uid": session_uid, "datatype": datatype,
-                                      "paths": targets, "user_id": on_behalf}, user["name"], job_id)
-        self.audit.record(user["name"], "deletion_requested", project_uid=project_uid, session_uid=session_uid,
-                          datatype=datatype, job_id=job_id, user_id=on_behalf,
-                          files=len(targets) if targets is not None else len(registered),
-                          whole_category=targets is None)
-        self.hooks.on_state_change(user["name"], project_uid, session_uid, datatype, "deleting")
-        return job_id
+        targets = self._targets(project["project_dir"], registered, datatype, filepaths)
+        whole = targets is None
+        paths = sorted(registered) if targets is None else targets
+        return Plan(project_uid, session_uid, datatype, project["project_dir"], paths, whole, on_behalf, current)
 
-    @staticmethod
-    def _dry_run(project_dir: str, rels: list[str]) -> dict[str, Any]:
+    def preview(self, user: dict[str, Any], project_uid: str, session_uid: str, datatype: str,
+                filepaths: dict[str, Any] | list[Any] | None, user_id: str | None) -> dict[str, Any]:
+        """The dry run: what would go, changing nothing, and the digest that confirms exactly this list."""
+        plan = self._plan(user, project_uid, session_uid, datatype, filepaths, user_id)
         count = size = 0
-        for rel in rels:
+        for rel in plan.paths:
             try:
-                st = os.lstat(os.path.join(project_dir, rel))
+                st = os.lstat(os.path.join(plan.project_dir, rel))
             except OSError:
                 continue
             count += 1
             size += st.st_size
-        return {"dry_run": True, "file_count": count, "bytes": size, "registered": len(rels)}
+        return {"dry_run": True, "file_count": count, "bytes": size, "registered": len(plan.paths),
+                "confirm_digest": plan.digest}
+
+    def request(self, user: dict[str, Any], project_uid: str, session_uid: str, datatype: str,
+                filepaths: dict[str, Any] | list[Any] | None, user_id: str | None,
+                confirm_digest: str | None = None) -> str:
+        """Queue the deletion of exactly the list the request names (or the category's registered files
+        now); with confirm_digest, only if that is the list a dry run showed. The job id."""
+        plan = self._plan(user, project_uid, session_uid, datatype, filepaths, user_id)
+        if confirm_digest is not None and confirm_digest != plan.digest:
+            raise conflict(f"the files of {datatype} of {project_uid} {session_uid} changed since the dry run "
+                           f"(now {len(plan.paths)} registered); nothing was deleted: preview again (dry run) "
+                           "and confirm what it shows")
+        job_id = self.queue.new_id()
+        prefix = f"data_management.{datatype}"
+        changed = self.sessions.store.update_session(
+            project_uid, session_uid, {"status": "completed", f"{prefix}.status": plan.status},
+            {"$set": {f"{prefix}.status": "deleting", f"{prefix}.prev_status": plan.status,
+                      f"{prefix}.job_id": job_id, f"{prefix}.note": None,
+                      f"{prefix}.status_changed_at": now_iso(), f"{prefix}.status_changed_by": user["name"]}})
+        if changed is None:
+            raise conflict(f"{datatype} of {project_uid} {session_uid} changed while this request was made; "
+                           "get_session() shows its state now")
+        self.sessions.store.save_job_paths(job_id, plan.paths)
+        self.queue.enqueue("delete", {"project_uid": project_uid, "session_uid": session_uid, "datatype": datatype,
+                                      "whole_category": plan.whole, "file_count": len(plan.paths),
+                                      "digest": plan.digest, "user_id": plan.on_behalf}, user["name"], job_id)
+        self.audit.record(user["name"], "deletion_requested", project_uid=project_uid, session_uid=session_uid,
+                          datatype=datatype, job_id=job_id, user_id=plan.on_behalf, files=len(plan.paths),
+                          whole_category=plan.whole)
+        self.hooks.on_state_change(user["name"], project_uid, session_uid, datatype, "deleting")
+        return job_id
 
     # --- the job ---------------------------------------------------------------------------------
 
     def run(self, run: JobRun) -> dict[str, Any]:
-        p = run.params
+        p = _checked_params(run.params)
         project_uid, session_uid, datatype = p["project_uid"], p["session_uid"], p["datatype"]
         session = self.sessions.session(project_uid, session_uid)
         category = session["data_management"][datatype]
         if category["status"] != "deleting" or category.get("job_id") != run.job["id"]:
             return {"note": "the category was already settled by an earlier run of this job"}
-        project_dir = self.sessions.project(project_uid)["project_dir"]
-        try:  # again at delete time: the roots may have changed, or the project dir become a link elsewhere
-            files.check_data_roots(project_dir, self.sessions.config.data_roots)
-        except ApiError as exc:
-            self._settle(run, category, "deleting stopped: " + exc.message)
-            raise JobFailed(exc.message) from None
-        targets = p["paths"] if p["paths"] is not None else \
-            self.sessions.registered_paths(project_uid, session_uid)[datatype]
-        deleted = gone = refused = freed = 0
-        refused_paths: list[str] = []
-        with files.Unlinker(project_dir) as unlinker:
+        project = self.sessions.project(project_uid)
+        try:  # again at delete time: the roots may have changed, the project dir been swapped
+            if session["status"] != "completed":
+                raise conflict(f"session {project_uid} {session_uid} is {session['status']}, not completed")
+            self.sessions.check_project_location(project["project_dir"])
+            unlinker = files.Unlinker(project["project_dir"], project.get("dir_pin") or {"dev": -1, "ino": -1},
+                                      protected=self._raw_movies(project))
+        except (ApiError, files.ProjectDirChanged) as exc:
+            message = exc.message if isinstance(exc, ApiError) else str(exc)
+            self._settle(run, category, "deleting stopped: " + message)
+            raise JobFailed(message + "; nothing was deleted") from None
+        confirmed = self.sessions.store.read_job_paths(run.job["id"])
+        registered = set(self.sessions.registered_paths(project_uid, session_uid)[datatype])
+        targets = [rel for rel in confirmed if rel in registered]  # never more than was confirmed
+        tally = _Tally.resumed(run.job.get("progress") or {})
+        with unlinker:
             for index, rel in enumerate(targets):
                 if index % PROGRESS_FILES == 0:
-                    run.progress(done=index, total=len(targets), bytes_freed=freed)
-                try:
-                    nbytes = unlinker.unlink(rel)
-                except files.UnsafePath as exc:
-                    refused += 1
-                    refused_paths.append(rel)
-                    log.warning("job %s: not deleting %s: %s", run.job["id"], rel, exc)
-                    continue
-                if nbytes is None:
-                    gone += 1
-                else:
-                    deleted += 1
-                    freed += nbytes
-        run.progress(force=True, done=len(targets), total=len(targets), bytes_freed=freed)
-        kept = set(refused_paths)
+                    run.progress(force=index % SAVE_COUNTS_FILES == 0, done=index, total=len(targets),
+                                 **tally.progress())
+                tally.unlink(unlinker, rel, run.job["id"])
+        run.progress(force=True, done=len(targets), total=len(targets), **tally.progress())
+        kept = set(tally.kept_paths)
         self.sessions.store.remove_api_paths(project_uid, session_uid, datatype,
                                              [rel for rel in targets if rel not in kept])
-        self.sessions.refresh_session(project_uid, session_uid)
-        final = "deleted" if p["paths"] is None and not refused else category.get("prev_status") or "active"
+        remaining = self.sessions.refresh_session(project_uid, session_uid)[datatype]["file_count"]
+        complete = p["whole_category"] and not tally.kept_paths and remaining == 0
+        final = "deleted" if complete else category.get("prev_status") or "active"
+        note = tally.note(run.job["id"], remaining if p["whole_category"] else 0)
         prefix = f"data_management.{datatype}"
         settled = self.sessions.store.update_session(
             project_uid, session_uid, {f"{prefix}.status": "deleting", f"{prefix}.job_id": run.job["id"]},
             {"$set": {f"{prefix}.status": final, f"{prefix}.prev_status": "deleting", f"{prefix}.job_id": None,
-                      f"{prefix}.status_changed_at": now_iso()}})
-        result = {"deleted": deleted, "already_gone": gone, "refused": refused, "bytes_freed": freed,
-                  "status": final, "refused_paths": refused_paths[:100]}
+                      f"{prefix}.note": note, f"{prefix}.status_changed_at": now_iso()}})
+        result = {**tally.result(), "no_longer_registered": len(confirmed) - len(targets), "status": final,
+                  "note": note}
         if settled is not None:
             self.audit.record(run.job["created_by"], "deleted", project_uid=project_uid, session_uid=session_uid,
-                              datatype=datatype, job_id=run.job["id"], user_id=p["user_id"], files=deleted,
-                              bytes_freed=freed, already_gone=gone, refused=refused, status=final)
+                              datatype=datatype, job_id=run.job["id"], user_id=p["user_id"],
+                              files=tally.deleted, bytes_freed=tally.freed, already_gone=tally.gone,
+                              refused=len(tally.refused_paths), failed=len(tally.failed_paths),
+                              no_longer_registered=result["no_longer_registered"], status=final)
             self.hooks.on_state_change(run.job["created_by"], project_uid, session_uid, datatype, final)
         return result
+
+    def _raw_movies(self, project: dict[str, Any]) -> frozenset[tuple[int, int]]:
+        links = [rel for session in self.sessions.store.list_sessions(project["uid"])
+                 for rel in self.sessions.registered_paths(project["uid"], session["uid"])["raw"]]
+        return files.raw_movies(project["project_dir"], links)
 
     def _settle(self, run: JobRun, category: dict[str, Any], reason: str) -> None:
         """Give a category whose deletion cannot go on back its previous status."""
@@ -182,7 +300,8 @@ class Deletions:
         prefix = f"data_management.{p['datatype']}"
         self.sessions.store.update_session(
             p["project_uid"], p["session_uid"], {f"{prefix}.status": "deleting", f"{prefix}.job_id": run.job["id"]},
-            {"$set": {f"{prefix}.status": category.get("prev_status") or "active", f"{prefix}.job_id": None}})
+            {"$set": {f"{prefix}.status": category.get("prev_status") or "active", f"{prefix}.job_id": None,
+                      f"{prefix}.note": reason}})
         self.audit.record("livedm", "deletion_abandoned", project_uid=p["project_uid"], session_uid=p["session_uid"],
                           datatype=p["datatype"], job_id=run.job["id"], reason=reason)
 

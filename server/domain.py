@@ -47,6 +47,8 @@ def check_title(title: str) -> str:
     title = title.strip()
     if not title or len(title) > 200:
         raise invalid_params("title must be 1-200 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in title):
+        raise invalid_params("a title is one line of text: no newlines, tabs or other control characters")
     return title
 
 

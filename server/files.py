@@ -16,6 +16,8 @@ from .domain import DATATYPES
 from .errors import forbidden, invalid_params
 
 Layout = Sequence[tuple[str, str]]
+PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+
 @dataclass
 class Tally:
     """One category's files on disk: registry paths (relative to the project dir), the bytes they hold
@@ -41,6 +43,11 @@ class Tally:
                 return
             self.seen.add(key)
         self.size += st.st_size
+
+
+def shown(path: str) -> str:
+    """A path for people and JSON: a name that is not UTF-8 shows its odd bytes escaped."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def datatype_of(top_dir: str, layout: Layout) -> str:
@@ -101,6 +108,8 @@ def walk_session(project_dir: str, session_dir: str, layout: Layout,
     check_session_root(project_dir, session_dir)
     session_root = os.path.join(project_dir, session_dir)
     try:
+        if stat.S_ISLNK(os.lstat(session_root).st_mode):
+            return found  # a session dir swapped for a link (to another session?) is not walked
         top_entries = list(os.scandir(session_root))
     except (FileNotFoundError, NotADirectoryError):
         return found
@@ -176,13 +185,57 @@ def check_project_location(project_dir: str, data_roots: Sequence[str], guarded:
 
 
 def check_project_dir(project_dir: str) -> str:
-    """A project dir is an absolute path to an existing directory; kept as given, normalised."""
+    """A project dir is an absolute path to an existing directory that is not itself a symlink; kept as
+    given, normalised."""
     if "\x00" in project_dir or not os.path.isabs(project_dir):
         raise invalid_params(f"project_dir {project_dir!r} must be an absolute path")
     normal = os.path.normpath(project_dir)
-    if not os.path.isdir(normal):
-        raise invalid_params(f"project_dir {normal} is not an existing directory; create it first")
+    try:
+        st = os.lstat(normal)
+    except OSError as exc:
+        raise invalid_params(f"project_dir {normal} is not an existing directory ({exc.strerror}); create it "
+                             "first") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise invalid_params(f"project_dir {normal} is a symlink; give the directory it points to "
+                             f"({os.path.realpath(normal)})")
+    if not stat.S_ISDIR(st.st_mode):
+        raise invalid_params(f"project_dir {normal} is not a directory")
     return normal
+
+
+def dir_pin(project_dir: str) -> dict[str, int]:
+    """What identifies the project's directory itself (not whatever its path leads to later)."""
+    st = os.stat(project_dir, follow_symlinks=False)
+    return {"dev": st.st_dev, "ino": st.st_ino}
+
+
+class ProjectDirChanged(Exception):
+    """The project's path no longer leads to the directory it was created with."""
+
+
+def open_pinned_dir(project_dir: str, pin: dict[str, int]) -> int:
+    """A descriptor of the project's own directory: opened without following a final symlink, and
+    refused unless it is the very directory (device and inode) the project was created with."""
+    try:
+        fd = os.open(project_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ProjectDirChanged(f"{project_dir} cannot be opened as a plain directory ({exc.strerror}): "
+                                "it is gone, or was replaced by a symlink") from None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (pin["dev"], pin["ino"]):
+        os.close(fd)
+        raise ProjectDirChanged(f"{project_dir} is no longer the directory the project was created with "
+                                "(it was moved or replaced)")
+    return fd
+
+
+def check_pinned(project_dir: str, pin: dict[str, int]) -> None:
+    os.close(open_pinned_dir(project_dir, pin))
+
+
+def dirs_overlap(a: str, b: str) -> bool:
+    """Are two normalised paths the same, or is one inside the other?"""
+    return _inside(a, b) or _inside(b, a)
 
 
 def check_session_dir(session_dir: str) -> str:
@@ -210,6 +263,8 @@ def project_relative(project_dir: str, path: str) -> str:
     """
     if not isinstance(path, str) or not path or "\x00" in path:
         raise invalid_params(f"{path!r} is not a file path")
+    if len(os.fsencode(path)) > PATH_MAX:
+        raise invalid_params(f"a path of {len(path)} characters is longer than any this system allows ({PATH_MAX})")
     joined = os.path.normpath(os.path.join(project_dir, path))
     real_project = os.path.realpath(project_dir)
     parent = os.path.realpath(os.path.dirname(joined))
@@ -229,6 +284,8 @@ def check_registrable(project_dir: str, rel: str) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         raise invalid_params(f"{path} does not exist; register files once they are written") from None
+    except OSError as exc:
+        raise invalid_params(f"{path[:200]}: {exc.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         raise invalid_params(f"{path} is a directory; register the files inside it")
 
@@ -247,6 +304,17 @@ def absolute_paths(project_dir: str, rel_paths: Iterable[str], resolve_links: bo
     return out
 
 
+def raw_movies(project_dir: str, raw_links: Iterable[str]) -> frozenset[tuple[int, int]]:
+    """(dev, inode) of the movies that raw links point at: whatever category another session's scan
+    put them in, they are raw data, which livedm never deletes."""
+    found = set()
+    for rel in raw_links:
+        st = _target_stat(os.path.join(project_dir, rel))
+        if st is not None:
+            found.add((st.st_dev, st.st_ino))
+    return frozenset(found)
+
+
 class UnsafePath(Exception):
     """A registered path that now leads somewhere livedm must not delete (a symlinked directory, '..')."""
 
@@ -256,9 +324,11 @@ class Unlinker:
     is opened by name from the project root with O_NOFOLLOW, and the file is unlinked by name in it
     (a symlink goes as a link). Directory descriptors are kept for the files that share them."""
 
-    def __init__(self, project_dir: str) -> None:
-        self.root_fd = os.open(os.path.realpath(project_dir), os.O_RDONLY | os.O_DIRECTORY)
+    def __init__(self, project_dir: str, pin: dict[str, int],
+                 protected: frozenset[tuple[int, int]] = frozenset()) -> None:
+        self.root_fd = open_pinned_dir(project_dir, pin)
         self._dir_fds: dict[str, int] = {"": self.root_fd}
+        self.protected = protected  # (dev, inode) of files never deleted: the sessions' raw movies
 
     def close(self) -> None:
         for fd in self._dir_fds.values():
@@ -301,6 +371,8 @@ class Unlinker:
             return None
         if stat.S_ISDIR(st.st_mode):
             raise UnsafePath(f"{rel} is a directory")
+        if (st.st_dev, st.st_ino) in self.protected:
+            raise UnsafePath(f"{rel} is a raw movie of a session (raw data is never deleted)")
         try:
             os.unlink(parts[-1], dir_fd=dir_fd)
         except FileNotFoundError:

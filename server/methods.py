@@ -51,9 +51,10 @@ def whoami(ctx: CallContext) -> dict[str, Any]:
 
 # --- projects and sessions -----------------------------------------------------------------------
 
-@api()
+@api(access="manage")
 def create_project(ctx: CallContext, title: str, project_dir: str) -> dict[str, Any]:
-    """Register a project whose directory exists; its uid is the next P<n>."""
+    """Register a project whose directory exists (not a symlink, not inside another project); its uid is
+    the next P<n>. Needs the live data management permission."""
     return ctx.services.sessions.create_project(title, project_dir)
 
 
@@ -95,43 +96,50 @@ def get_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[st
 
 
 @api()
-def start_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
+async def start_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
     """Mark the session running."""
-    return ctx.services.sessions.change_session_status(project_uid, session_uid, "start")
+    return await ctx.services.disk.run(ctx.services.sessions.change_session_status, project_uid, session_uid,
+                                       "start")
 
 
 @api()
-def pause_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
+async def pause_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
     """Mark the session paused and refresh its sizes."""
-    return ctx.services.sessions.change_session_status(project_uid, session_uid, "pause")
+    return await ctx.services.disk.run(ctx.services.sessions.change_session_status, project_uid, session_uid,
+                                       "pause")
 
 
 @api()
-def mark_session_completed(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
+async def mark_session_completed(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
     """Mark the session completed (category actions need this) and refresh its sizes."""
-    return ctx.services.sessions.change_session_status(project_uid, session_uid, "complete")
+    return await ctx.services.disk.run(ctx.services.sessions.change_session_status, project_uid, session_uid,
+                                       "complete")
 
 
 # --- files and sizes (the seed's API) ------------------------------------------------------------
 
-@api()
-def register_files(ctx: CallContext, project_uid: str, session_uid: str, datatype: str,
-                   paths: list[str]) -> dict[str, Any]:
-    """Add files (absolute, or relative to the project dir; inside the project) to a category."""
-    return ctx.services.sessions.register_files(project_uid, session_uid, datatype, paths)
+@api(access="manage")
+async def register_files(ctx: CallContext, project_uid: str, session_uid: str, datatype: str,
+                         paths: list[str]) -> dict[str, Any]:
+    """Add files (absolute, or relative to the project dir; inside the project, not in another session's
+    directory nor registered to another session) to a category. Needs the live data management permission."""
+    return await ctx.services.disk.run(ctx.services.sessions.register_files, project_uid, session_uid, datatype,
+                                       paths)
 
 
 @api()
-def scan_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
+async def scan_session(ctx: CallContext, project_uid: str, session_uid: str) -> dict[str, Any]:
     """Find the session's files by the layout rules and measure them; the new data_management."""
-    return ctx.services.sessions.refresh_session(project_uid, session_uid)
+    return await ctx.services.disk.run_coalesced(("scan", project_uid, session_uid),
+                                                 ctx.services.sessions.refresh_session, project_uid, session_uid)
 
 
 @api()
-def get_datatype_file_paths(ctx: CallContext, project_uid: str, session_uid: str,
-                            datatype: str) -> dict[str, list[str]]:
+async def get_datatype_file_paths(ctx: CallContext, project_uid: str, session_uid: str,
+                                  datatype: str) -> dict[str, list[str]]:
     """{datatype: [absolute paths]}; raw gives the movie files (symlink targets). Not for thumbnails."""
-    return ctx.services.sessions.get_datatype_file_paths(project_uid, session_uid, datatype)
+    return await ctx.services.disk.run(ctx.services.sessions.get_datatype_file_paths, project_uid, session_uid,
+                                       datatype)
 
 
 @api()
@@ -141,9 +149,11 @@ async def get_datatype_size(ctx: CallContext, project_uid: str, session_uid: str
 
 
 @api()
-def update_session_datatype_sizes(ctx: CallContext, project_uid: str, session_uid: str) -> int:
+async def update_session_datatype_sizes(ctx: CallContext, project_uid: str, session_uid: str) -> int:
     """Measure every datatype of the session now; the session's total bytes."""
-    return ctx.services.sessions.update_session_datatype_sizes(project_uid, session_uid)
+    return await ctx.services.disk.run_coalesced(("sizes", project_uid, session_uid),
+                                                 ctx.services.sessions.update_session_datatype_sizes, project_uid,
+                                                 session_uid)
 
 
 @api()
@@ -153,9 +163,9 @@ def get_data_management_stats(ctx: CallContext, project_uid: str) -> dict[str, A
 
 
 @api()
-def get_project_file_paths(ctx: CallContext, project_uid: str) -> dict[str, Any]:
+async def get_project_file_paths(ctx: CallContext, project_uid: str) -> dict[str, Any]:
     """"Download Project Stats": {session_uid: {datatype: [absolute paths]}}."""
-    return ctx.services.sessions.get_project_file_paths(project_uid)
+    return await ctx.services.disk.run(ctx.services.sessions.get_project_file_paths, project_uid)
 
 
 # --- category states and the audit log -----------------------------------------------------------
@@ -219,15 +229,20 @@ WAIT_MAX_POLL_S = 0.5
 async def delete_live_datatype(ctx: CallContext, project_uid: str, session_uid: str, datatype: str,
                                filepaths_to_delete: dict[str, list[str]] | list[str] | None = None,
                                user_id: str | None = None, asynchronous: bool = True,
-                               dry_run: bool = False) -> Any:
+                               dry_run: bool = False, confirm_digest: str | None = None) -> Any:
     """Delete the category's files (or the listed subset, all registered to it) in a background job.
     Not raw; completed sessions only. The job id; with asynchronous=False the finished job; with
-    dry_run=True the file count and bytes that would go, changing nothing."""
-    outcome = await asyncio.to_thread(ctx.services.deletions.request, ctx.user, project_uid, session_uid, datatype,
-                                      filepaths_to_delete, user_id, dry_run)
-    if dry_run or asynchronous:
-        return outcome
-    return await wait_for_job(ctx, outcome)
+    dry_run=True the file count and bytes that would go and a confirm_digest, changing nothing. Given
+    that confirm_digest, the deletion goes ahead only if the list is still exactly the one shown."""
+    deletions = ctx.services.deletions
+    if dry_run:
+        return await ctx.services.disk.run(deletions.preview, ctx.user, project_uid, session_uid, datatype,
+                                           filepaths_to_delete, user_id)
+    job_id = await ctx.services.disk.run(deletions.request, ctx.user, project_uid, session_uid, datatype,
+                                         filepaths_to_delete, user_id, confirm_digest)
+    if asynchronous:
+        return job_id
+    return await wait_for_job(ctx, job_id)
 
 
 async def wait_for_job(ctx: CallContext, job_id: str) -> dict[str, Any]:

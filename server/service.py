@@ -4,10 +4,12 @@ runs every call in a worker thread."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 from . import files
+from .coalesce import Coalescer
 from .config import Config
 from .domain import (
     DATATYPES,
@@ -47,6 +49,7 @@ class Service:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
         self.config = config
+        self._refreshes = Coalescer()
 
     # --- lookups ---------------------------------------------------------------------------------
 
@@ -66,15 +69,55 @@ class Service:
 
     # --- projects --------------------------------------------------------------------------------
 
+    @property
+    def guarded_dirs(self) -> list[str]:
+        """livedm's own directories: no project may hold them or lie inside them."""
+        return [self.config.state_dir, str(self.config.hook_logs)]
+
+    def check_project_location(self, project_dir: str) -> None:
+        files.check_project_location(project_dir, self.config.data_roots, self.guarded_dirs)
+
     def create_project(self, title: str, project_dir: str) -> dict[str, Any]:
         title = check_title(title)
         project_dir = files.check_project_dir(project_dir)
-        files.check_data_roots(project_dir, self.config.data_roots)
+        self.check_project_location(project_dir)
+        real = os.path.realpath(project_dir)
+        for other in self.store.list_projects():
+            if files.dirs_overlap(real, os.path.realpath(other["project_dir"])):
+                raise conflict(f"{project_dir} is, holds or lies inside project {other['uid']}'s directory "
+                               f"({other['project_dir']}); each project needs a directory of its own")
+        pin = files.dir_pin(project_dir)
         uid = f"P{self.store.next_number('projects')}"
-        project = {"uid": uid, "title": title, "project_dir": project_dir, "created_at": now_iso()}
+        project = {"uid": uid, "title": title, "project_dir": project_dir, "created_at": now_iso(),
+                   "dir_pin": pin, "session_dirs": {}, "dirs_version": 0}
         self.store.insert_project(project)
         log.info("created project %s (%s) at %s", uid, title, project_dir)
         return self._project_row(project, [])
+
+    def pin_projects(self) -> int:
+        """Projects made before directories were pinned get their pin now (at start): from then on a
+        directory swapped under them is refused."""
+        pinned = 0
+        for project in self.store.list_projects():
+            if project.get("dir_pin") is None and os.path.isdir(project["project_dir"]) \
+                    and not os.path.islink(project["project_dir"]):
+                self.store.set_project_fields(project["uid"], {"dir_pin": files.dir_pin(project["project_dir"])})
+                pinned += 1
+        return pinned
+
+    def check_project_identity(self, project: dict[str, Any]) -> None:
+        """Refuse to act on a project whose path now leads to another directory. A path that is simply
+        gone is not refused here: its categories show missing."""
+        if not os.path.lexists(project["project_dir"]):
+            return
+        if project.get("dir_pin") is None:  # made before pins, and its dir was away at the last start
+            self.pin_projects()
+            project = self.project(project["uid"])
+        try:
+            files.check_pinned(project["project_dir"], project.get("dir_pin") or {"dev": -1, "ino": -1})
+        except files.ProjectDirChanged as exc:
+            raise conflict(f"project {project['uid']}: {exc}; nothing was done. An admin must check what "
+                           "happened to it") from None
 
     def _project_row(self, project: dict[str, Any], sessions: list[dict[str, Any]]) -> dict[str, Any]:
         return {**project, "session_count": len(sessions), "data_management": project_totals(sessions)}
@@ -98,15 +141,48 @@ class Service:
 
     # --- sessions --------------------------------------------------------------------------------
 
+    def session_dirs(self, project: dict[str, Any]) -> dict[str, str]:
+        """{session uid: its dir relative to the project, symlinks resolved} for every session."""
+        dirs = project.get("session_dirs")
+        if dirs is None:  # a project from before the map was kept
+            dirs = {s["uid"]: self._real_session_dir(project, s["session_dir"])
+                    for s in self.store.list_sessions(project["uid"])}
+        return dict(dirs)
+
+    @staticmethod
+    def _real_session_dir(project: dict[str, Any], session_dir: str) -> str:
+        real_project = os.path.realpath(project["project_dir"])
+        return os.path.relpath(os.path.realpath(os.path.join(project["project_dir"], session_dir)), real_project)
+
+    @staticmethod
+    def _check_session_dir_free(dirs: dict[str, str], session_dir: str, shown: str) -> None:
+        for other_uid, other in dirs.items():
+            if files.dirs_overlap(session_dir, other):
+                raise conflict(f"session dir {shown} is, holds or lies inside session {other_uid}'s directory "
+                               f"({other}); each session needs a directory of its own")
+
+    def _reserve_session_dir(self, project_uid: str, session_uid: str, session_dir: str, shown: str) -> None:
+        for _attempt in range(_MEASURE_RETRIES * 2):
+            project = self.project(project_uid)
+            dirs = self.session_dirs(project)
+            self._check_session_dir_free(dirs, session_dir, shown)
+            if self.store.reserve_session_dir(project_uid, project.get("dirs_version"),
+                                              {**dirs, session_uid: session_dir}):
+                return
+        raise conflict(f"sessions of {project_uid} kept being created while this one was; try again")
+
     def create_live_session(self, project_uid: str, title: str, session_dir: str | None = None) -> dict[str, Any]:
         project = self.project(project_uid)
         title = check_title(title)
         if session_dir is not None:
             session_dir = files.check_session_dir(session_dir)
             files.check_session_root(project["project_dir"], session_dir)
+            self._check_session_dir_free(self.session_dirs(project), self._real_session_dir(project, session_dir),
+                                         session_dir)
         uid = f"S{self.store.next_number('sessions:' + project_uid)}"
         session_dir = session_dir or uid
         files.check_session_root(project["project_dir"], session_dir)
+        self._reserve_session_dir(project_uid, uid, self._real_session_dir(project, session_dir), session_dir)
         session = {"project_uid": project_uid, "uid": uid, "title": title, "status": "paused",
                    "session_dir": session_dir, "created_at": now_iso(), "started_at": None, "paused_at": [],
                    "completed_at": None, "data_management": new_data_management(),
@@ -152,11 +228,16 @@ class Service:
             raise invalid_params("paths is empty; give one or more file paths")
         registry = self.store.read_registry(project_uid, session_uid, session.get("scan_gen"))
         owner = {path: dt for source in registry.values() for dt, ps in source.items() for path in ps}
+        other_dirs = {uid: d for uid, d in self.session_dirs(self.project(project_uid)).items() if uid != session_uid}
         new: list[str] = []
         seen: set[str] = set()
         for index, path in enumerate(paths):
             rel = files.project_relative(project_dir, path)
             files.check_registrable(project_dir, rel)
+            for other_uid, other_dir in other_dirs.items():
+                if files.dirs_overlap(rel, other_dir):
+                    raise invalid_params(f"{path} lies in session {other_uid}'s directory; a file belongs to one "
+                                         "session", index=index)
             registered_as = owner.get(rel)
             if registered_as is not None and registered_as != datatype and rel not in registry["scan"][datatype]:
                 raise invalid_params(f"{path} is already registered as {registered_as}; a file belongs to one "
@@ -164,6 +245,10 @@ class Service:
             if registered_as is None and rel not in seen:
                 seen.add(rel)
                 new.append(rel)
+        other_keys = [f"{project_uid}/{uid}" for uid in other_dirs]
+        for path, key in self.store.api_path_owners(other_keys, new).items():
+            raise invalid_params(f"{path} is registered to session {key.split('/')[1]} already; a file belongs to "
+                                 "one session", index=new.index(path))
         self.store.add_api_paths(project_uid, session_uid, datatype, new)
         log.info("registered %d file(s) as %s in %s %s", len(new), datatype, project_uid, session_uid)
         self.refresh_session(project_uid, session_uid)
@@ -194,8 +279,13 @@ class Service:
 
     def refresh_session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
         """Scan the session dir by the layout rules, measure every datatype, store it; the new
-        data_management."""
-        project_dir = self.project(project_uid)["project_dir"]
+        data_management. Refreshes of one session asked at once share their walks."""
+        return self._refreshes.run((project_uid, session_uid), lambda: self._refresh(project_uid, session_uid))
+
+    def _refresh(self, project_uid: str, session_uid: str) -> dict[str, Any]:
+        project = self.project(project_uid)
+        self.check_project_identity(project)
+        project_dir = project["project_dir"]
         session = self.session(project_uid, session_uid)
         api = self.store.read_registry(project_uid, session_uid, None, sources=("api",))["api"]
         api_paths = frozenset(p for paths in api.values() for p in paths)

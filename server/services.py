@@ -9,8 +9,9 @@ from .auth import Authenticator
 from .categories import Categories
 from .config import Config
 from .deletion import Deletions
+from .diskpool import DiskPool
 from .hooks import Hooks
-from .jobs import Queue
+from .jobs import JobFailed, Queue
 from .reads import SessionReader
 from .service import Service
 from .store import Store
@@ -28,6 +29,7 @@ class Services:
     queue: Queue
     hooks: Hooks
     deletions: Deletions
+    disk: DiskPool
 
     @classmethod
     def build(cls, store: Store, config: Config, authenticator: Authenticator) -> Services:
@@ -37,11 +39,14 @@ class Services:
         hooks = Hooks(config, store, queue, audit)
         return cls(sessions=sessions, reader=SessionReader(store), categories=Categories(sessions, audit, hooks),
                    users=Users(store, audit, changed=authenticator.forget), audit=audit, queue=queue, hooks=hooks,
-                   deletions=Deletions(sessions, queue, audit, hooks))
+                   deletions=Deletions(sessions, queue, audit, hooks), disk=DiskPool(config.disk_threads))
 
     def job_handlers(self) -> dict[str, Handler]:
         def refresh_sizes(run: JobRun) -> dict[str, int]:
-            return self.sessions.refresh_project(run.params["project_uid"], run.progress)
+            project_uid = run.params.get("project_uid") if isinstance(run.params, dict) else None
+            if not isinstance(project_uid, str) or set(run.params) != {"project_uid"}:
+                raise JobFailed("not a valid size refresh job; nothing was done")
+            return self.sessions.refresh_project(project_uid, run.progress)
 
         return {"delete": self.deletions.run, "hook": self.hooks.run, "refresh_sizes": refresh_sizes}
 

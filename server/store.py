@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pymongo
+from bson.binary import Binary
 from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
@@ -48,6 +50,20 @@ def _translating_errors(cls: type) -> type:
         if callable(member) and not name.startswith("__"):
             setattr(cls, name, _unavailable_as_store_error(member))
     return cls
+
+
+def _stored_path(path: str) -> str | Binary:
+    """File names are bytes on Linux: one that is not UTF-8 (held as surrogate escapes) is stored as
+    its raw bytes, losslessly."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return Binary(os.fsencode(path))
+    return path
+
+
+def _loaded_path(value: str | bytes) -> str:
+    return os.fsdecode(bytes(value)) if isinstance(value, bytes) else value
 
 
 def session_key(project_uid: str, session_uid: str) -> str:
@@ -119,6 +135,17 @@ class Store:
     def list_projects(self) -> list[dict[str, Any]]:
         return list(self.db.projects.find({}, NO_ID).sort("created_at", 1))
 
+    def set_project_fields(self, project_uid: str, fields: dict[str, Any]) -> None:
+        self.db.projects.update_one({"_id": project_uid}, {"$set": fields})
+
+    def reserve_session_dir(self, project_uid: str, dirs_version: int | None, session_dirs: dict[str, str]) -> bool:
+        """Replace the project's map of session dirs if nobody changed it since `dirs_version` was read:
+        of two sessions created at once with clashing dirs, one wins and the other checks again."""
+        result = self.db.projects.update_one(
+            {"_id": project_uid, "dirs_version": dirs_version},
+            {"$set": {"session_dirs": session_dirs, "dirs_version": (dirs_version or 0) + 1}})
+        return result.matched_count == 1
+
     # --- sessions --------------------------------------------------------------------------------
 
     def insert_session(self, session: dict[str, Any]) -> None:
@@ -159,7 +186,7 @@ class Store:
         for doc in self.db.registry.find({"key": key, "source": {"$in": list(sources)}}):
             if doc["source"] == "scan" and doc.get("gen") != scan_gen:
                 continue
-            out[doc["source"]][doc["datatype"]].extend(doc["paths"])
+            out[doc["source"]][doc["datatype"]].extend(map(_loaded_path, doc["paths"]))
         return out
 
     def replace_scan(self, project_uid: str, session_uid: str, old_gen: str | None,
@@ -178,6 +205,30 @@ class Store:
             return False
         self.db.registry.delete_many({"key": key, "source": "scan", "gen": {"$ne": new_gen}})
         return True
+
+    def api_path_owners(self, session_keys: list[str], paths: Sequence[str]) -> dict[str, str]:
+        """{path: session key} for those of `paths` registered by API to one of the sessions."""
+        wanted = set(paths)
+        owners: dict[str, str] = {}
+        for doc in self.db.registry.find({"key": {"$in": session_keys}, "source": "api",
+                                          "paths": {"$in": [_stored_path(p) for p in wanted]}}):
+            for value in doc["paths"]:
+                path = _loaded_path(value)
+                if path in wanted:
+                    owners.setdefault(path, doc["key"])
+        return owners
+
+    def save_job_paths(self, job_id: str, paths: Sequence[str]) -> None:
+        """The exact file list a job may act on (a deletion's confirmed list), chunked like the registry."""
+        docs = list(_chunks(job_id, "job", {"job": list(paths)}))
+        if docs:
+            self.db.registry.insert_many(docs, ordered=True)
+
+    def read_job_paths(self, job_id: str) -> list[str]:
+        paths: list[str] = []
+        for doc in self.db.registry.find({"key": job_id, "source": "job"}).sort("_id", 1):
+            paths.extend(map(_loaded_path, doc["paths"]))
+        return paths
 
     def add_api_paths(self, project_uid: str, session_uid: str, datatype: str, paths: Sequence[str]) -> None:
         docs = list(_chunks(session_key(project_uid, session_uid), "api", {datatype: list(paths)}))
@@ -279,17 +330,141 @@ class Store:
         if paths:
             self.db.registry.update_many(
                 {"key": session_key(project_uid, session_uid), "source": "api", "datatype": datatype},
-                {"$pullAll": {"paths": paths}})
+                {"$pullAll": {"paths": [_stored_path(p) for p in paths]}})
 
     # --- backup and restore ------------------------------------------------------------------------
+    # A restore loads every collection into a staging twin (`<name>__restore_<tag>`, a tag per restore)
+    # beside the live one, then renames the twins over the live collections. One journal document makes
+    # it one restore at a time (across livedmd processes) and says how far it got: "loading" (the live
+    # data is untouched; a stale one is rolled back) or "switching" (all of it is loaded;
+    # finish_interrupted_restore completes it). The tag is new each time because nx-27017 keeps a
+    # renamed collection cached under its old name: a staging name used twice would write to the live one.
+
+    RESTORE_JOURNAL = "restore_journal"
+    STAGING_MARK = "__restore_"
+    RESTORE_STALE_S = 120.0  # a journal not touched for this long belongs to a restore that died
+    _JOURNAL_ID = "restore"
 
     def dump(self, collection: str) -> Iterable[dict[str, Any]]:
         return self.db[collection].find({})
 
-    def replace_collection(self, collection: str, docs: list[dict[str, Any]]) -> None:
-        self.db[collection].delete_many({})
-        for start in range(0, len(docs), 1000):
-            self.db[collection].insert_many(docs[start:start + 1000], ordered=True)
+    def begin_restore(self, owner: str, now_s: float) -> bool:
+        """Take the journal and make empty staging collections; False: another restore is under way."""
+        self.finish_interrupted_restore(now_s)
+        try:
+            self.db[self.RESTORE_JOURNAL].insert_one(
+                {"_id": self._JOURNAL_ID, "state": "loading", "owner": owner, "beat_s": now_s})
+        except DuplicateKeyError:
+            return False
+        self._drop_staging()
+        for collection in COLLECTIONS:
+            self.db.create_collection(self._staging(collection, owner))
+        return True
+
+    def stage_documents(self, owner: str, collection: str, docs: list[dict[str, Any]], now_s: float) -> None:
+        """Add documents to a staging collection. ValueError: a document was refused (a duplicate _id),
+        or this restore no longer holds the journal."""
+        if docs:
+            try:
+                self.db[self._staging(collection, owner)].insert_many(docs, ordered=True)
+            except pymongo.errors.BulkWriteError as exc:
+                first = (exc.details.get("writeErrors") or [{}])[0]
+                if first.get("code") == 11000:
+                    duplicate = (first.get("op") or {}).get("_id")
+                    raise ValueError(f"two {collection} documents have the _id {duplicate!r}") from None
+                raise ValueError(f"the database refused a {collection} document: {first.get('errmsg')}") from None
+        self._beat(owner, now_s)
+
+    def switch_restore(self, owner: str, counts: dict[str, int], now_s: float) -> None:
+        """Put the staging collections in place of the live ones, once each holds `counts[collection]`
+        documents (ValueError, nothing switched, if not)."""
+        for collection in COLLECTIONS:
+            found = self.db[self._staging(collection, owner)].count_documents({})
+            if found != counts.get(collection, 0):
+                raise ValueError(f"{found} {collection} documents were loaded, {counts.get(collection, 0)} expected")
+        switched = self.db[self.RESTORE_JOURNAL].update_one(
+            {"_id": self._JOURNAL_ID, "owner": owner, "state": "loading"},
+            {"$set": {"state": "switching", "beat_s": now_s}})
+        if switched.matched_count == 0:
+            raise ValueError(self._LOST)
+        self._complete_switch(owner)
+
+    def abandon_restore(self, owner: str) -> None:
+        """Roll back a restore that is still loading: the live collections were never touched."""
+        if self.db[self.RESTORE_JOURNAL].find_one({"_id": self._JOURNAL_ID, "owner": owner, "state": "loading"}):
+            self._drop_staging()
+            self.db[self.RESTORE_JOURNAL].delete_one({"_id": self._JOURNAL_ID, "owner": owner})
+
+    def finish_interrupted_restore(self, now_s: float, stale_s: float = RESTORE_STALE_S) -> str | None:
+        """Call at start. Completes a restore that died while switching (all of it was loaded); rolls back
+        one that died while loading, once its journal is older than stale_s (0 when no other process can
+        share the database, as with the embedded store). What it did, or None."""
+        journal = self.db[self.RESTORE_JOURNAL].find_one({"_id": self._JOURNAL_ID})
+        if journal is None:
+            return "dropped a restore's leftover staging collections" if self._drop_staging() else None
+        if journal.get("state") == "switching":
+            self._complete_switch(journal["owner"])
+            return "completed a restore that was interrupted while switching collections"
+        if now_s - float(journal.get("beat_s") or 0) < stale_s:
+            return None
+        if self.db[self.RESTORE_JOURNAL].delete_one(
+                {"_id": self._JOURNAL_ID, "state": "loading", "beat_s": journal.get("beat_s")}).deleted_count:
+            self._drop_staging()
+            return "rolled back a restore that died while loading (the database was not changed)"
+        return None
+
+    _LOST = "the restore lost its journal (another livedmd found it stale and rolled it back)"
+
+    def _staging(self, collection: str, owner: str) -> str:
+        return f"{collection}{self.STAGING_MARK}{hashlib.sha256(owner.encode()).hexdigest()[:12]}"
+
+    def _beat(self, owner: str, now_s: float) -> None:
+        if self.db[self.RESTORE_JOURNAL].update_one({"_id": self._JOURNAL_ID, "owner": owner, "state": "loading"},
+                                                    {"$set": {"beat_s": now_s}}).matched_count == 0:
+            raise ValueError(self._LOST)
+
+    def _drop_staging(self) -> int:
+        staged = [c for c in self.db.list_collection_names() if self.STAGING_MARK in c]
+        for name in staged:
+            self.db.drop_collection(name)
+        return len(staged)
+
+    def _complete_switch(self, owner: str) -> None:
+        """Idempotent: a collection already switched has no staging twin left."""
+        for collection in COLLECTIONS:
+            if self._staging(collection, owner) in self.db.list_collection_names():
+                self._rename_over(self._staging(collection, owner), collection)
+        self.ensure_indexes()  # the staging twins were made without them
+        self.db[self.RESTORE_JOURNAL].delete_one({"_id": self._JOURNAL_ID})
+
+    def _rename_over(self, source: str, target: str) -> None:
+        """renameCollection with dropTarget. MongoDB runs it only on the admin database (pymongo's rename
+        helper), atomically; nx-27017 runs it only on the collection's own database and ignores
+        dropTarget, so there the target is dropped first (again if a concurrent write re-created it)."""
+        command = {"renameCollection": f"{self.db.name}.{source}", "to": f"{self.db.name}.{target}",
+                   "dropTarget": True}
+        for _attempt in range(5):
+            try:
+                self.db.command(command)
+                return
+            except NotImplementedError:  # mongomock, in tests: only the helper
+                self._rename_on_admin(source, target)
+                return
+            except pymongo.errors.OperationFailure as exc:
+                if exc.code == 13 or "admin database" in str(exc):
+                    self._rename_on_admin(source, target)
+                    return
+                if exc.code == 26:  # NamespaceNotFound: another process switched it already
+                    return
+            self.db.drop_collection(target)
+        raise RuntimeError(f"could not rename {source} to {target}; the restore completes at the next start")
+
+    def _rename_on_admin(self, source: str, target: str) -> None:
+        try:
+            self.db[source].rename(target, dropTarget=True)
+        except pymongo.errors.OperationFailure as exc:
+            if exc.code != 26:
+                raise
 
     # --- audit log (append-only) -----------------------------------------------------------------
 
@@ -305,7 +480,7 @@ def _chunks(key: str, source: str, paths_by_datatype: dict[str, list[str]],
     for datatype, paths in paths_by_datatype.items():
         for start in range(0, len(paths), CHUNK_PATHS):
             doc: dict[str, Any] = {"key": key, "source": source, "datatype": datatype,
-                                   "paths": paths[start:start + CHUNK_PATHS]}
+                                   "paths": [_stored_path(p) for p in paths[start:start + CHUNK_PATHS]]}
             if gen is not None:
                 doc["gen"] = gen
             yield doc

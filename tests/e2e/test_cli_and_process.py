@@ -82,7 +82,8 @@ def _alive(pid: int) -> bool:
 
 def test_kill_9_leaves_no_orphan_store_and_the_next_start_works(tmp_path: Path) -> None:
     daemon = Daemon(tmp_path / "state").start()
-    daemon.call("create_project", ["p", str(tmp_path)])
+    (tmp_path / "proj").mkdir()
+    daemon.call("create_project", ["p", str(tmp_path / "proj")])
     assert daemon.process is not None
     children = _children_of(daemon.process.pid)
     assert len(children) == 1, "livedmd should own exactly one embedded store process"

@@ -81,6 +81,10 @@ def test_a_deletion_killed_mid_way_finishes_after_restart(tmp_path: Path) -> Non
     assert status_of(daemon, "particles") == "deleted"
     assert daemon.call("get_session", ["P1", "S1"])["data_management"]["particles"]["size"] == 0
     assert {p: d for p, d in data_state(tmp_path).items() if "/extract/" not in p} == others
+    total = len(names) + len(tree.paths_by_datatype["particles"])
+    audit = next(e for e in daemon.call("get_audit_log", {}) if e["action"] == "deleted")
+    assert audit["files"] + audit["already_gone"] == total  # both attempts counted
+    assert audit["already_gone"] <= 2000, "only files deleted after the last saved count are unknown"
     daemon.stop()
 
 

@@ -63,7 +63,7 @@ def test_one_log_line_per_request_and_job_and_never_a_token(tmp_path: Path) -> N
     assert any("user=-" in m and "errors=-32004" in m for m in requests)
     assert len(requests) == 4  # exactly one line per request
     assert any(e["logger"] == "livedm.server.worker" and "refresh_sizes" in e["message"] for e in lines)
-    assert any(e["level"] == "warning" and "no data roots" in e["message"] for e in lines)
+    assert any(e["level"] == "info" and e["message"].startswith("data roots: ") for e in lines)
     raw = daemon.log()
     assert token not in raw and "ldm_xxxx" not in raw
 
@@ -78,7 +78,11 @@ def test_data_roots_bound_projects_and_deletions(tmp_path: Path) -> None:
         assert refused.returncode == 1 and "Forbidden" in refused.stderr and "data roots" in refused.stderr
         (inside / "link").symlink_to(outside)
         sneaky = daemon.livedm("rtpcli", f"create_project(title='x', project_dir='{inside / 'link'}')")
-        assert sneaky.returncode == 1 and "Forbidden" in sneaky.stderr
+        assert sneaky.returncode == 1 and "is a symlink" in sneaky.stderr
+        (inside / "hop").symlink_to(outside)  # a link higher up the path is resolved against the roots
+        (outside / "proj").mkdir()
+        hop = daemon.livedm("rtpcli", f"create_project(title='x', project_dir='{inside / 'hop' / 'proj'}')")
+        assert hop.returncode == 1 and "Forbidden" in hop.stderr and "data roots" in hop.stderr
         tree = build_session_tree(inside / "proj", exposures=1)
         daemon.call("create_project", ["p", str(tree.project_dir)])
         assert "data roots: " + str(inside) in daemon.log()
@@ -140,6 +144,7 @@ def test_backup_and_restore_round_trip(daemon: Daemon, tmp_path: Path) -> None:
         assert after == before
         as_alice = fresh.livedm("whoami", env={"LIVEDM_TOKEN": alice["token"]})
         assert as_alice.returncode == 0 and as_alice.stdout.startswith("alice")
-        assert old_admin.call("create_project", ["q", str(tree.project_dir)])["uid"] == "P2"  # counters too
+        (tmp_path / "proj2").mkdir()
+        assert old_admin.call("create_project", ["q", str(tmp_path / "proj2")])["uid"] == "P2"  # counters too
     finally:
         fresh.stop()

@@ -123,4 +123,5 @@ def test_restart_on_the_same_state_dir_keeps_everything(daemon: Daemon, tmp_path
     assert daemon.token == token
     assert (daemon.call("list_projects"), daemon.call("get_session", ["P1", "S1"])) == before
     assert daemon.call("get_datatype_size", ["P1", "S1", "particles"]) == tree.bytes_by_datatype["particles"]
-    assert daemon.call("create_project", ["q", str(tree.project_dir)])["uid"] == "P2"
+    (tmp_path / "proj2").mkdir()
+    assert daemon.call("create_project", ["q", str(tmp_path / "proj2")])["uid"] == "P2"

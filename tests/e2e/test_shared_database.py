@@ -23,7 +23,7 @@ def test_two_daemons_run_each_of_200_jobs_once(tmp_path: Path) -> None:
     script.chmod(0o755)
     env = {"LIVEDM_MONGO_URI": uri, "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE": "true",
            "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH": str(script), "LIVEDM_HOOK_LOG_DIR": str(tmp_path / "logs"),
-           "LIVEDM_WORKERS": "3"}
+           "LIVEDM_WORKERS": "3", "LIVEDM_MAX_BATCH_CALLS": str(JOBS)}
     first = Daemon(tmp_path / "a", env=env).start()
     second = Daemon(tmp_path / "b", env=env).start()
     try:

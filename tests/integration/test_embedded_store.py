@@ -15,14 +15,18 @@ from tests.support.sessiontree import build_session_tree
 
 
 def test_concurrent_uid_allocation_gives_each_number_once(real_service: Service, tmp_path: Path) -> None:
+    for i in range(40):
+        (tmp_path / f"proj{i}").mkdir()
     with ThreadPoolExecutor(8) as pool:
-        uids = list(pool.map(lambda i: real_service.create_project(f"p{i}", str(tmp_path))["uid"], range(40)))
+        uids = list(pool.map(lambda i: real_service.create_project(f"p{i}", str(tmp_path / f"proj{i}"))["uid"],
+                             range(40)))
     assert sorted(uids, key=lambda u: int(u[1:])) == [f"P{n}" for n in range(1, 41)]
 
 
 def test_a_rescan_race_has_one_winner_and_no_stray_chunks(real_service: Service, real_store: Store,
                                                           tmp_path: Path) -> None:
-    real_service.create_project("p", str(tmp_path))
+    (tmp_path / "proj").mkdir()
+    real_service.create_project("p", str(tmp_path / "proj"))
     real_service.create_live_session("P1", "s")
     first = {"micrographs": [f"S1/motioncorrected/a{i}.mrc" for i in range(CHUNK_PATHS + 5)]}
     second = {"micrographs": ["S1/motioncorrected/b.mrc"]}

@@ -16,7 +16,8 @@ from livedm.server.service import Service
 
 
 def test_twenty_concurrent_changes_form_one_unbroken_chain(real_service: Service, tmp_path: Path) -> None:
-    real_service.create_project("p", str(tmp_path))
+    (tmp_path / "proj").mkdir()
+    real_service.create_project("p", str(tmp_path / "proj"))
     real_service.create_live_session("P1", "s")
     real_service.change_session_status("P1", "S1", "complete")
     audit = Audit(real_service.store)

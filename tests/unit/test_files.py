@@ -109,7 +109,7 @@ def test_unlinker_removes_links_as_links_and_never_walks_through_one(tmp_path: P
     (project / "S1" / "extract" / "link.mrc").symlink_to(target)
     (project / "S1" / "extract" / "real.mrc").write_bytes(b"r" * 7)
     (project / "S1" / "swapped").symlink_to(outside)  # a directory replaced by a link after registration
-    with files.Unlinker(str(project)) as unlinker:
+    with files.Unlinker(str(project), files.dir_pin(str(project))) as unlinker:
         assert unlinker.unlink("S1/extract/real.mrc") == 7
         assert unlinker.unlink("S1/extract/link.mrc") == len(str(target))  # the link's own size
         assert unlinker.unlink("S1/extract/real.mrc") is None  # already gone

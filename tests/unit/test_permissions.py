@@ -24,24 +24,28 @@ async def completed(populated: Api) -> Api:
     return populated
 
 
-def _params_for(method: str) -> dict[str, Any]:
+def _params_for(method: str, tmp_path: Path | None = None) -> dict[str, Any]:
+    base = tmp_path or Path("/nonexistent")
     sample = {"project_uid": "P1", "session_uid": "S1", "datatype": "micrographs", "status": "archiving",
-              "name": "someone", "role": "user", "user": "admin", "enabled": False, "dry_run": True}
+              "name": "someone", "role": "user", "user": "admin", "enabled": False, "dry_run": True,
+              "title": "another", "project_dir": str(base / "another"),
+              "paths": [str(base / "proj" / "S1" / "exposures.bson")]}
     return {p: sample[p] for p in METHODS[method].param_names if p in sample}
 
 
 @pytest.mark.parametrize("method", MANAGE)
-async def test_modifying_methods_need_the_permission(completed: Api, method: str) -> None:
+async def test_modifying_methods_need_the_permission(completed: Api, method: str, tmp_path: Path) -> None:
+    (tmp_path / "another").mkdir()
     token = await make_user(completed, "alice")
     before = completed.snapshot()
-    error = assert_error(await completed.call(method, _params_for(method), token=token), -32002, "Forbidden")
+    error = assert_error(await completed.call(method, _params_for(method, tmp_path), token=token), -32002, "Forbidden")
     assert "live data management permission" in error["message"]
     assert completed.snapshot() == before
     await completed.ok("set_user_data_management_permission", {"user": "alice", "enabled": True})
-    allowed = await completed.call(method, _params_for(method), token=token)
+    allowed = await completed.call(method, _params_for(method, tmp_path), token=token)
     assert allowed.get("error", {}).get("code") != -32002, allowed
     await completed.ok("set_user_data_management_permission", ["alice", False])
-    assert_error(await completed.call(method, _params_for(method), token=token), -32002, "Forbidden")
+    assert_error(await completed.call(method, _params_for(method, tmp_path), token=token), -32002, "Forbidden")
     changes = [e for e in await completed.ok("get_audit_log", {}) if e["action"] == "permission_changed"]
     assert [(e["user"], e["live_data_management"], e["actor"]) for e in changes] == [
         ("alice", False, "admin"), ("alice", True, "admin")]

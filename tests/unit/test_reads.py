@@ -23,7 +23,8 @@ class CountingStore(Store):
 
 @pytest.fixture
 def counting(mock_service: Service, mock_store: Store, tmp_path: Path) -> CountingStore:
-    mock_service.create_project("p", str(tmp_path))
+    (tmp_path / "proj").mkdir(exist_ok=True)
+    mock_service.create_project("p", str(tmp_path / "proj"))
     for i in range(3):
         mock_service.create_live_session("P1", f"s{i}")
     return CountingStore(mock_store)

@@ -25,13 +25,17 @@ def code_of(call, *args):
 
 
 def test_uids_are_assigned_in_order(mock_service: Service, tmp_path: Path) -> None:
-    assert [mock_service.create_project(f"p{i}", str(tmp_path))["uid"] for i in range(3)] == ["P1", "P2", "P3"]
+    dirs = [tmp_path / f"proj{i}" for i in range(3)]
+    for directory in dirs:
+        directory.mkdir()
+    assert [mock_service.create_project(f"p{i}", str(d))["uid"] for i, d in enumerate(dirs)] == ["P1", "P2", "P3"]
     assert [mock_service.create_live_session("P2", f"s{i}")["uid"] for i in range(2)] == ["S1", "S2"]
     assert mock_service.create_live_session("P1", "x")["uid"] == "S1"
 
 
 def test_new_session_has_every_datatype_initialised(mock_service: Service, tmp_path: Path) -> None:
-    mock_service.create_project("p", str(tmp_path))
+    (tmp_path / "proj").mkdir(exist_ok=True)
+    mock_service.create_project("p", str(tmp_path / "proj"))
     session = mock_service.create_live_session("P1", "s")
     assert session["session_dir"] == "S1" and session["status"] == "paused"
     assert session["data_management"] == {dt: {"status": "active", "prev_status": None, "size": 0,
@@ -105,7 +109,8 @@ def test_register_files_adds_outside_layout_and_refuses_bad_paths(mock_service: 
 
 
 def test_session_status_rules(mock_service: Service, tmp_path: Path) -> None:
-    mock_service.create_project("p", str(tmp_path))
+    (tmp_path / "proj").mkdir(exist_ok=True)
+    mock_service.create_project("p", str(tmp_path / "proj"))
     mock_service.create_live_session("P1", "s")
     assert mock_service.change_session_status("P1", "S1", "start")["status"] == "running"
     assert code_of(mock_service.change_session_status, "P1", "S1", "start") == CONFLICT
@@ -118,7 +123,8 @@ def test_session_status_rules(mock_service: Service, tmp_path: Path) -> None:
 
 
 def test_unknown_things_are_not_found_or_invalid(mock_service: Service, tmp_path: Path) -> None:
-    mock_service.create_project("p", str(tmp_path))
+    (tmp_path / "proj").mkdir(exist_ok=True)
+    mock_service.create_project("p", str(tmp_path / "proj"))
     mock_service.create_live_session("P1", "s")
     assert code_of(mock_service.get_project, "P9") == NOT_FOUND
     assert code_of(mock_service.get_session, "P1", "S4") == NOT_FOUND

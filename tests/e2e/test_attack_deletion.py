@@ -1,0 +1,382 @@
+"""Attacks that try to steer a deletion, as a hostile local user or a careless admin would, against real
+livedmd processes (issue 8: high 2, 3 and 4, medium 6, 7 and 9). Each shows the attack failing with
+nothing deleted outside the confirmed list."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import Daemon
+from tests.support.sessiontree import build_session_tree
+
+
+def rpc(daemon: Daemon, method: str, params: Any = None, token: str | None = None) -> dict[str, Any]:
+    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params or {}, "id": 1}).encode()
+    request = urllib.request.Request(daemon.url + "/api", data=body,
+                                     headers={"Authorization": f"Bearer {token or daemon.token}"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def error_code(reply: dict[str, Any]) -> int:
+    assert "error" in reply, reply
+    return int(reply["error"]["code"])
+
+
+def digests(root: Path) -> dict[str, str]:
+    """Every file below root (not livedmd's state) by its content, links by their target."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "state"]
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)
+            if path.endswith(".log"):
+                continue
+            found[path] = "link:" + os.readlink(path) if os.path.islink(path) else \
+                hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return found
+
+
+def wait_job(daemon: Daemon, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = daemon.call("get_job", [job_id])
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def completed(daemon: Daemon, project_dir: Path, project_uid: str, title: str = "s",
+              session_dir: str | None = None) -> None:
+    daemon.call("create_live_session", {"project_uid": project_uid, "title": title, "session_dir": session_dir})
+    sessions = daemon.call("list_sessions", [project_uid])
+    daemon.call("mark_session_completed", [project_uid, sessions[-1]["uid"]])
+
+
+def category(daemon: Daemon, project_uid: str, session_uid: str, datatype: str) -> dict[str, Any]:
+    return daemon.call("get_session", [project_uid, session_uid])["data_management"][datatype]
+
+
+# --- high 2: a project dir swapped for a symlink -------------------------------------------------------
+
+def test_a_project_dir_swapped_for_a_link_to_another_project_deletes_nothing(daemon: Daemon, tmp_path: Path) -> None:
+    p3 = build_session_tree(tmp_path / "data" / "P3dir", exposures=2)
+    p4 = build_session_tree(tmp_path / "data" / "P4dir", exposures=2)
+    daemon.call("create_project", ["three", str(p3.project_dir)])
+    daemon.call("create_project", ["four", str(p4.project_dir)])
+    completed(daemon, p3.project_dir, "P1")
+    completed(daemon, p4.project_dir, "P2")
+    before = digests(tmp_path)
+    # the attack: P3's directory moved away and replaced by a link to P4's
+    p3.project_dir.rename(tmp_path / "data" / "P3moved")
+    p3.project_dir.symlink_to(p4.project_dir)
+    reply = rpc(daemon, "delete_live_datatype", ["P1", "S1", "micrographs"])
+    assert error_code(reply) == -32003
+    assert "no longer the directory" in reply["error"]["message"] or "symlink" in reply["error"]["message"]
+    assert error_code(rpc(daemon, "update_session_datatype_sizes", ["P1", "S1"])) == -32003
+    after = digests(tmp_path)
+    p4_files = {p: d for p, d in before.items() if p.startswith(str(p4.project_dir))}
+    assert {p: after[p] for p in p4_files} == p4_files, "P4's files are untouched"
+    assert category(daemon, "P1", "S1", "micrographs")["status"] == "active"
+    assert category(daemon, "P2", "S1", "micrographs")["status"] == "active"
+
+
+def test_a_swap_between_the_request_and_the_job_is_refused_by_the_job(tmp_path: Path) -> None:
+    p3 = build_session_tree(tmp_path / "data" / "P3dir", exposures=2)
+    p4 = build_session_tree(tmp_path / "data" / "P4dir", exposures=2)
+    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
+    try:
+        daemon.call("create_project", ["three", str(p3.project_dir)])
+        daemon.call("create_project", ["four", str(p4.project_dir)])
+        completed(daemon, p3.project_dir, "P1")
+        job_id = daemon.call("delete_live_datatype", ["P1", "S1", "micrographs"])
+        before = digests(p4.project_dir)
+        p3.project_dir.rename(tmp_path / "data" / "P3moved")
+        p3.project_dir.symlink_to(p4.project_dir)  # swapped while the job waits in the queue
+    finally:
+        daemon.stop()
+    worker = Daemon(tmp_path / "state").start()
+    try:
+        job = wait_job(worker, job_id)
+        assert job["state"] == "failed" and "nothing was deleted" in job["error"]
+        assert digests(p4.project_dir) == before
+        moved = tmp_path / "data" / "P3moved" / "S1" / "motioncorrected"
+        assert len(list(moved.iterdir())) == len(p3.paths_by_datatype["micrographs"])
+        settled = category(worker, "P1", "S1", "micrographs")
+        assert settled["status"] == "active"
+        assert settled["note"].startswith("deleting stopped:") and "symlink" in settled["note"]
+    finally:
+        worker.stop()
+
+
+def test_a_project_dir_that_is_a_symlink_is_refused(daemon: Daemon, tmp_path: Path) -> None:
+    real = tmp_path / "data" / "real"
+    real.mkdir(parents=True)
+    link = tmp_path / "data" / "link"
+    link.symlink_to(real)
+    reply = rpc(daemon, "create_project", ["p", str(link)])
+    assert error_code(reply) == -32602 and "symlink" in reply["error"]["message"]
+    assert daemon.call("list_projects") == []
+
+
+# --- high 3: plain users cannot steer deletions --------------------------------------------------------
+
+def test_plain_users_cannot_create_projects_or_register_files(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=1)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    plain = daemon.call("create_user", ["mallory"])["token"]
+    other = tmp_path / "data" / "other"
+    other.mkdir()
+    assert error_code(rpc(daemon, "create_project", ["x", str(other)], token=plain)) == -32002
+    micrograph = tree.paths_by_datatype["micrographs"][0]
+    assert error_code(rpc(daemon, "register_files", ["P1", "S1", "particles", [micrograph]], token=plain)) == -32002
+    assert [p["uid"] for p in daemon.call("list_projects")] == ["P1"]
+
+
+@pytest.mark.parametrize("session_dir", ["S1", "S1/motioncorrected", "S1/../S1", "S1/import_movies"])
+def test_a_session_dir_may_not_be_or_nest_in_another_sessions(daemon: Daemon, tmp_path: Path,
+                                                              session_dir: str) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=1)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "running one"])
+    reply = rpc(daemon, "create_live_session", ["P1", "hostile", session_dir])
+    assert error_code(reply) == -32003 and "directory of its own" in reply["error"]["message"]
+    assert [s["uid"] for s in daemon.call("list_sessions", ["P1"])] == ["S1"]
+
+
+def test_a_session_dir_around_others_and_a_link_into_one_are_refused(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", "runs/S1", exposures=1)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "first", "runs/S1"])
+    assert error_code(rpc(daemon, "create_live_session", ["P1", "around", "runs"])) == -32003
+    (tree.project_dir / "alias").symlink_to(tree.session_path)
+    assert error_code(rpc(daemon, "create_live_session", ["P1", "alias", "alias"])) == -32003
+    assert error_code(rpc(daemon, "create_live_session", ["P1", "project itself", "."])) == -32602
+
+
+def test_concurrent_sessions_on_one_dir_one_wins(daemon: Daemon, tmp_path: Path) -> None:
+    project = tmp_path / "data" / "proj"
+    project.mkdir(parents=True)
+    daemon.call("create_project", ["p", str(project)])
+    replies: list[dict[str, Any]] = []
+
+    def create(i: int) -> None:
+        replies.append(rpc(daemon, "create_live_session", ["P1", f"racer {i}", "shared"]))
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum("result" in r for r in replies) == 1
+    assert all(error_code(r) == -32003 for r in replies if "error" in r)
+    assert [s["session_dir"] for s in daemon.call("list_sessions", ["P1"])] == ["shared"]
+
+
+def test_a_file_belongs_to_one_session(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=1)
+    build_session_tree(tree.project_dir, "S2", exposures=1)
+    shared = tree.project_dir / "shared.star"
+    shared.write_text("data_\n")
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "one"])
+    daemon.call("create_live_session", ["P1", "two"])
+    micrograph = tree.paths_by_datatype["micrographs"][0]  # S1's
+    reply = rpc(daemon, "register_files", ["P1", "S2", "micrographs", [micrograph]])
+    assert error_code(reply) == -32602 and "session S1" in reply["error"]["message"]
+    daemon.call("register_files", ["P1", "S1", "metadata", [str(shared)]])
+    reply = rpc(daemon, "register_files", ["P1", "S2", "metadata", [str(shared)]])
+    assert error_code(reply) == -32602 and "registered to session S1" in reply["error"]["message"]
+    assert str(shared) not in daemon.call("get_datatype_file_paths", ["P1", "S2", "metadata"])["metadata"]
+
+
+def test_raw_movies_inside_the_project_are_never_deleted_through_another_session(daemon: Daemon,
+                                                                                 tmp_path: Path) -> None:
+    project = tmp_path / "data" / "proj"
+    tree = build_session_tree(project, exposures=2, movies_dir=project / "movies")  # movies in the project
+    daemon.call("create_project", ["p", str(project)])
+    completed(daemon, project, "P1")
+    completed(daemon, project, "P1", "claims the movies", "movies")  # its "metadata" are S1's movies
+    listed = daemon.call("get_datatype_file_paths", ["P1", "S2", "metadata"])["metadata"]
+    assert sorted(listed) == sorted(tree.paths_by_datatype["raw"])
+    before = digests(project / "movies")
+    job = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S2", "datatype": "metadata",
+                                               "asynchronous": False})
+    assert job["state"] == "done" and job["result"]["deleted"] == 0
+    assert job["result"]["refused"] == len(tree.paths_by_datatype["raw"])
+    assert digests(project / "movies") == before
+    assert category(daemon, "P1", "S2", "metadata")["status"] == "active"
+
+
+def test_files_registered_after_the_dry_run_are_not_deleted(tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=3)
+    extra = tree.project_dir / "later"
+    extra.mkdir()
+    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
+    try:
+        daemon.call("create_project", ["p", str(tree.project_dir)])
+        completed(daemon, tree.project_dir, "P1")
+        dry = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
+                                                   "dry_run": True})
+        assert dry["file_count"] == 3
+        (extra / "a.mrc").write_bytes(b"a")
+        daemon.call("register_files", ["P1", "S1", "particles", [str(extra / "a.mrc")]])
+        stale = rpc(daemon, "delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
+                                                     "datatype": "particles", "confirm_digest": dry["confirm_digest"]})
+        assert error_code(stale) == -32003 and "changed since the dry run" in stale["error"]["message"]
+        assert category(daemon, "P1", "S1", "particles")["status"] == "active"
+        job_id = daemon.call("delete_live_datatype", ["P1", "S1", "particles"])  # confirms the 4 there now
+        (extra / "b.mrc").write_bytes(b"b")  # registered after the request: not in its list
+        daemon.call("register_files", ["P1", "S1", "particles", [str(extra / "b.mrc")]])
+    finally:
+        daemon.stop()
+    worker = Daemon(tmp_path / "state").start()
+    try:
+        job = wait_job(worker, job_id)
+        assert job["state"] == "done" and job["result"]["deleted"] == 4
+        assert (extra / "b.mrc").exists() and not (extra / "a.mrc").exists()
+        settled = category(worker, "P1", "S1", "particles")
+        assert settled["status"] == "active" and "kept" in settled["note"]
+        assert settled["file_count"] == 1
+    finally:
+        worker.stop()
+
+
+# --- high 4: livedm's own database and the system are never project dirs -------------------------------
+
+def test_projects_at_root_system_or_state_dirs_are_refused(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", env={"LIVEDM_DATA_ROOTS": ""}, args=["--trial"]).start()
+    try:
+        for hostile in ("/", "/etc", "/usr/lib", "/var", str(tmp_path), str(tmp_path / "state"),
+                        str(tmp_path / "state" / "embedded")):
+            reply = rpc(daemon, "create_project", ["hostile", hostile])
+            assert error_code(reply) == -32002, (hostile, reply)
+        assert daemon.call("list_projects") == []
+        ok = tmp_path / "data"
+        ok.mkdir()
+        assert daemon.call("create_project", ["fine", str(ok)])["uid"] == "P1"
+    finally:
+        daemon.stop()
+    assert (tmp_path / "state" / "admin.token").exists()
+
+
+def test_an_over_long_path_is_invalid_params_not_an_internal_error(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=1)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    long_path = str(tree.session_path) + ("/" + "x" * 255) * 20 + "/f.mrc"
+    assert error_code(rpc(daemon, "register_files", ["P1", "S1", "metadata", [long_path]])) == -32602
+    assert error_code(rpc(daemon, "create_project", ["q", "/" + "y" * 5000])) == -32602
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    assert error_code(rpc(daemon, "delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
+                                                           "datatype": "metadata", "dry_run": True,
+                                                           "filepaths_to_delete": [long_path]})) == -32602
+
+
+# --- medium 6: names that are not UTF-8 ------------------------------------------------------------------
+
+def test_a_file_name_that_is_not_utf8_is_scanned_listed_and_deleted(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=1)
+    odd = os.fsencode(tree.session_path / "extract") + b"/caf\xe9-\xff.mrc"
+    with open(odd, "wb") as fh:
+        fh.write(b"x" * 123)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    completed(daemon, tree.project_dir, "P1")
+    particles = category(daemon, "P1", "S1", "particles")
+    assert particles["file_count"] == 2 and particles["size"] == tree.bytes_by_datatype["particles"] + 123
+    listed = daemon.call("get_datatype_file_paths", ["P1", "S1", "particles"])["particles"]
+    assert os.fsdecode(odd) in listed  # the same surrogate-escaped name Python gives the bytes
+    job = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
+                                               "asynchronous": False})
+    assert job["state"] == "done" and job["result"]["deleted"] == 2
+    assert not os.path.lexists(odd)
+    assert category(daemon, "P1", "S1", "particles")["status"] == "deleted"
+
+
+# --- medium 7: one undeletable file ---------------------------------------------------------------------
+
+def _chattr(flag: str, path: Path) -> bool:
+    return shutil.which("chattr") is not None and subprocess.run(
+        ["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_one_undeletable_file_does_not_stop_the_others(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=4)
+    stuck = Path(tree.paths_by_datatype["micrographs"][1])
+    if not _chattr("+i", stuck):
+        pytest.skip("chattr +i is not available on this file system (needs root and ext4/xfs)")
+    try:
+        daemon.call("create_project", ["p", str(tree.project_dir)])
+        completed(daemon, tree.project_dir, "P1")
+        daemon.call("change_session_data_management_state", ["P1", "S1", "micrographs", "archived"])
+        job = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
+                                                   "datatype": "micrographs", "asynchronous": False})
+        assert job["state"] == "done"
+        assert job["result"]["deleted"] == len(tree.paths_by_datatype["micrographs"]) - 1
+        assert job["result"]["failed"] == 1
+        assert job["result"]["failed_paths"] == [f"{stuck.relative_to(tree.project_dir)}: Operation not permitted"]
+        assert stuck.exists()
+        settled = category(daemon, "P1", "S1", "micrographs")
+        assert settled["status"] == "archived", "back to what it was: not everything went"
+        assert (settled["file_count"], settled["size"]) == (1, stuck.stat().st_size)
+        assert "could not be deleted" in settled["note"]
+        audit = next(e for e in daemon.call("get_audit_log", {}) if e["action"] == "deleted")
+        assert audit["failed"] == 1 and audit["files"] == len(tree.paths_by_datatype["micrographs"]) - 1
+    finally:
+        _chattr("-i", stuck)
+
+
+# --- medium 9: one request cannot freeze the daemon -------------------------------------------------------
+
+def test_a_batch_of_refreshes_of_a_huge_tree_does_not_freeze_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=1)
+    bulk = tree.session_path / "extract" / "bulk"
+    bulk.mkdir(parents=True)
+    for i in range(30_000):
+        (bulk / f"p{i:05d}.mrc").write_bytes(b"p")
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    started = time.monotonic()
+    daemon.call("update_session_datatype_sizes", ["P1", "S1"])
+    one_walk_s = time.monotonic() - started
+    batch = json.dumps([{"jsonrpc": "2.0", "method": "update_session_datatype_sizes", "params": ["P1", "S1"],
+                         "id": i} for i in range(100)]).encode()
+    outcome: dict[str, Any] = {}
+
+    def send_batch() -> None:
+        request = urllib.request.Request(daemon.url + "/api", data=batch,
+                                         headers={"Authorization": f"Bearer {daemon.token}"})
+        began = time.monotonic()
+        with urllib.request.urlopen(request, timeout=300) as response:
+            outcome["replies"] = json.loads(response.read())
+        outcome["seconds"] = time.monotonic() - began
+
+    sender = threading.Thread(target=send_batch)
+    sender.start()
+    time.sleep(0.2)
+    slowest_health_s = 0.0
+    while sender.is_alive():
+        began = time.monotonic()
+        with urllib.request.urlopen(daemon.url + "/healthz", timeout=30) as response:
+            assert response.status == 200
+        daemon.call("get_datatype_size", ["P1", "S1", "particles"])
+        slowest_health_s = max(slowest_health_s, time.monotonic() - began)
+        time.sleep(0.05)
+    sender.join()
+    assert all(r["result"] == outcome["replies"][0]["result"] for r in outcome["replies"])
+    assert slowest_health_s < 1.0, f"/healthz and a read took {slowest_health_s:.2f} s during the batch"
+    # coalesced: 100 refreshes cost a few walks, not 100
+    assert outcome["seconds"] < 10 * one_walk_s + 2, (outcome["seconds"], one_walk_s)
