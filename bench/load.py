@@ -173,7 +173,7 @@ async def run_load(duration_s: float, clients: int, root: Path) -> dict[str, Any
             await asyncio.sleep(0.1)
         reader = Store(pymongo.MongoClient(uri), "livedm")  # everything, past the API's page limits
         jobs = {j["id"]: j for j in reader.list_jobs({"kind": "delete"}, 100_000)}
-        audit = reader.find_audit({}, 1_000_000)
+        audit = reader.find_audit(limit=1_000_000)
         reader.client.close()
         second.start()  # the stopped one comes back
         restarted = second.call("whoami")["name"] == "admin"

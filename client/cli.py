@@ -55,7 +55,8 @@ def overview_rows(projects: list[dict], sessions_by_project: dict[str, list[dict
     rows = []
     for project in projects:
         totals = project["data_management"]
-        rows.append([project["uid"], project["title"], f"{project['session_count']} sessions",
+        count = project["session_count"]
+        rows.append([project["uid"], project["title"], f"{count} session{'' if count == 1 else 's'}",
                      *(category_cell(totals[dt]) for dt, _ in DATATYPE_COLUMNS),
                      short_time(project["created_at"]), "", ""])
         for s in sessions_by_project.get(project["uid"], []):

@@ -21,11 +21,10 @@ class Audit:
     def query(self, project_uid: str | None, session_uid: str | None, limit: int) -> list[dict[str, Any]]:
         if not 1 <= limit <= MAX_ENTRIES:
             raise invalid_params(f"limit must be 1-{MAX_ENTRIES}")
-        query: dict[str, Any] = {}
         if project_uid is not None:
-            query["project_uid"] = check_project_uid(project_uid)
+            check_project_uid(project_uid)
         if session_uid is not None:
             if project_uid is None:
                 raise invalid_params("session_uid needs project_uid")
-            query["session_uid"] = check_session_uid(session_uid)
-        return self.store.find_audit(query, limit)
+            check_session_uid(session_uid)
+        return self.store.find_audit(project_uid=project_uid, session_uid=session_uid, limit=limit)

@@ -763,7 +763,7 @@ def load(store: Store, path: Path, counts: dict[str, int], owner: str) -> None:
             docs = (doc for _, doc in group)
             while batch := list(itertools.islice(docs, BATCH_DOCS)):
                 store.stage_documents(owner, collection, batch, time.time())
-        if store.count_jobs({"state": "running"}):
+        if store.count_jobs("running"):
             raise ApiError(CONFLICT, BUSY)
         store.switch_restore(owner, counts, time.time())
     except ValueError as exc:
@@ -858,5 +858,5 @@ async def _restore(request: web.Request, store: Store, config: Config) -> dict[s
 
 
 async def _check_idle(store: Store) -> None:
-    if await asyncio.to_thread(store.count_jobs, {"state": "running"}):
+    if await asyncio.to_thread(store.count_jobs, "running"):
         raise ApiError(CONFLICT, BUSY)

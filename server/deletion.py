@@ -19,11 +19,11 @@ from typing import Any
 
 from . import files
 from .audit import Audit
-from .domain import DATATYPES, check_datatype, check_project_uid, check_session_uid, now_iso
+from .domain import DATATYPES, check_datatype, check_project_uid, check_session_uid
 from .errors import ApiError, conflict, forbidden, invalid_params, not_found
-from .hooks import Hooks
 from .jobs import JobFailed, Queue
-from .service import Service
+from .service import LIVEDM, Service
+from .states import BY_DELETION, BY_REPAIR, BY_USER, TRANSITIONS, CategoryStates
 from .worker import JobRun
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 PROGRESS_FILES = 500
 SAVE_COUNTS_FILES = 2000  # counts saved at least this often: a resumed job misses at most these
 QUEUE_GRACE_S = 60  # between marking a category deleting and queueing its job
+
+
+def _back(category: dict[str, Any]) -> str:
+    """The status a category that was deleting returns to."""
+    prev = category.get("prev_status")
+    return prev if prev in TRANSITIONS["deleting"] else "active"
 
 
 @dataclass(frozen=True)
@@ -129,11 +135,11 @@ class _Tally:
 
 
 class Deletions:
-    def __init__(self, sessions: Service, queue: Queue, audit: Audit, hooks: Hooks) -> None:
+    def __init__(self, sessions: Service, queue: Queue, audit: Audit, states: CategoryStates) -> None:
         self.sessions = sessions
         self.queue = queue
         self.audit = audit
-        self.hooks = hooks
+        self.states = states
 
     # --- the request -----------------------------------------------------------------------------
 
@@ -216,12 +222,9 @@ class Deletions:
                            f"(now {len(plan.paths)} registered); nothing was deleted: preview again (dry run) "
                            "and confirm what it shows")
         job_id = self.queue.new_id()
-        prefix = f"data_management.{datatype}"
-        changed = self.sessions.store.update_session(
-            project_uid, session_uid, {"status": "completed", f"{prefix}.status": plan.status},
-            {"$set": {f"{prefix}.status": "deleting", f"{prefix}.prev_status": plan.status,
-                      f"{prefix}.job_id": job_id, f"{prefix}.note": None,
-                      f"{prefix}.status_changed_at": now_iso(), f"{prefix}.status_changed_by": user["name"]}})
+        changed = self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=datatype,
+                                     expect=plan.status, to="deleting", job_id=job_id, note=None, actor=user["name"],
+                                     by=BY_USER, session_completed=True)
         if changed is None:
             raise conflict(f"{datatype} of {project_uid} {session_uid} changed while this request was made; "
                            "get_session() shows its state now")
@@ -232,7 +235,6 @@ class Deletions:
         self.audit.record(user["name"], "deletion_requested", project_uid=project_uid, session_uid=session_uid,
                           datatype=datatype, job_id=job_id, user_id=plan.on_behalf, files=len(plan.paths),
                           whole_category=plan.whole)
-        self.hooks.on_state_change(user["name"], project_uid, session_uid, datatype, "deleting")
         return job_id
 
     # --- the job ---------------------------------------------------------------------------------
@@ -271,13 +273,11 @@ class Deletions:
                                              [rel for rel in targets if rel not in kept])
         remaining = self.sessions.refresh_session(project_uid, session_uid)[datatype]["file_count"]
         complete = p["whole_category"] and not tally.kept_paths and remaining == 0
-        final = "deleted" if complete else category.get("prev_status") or "active"
+        final = "deleted" if complete else _back(category)
         note = tally.note(run.job["id"], remaining if p["whole_category"] else 0)
-        prefix = f"data_management.{datatype}"
-        settled = self.sessions.store.update_session(
-            project_uid, session_uid, {f"{prefix}.status": "deleting", f"{prefix}.job_id": run.job["id"]},
-            {"$set": {f"{prefix}.status": final, f"{prefix}.prev_status": "deleting", f"{prefix}.job_id": None,
-                      f"{prefix}.note": note, f"{prefix}.status_changed_at": now_iso()}})
+        settled = self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=datatype,
+                                     expect="deleting", to=final, job_id=None, expect_job_id=run.job["id"], note=note,
+                                     actor=run.job["created_by"], by=BY_DELETION, deletion_job=run.job["id"])
         result = {**tally.result(), "no_longer_registered": len(confirmed) - len(targets), "status": final,
                   "note": note}
         if settled is not None:
@@ -286,7 +286,6 @@ class Deletions:
                               files=tally.deleted, bytes_freed=tally.freed, already_gone=tally.gone,
                               refused=len(tally.refused_paths), failed=len(tally.failed_paths),
                               no_longer_registered=result["no_longer_registered"], status=final)
-            self.hooks.on_state_change(run.job["created_by"], project_uid, session_uid, datatype, final)
         return result
 
     def _raw_movies(self, project: dict[str, Any]) -> frozenset[tuple[int, int]]:
@@ -297,11 +296,9 @@ class Deletions:
     def _settle(self, run: JobRun, category: dict[str, Any], reason: str) -> None:
         """Give a category whose deletion cannot go on back its previous status."""
         p = run.params
-        prefix = f"data_management.{p['datatype']}"
-        self.sessions.store.update_session(
-            p["project_uid"], p["session_uid"], {f"{prefix}.status": "deleting", f"{prefix}.job_id": run.job["id"]},
-            {"$set": {f"{prefix}.status": category.get("prev_status") or "active", f"{prefix}.job_id": None,
-                      f"{prefix}.note": reason}})
+        self.states.change(project_uid=p["project_uid"], session_uid=p["session_uid"], datatype=p["datatype"],
+                           expect="deleting", to=_back(category), job_id=None, expect_job_id=run.job["id"],
+                           note=reason, actor=LIVEDM, by=BY_DELETION, deletion_job=run.job["id"])
         self.audit.record("livedm", "deletion_abandoned", project_uid=p["project_uid"], session_uid=p["session_uid"],
                           datatype=p["datatype"], job_id=run.job["id"], reason=reason)
 
@@ -321,14 +318,13 @@ class Deletions:
                     continue
                 if job is None and (category.get("status_changed_at") or "") > cutoff:
                     continue  # just marked: its job is being queued this moment
-                prefix = f"data_management.{datatype}"
-                back = category.get("prev_status") or "active"
-                if self.sessions.store.update_session(
-                        session["project_uid"], session["uid"],
-                        {f"{prefix}.status": "deleting", f"{prefix}.job_id": category.get("job_id")},
-                        {"$set": {f"{prefix}.status": back, f"{prefix}.job_id": None}}) is not None:
+                back = _back(category)
+                why = f"its job {job['state']}" if job is not None else "its job was never queued"
+                if self.states.change(project_uid=session["project_uid"], session_uid=session["uid"],
+                                      datatype=datatype, expect="deleting", to=back, job_id=None,
+                                      expect_job_id=category.get("job_id"), actor=LIVEDM, by=BY_REPAIR,
+                                      reason=why) is not None:
                     repaired += 1
-                    why = f"its job {job['state']}" if job is not None else "its job was never queued"
                     self.audit.record("livedm", "deletion_abandoned", project_uid=session["project_uid"],
                                       session_uid=session["uid"], datatype=datatype, job_id=category.get("job_id"),
                                       status=back, reason=why)

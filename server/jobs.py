@@ -106,11 +106,5 @@ class Queue:
             raise invalid_params(f"state {state!r} is not one of {', '.join(STATES)}")
         if not 1 <= limit <= MAX_LISTED:
             raise invalid_params(f"limit must be 1-{MAX_LISTED}")
-        query: dict[str, Any] = {}
-        if kind:
-            query["kind"] = kind
-        if state:
-            query["state"] = state
-        if project_uid:
-            query["params.project_uid"] = project_uid
-        return [public_job(j) for j in self.store.list_jobs(query, limit)]
+        return [public_job(j) for j in self.store.list_jobs(kind=kind, state=state, project_uid=project_uid,
+                                                            limit=limit)]

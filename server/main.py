@@ -111,9 +111,15 @@ def serve(config: Config) -> int:
              "embedded store" if not config.mongo_uri else "MongoDB (LIVEDM_MONGO_URI)")
     if config.data_roots:
         log.info("data roots: %s", ", ".join(config.data_roots))
+        for root in config.data_roots:
+            if not os.path.isdir(root):
+                log.warning("data root %s is not a directory (a typo, or not mounted?): nothing in it can be "
+                            "managed", root)
     else:
         log.warning("trial mode, no data roots: livedm may manage and delete files anywhere but system and "
                     "state dirs; set LIVEDM_DATA_ROOTS (or data_roots) before sharing this server")
+    if config.hook_enable:
+        log.info("state-change hook: %s", config.hook_path or "none, though enabled: set hook_path")
     loop = new_event_loop()
     app = create_app(config)
     try:

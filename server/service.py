@@ -23,6 +23,7 @@ from .domain import (
     status_after_measure,
 )
 from .errors import conflict, invalid_params, not_found
+from .states import BY_REFRESH, CategoryStates
 from .store import Store, scan_digest
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 _PUBLIC_SESSION_FIELDS = ("project_uid", "uid", "title", "status", "session_dir", "created_at", "started_at",
                           "paused_at", "completed_at", "data_management")
 _MEASURE_RETRIES = 5
+LIVEDM = "livedm"  # the actor livedm's own changes are audited as
 
 
 def public_session(session: dict[str, Any]) -> dict[str, Any]:
@@ -46,9 +48,10 @@ def project_totals(sessions: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 class Service:
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: Store, config: Config, states: CategoryStates) -> None:
         self.store = store
         self.config = config
+        self.states = states
         self._refreshes = Coalescer()
 
     # --- lookups ---------------------------------------------------------------------------------
@@ -201,15 +204,8 @@ class Service:
     def change_session_status(self, project_uid: str, session_uid: str, action: str) -> dict[str, Any]:
         session = self.session(project_uid, session_uid)
         target = session_status_after(session["status"], action)
-        now = now_iso()
-        update: dict[str, Any] = {"$set": {"status": target}}
-        if target == "running":
-            update["$set"]["started_at"] = now
-        elif target == "paused":
-            update["$push"] = {"paused_at": now}
-        else:
-            update["$set"]["completed_at"] = now
-        changed = self.store.update_session(project_uid, session_uid, {"status": session["status"]}, update)
+        changed = self.store.set_session_status(project_uid, session_uid, expect=session["status"], status=target,
+                                                at=now_iso())
         if changed is None:
             raise conflict(f"session {project_uid} {session_uid} changed status meanwhile; try again")
         log.info("session %s %s is now %s", project_uid, session_uid, target)
@@ -300,24 +296,20 @@ class Service:
 
     def _store_measures(self, project_uid: str, session_uid: str, session: dict[str, Any],
                         measures: dict[str, files.Tally]) -> dict[str, Any]:
-        for _attempt in range(_MEASURE_RETRIES):
-            now = now_iso()
-            expect: dict[str, Any] = {}
-            fields: dict[str, Any] = {}
-            for dt, m in measures.items():
-                category = session["data_management"][dt]
-                status, prev = status_after_measure(category, m.registered, m.present)
-                prefix = f"data_management.{dt}"
-                fields.update({f"{prefix}.size": m.size, f"{prefix}.file_count": m.present,
-                               f"{prefix}.updated_at": now})
-                if status != category["status"]:
-                    expect[f"{prefix}.status"] = category["status"]
-                    fields.update({f"{prefix}.status": status, f"{prefix}.prev_status": prev})
-            updated = self.store.update_session(project_uid, session_uid, expect, {"$set": fields})
-            if updated is not None:
-                return updated["data_management"]
-            session = self.session(project_uid, session_uid)  # a status changed meanwhile: decide again
-        raise conflict(f"session {project_uid} {session_uid} kept changing while its sizes were stored; try again")
+        """Sizes first; then each category whose files all went (or came back) changes to or from
+        missing. A status changed by someone meanwhile wins: the next refresh decides again."""
+        now = now_iso()
+        updated = self.store.set_measures(project_uid, session_uid, {
+            dt: {"size": m.size, "file_count": m.present, "updated_at": now} for dt, m in measures.items()})
+        for dt, m in measures.items():
+            category = updated["data_management"][dt]
+            status, prev = status_after_measure(category, m.registered, m.present)
+            if status != category["status"]:
+                changed = self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
+                                             expect=category["status"], to=status, prev_status=prev, actor=LIVEDM,
+                                             by=BY_REFRESH)
+                updated = changed or updated
+        return self.session(project_uid, session_uid)["data_management"]
 
     def refresh_project(self, project_uid: str, progress: Callable[..., None]) -> dict[str, int]:
         """Refresh every session of the project; {session_uid: total bytes}. Safe to run again."""

@@ -14,6 +14,7 @@ from .hooks import Hooks
 from .jobs import JobFailed, Queue
 from .reads import SessionReader
 from .service import Service
+from .states import CategoryStates
 from .store import Store
 from .users import Users
 from .worker import Handler, JobRun, Workers
@@ -34,12 +35,13 @@ class Services:
     @classmethod
     def build(cls, store: Store, config: Config, authenticator: Authenticator) -> Services:
         audit = Audit(store)
-        sessions = Service(store, config)
         queue = Queue(store, lease_s=config.job_lease_s, max_attempts=config.job_max_attempts)
         hooks = Hooks(config, store, queue, audit)
-        return cls(sessions=sessions, reader=SessionReader(store), categories=Categories(sessions, audit, hooks),
+        states = CategoryStates(store, audit, hooks)
+        sessions = Service(store, config, states)
+        return cls(sessions=sessions, reader=SessionReader(store), categories=Categories(sessions, states),
                    users=Users(store, audit, changed=authenticator.forget), audit=audit, queue=queue, hooks=hooks,
-                   deletions=Deletions(sessions, queue, audit, hooks), disk=DiskPool(config.disk_threads))
+                   deletions=Deletions(sessions, queue, audit, states), disk=DiskPool(config.disk_threads))
 
     def job_handlers(self) -> dict[str, Handler]:
         def refresh_sizes(run: JobRun) -> dict[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -20,12 +21,13 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from .domain import DATATYPES
+from .domain import DATATYPES, now_iso
 
 CHUNK_PATHS = 2000  # registry paths per document: measured in DESIGN.md, ~20x faster than one per file
 COLLECTIONS = ("projects", "sessions", "registry", "counters", "users", "tokens", "jobs", "audit")
 
 NO_ID = {"_id": 0}
+_CATEGORY_STATUS = re.compile(r"^data_management\.[a-z]+\.status$")
 
 
 class StoreUnavailable(Exception):
@@ -163,15 +165,54 @@ class Store:
         query = {} if project_uid is None else {"project_uid": project_uid}
         return list(self.db.sessions.find(query, NO_ID).sort("created_at", 1))
 
-    def update_session(self, project_uid: str, session_uid: str, expect: dict[str, Any],
-                       update: dict[str, Any]) -> dict[str, Any] | None:
+    def _update_session(self, project_uid: str, session_uid: str, expect: dict[str, Any],
+                        update: dict[str, Any], *, writes_category_status: bool = False) -> dict[str, Any] | None:
         """Apply `update` if the session still matches `expect`: the document after it, or None (nothing
         changed). update_one then a read, not find_one_and_update: mongomock re-applies the filter to the
         updated document and would report a match as a miss."""
+        if not writes_category_status and any(_CATEGORY_STATUS.match(path) for path in update.get("$set", {})):
+            raise AssertionError("a category's status is written only by set_category_status (states.py)")
         key = session_key(project_uid, session_uid)
         if self.db.sessions.update_one({"_id": key, **expect}, update).matched_count == 0:
             return None
         return self.db.sessions.find_one({"_id": key}, NO_ID)
+
+    def set_category_status(self, project_uid: str, session_uid: str, datatype: str, *, expect_status: str,
+                            fields: dict[str, Any], expect_job_id: str | None = None, check_job_id: bool = False,
+                            session_completed: bool = False) -> dict[str, Any] | None:
+        """The only write of a category's status (states.py calls it): `fields` of the category set at
+        once, if its status is still `expect_status` (and its job_id, and the session completed, when
+        asked). The session after it, or None."""
+        prefix = f"data_management.{datatype}"
+        expect: dict[str, Any] = {f"{prefix}.status": expect_status}
+        if check_job_id:
+            expect[f"{prefix}.job_id"] = expect_job_id
+        if session_completed:
+            expect["status"] = "completed"
+        update = {f"{prefix}.{name}": value for name, value in fields.items()}
+        update[f"{prefix}.status_changed_at"] = now_iso()
+        return self._update_session(project_uid, session_uid, expect, {"$set": update}, writes_category_status=True)
+
+    def set_measures(self, project_uid: str, session_uid: str, measures: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Sizes and counts per category ({datatype: {size, file_count, updated_at}}), never a status."""
+        update = {f"data_management.{dt}.{name}": value for dt, fields in measures.items()
+                  for name, value in fields.items() if name != "status"}
+        updated = self._update_session(project_uid, session_uid, {}, {"$set": update})
+        if updated is None:
+            raise KeyError(f"{project_uid} {session_uid}")
+        return updated
+
+    def set_session_status(self, project_uid: str, session_uid: str, *, expect: str, status: str,
+                           at: str) -> dict[str, Any] | None:
+        """A session's own status (running, paused, completed) with the time it took it."""
+        update: dict[str, Any] = {"$set": {"status": status}}
+        if status == "running":
+            update["$set"]["started_at"] = at
+        elif status == "paused":
+            update["$push"] = {"paused_at": at}
+        else:
+            update["$set"]["completed_at"] = at
+        return self._update_session(project_uid, session_uid, {"status": expect}, update)
 
     # --- file registry ---------------------------------------------------------------------------
     # Scanned paths live in chunks tagged with a generation; the session's `scan_gen` names the
@@ -283,7 +324,16 @@ class Store:
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         return self.db.jobs.find_one({"_id": job_id}, NO_ID)
 
-    def list_jobs(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    def list_jobs(self, *, kind: str | None = None, state: str | None = None, project_uid: str | None = None,
+                  limit: int) -> list[dict[str, Any]]:
+        """Newest first; each filter given narrows the list."""
+        query: dict[str, Any] = {}
+        if kind:
+            query["kind"] = kind
+        if state:
+            query["state"] = state
+        if project_uid:
+            query["params.project_uid"] = project_uid
         return list(self.db.jobs.find(query, NO_ID).sort("created_at", -1).limit(limit))
 
     def claim_job(self, owner: str, now: float, lease_s: float, started_at: str) -> dict[str, Any] | None:
@@ -305,8 +355,8 @@ class Store:
         result = self.db.jobs.update_one({"_id": job_id, "owner": owner, "state": "running"}, {"$set": fields})
         return result.matched_count == 1
 
-    def count_jobs(self, query: dict[str, Any]) -> int:
-        return self.db.jobs.count_documents(query)
+    def count_jobs(self, state: str) -> int:
+        return self.db.jobs.count_documents({"state": state})
 
     def job_counts(self) -> dict[tuple[str, str], int]:
         """{(kind, state): count}. One count per pair: the embedded store cannot group by two fields."""
@@ -471,8 +521,20 @@ class Store:
     def append_audit(self, entry: dict[str, Any]) -> None:
         self.db.audit.insert_one(dict(entry))
 
-    def find_audit(self, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    def find_audit(self, *, project_uid: str | None = None, session_uid: str | None = None,
+                   limit: int) -> list[dict[str, Any]]:
+        """Newest first, of one project (and session) or of everything."""
+        query: dict[str, Any] = {}
+        if project_uid is not None:
+            query["project_uid"] = project_uid
+        if session_uid is not None:
+            query["session_uid"] = session_uid
         return list(self.db.audit.find(query, NO_ID).sort("at", -1).limit(limit))
+
+    def users_with_live_tokens(self, users: set[str], now: float) -> set[str]:
+        """Which of `users` hold a token that signs in as them: unexpired and not scoped to a hook run."""
+        return {t["user"] for t in self.db.tokens.find({"user": {"$in": sorted(users)}})
+                if t.get("scope") is None and (t.get("expires_at") is None or t["expires_at"] >= now)}
 
 
 def _chunks(key: str, source: str, paths_by_datatype: dict[str, list[str]],

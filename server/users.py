@@ -73,12 +73,9 @@ class Users:
         return {"user": name, "revoked": revoked}
 
     def _admins_with_tokens(self) -> set[str]:
-        """Admins holding a token that signs in as them: unexpired and not scoped to a hook run. Revoking is
-        rare and the tokens collection small, so reading it whole is fine."""
+        """Admins holding a token that signs in as them: unexpired and not scoped to a hook run."""
         admins = {u["name"] for u in self.store.list_users() if u.get("role") == "admin"}
-        now = time.time()
-        return {t["user"] for t in self.store.dump("tokens") if t.get("user") in admins and t.get("scope") is None
-                and (t.get("expires_at") is None or t["expires_at"] >= now)}
+        return self.store.users_with_live_tokens(admins, time.time())
 
     def set_permission(self, actor: str, name: str, enabled: bool) -> dict[str, Any]:
         user = self._user(name)

@@ -9,9 +9,11 @@ import pymongo
 import pytest
 
 from livedm.server import config as config_module
+from livedm.server.auth import Authenticator
 from livedm.server.config import Config
 from livedm.server.embedded import EmbeddedStore
 from livedm.server.service import Service
+from livedm.server.services import Services
 from livedm.server.store import Store
 
 
@@ -31,9 +33,13 @@ def mock_store() -> Store:
     return store
 
 
+def service_on(store: Store, config: Config) -> Service:
+    return Services.build(store, config, Authenticator(store, config.auth_cache_s)).sessions
+
+
 @pytest.fixture
 def mock_service(mock_store: Store, config: Config) -> Service:
-    return Service(mock_store, config)
+    return service_on(mock_store, config)
 
 
 @pytest.fixture(scope="session")
@@ -55,4 +61,4 @@ def real_store(embedded_uri: str) -> Iterator[Store]:
 
 @pytest.fixture
 def real_service(real_store: Store, config: Config) -> Service:
-    return Service(real_store, config)
+    return service_on(real_store, config)

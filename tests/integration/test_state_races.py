@@ -7,11 +7,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from livedm.server.audit import Audit
 from livedm.server.categories import Categories
 from livedm.server.errors import ApiError
-from livedm.server.hooks import Hooks
-from livedm.server.jobs import Queue
 from livedm.server.service import Service
 
 
@@ -20,9 +17,8 @@ def test_twenty_concurrent_changes_form_one_unbroken_chain(real_service: Service
     real_service.create_project("p", str(tmp_path / "proj"))
     real_service.create_live_session("P1", "s")
     real_service.change_session_status("P1", "S1", "complete")
-    audit = Audit(real_service.store)
-    hooks = Hooks(real_service.config, real_service.store, Queue(real_service.store, 30, 3), audit)
-    categories = Categories(real_service, audit, hooks)
+    audit = real_service.states.audit
+    categories = Categories(real_service, real_service.states)
     targets = [random.Random(i).choice(["archiving", "archived", "active", "deleted"]) for i in range(20)]
 
     def attempt(i: int) -> str:

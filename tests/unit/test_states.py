@@ -1,0 +1,104 @@
+"""The category state machine: one table, one writer, every change audited and (when people see it)
+hooked; nothing else writes a category's status."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+
+from livedm.server import states
+from livedm.server.auth import Authenticator
+from livedm.server.services import Services
+from livedm.server.states import TRANSITIONS, IllegalTransition
+from livedm.server.store import Store
+from tests.conftest import make_config
+from tests.support.sessiontree import build_session_tree
+
+SERVER = Path(states.__file__).parent
+README = SERVER.parent / "README.md"
+
+
+def _calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute) and node.func.attr == name]
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {path.name: ast.parse(path.read_text()) for path in sorted(SERVER.glob("*.py"))}
+
+
+def test_only_the_state_module_changes_a_category_status() -> None:
+    modules = _modules()
+    callers = {name for name, tree in modules.items() if _calls(tree, "set_category_status")}
+    assert callers == {"states.py"}
+    generic = {name for name, tree in modules.items() if _calls(tree, "_update_session")}
+    assert generic == {"store.py"}, "sessions are written through the store's named methods only"
+    store = modules["store.py"]
+    flagged = [fn.name for fn in ast.walk(store) if isinstance(fn, ast.FunctionDef)
+               for call in _calls(fn, "_update_session")
+               if any(k.arg == "writes_category_status" for k in call.keywords)]
+    assert flagged == ["set_category_status"]
+
+
+def test_the_store_refuses_a_status_written_any_other_way(mock_store: Store, tmp_path: Path) -> None:
+    services = Services.build(mock_store, make_config(tmp_path / "state"), Authenticator(mock_store, 2))
+    (tmp_path / "proj").mkdir()
+    services.sessions.create_project("p", str(tmp_path / "proj"))
+    services.sessions.create_live_session("P1", "s")
+    mock_store.set_measures("P1", "S1", {"raw": {"size": 1, "status": "archived"}})  # a status is never measured
+    with pytest.raises(AssertionError, match="set_category_status"):
+        mock_store._update_session("P1", "S1", {}, {"$set": {"data_management.raw.status": "archived"}})
+    assert services.sessions.get_session("P1", "S1")["data_management"]["raw"]["status"] == "active"
+
+
+def test_the_table_allows_only_what_it_says(mock_store: Store, tmp_path: Path) -> None:
+    services = Services.build(mock_store, make_config(tmp_path / "state"), Authenticator(mock_store, 2))
+    machine = services.sessions.states
+    (tmp_path / "proj").mkdir()
+    services.sessions.create_project("p", str(tmp_path / "proj"))
+    services.sessions.create_live_session("P1", "s")
+    for source, targets in TRANSITIONS.items():
+        assert source not in targets, f"{source} -> {source} is not a change"
+        for target in set(TRANSITIONS) - set(targets) - {source}:
+            with pytest.raises(IllegalTransition):
+                machine.change(project_uid="P1", session_uid="S1", datatype="raw", expect=source, to=target,
+                               actor="t", by="user")
+    assert machine.change(project_uid="P1", session_uid="S1", datatype="raw", expect="archived", to="active",
+                          actor="t", by="user") is None, "the category is not archived: nothing changes"
+    assert mock_store.find_audit(limit=10) == []
+
+
+def test_the_readme_prints_the_table() -> None:
+    text = README.read_text()
+    start = text.index("<!-- transitions:start -->") + len("<!-- transitions:start -->")
+    end = text.index("<!-- transitions:end -->")
+    assert text[start:end].strip() == states.markdown_table(), "paste states.markdown_table() into the README"
+
+
+def test_missing_is_audited_and_hooked_and_deleting_is_not_hooked(mock_store: Store, tmp_path: Path) -> None:
+    script = tmp_path / "hook.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    config = make_config(tmp_path / "state", hook_enable="true", hook_path=str(script))
+    services = Services.build(mock_store, config, Authenticator(mock_store, 2))
+    tree = build_session_tree(tmp_path / "proj", exposures=2)
+    services.sessions.create_project("p", str(tree.project_dir))
+    services.sessions.create_live_session("P1", "s")
+    services.sessions.change_session_status("P1", "S1", "complete")
+    shutil.rmtree(tree.movies_dir)  # the raw links stay: their movies are gone
+    services.sessions.refresh_session("P1", "S1")
+    assert services.sessions.get_session("P1", "S1")["data_management"]["raw"]["status"] == "missing"
+    entry = next(e for e in mock_store.find_audit(limit=10) if e["action"] == "state_changed")
+    assert (entry["actor"], entry["by"], entry["old_status"], entry["status"]) == ("livedm", "refresh", "active",
+                                                                                  "missing")
+    hooks = [j["params"] for j in services.queue.list("hook", None, None, 50)]
+    assert hooks == [{"project_uid": "P1", "session_uid": "S1", "datatype": "raw", "status": "missing"}]
+    services.deletions.request({"name": "admin", "role": "admin"}, "P1", "S1", "particles", None, None)
+    assert len(services.queue.list("hook", None, None, 50)) == 1, "deleting is transitional: no hook"
+    assert mock_store.find_audit(limit=1)[0]["action"] == "deletion_requested"
+    changed = [e for e in mock_store.find_audit(limit=10) if e["action"] == "state_changed"]
+    assert [(e["old_status"], e["status"], e["by"]) for e in changed][:2] == [("active", "deleting", "user"),
+                                                                            ("active", "missing", "refresh")]
