@@ -7,14 +7,14 @@ from typing import Any
 
 from .domain import check_mark
 from .errors import conflict
-from .service import Service
+from .sessions import Sessions
 from .states import BY_USER, CategoryStates
 
 log = logging.getLogger(__name__)
 
 
 class Categories:
-    def __init__(self, sessions: Service, states: CategoryStates) -> None:
+    def __init__(self, sessions: Sessions, states: CategoryStates) -> None:
         self.sessions = sessions
         self.states = states
 

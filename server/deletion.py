@@ -21,10 +21,9 @@ from . import files
 from .audit import Audit
 from .domain import DATATYPES, check_datatype, check_project_uid, check_session_uid
 from .errors import ApiError, conflict, forbidden, invalid_params, not_found
-from .jobs import JobFailed, Queue
-from .service import LIVEDM, Service
+from .jobs import JobFailed, JobRun, Queue
+from .sessions import LIVEDM, Sessions
 from .states import BY_DELETION, BY_REPAIR, BY_USER, TRANSITIONS, CategoryStates
-from .worker import JobRun
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,7 @@ class _Tally:
 
 
 class Deletions:
-    def __init__(self, sessions: Service, queue: Queue, audit: Audit, states: CategoryStates) -> None:
+    def __init__(self, sessions: Sessions, queue: Queue, audit: Audit, states: CategoryStates) -> None:
         self.sessions = sessions
         self.queue = queue
         self.audit = audit

@@ -9,7 +9,6 @@ anyway (other platforms) is recognised by its pid file and stopped at the next s
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -24,16 +23,9 @@ from urllib.parse import quote
 
 import pymongo
 
+from .processes import die_with_parent
+
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when the thread that started it exits (livedmd dies)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
 
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes with its NUL; keep a margin
 

@@ -32,12 +32,10 @@ from .audit import Audit
 from .auth import new_token, token_hash
 from .config import Config
 from .domain import CATEGORY_STATUSES, check_datatype, check_project_uid, check_session_uid, now_iso
-from .embedded import die_with_parent
 from .errors import ApiError, conflict, forbidden, invalid_params
-from .jobs import JobFailed, Queue
-from .processes import kill_session
+from .jobs import JobFailed, JobRun, Queue
+from .processes import die_with_parent, kill_session
 from .store import Store
-from .worker import JobRun
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ lost its lease can no longer change the job.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from .store import Store
 KINDS = ("delete", "hook", "refresh_sizes")
 STATES = ("queued", "running", "done", "failed")
 MAX_LISTED = 500
+PROGRESS_EVERY_S = 0.5
 
 
 class Released(Exception):
@@ -108,3 +110,32 @@ class Queue:
             raise invalid_params(f"limit must be 1-{MAX_LISTED}")
         return [public_job(j) for j in self.store.list_jobs(kind=kind, state=state, project_uid=project_uid,
                                                             limit=limit)]
+
+
+@dataclass
+class JobRun:
+    """What a handler gets: the job, a way to report progress, and whether it must stop now."""
+
+    job: dict[str, Any]
+    queue: Queue
+    stopping: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    _last_progress: float = 0.0
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.job["params"]
+
+    def check(self) -> None:
+        """Call between units of work: raises Released when the job must stop (shutdown, lease lost)."""
+        if self.lost.is_set():
+            raise Released("the lease was lost to another worker")
+        if self.stopping.is_set():
+            raise Released("livedmd is shutting down")
+
+    def progress(self, force: bool = False, **fields: Any) -> None:
+        self.check()
+        now = time.monotonic()
+        if force or now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            self.queue.progress(self.job, fields)

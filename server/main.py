@@ -21,9 +21,9 @@ from .config import Config, ConfigError, add_flags, load
 from .connections import GuardedSite
 from .embedded import EmbeddedStore
 from .observe import configure_logging
+from .processes import notify
 from .statelock import StateDirBusy, StateDirLock
 from .store import Store, StoreUnavailable
-from .systemd import notify
 
 log = logging.getLogger("livedm")
 

@@ -1,4 +1,7 @@
-"""Ending every process a child left behind: the members of its session, found through /proc.
+"""livedmd's child processes: tied to its life (die_with_parent), ended with everything they left behind
+(kill_session), and systemd told how livedmd itself is doing (notify).
+
+Ending every process a child left behind: the members of its session, found through /proc.
 
 A child started with start_new_session=True leads a session whose id is its pid. Whatever it
 forks, double-forks or puts in the background stays in that session (and in no other) unless it
@@ -9,10 +12,16 @@ which livedmd does not require. Linux only (/proc); elsewhere nothing is found a
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import logging
 import os
 import signal
+import socket
 import time
 
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
 POLL_S = 0.05
 KILL_ROUNDS = 5  # SIGKILL rounds: a member may fork between our listing and our signal
 
@@ -66,3 +75,28 @@ def kill_session(session_id: int, grace_s: float) -> int:
         time.sleep(POLL_S)
         left = session_members(session_id)
     return len(members)
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the thread that started it exits (livedmd dies)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def notify(state: str) -> bool:
+    """Tell systemd (sd_notify) e.g. "READY=1" through $NOTIFY_SOCKET: Type=notify units learn that
+    livedmd serves only once it does. False when not run by systemd or when systemd cannot be told;
+    never raises (a notification must not stop the daemon)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("could not tell systemd %s: %s", state, exc)
+        return False
+    return True

@@ -11,18 +11,18 @@ from .config import Config
 from .deletion import Deletions
 from .diskpool import DiskPool
 from .hooks import Hooks
-from .jobs import JobFailed, Queue
+from .jobs import JobFailed, JobRun, Queue
 from .reads import SessionReader
-from .service import Service
+from .sessions import Sessions
 from .states import CategoryStates
 from .store import Store
 from .users import Users
-from .worker import Handler, JobRun, Workers
+from .worker import Handler, Workers
 
 
 @dataclass(frozen=True)
 class Services:
-    sessions: Service
+    sessions: Sessions
     reader: SessionReader
     categories: Categories
     users: Users
@@ -38,7 +38,7 @@ class Services:
         queue = Queue(store, lease_s=config.job_lease_s, max_attempts=config.job_max_attempts)
         hooks = Hooks(config, store, queue, audit)
         states = CategoryStates(store, audit, hooks)
-        sessions = Service(store, config, states)
+        sessions = Sessions(store, config, states)
         return cls(sessions=sessions, reader=SessionReader(store), categories=Categories(sessions, states),
                    users=Users(store, audit, changed=authenticator.forget), audit=audit, queue=queue, hooks=hooks,
                    deletions=Deletions(sessions, queue, audit, states), disk=DiskPool(config.disk_threads))

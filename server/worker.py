@@ -11,49 +11,14 @@ import contextlib
 import logging
 import os
 import socket
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ApiError
-from .jobs import JobFailed, Queue, Released, Retry
+from .jobs import JobFailed, JobRun, Queue, Released, Retry
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-PROGRESS_EVERY_S = 0.5
-
-
-@dataclass
-class JobRun:
-    """What a handler gets: the job, a way to report progress, and whether it must stop now."""
-
-    job: dict[str, Any]
-    queue: Queue
-    stopping: threading.Event = field(default_factory=threading.Event)
-    lost: threading.Event = field(default_factory=threading.Event)
-    _last_progress: float = 0.0
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.job["params"]
-
-    def check(self) -> None:
-        """Call between units of work: raises Released when the job must stop (shutdown, lease lost)."""
-        if self.lost.is_set():
-            raise Released("the lease was lost to another worker")
-        if self.stopping.is_set():
-            raise Released("livedmd is shutting down")
-
-    def progress(self, force: bool = False, **fields: Any) -> None:
-        self.check()
-        now = time.monotonic()
-        if force or now - self._last_progress >= PROGRESS_EVERY_S:
-            self._last_progress = now
-            self.queue.progress(self.job, fields)
-
 
 Handler = Callable[[JobRun], Any]
 

@@ -12,8 +12,8 @@ from livedm.server import config as config_module
 from livedm.server.auth import Authenticator
 from livedm.server.config import Config
 from livedm.server.embedded import EmbeddedStore
-from livedm.server.service import Service
 from livedm.server.services import Services
+from livedm.server.sessions import Sessions
 from livedm.server.store import Store
 
 
@@ -33,12 +33,12 @@ def mock_store() -> Store:
     return store
 
 
-def service_on(store: Store, config: Config) -> Service:
+def service_on(store: Store, config: Config) -> Sessions:
     return Services.build(store, config, Authenticator(store, config.auth_cache_s)).sessions
 
 
 @pytest.fixture
-def mock_service(mock_store: Store, config: Config) -> Service:
+def mock_service(mock_store: Store, config: Config) -> Sessions:
     return service_on(mock_store, config)
 
 
@@ -60,5 +60,5 @@ def real_store(embedded_uri: str) -> Iterator[Store]:
 
 
 @pytest.fixture
-def real_service(real_store: Store, config: Config) -> Service:
+def real_service(real_store: Store, config: Config) -> Sessions:
     return service_on(real_store, config)

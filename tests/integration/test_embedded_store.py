@@ -9,12 +9,12 @@ from pathlib import Path
 import pymongo
 
 from livedm.server.embedded import EmbeddedStore, _cmdline
-from livedm.server.service import Service
+from livedm.server.sessions import Sessions
 from livedm.server.store import CHUNK_PATHS, Store, session_key
 from tests.support.sessiontree import build_session_tree
 
 
-def test_concurrent_uid_allocation_gives_each_number_once(real_service: Service, tmp_path: Path) -> None:
+def test_concurrent_uid_allocation_gives_each_number_once(real_service: Sessions, tmp_path: Path) -> None:
     for i in range(40):
         (tmp_path / f"proj{i}").mkdir()
     with ThreadPoolExecutor(8) as pool:
@@ -23,7 +23,7 @@ def test_concurrent_uid_allocation_gives_each_number_once(real_service: Service,
     assert sorted(uids, key=lambda u: int(u[1:])) == [f"P{n}" for n in range(1, 41)]
 
 
-def test_a_rescan_race_has_one_winner_and_no_stray_chunks(real_service: Service, real_store: Store,
+def test_a_rescan_race_has_one_winner_and_no_stray_chunks(real_service: Sessions, real_store: Store,
                                                           tmp_path: Path) -> None:
     (tmp_path / "proj").mkdir()
     real_service.create_project("p", str(tmp_path / "proj"))
@@ -41,7 +41,7 @@ def test_a_rescan_race_has_one_winner_and_no_stray_chunks(real_service: Service,
     assert {c["gen"] for c in chunks} == {gen}
 
 
-def test_a_large_session_round_trips_through_chunked_registry(real_service: Service, tmp_path: Path) -> None:
+def test_a_large_session_round_trips_through_chunked_registry(real_service: Sessions, tmp_path: Path) -> None:
     tree = build_session_tree(tmp_path / "proj", exposures=2)
     bulk = tree.session_path / "motioncorrected" / "bulk"
     bulk.mkdir()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from livedm.server.categories import Categories
 from livedm.server.errors import ApiError
-from livedm.server.service import Service
+from livedm.server.sessions import Sessions
 
 
-def test_twenty_concurrent_changes_form_one_unbroken_chain(real_service: Service, tmp_path: Path) -> None:
+def test_twenty_concurrent_changes_form_one_unbroken_chain(real_service: Sessions, tmp_path: Path) -> None:
     (tmp_path / "proj").mkdir()
     real_service.create_project("p", str(tmp_path / "proj"))
     real_service.create_live_session("P1", "s")

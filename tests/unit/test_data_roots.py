@@ -9,10 +9,9 @@ import pytest
 
 from livedm.server.auth import Authenticator
 from livedm.server.errors import FORBIDDEN, ApiError
-from livedm.server.jobs import JobFailed
+from livedm.server.jobs import JobFailed, JobRun
 from livedm.server.services import Services
 from livedm.server.store import Store
-from livedm.server.worker import JobRun
 from tests.conftest import make_config
 from tests.support.sessiontree import build_session_tree
 

@@ -23,9 +23,8 @@ from livedm.server.hooks import (
     hook_environment,
     hook_params,
 )
-from livedm.server.jobs import Queue
+from livedm.server.jobs import JobRun, Queue
 from livedm.server.store import Store
-from livedm.server.worker import JobRun
 from tests.conftest import make_config
 
 GOOD = {"project_uid": "P1", "session_uid": "S1", "datatype": "particles", "status": "archiving"}

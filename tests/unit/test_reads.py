@@ -7,7 +7,7 @@ import pytest
 
 from livedm.server.errors import NOT_FOUND, ApiError
 from livedm.server.reads import SessionReader
-from livedm.server.service import Service
+from livedm.server.sessions import Sessions
 from livedm.server.store import Store
 
 
@@ -22,7 +22,7 @@ class CountingStore(Store):
 
 
 @pytest.fixture
-def counting(mock_service: Service, mock_store: Store, tmp_path: Path) -> CountingStore:
+def counting(mock_service: Sessions, mock_store: Store, tmp_path: Path) -> CountingStore:
     (tmp_path / "proj").mkdir(exist_ok=True)
     mock_service.create_project("p", str(tmp_path / "proj"))
     for i in range(3):
@@ -40,7 +40,7 @@ async def test_concurrent_reads_are_batched(counting: CountingStore) -> None:
 
 
 async def test_a_read_never_returns_what_was_there_before_it_was_asked(counting: CountingStore,
-                                                                       mock_service: Service) -> None:
+                                                                       mock_service: Sessions) -> None:
     reader = SessionReader(counting)
     first = asyncio.ensure_future(reader.session("P1", "S1"))
     await asyncio.sleep(0)  # the first query may now be under way

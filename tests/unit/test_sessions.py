@@ -6,11 +6,11 @@ import pytest
 
 from livedm.server.domain import DATATYPES, datatype_size
 from livedm.server.errors import CONFLICT, INVALID_PARAMS, NOT_FOUND, ApiError
-from livedm.server.service import Service
+from livedm.server.sessions import Sessions
 from tests.support.sessiontree import SessionTree, build_session_tree
 
 
-def session_on_disk(service: Service, tmp_path: Path, exposures: int) -> SessionTree:
+def session_on_disk(service: Sessions, tmp_path: Path, exposures: int) -> SessionTree:
     """P1 S1 over a realistic tree, not yet measured."""
     tree = build_session_tree(tmp_path / "proj", exposures=exposures)
     service.create_project("p", str(tree.project_dir))
@@ -24,7 +24,7 @@ def code_of(call, *args):
     return info.value.code
 
 
-def test_uids_are_assigned_in_order(mock_service: Service, tmp_path: Path) -> None:
+def test_uids_are_assigned_in_order(mock_service: Sessions, tmp_path: Path) -> None:
     dirs = [tmp_path / f"proj{i}" for i in range(3)]
     for directory in dirs:
         directory.mkdir()
@@ -33,7 +33,7 @@ def test_uids_are_assigned_in_order(mock_service: Service, tmp_path: Path) -> No
     assert mock_service.create_live_session("P1", "x")["uid"] == "S1"
 
 
-def test_new_session_has_every_datatype_initialised(mock_service: Service, tmp_path: Path) -> None:
+def test_new_session_has_every_datatype_initialised(mock_service: Sessions, tmp_path: Path) -> None:
     (tmp_path / "proj").mkdir(exist_ok=True)
     mock_service.create_project("p", str(tmp_path / "proj"))
     session = mock_service.create_live_session("P1", "s")
@@ -42,7 +42,7 @@ def test_new_session_has_every_datatype_initialised(mock_service: Service, tmp_p
                                                 "file_count": 0, "updated_at": None} for dt in DATATYPES}
 
 
-def test_sizes_are_measured_stored_and_summed_per_project(mock_service: Service, tmp_path: Path) -> None:
+def test_sizes_are_measured_stored_and_summed_per_project(mock_service: Sessions, tmp_path: Path) -> None:
     t1 = build_session_tree(tmp_path / "proj", "S1", exposures=3)
     t2 = build_session_tree(tmp_path / "proj", "S2", exposures=2)
     mock_service.create_project("p", str(t1.project_dir))
@@ -60,7 +60,7 @@ def test_sizes_are_measured_stored_and_summed_per_project(mock_service: Service,
     assert stats["S1"]["micrographs"]["file_count"] == 6
 
 
-def test_file_paths_are_absolute_and_raw_gives_movie_targets(mock_service: Service, tmp_path: Path) -> None:
+def test_file_paths_are_absolute_and_raw_gives_movie_targets(mock_service: Sessions, tmp_path: Path) -> None:
     tree = session_on_disk(mock_service, tmp_path, exposures=3)
     mock_service.update_session_datatype_sizes("P1", "S1")
     for dt in ("raw", "micrographs", "particles", "metadata"):
@@ -70,7 +70,7 @@ def test_file_paths_are_absolute_and_raw_gives_movie_targets(mock_service: Servi
     assert sorted(everything["S1"]["thumbnails"]) == sorted(tree.paths_by_datatype["thumbnails"])
 
 
-def test_rescan_follows_the_disk_and_all_gone_is_missing(mock_service: Service, tmp_path: Path) -> None:
+def test_rescan_follows_the_disk_and_all_gone_is_missing(mock_service: Sessions, tmp_path: Path) -> None:
     tree = session_on_disk(mock_service, tmp_path, exposures=2)
     mock_service.update_session_datatype_sizes("P1", "S1")
     extra = tree.session_path / "motioncorrected" / "new.mrc"
@@ -89,7 +89,7 @@ def test_rescan_follows_the_disk_and_all_gone_is_missing(mock_service: Service, 
     assert dm["raw"]["status"] == "active" and dm["raw"]["size"] == 8
 
 
-def test_register_files_adds_outside_layout_and_refuses_bad_paths(mock_service: Service, tmp_path: Path) -> None:
+def test_register_files_adds_outside_layout_and_refuses_bad_paths(mock_service: Sessions, tmp_path: Path) -> None:
     tree = session_on_disk(mock_service, tmp_path, exposures=1)
     mock_service.refresh_session("P1", "S1")
     shared = tree.project_dir / "shared" / "gain.mrc"
@@ -108,7 +108,7 @@ def test_register_files_adds_outside_layout_and_refuses_bad_paths(mock_service: 
     assert mock_service.get_session("P1", "S1") == before
 
 
-def test_session_status_rules(mock_service: Service, tmp_path: Path) -> None:
+def test_session_status_rules(mock_service: Sessions, tmp_path: Path) -> None:
     (tmp_path / "proj").mkdir(exist_ok=True)
     mock_service.create_project("p", str(tmp_path / "proj"))
     mock_service.create_live_session("P1", "s")
@@ -122,7 +122,7 @@ def test_session_status_rules(mock_service: Service, tmp_path: Path) -> None:
     assert code_of(mock_service.change_session_status, "P1", "S1", "start") == CONFLICT
 
 
-def test_unknown_things_are_not_found_or_invalid(mock_service: Service, tmp_path: Path) -> None:
+def test_unknown_things_are_not_found_or_invalid(mock_service: Sessions, tmp_path: Path) -> None:
     (tmp_path / "proj").mkdir(exist_ok=True)
     mock_service.create_project("p", str(tmp_path / "proj"))
     mock_service.create_live_session("P1", "s")

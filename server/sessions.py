@@ -47,7 +47,7 @@ def project_totals(sessions: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return totals
 
 
-class Service:
+class Sessions:
     def __init__(self, store: Store, config: Config, states: CategoryStates) -> None:
         self.store = store
         self.config = config
