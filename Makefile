@@ -25,6 +25,7 @@ run: $(VENV)/.installed-run
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
 $(CHROMIUM):
@@ -41,4 +42,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench $(BENCH)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info

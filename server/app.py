@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -72,7 +72,7 @@ async def healthz(request: web.Request) -> web.Response:
     checks = app[HEALTH]
     database, state_dir = await asyncio.gather(checks.database(app[STORE]), checks.state_dir_space())
     embedded = app.get(EMBEDDED)
-    embedded_state = None if embedded is None else {
+    embedded_state: dict[str, Any] | None = None if embedded is None else {
         "ok": embedded.alive(), "pid": embedded.process.pid if embedded.process else None}
     if embedded_state is not None and not embedded_state["ok"]:
         embedded_state["error"] = "the embedded store is not running (livedmd restarts it; see its log)"
@@ -135,7 +135,9 @@ def log_request(request: web.Request, ctx: CallContext, error_codes: list[int], 
 async def _caller(request: web.Request) -> dict[str, Any]:
     authenticator = request.app[AUTH]
     token = token_from_headers(request.headers)
-    user = authenticator.cached_user(token) or await asyncio.to_thread(authenticator.user_for, token)
+    user = authenticator.cached_user(token)
+    if user is None:
+        user = await asyncio.to_thread(authenticator.user_for, token)
     if user.get("token_scope") is not None:  # a hook run's token is never an admin's
         return {**user, "role": "scoped token"}
     return user
@@ -199,7 +201,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
                 uri = embedded.uri
             store = Store.connect(uri, config.mongo_db, selection_timeout_s=SELECTION_TIMEOUT_S)
         else:
-            store = Store(client, config.mongo_db)
+            store = Store(cast(Any, client), config.mongo_db)
         finished = await asyncio.to_thread(store.finish_interrupted_restore, time.time(),
                                            0.0 if EMBEDDED in app else Store.RESTORE_STALE_S)
         if finished:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -40,9 +40,9 @@ class GuardedProtocol(asyncio.Protocol):
     # --- asyncio's calls, handed on to aiohttp's handler ------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         if not self._guard.admit(self):
-            transport.abort()
+            self.transport.abort()
             return
         self._handler = self._make_handler()
         self._handler.connection_made(transport)

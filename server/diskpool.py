@@ -25,7 +25,7 @@ class DiskPool:
 
     async def run_coalesced(self, key: Hashable, work: Callable[..., T], *args: Any) -> T:
         """Like run(), but callers asking for the same key while it runs share the next run."""
-        return await self._coalescer.run(key, lambda: self.run(work, *args))  # type: ignore[no-any-return]
+        return await self._coalescer.run(key, lambda: self.run(work, *args))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

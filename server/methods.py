@@ -236,9 +236,9 @@ async def delete_live_datatype(ctx: CallContext, project_uid: str, session_uid: 
     that confirm_digest, the deletion goes ahead only if the list is still exactly the one shown."""
     deletions = ctx.services.deletions
     if dry_run:
-        return await ctx.services.disk.run(deletions.preview, ctx.user, project_uid, session_uid, datatype,
+        return await ctx.services.disk.run(deletions.preview, ctx.caller, project_uid, session_uid, datatype,
                                            filepaths_to_delete, user_id)
-    job_id = await ctx.services.disk.run(deletions.request, ctx.user, project_uid, session_uid, datatype,
+    job_id = await ctx.services.disk.run(deletions.request, ctx.caller, project_uid, session_uid, datatype,
                                          filepaths_to_delete, user_id, confirm_digest)
     if asynchronous:
         return job_id
@@ -269,7 +269,7 @@ def trigger_live_data_management_script(ctx: CallContext, project_uid: str, sess
     """Run the hook script now (only when enabled); the overrides need an admin. The job id."""
     session = ctx.services.sessions.session(project_uid, session_uid)
     current = session["data_management"][check_datatype(datatype)]["status"]
-    return ctx.services.hooks.trigger(ctx.user, project_uid, session_uid, datatype, status, script_location,
+    return ctx.services.hooks.trigger(ctx.caller, project_uid, session_uid, datatype, status, script_location,
                                       script_log_path_abs, current)
 
 

@@ -145,9 +145,10 @@ class DeferredQueueHandler(logging.handlers.QueueHandler):
     formatting can wait for the listener's thread."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if record.exc_info:  # tracebacks hold frames: render them now, apart from the message
+        exc_info = record.exc_info
+        if exc_info and exc_info[0] is not None:  # tracebacks hold frames: render them now, apart from the message
             record = copy.copy(record)
-            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+            record.exc_text = _TRACEBACKS.formatException(exc_info)
             record.msg, record.args, record.exc_info = record.getMessage(), None, None
         return record
 
@@ -164,7 +165,7 @@ def configure_logging(level: str, log_format: str) -> logging.handlers.QueueList
                          else PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # The logging HOWTO's "Optimization": skip what livedm's format never shows (caller frame, thread
     # and process names); together they cost more than writing the line.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

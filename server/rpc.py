@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from jsonrpcserver import Success
 from jsonrpcserver.async_dispatcher import dispatch_request
@@ -37,6 +37,9 @@ from .errors import (
     invalid_params,
 )
 from .store import StoreUnavailable
+
+if TYPE_CHECKING:  # the methods get the services; the services never import the API
+    from .services import Services
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +181,7 @@ class CallContext:
     """What a method runs with: the services, the caller, and why the caller could not be
     authenticated (if so)."""
 
-    services: Any
+    services: Services
     user: dict[str, Any] | None
     auth_error: ApiError | None = None
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, outcome) for the request's log line
@@ -187,6 +190,13 @@ class CallContext:
     @property
     def actor(self) -> str:
         return (self.user or {}).get("name", "?")
+
+    @property
+    def caller(self) -> dict[str, Any]:
+        """The signed-in user: every method runs only once the caller is known."""
+        if self.user is None:
+            raise self.auth_error or ApiError(INTERNAL_ERROR, "no caller")
+        return self.user
 
 
 # What a scoped token (a hook run's: one project, session and datatype) may call: these reads, and
@@ -330,5 +340,6 @@ class Dispatcher:
             request = create_request(parsed)
             _request, result = await dispatch_request(self._callables, ctx, request)
             return None if request.id is NOID else _post_process(to_response(request, result))
-        return await dispatch_to_response(body, self._callables, context=ctx, deserializer=lambda _body: parsed,
-                                          validator=validate_request, post_process=_post_process)
+        response = await dispatch_to_response(body, self._callables, context=ctx, deserializer=lambda _body: parsed,
+                                              validator=validate_request, post_process=_post_process)
+        return cast(dict[str, Any] | list[dict[str, Any]] | None, response)

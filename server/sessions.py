@@ -186,7 +186,7 @@ class Sessions:
         session_dir = session_dir or uid
         files.check_session_root(project["project_dir"], session_dir)
         self._reserve_session_dir(project_uid, uid, self._real_session_dir(project, session_dir), session_dir)
-        session = {"project_uid": project_uid, "uid": uid, "title": title, "status": "paused",
+        session: dict[str, Any] = {"project_uid": project_uid, "uid": uid, "title": title, "status": "paused",
                    "session_dir": session_dir, "created_at": now_iso(), "started_at": None, "paused_at": [],
                    "completed_at": None, "data_management": new_data_management(),
                    "scan_gen": None, "scan_digest": None}

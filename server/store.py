@@ -124,6 +124,8 @@ class Store:
     def next_number(self, counter: str) -> int:
         doc = self.db.counters.find_one_and_update(
             {"_id": counter}, {"$inc": {"n": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+        if doc is None:  # an upsert returns the document it made; a store that does not is broken
+            raise StoreUnavailable(f"the counter {counter} came back empty")
         return int(doc["n"])
 
     # --- projects --------------------------------------------------------------------------------

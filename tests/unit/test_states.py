@@ -100,5 +100,6 @@ def test_missing_is_audited_and_hooked_and_deleting_is_not_hooked(mock_store: St
     assert len(services.queue.list("hook", None, None, 50)) == 1, "deleting is transitional: no hook"
     entries = mock_store.find_audit(limit=10)  # entries of one millisecond may come in any order
     assert "deletion_requested" in {e["action"] for e in entries}
-    changed = {(e["datatype"], e["old_status"], e["status"], e["by"]) for e in entries if e["action"] == "state_changed"}
+    changed = {(e["datatype"], e["old_status"], e["status"], e["by"])
+               for e in entries if e["action"] == "state_changed"}
     assert {("particles", "active", "deleting", "user"), ("raw", "active", "missing", "refresh")} <= changed
