@@ -183,12 +183,16 @@ class Deletions:
         project = self.sessions.project(project_uid)
         self.sessions.check_project_location(project["project_dir"])
         self.sessions.check_project_identity(project)
+        self.sessions.check_session_identity(project, session)
         if session["status"] != "completed":
             raise conflict(f"session {project_uid} {session_uid} is {session['status']}; deleting needs a "
                            "completed session (mark_session_completed)")
         current = session["data_management"][datatype]["status"]
         if current in ("deleting", "calculating"):
             raise conflict(f"{datatype} of {project_uid} {session_uid} is {current} already")
+        if current == "missing":
+            raise conflict(f"{datatype} of {project_uid} {session_uid} is missing: its files cannot be reached "
+                           "(unmounted, moved?); nothing is deleted until they are back")
         registered = self.sessions.registered_paths(project_uid, session_uid)[datatype]
         targets = self._targets(project["project_dir"], registered, datatype, filepaths)
         whole = targets is None
@@ -250,8 +254,8 @@ class Deletions:
             if session["status"] != "completed":
                 raise conflict(f"session {project_uid} {session_uid} is {session['status']}, not completed")
             self.sessions.check_project_location(project["project_dir"])
-            unlinker = files.Unlinker(project["project_dir"], project.get("dir_pin") or {"dev": -1, "ino": -1},
-                                      protected=self._raw_movies(project))
+            self.sessions.check_session_identity(project, session)
+            unlinker = self._unlinker(project)
         except (ApiError, files.ProjectDirChanged) as exc:
             message = exc.message if isinstance(exc, ApiError) else str(exc)
             self._settle(run, category, "deleting stopped: " + message)
@@ -282,10 +286,23 @@ class Deletions:
         if settled is not None:
             self.audit.record(run.job["created_by"], "deleted", project_uid=project_uid, session_uid=session_uid,
                               datatype=datatype, job_id=run.job["id"], user_id=p["user_id"],
-                              files=tally.deleted, bytes_freed=tally.freed, already_gone=tally.gone,
+                              files=tally.deleted, bytes_freed=tally.freed, already_gone=result["already_gone"],
                               refused=len(tally.refused_paths), failed=len(tally.failed_paths),
                               no_longer_registered=result["no_longer_registered"], status=final)
         return result
+
+    def _unlinker(self, project: dict[str, Any]) -> files.Unlinker:
+        """An unlinker that refuses, besides symlinks: directories no longer the session dirs that were
+        measured, directories raw links point into (anywhere), the sessions' raw layout dirs, and files
+        that are raw movies of this project (hard links too)."""
+        sessions = self.sessions.store.list_sessions(project["uid"])
+        raw_layout = [directory for directory, datatype in self.sessions.config.layout if datatype == "raw"]
+        return files.Unlinker(
+            project["project_dir"], project.get("dir_pin") or {"dev": -1, "ino": -1},
+            protected=self._raw_movies(project),
+            session_dirs={s["session_dir"]: s.get("dir_id") or "never measured" for s in sessions},
+            movie_dirs=self.sessions.store.movie_dirs(),
+            raw_trees=tuple(f"{s['session_dir']}/{d}" for s in sessions for d in raw_layout))
 
     def _raw_movies(self, project: dict[str, Any]) -> frozenset[tuple[int, int]]:
         links = [rel for session in self.sessions.store.list_sessions(project["uid"])

@@ -233,6 +233,42 @@ def check_pinned(project_dir: str, pin: dict[str, int]) -> None:
     os.close(open_pinned_dir(project_dir, pin))
 
 
+def dir_id(st: os.stat_result) -> str:
+    """A directory's identity (device and inode) as one string, to store and compare."""
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def session_dir_id(project_dir: str, session_dir: str) -> str | None:
+    """The session dir's identity, or None when it is not there as a plain directory (gone, a symlink)."""
+    try:
+        st = os.lstat(os.path.join(project_dir, session_dir))
+    except OSError:
+        return None
+    return dir_id(st) if stat.S_ISDIR(st.st_mode) else None
+
+
+def raw_movie_dirs(project_dir: str, raw_links: Iterable[str]) -> set[str]:
+    """Identities of the directories that raw links point into (where the movies are): no deletion may
+    take a file from them, whichever project or category lists it."""
+    found: set[str] = set()
+    seen_parents: set[str] = set()
+    for rel in raw_links:
+        link = os.path.join(project_dir, rel)
+        try:
+            target = os.readlink(link)
+        except OSError:
+            continue  # a plain file, or gone
+        parent = os.path.dirname(os.path.normpath(os.path.join(os.path.dirname(link), target)))
+        if parent in seen_parents:
+            continue
+        seen_parents.add(parent)
+        try:
+            found.add(dir_id(os.stat(parent)))
+        except OSError:
+            continue
+    return found
+
+
 def dirs_overlap(a: str, b: str) -> bool:
     """Are two normalised paths the same, or is one inside the other?"""
     return _inside(a, b) or _inside(b, a)
@@ -324,11 +360,19 @@ class Unlinker:
     is opened by name from the project root with O_NOFOLLOW, and the file is unlinked by name in it
     (a symlink goes as a link). Directory descriptors are kept for the files that share them."""
 
-    def __init__(self, project_dir: str, pin: dict[str, int],
-                 protected: frozenset[tuple[int, int]] = frozenset()) -> None:
+    def __init__(self, project_dir: str, pin: dict[str, int], *,
+                 protected: frozenset[tuple[int, int]] = frozenset(), session_dirs: dict[str, str] | None = None,
+                 movie_dirs: frozenset[str] = frozenset(), raw_trees: tuple[str, ...] = ()) -> None:
         self.root_fd = open_pinned_dir(project_dir, pin)
         self._dir_fds: dict[str, int] = {"": self.root_fd}
         self.protected = protected  # (dev, inode) of files never deleted: the sessions' raw movies
+        self.session_dirs = session_dirs or {}  # relative session dir: the identity it was measured with
+        self.movie_dirs = movie_dirs  # identities of directories raw links point into, anywhere
+        self.raw_trees = raw_trees  # relative dirs (the sessions' import_movies/) nothing is deleted from
+        self._refused_dirs: dict[str, str] = {}
+        why = self._why_refused("", dir_id(os.fstat(self.root_fd)))
+        if why is not None:  # the project dir itself is a movie directory
+            self._refused_dirs[""] = why
 
     def close(self) -> None:
         for fd in self._dir_fds.values():
@@ -342,6 +386,8 @@ class Unlinker:
         self.close()
 
     def _dir_fd(self, rel_dir: str) -> int:
+        if rel_dir in self._refused_dirs:
+            raise UnsafePath(self._refused_dirs[rel_dir])
         fd = self._dir_fds.get(rel_dir)
         if fd is not None:
             return fd
@@ -353,17 +399,32 @@ class Unlinker:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafePath(f"{rel_dir} is not a plain directory (a symlink?)") from None
             raise
+        why = self._why_refused(rel_dir, dir_id(os.fstat(fd)))
+        if why is not None:
+            os.close(fd)
+            self._refused_dirs[rel_dir] = why
+            raise UnsafePath(why)
         if len(self._dir_fds) > 256:  # bound open descriptors on trees with many directories
             for key in [k for k in self._dir_fds if k][:128]:
                 os.close(self._dir_fds.pop(key))
         self._dir_fds[rel_dir] = fd
         return fd
 
+    def _why_refused(self, rel_dir: str, identity: str) -> str | None:
+        expected = self.session_dirs.get(rel_dir)
+        if expected is not None and identity != expected:
+            return f"{rel_dir} is no longer the session directory that was measured (moved or replaced)"
+        if identity in self.movie_dirs:
+            return f"{rel_dir} holds raw movies of a session (raw data is never deleted)"
+        return None
+
     def unlink(self, rel: str) -> int | None:
         """Bytes freed (0 for a file with other hard links), or None if it was already gone."""
         parts = rel.split("/")
         if rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
             raise UnsafePath(f"{rel!r} is not a plain path inside the project")
+        if any(_inside(rel, tree) for tree in self.raw_trees):
+            raise UnsafePath(f"{rel} lies in a session's raw data directory (raw data is never deleted)")
         try:
             dir_fd = self._dir_fd("/".join(parts[:-1]))
             st = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)

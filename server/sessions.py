@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import files
@@ -13,6 +13,7 @@ from .coalesce import Coalescer
 from .config import Config
 from .domain import (
     DATATYPES,
+    MISSING_FROM,
     check_datatype,
     check_project_uid,
     check_session_uid,
@@ -22,7 +23,7 @@ from .domain import (
     session_status_after,
     status_after_measure,
 )
-from .errors import conflict, invalid_params, not_found
+from .errors import ApiError, conflict, invalid_params, not_found
 from .states import BY_REFRESH, CategoryStates
 from .store import Store, scan_digest
 
@@ -85,17 +86,38 @@ class Sessions:
         project_dir = files.check_project_dir(project_dir)
         self.check_project_location(project_dir)
         real = os.path.realpath(project_dir)
-        for other in self.store.list_projects():
-            if files.dirs_overlap(real, os.path.realpath(other["project_dir"])):
-                raise conflict(f"{project_dir} is, holds or lies inside project {other['uid']}'s directory "
-                               f"({other['project_dir']}); each project needs a directory of its own")
+        self._check_project_dir_free(self._project_dirs()[1], real, project_dir)
         pin = files.dir_pin(project_dir)
         uid = f"P{self.store.next_number('projects')}"
+        self._reserve_project_dir(uid, real, project_dir)
         project = {"uid": uid, "title": title, "project_dir": project_dir, "created_at": now_iso(),
                    "dir_pin": pin, "session_dirs": {}, "dirs_version": 0}
         self.store.insert_project(project)
         log.info("created project %s (%s) at %s", uid, title, project_dir)
         return self._project_row(project, [])
+
+    def _project_dirs(self) -> tuple[int | None, dict[str, str]]:
+        """(version, {project uid: real dir}) of the facility's projects."""
+        version, dirs = self.store.project_dirs()
+        if dirs is None:  # projects from before the map was kept
+            dirs = {p["uid"]: os.path.realpath(p["project_dir"]) for p in self.store.list_projects()}
+        return version, dirs
+
+    @staticmethod
+    def _check_project_dir_free(dirs: dict[str, str], real: str, shown: str) -> None:
+        for other_uid, other in dirs.items():
+            if files.dirs_overlap(real, other):
+                raise conflict(f"{shown} is, holds or lies inside project {other_uid}'s directory ({other}); each "
+                               "project needs a directory of its own")
+
+    def _reserve_project_dir(self, uid: str, real: str, shown: str) -> None:
+        """Of two projects created at once on overlapping dirs, one wins and the other checks again."""
+        for _attempt in range(_MEASURE_RETRIES * 2):
+            version, dirs = self._project_dirs()
+            self._check_project_dir_free(dirs, real, shown)
+            if self.store.reserve_project_dirs(version, {**dirs, uid: real}):
+                return
+        raise conflict("projects kept being created while this one was; try again")
 
     def pin_projects(self) -> int:
         """Projects made before directories were pinned get their pin now (at start): from then on a
@@ -164,6 +186,16 @@ class Sessions:
                 raise conflict(f"session dir {shown} is, holds or lies inside session {other_uid}'s directory "
                                f"({other}); each session needs a directory of its own")
 
+    def _check_no_registered_files_inside(self, project_uid: str, session_dir: str, shown: str) -> None:
+        """A new session's directory may not hold files registered (by API) to another session: they
+        would belong to two sessions."""
+        keys = [f"{project_uid}/{s['uid']}" for s in self.store.list_sessions(project_uid)]
+        for key, paths in self.store.api_registrations(keys).items():
+            inside = next((p for p in paths if files.dirs_overlap(p, session_dir)), None)
+            if inside is not None:
+                raise conflict(f"session dir {shown} holds {inside}, a file registered to session "
+                               f"{key.split('/')[1]}; each session needs a directory of its own")
+
     def _reserve_session_dir(self, project_uid: str, session_uid: str, session_dir: str, shown: str) -> None:
         for _attempt in range(_MEASURE_RETRIES * 2):
             project = self.project(project_uid)
@@ -185,7 +217,13 @@ class Sessions:
         uid = f"S{self.store.next_number('sessions:' + project_uid)}"
         session_dir = session_dir or uid
         files.check_session_root(project["project_dir"], session_dir)
-        self._reserve_session_dir(project_uid, uid, self._real_session_dir(project, session_dir), session_dir)
+        real_dir = self._real_session_dir(project, session_dir)
+        self._reserve_session_dir(project_uid, uid, real_dir, session_dir)
+        try:
+            self._check_no_registered_files_inside(project_uid, real_dir, session_dir)
+        except ApiError:
+            self.store.release_session_dir(project_uid, uid)
+            raise
         session: dict[str, Any] = {"project_uid": project_uid, "uid": uid, "title": title, "status": "paused",
                    "session_dir": session_dir, "created_at": now_iso(), "started_at": None, "paused_at": [],
                    "completed_at": None, "data_management": new_data_management(),
@@ -224,12 +262,17 @@ class Sessions:
             raise invalid_params("paths is empty; give one or more file paths")
         registry = self.store.read_registry(project_uid, session_uid, session.get("scan_gen"))
         owner = {path: dt for source in registry.values() for dt, ps in source.items() for path in ps}
-        other_dirs = {uid: d for uid, d in self.session_dirs(self.project(project_uid)).items() if uid != session_uid}
+        all_dirs = self.session_dirs(self.project(project_uid))
+        other_dirs = {uid: d for uid, d in all_dirs.items() if uid != session_uid}
+        raw_trees = self.raw_trees(all_dirs.values())
         new: list[str] = []
         seen: set[str] = set()
         for index, path in enumerate(paths):
             rel = files.project_relative(project_dir, path)
             files.check_registrable(project_dir, rel)
+            if datatype != "raw" and any(files.dirs_overlap(rel, tree) for tree in raw_trees):
+                raise invalid_params(f"{path} lies in a session's raw data directory: it is raw data, never "
+                                     f"{datatype}", index=index)
             for other_uid, other_dir in other_dirs.items():
                 if files.dirs_overlap(rel, other_dir):
                     raise invalid_params(f"{path} lies in session {other_uid}'s directory; a file belongs to one "
@@ -250,6 +293,11 @@ class Sessions:
         self.refresh_session(project_uid, session_uid)
         return {"registered": len(new), "already_registered": len(paths) - len(new),
                 "data_management": self.session(project_uid, session_uid)["data_management"][datatype]}
+
+    def raw_trees(self, session_dirs: Iterable[str]) -> list[str]:
+        """The sessions' raw layout dirs (import_movies/), relative to the project."""
+        raw_layout = [directory for directory, datatype in self.config.layout if datatype == "raw"]
+        return [f"{d}/{r}" for d in session_dirs for r in raw_layout]
 
     def registered_paths(self, project_uid: str, session_uid: str) -> dict[str, list[str]]:
         session = self.session(project_uid, session_uid)
@@ -283,6 +331,12 @@ class Sessions:
         self.check_project_identity(project)
         project_dir = project["project_dir"]
         session = self.session(project_uid, session_uid)
+        current_id = files.session_dir_id(project_dir, session["session_dir"])
+        pinned_id = session.get("dir_id")
+        if pinned_id is not None and current_id != pinned_id:
+            return self._mark_unreachable(project_uid, session_uid, session, replaced=current_id is not None)
+        if pinned_id is None and current_id is not None:
+            self._pin_session_dir(project_uid, session_uid, session["session_dir"], current_id)
         api = self.store.read_registry(project_uid, session_uid, None, sources=("api",))["api"]
         api_paths = frozenset(p for paths in api.values() for p in paths)
         walked = files.walk_session(project_dir, session["session_dir"], self.config.layout, skip=api_paths)
@@ -290,9 +344,50 @@ class Sessions:
         if digest != session.get("scan_digest"):
             self.store.replace_scan(project_uid, session_uid, session.get("scan_gen"),
                                     {dt: sorted(walked[dt].paths) for dt in DATATYPES}, digest)
+        if digest != session.get("scan_digest") or session.get("raw_dirs") is None:
+            movie_dirs = files.raw_movie_dirs(project_dir, [*walked["raw"].paths, *api["raw"]])
+            self.store.set_raw_dirs(project_uid, session_uid, sorted(movie_dirs))
         for dt in DATATYPES:  # then the files registered by API join the measure (not the scanned registry)
             files.add_registered(walked[dt], project_dir, api[dt], follow_links=dt == "raw")
         return self._store_measures(project_uid, session_uid, session, walked)
+
+    def check_session_identity(self, project: dict[str, Any], session: dict[str, Any]) -> None:
+        """Refuse to act on a session whose directory is not the one it was measured in (or is another
+        session's)."""
+        current = files.session_dir_id(project["project_dir"], session["session_dir"])
+        pinned = session.get("dir_id")
+        if pinned is not None and current is not None and current != pinned:
+            raise conflict(f"the directory of {project['uid']} {session['uid']} ({session['session_dir']}) is not "
+                           "the one it was measured in (moved or replaced); nothing was done")
+        if pinned is None and current is not None:
+            owner = self.store.session_with_dir_id(current)
+            if owner is not None and owner != (project["uid"], session["uid"]):
+                raise conflict(f"the directory of {project['uid']} {session['uid']} is the one session {owner[0]} "
+                               f"{owner[1]} was measured in (moved here?); nothing was done")
+
+    def _pin_session_dir(self, project_uid: str, session_uid: str, session_dir: str, identity: str) -> None:
+        """The first time a session's directory is measured, it is pinned: a deletion later refuses to go
+        into another directory put in its place. A directory pinned by another session is refused."""
+        owner = self.store.session_with_dir_id(identity)
+        if owner is not None and owner != (project_uid, session_uid):
+            raise conflict(f"{session_dir} of {project_uid} {session_uid} is the directory session {owner[0]} "
+                           f"{owner[1]} was measured in (moved or renamed here?); nothing was measured. Move it "
+                           "back, or give this session its own directory")
+        self.store.pin_session_dir(project_uid, session_uid, identity)
+
+    def _mark_unreachable(self, project_uid: str, session_uid: str, session: dict[str, Any],
+                          replaced: bool) -> dict[str, Any]:
+        """Missing is not empty: a session dir that is gone (or is another directory now) keeps its last
+        figures, and its categories show missing, until the directory it was measured in is back."""
+        why = "replaced by another directory" if replaced else "gone (unmounted, moved or removed)"
+        log.warning("%s %s: the session dir %s is %s; its categories show missing", project_uid, session_uid,
+                    session["session_dir"], why)
+        for dt, category in session["data_management"].items():
+            if category["status"] in MISSING_FROM and (category.get("file_count") or category.get("size")):
+                self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
+                                   expect=category["status"], to="missing", actor=LIVEDM, by=BY_REFRESH,
+                                   reason=f"session dir {why}")
+        return self.session(project_uid, session_uid)["data_management"]
 
     def _store_measures(self, project_uid: str, session_uid: str, session: dict[str, Any],
                         measures: dict[str, files.Tally]) -> dict[str, Any]:

@@ -139,6 +139,35 @@ class Store:
     def list_projects(self) -> list[dict[str, Any]]:
         return list(self.db.projects.find({}, NO_ID).sort("created_at", 1))
 
+    def project_dirs(self) -> tuple[int | None, dict[str, str] | None]:
+        """(version, {project uid: real dir}) as last reserved; (None, None) before any reservation."""
+        doc = self.db.counters.find_one({"_id": "project_dirs"})
+        return (None, None) if doc is None else (int(doc["version"]), dict(doc["dirs"]))
+
+    def reserve_project_dirs(self, version: int | None, dirs: dict[str, str]) -> bool:
+        """Replace the map of project dirs if nobody changed it since `version` was read."""
+        if version is None:
+            try:
+                self.db.counters.insert_one({"_id": "project_dirs", "version": 1, "dirs": dirs})
+            except DuplicateKeyError:
+                return False
+            return True
+        result = self.db.counters.update_one({"_id": "project_dirs", "version": version},
+                                             {"$set": {"dirs": dirs, "version": version + 1}})
+        return result.matched_count == 1
+
+    def release_session_dir(self, project_uid: str, session_uid: str) -> None:
+        """Take back a reservation whose session was not made after all."""
+        self.db.projects.update_one({"_id": project_uid}, {"$unset": {f"session_dirs.{session_uid}": ""},
+                                                           "$inc": {"dirs_version": 1}})
+
+    def api_registrations(self, session_keys: list[str]) -> dict[str, list[str]]:
+        """{session key: paths registered by API} for these sessions."""
+        found: dict[str, list[str]] = {}
+        for doc in self.db.registry.find({"key": {"$in": session_keys}, "source": "api"}):
+            found.setdefault(doc["key"], []).extend(map(_loaded_path, doc["paths"]))
+        return found
+
     def set_project_fields(self, project_uid: str, fields: dict[str, Any]) -> None:
         self.db.projects.update_one({"_id": project_uid}, {"$set": fields})
 
@@ -194,6 +223,24 @@ class Store:
         update = {f"{prefix}.{name}": value for name, value in fields.items()}
         update[f"{prefix}.status_changed_at"] = now_iso()
         return self._update_session(project_uid, session_uid, expect, {"$set": update}, writes_category_status=True)
+
+    def pin_session_dir(self, project_uid: str, session_uid: str, identity: str) -> None:
+        self._update_session(project_uid, session_uid, {"dir_id": None}, {"$set": {"dir_id": identity}})
+
+    def session_with_dir_id(self, identity: str) -> tuple[str, str] | None:
+        """(project_uid, session_uid) of the session measured in the directory of this identity."""
+        doc = self.db.sessions.find_one({"dir_id": identity}, {"project_uid": 1, "uid": 1})
+        return None if doc is None else (doc["project_uid"], doc["uid"])
+
+    def set_raw_dirs(self, project_uid: str, session_uid: str, identities: list[str]) -> None:
+        self._update_session(project_uid, session_uid, {}, {"$set": {"raw_dirs": identities}})
+
+    def movie_dirs(self) -> frozenset[str]:
+        """Every directory any session's raw links point into, facility-wide."""
+        found: set[str] = set()
+        for doc in self.db.sessions.find({"raw_dirs": {"$exists": True}}, {"raw_dirs": 1}):
+            found.update(doc.get("raw_dirs") or ())
+        return frozenset(found)
 
     def set_measures(self, project_uid: str, session_uid: str, measures: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Sizes and counts per category ({datatype: {size, file_count, updated_at}}), never a status."""

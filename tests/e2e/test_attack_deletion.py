@@ -116,7 +116,7 @@ def test_a_swap_between_the_request_and_the_job_is_refused_by_the_job(tmp_path: 
         assert len(list(moved.iterdir())) == len(p3.paths_by_datatype["micrographs"])
         settled = category(worker, "P1", "S1", "micrographs")
         assert settled["status"] == "active"
-        assert settled["note"].startswith("deleting stopped:") and "symlink" in settled["note"]
+        assert settled["note"].startswith("deleting stopped:") and "not the one it was measured in" in settled["note"]
     finally:
         worker.stop()
 
@@ -380,3 +380,152 @@ def test_a_batch_of_refreshes_of_a_huge_tree_does_not_freeze_the_daemon(daemon: 
     assert slowest_health_s < 1.0, f"/healthz and a read took {slowest_health_s:.2f} s during the batch"
     # coalesced: 100 refreshes cost a few walks, not 100
     assert outcome["seconds"] < 10 * one_walk_s + 2, (outcome["seconds"], one_walk_s)
+
+
+# --- the second attack pass: session dirs swapped, movies reached from elsewhere --------------------------
+
+def _micrographs(tree_dir: Path) -> list[Path]:
+    return sorted((tree_dir / "motioncorrected").iterdir())
+
+
+def test_a_session_dir_renamed_into_a_new_session_is_not_measured_nor_deleted(daemon: Daemon,
+                                                                            tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=3)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    completed(daemon, tree.project_dir, "P1")  # S1 measured: its directory is pinned
+    daemon.call("create_live_session", ["P1", "mallory's"])  # S2, whose directory does not exist yet
+    before = digests(tree.session_path)
+    (tree.project_dir / "S1").rename(tree.project_dir / "S2")  # the victim's directory under S2's name
+    reply = rpc(daemon, "mark_session_completed", ["P1", "S2"])
+    assert error_code(reply) == -32003 and "session P1 S1 was measured in" in reply["error"]["message"]
+    reply = rpc(daemon, "delete_live_datatype", ["P1", "S2", "micrographs"])
+    assert error_code(reply) == -32003 and "session P1 S1 was measured in" in reply["error"]["message"]
+    (tree.project_dir / "S2").rename(tree.project_dir / "S1")
+    assert digests(tree.session_path) == before
+    s1 = category(daemon, "P1", "S1", "micrographs")
+    assert s1["size"] == tree.bytes_by_datatype["micrographs"]
+
+
+def test_a_swap_of_measured_session_dirs_before_the_job_deletes_nothing(tmp_path: Path) -> None:
+    project = tmp_path / "data" / "proj"
+    victim = build_session_tree(project, "S1", exposures=2)
+    build_session_tree(project, "S2", exposures=2)  # the attacker's, same names
+    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
+    try:
+        daemon.call("create_project", ["p", str(project)])
+        completed(daemon, project, "P1")
+        completed(daemon, project, "P1", "attacker's")
+        dry = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S2",
+                                                   "datatype": "micrographs", "dry_run": True})
+        job_id = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S2",
+                                                      "datatype": "micrographs",
+                                                      "confirm_digest": dry["confirm_digest"]})
+        before = digests(victim.session_path)
+        (project / "S2").rename(project / "tmp")
+        (project / "S1").rename(project / "S2")  # the victim's directory now answers to S2
+        (project / "tmp").rename(project / "S1")
+    finally:
+        daemon.stop()
+    worker = Daemon(tmp_path / "state").start()
+    try:
+        job = wait_job(worker, job_id)
+        assert job["state"] == "failed" and "not the one it was measured in" in job["error"]
+        assert "nothing was deleted" in job["error"]
+        assert digests(project / "S2") == {p.replace("/S1/", "/S2/"): d for p, d in before.items()}
+    finally:
+        worker.stop()
+
+
+def test_movies_are_not_deleted_through_a_project_made_over_their_directory(daemon: Daemon,
+                                                                           tmp_path: Path) -> None:
+    movies = tmp_path / "data" / "movies"
+    tree = build_session_tree(tmp_path / "data" / "P1", exposures=2, movies_dir=movies)
+    daemon.call("create_project", ["real", str(tree.project_dir)])
+    completed(daemon, tree.project_dir, "P1")
+    mallory = daemon.call("create_user", ["mallory"])["token"]
+    daemon.call("set_user_data_management_permission", ["mallory", True])
+    assert "result" in rpc(daemon, "create_project", ["movies", str(movies)], token=mallory)
+    assert "result" in rpc(daemon, "create_live_session", ["P2", "x", "x"], token=mallory)
+    assert "result" in rpc(daemon, "register_files", ["P2", "S1", "metadata", tree.paths_by_datatype["raw"]],
+                           token=mallory)
+    assert "result" in rpc(daemon, "mark_session_completed", ["P2", "S1"], token=mallory)
+    before = digests(movies)
+    reply = rpc(daemon, "delete_live_datatype", {"project_uid": "P2", "session_uid": "S1", "datatype": "metadata",
+                                                 "asynchronous": False}, token=mallory)
+    job = reply["result"]
+    assert job["state"] == "done" and job["result"]["deleted"] == 0
+    assert job["result"]["refused"] == len(tree.paths_by_datatype["raw"])
+    assert digests(movies) == before
+    assert category(daemon, "P1", "S1", "raw")["status"] == "active"
+
+
+def test_a_file_in_a_raw_directory_is_raw_whatever_it_is_registered_as(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=1)
+    copied = tree.session_path / "import_movies" / "copied.tif"
+    copied.write_bytes(b"a movie copied, not linked")
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    reply = rpc(daemon, "register_files", ["P1", "S1", "metadata", [str(copied)]])
+    assert error_code(reply) == -32602 and "raw data" in reply["error"]["message"]
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    job = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "metadata",
+                                               "asynchronous": False})
+    assert job["state"] == "done" and copied.read_bytes() == b"a movie copied, not linked"
+
+
+def test_a_new_session_may_not_take_a_directory_holding_another_sessions_files(daemon: Daemon,
+                                                                               tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=1)
+    planted = tree.project_dir / "S2" / "motioncorrected" / "mov1_aligned.mrc"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"planted")
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "attacker's"])
+    daemon.call("register_files", ["P1", "S1", "metadata", [str(planted)]])  # S2 is no session yet
+    reply = rpc(daemon, "create_live_session", ["P1", "victim's"])  # would be S2, in S2/
+    assert error_code(reply) == -32003 and "registered to session S1" in reply["error"]["message"]
+    assert [s["uid"] for s in daemon.call("list_sessions", ["P1"])] == ["S1"]
+    assert "result" in rpc(daemon, "create_live_session", ["P1", "victim's", "victim"])  # elsewhere it is fine
+
+
+def test_projects_created_at_once_on_nested_dirs_one_wins(daemon: Daemon, tmp_path: Path) -> None:
+    outer = tmp_path / "data" / "A"
+    inner = outer / "B"
+    inner.mkdir(parents=True)
+    replies: list[dict[str, Any]] = []
+
+    def create(directory: Path) -> None:
+        replies.append(rpc(daemon, "create_project", ["racer", str(directory)]))
+
+    threads = [threading.Thread(target=create, args=(d,)) for d in (outer, inner, outer, inner, outer, inner)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum("result" in r for r in replies) == 1, replies
+    assert all(error_code(r) == -32003 for r in replies if "error" in r)
+    assert len(daemon.call("list_projects")) == 1
+
+
+def test_a_session_dir_that_went_away_is_missing_not_empty(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=2)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    completed(daemon, tree.project_dir, "P1")
+    before = daemon.call("get_session", ["P1", "S1"])["data_management"]
+    listed = daemon.call("get_datatype_file_paths", ["P1", "S1", "particles"])
+    tree.session_path.rename(tmp_path / "data" / "unmounted")  # as an unmount would
+    daemon.call("update_session_datatype_sizes", ["P1", "S1"])
+    gone = daemon.call("get_session", ["P1", "S1"])["data_management"]
+    for datatype, was in before.items():
+        if was["file_count"]:
+            assert gone[datatype]["status"] == "missing", datatype
+            assert (gone[datatype]["size"], gone[datatype]["file_count"]) == (was["size"], was["file_count"])
+    assert daemon.call("get_datatype_file_paths", ["P1", "S1", "particles"]) == listed
+    reply = rpc(daemon, "delete_live_datatype", ["P1", "S1", "particles"])
+    assert error_code(reply) == -32003 and "missing" in reply["error"]["message"]
+    (tmp_path / "data" / "unmounted").rename(tree.session_path)
+    daemon.call("update_session_datatype_sizes", ["P1", "S1"])
+    back = daemon.call("get_session", ["P1", "S1"])["data_management"]
+    assert {dt: c["status"] for dt, c in back.items()} == {dt: c["status"] for dt, c in before.items()}
+    changes = [e for e in daemon.call("get_audit_log", {}) if e["action"] == "state_changed" and e["by"] == "refresh"]
+    assert {e["status"] for e in changes} == {"missing", "active"}

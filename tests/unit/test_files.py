@@ -118,3 +118,25 @@ def test_unlinker_removes_links_as_links_and_never_walks_through_one(tmp_path: P
                 unlinker.unlink(unsafe)
     assert target.read_bytes() == b"m" * 10
     assert not (project / "S1" / "extract" / "link.mrc").is_symlink()
+
+
+def test_unlinker_refuses_swapped_session_dirs_movie_dirs_and_raw_trees(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    for rel in ("S1/motioncorrected/a.mrc", "S2/motioncorrected/a.mrc", "S1/import_movies/copied.tif",
+                "movies/m.tif", "S1/extract/p.mrc"):
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_bytes(b"x")
+    ids = {name: files.dir_id((project / name).stat()) for name in ("S1", "S2", "movies")}
+    (project / "S1").rename(project / "tmp")  # S1 and S2 swap after they were measured
+    (project / "S2").rename(project / "S1")
+    (project / "tmp").rename(project / "S2")
+    before = sorted(p for p in project.rglob("*") if p.is_file())
+    with files.Unlinker(str(project), files.dir_pin(str(project)), session_dirs={"S1": ids["S1"], "S2": ids["S2"]},
+                        movie_dirs=frozenset({ids["movies"]}), raw_trees=("S1/import_movies",)) as unlinker:
+        for refused in ("S1/motioncorrected/a.mrc", "S2/motioncorrected/a.mrc", "movies/m.tif",
+                        "S1/import_movies/copied.tif", "S1/extract/p.mrc"):
+            with pytest.raises(files.UnsafePath):
+                unlinker.unlink(refused)
+    assert sorted(p for p in project.rglob("*") if p.is_file()) == before
+    with files.Unlinker(str(project), files.dir_pin(str(project)), session_dirs={"S2": ids["S1"]}) as unlinker:
+        assert unlinker.unlink("S2/extract/p.mrc") == 1  # the directory measured as S1 is named S2 here: its own
