@@ -10,6 +10,11 @@ to the one category and expires with the run, so `livedm rtpcli
 A hook job's document is not trusted: whatever it says, the script run is the configured
 `hook_path` (or, for an admin's override, one listed in `hook_allowed_scripts`), only while hooks
 are enabled in this livedmd's configuration, and the log is a plain file in the hook log dir.
+
+Nor is a script that another user could change: before it runs (and when an admin's trigger names an
+override), the script, every directory and symbolic link on the way to it must be owned by root or
+by livedmd's own user and not writable by group or others; a world-writable directory passes only
+with its sticky bit (like /tmp), as then only an entry's owner may replace it (OpenSSH's StrictModes).
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pwd
 import select
+import shlex
 import stat
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,7 @@ READ_BYTES = 65536
 LOG_DIR_MODE = 0o700
 LOG_FILE_MODE = 0o600
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_SYMLINKS = 40  # as the kernel: more links on the way to a script is a loop
 
 # What a hook script sees of livedmd's environment (besides PATH, LIVEDM_URL and LIVEDM_TOKEN):
 # locale, time zone and identity; cryoSPARC's host and port (the seed's example prints them); the
@@ -108,6 +116,84 @@ def hook_environment(environ: Mapping[str, str], url: str, token: str) -> dict[s
     env["LIVEDM_URL"] = url
     env["LIVEDM_TOKEN"] = token
     return env
+
+
+def trusted_owners() -> frozenset[int]:
+    """Who may own a hook script and everything on the way to it: root and livedmd's own user."""
+    return frozenset({0, os.geteuid()})
+
+
+def script_trust_problem(script: str, owners: frozenset[int]) -> str | None:
+    """Why `script` may not run: another user than `owners` could change what it runs, or it is not a
+    plain file; None when it may. What runs is the whole path as the kernel follows it: "/", every
+    directory, every symbolic link and the file itself."""
+    try:
+        entries = list(_path_entries(script))
+    except OSError as exc:
+        return (f"hook script {script} cannot be checked: {exc.filename}: {exc.strerror}; fix hook_path "
+                "(or hook_allowed_scripts) or put the script there")
+    for entry, info in entries:
+        problem = _entry_problem(entry, info, owners)
+        if problem is not None:
+            return f"hook script {script} could be changed by another user: {problem}"
+    entry, info = entries[-1]
+    if not stat.S_ISREG(info.st_mode):
+        return (f"hook script {script} is not a plain file ({entry}); name an executable file in hook_path "
+                "(or hook_allowed_scripts)")
+    return None
+
+
+def _path_entries(path: str) -> Iterator[tuple[str, os.stat_result]]:
+    """Each entry the kernel passes on the way to `path`, with its lstat: "/", each directory, each
+    symbolic link (then followed, as the kernel follows it) and last the file itself."""
+    if not os.path.isabs(path):
+        raise OSError(errno.EINVAL, "not an absolute path", path)
+    here, todo, links = "/", deque(_names(path)), 0
+    yield here, os.lstat(here)
+    while todo:
+        name = todo.popleft()
+        if name == "..":  # to a directory already passed: `here` never holds a link
+            here = os.path.dirname(here)
+            continue
+        entry = os.path.join(here, name)
+        info = os.lstat(entry)
+        yield entry, info
+        if stat.S_ISLNK(info.st_mode):
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+            target = os.readlink(entry)
+            todo.extendleft(reversed(_names(target)))
+            here = "/" if os.path.isabs(target) else here
+        else:
+            here = entry
+
+
+def _names(path: str) -> list[str]:
+    return [name for name in path.split("/") if name not in ("", ".")]
+
+
+def _entry_problem(entry: str, info: os.stat_result, owners: frozenset[int]) -> str | None:
+    """What lets another user change `entry`, and the command that stops it; None if nothing does."""
+    kind = "directory" if stat.S_ISDIR(info.st_mode) else "symbolic link" if stat.S_ISLNK(info.st_mode) else "file"
+    if info.st_uid not in owners:
+        allowed = " or ".join(_user_name(uid) for uid in sorted(owners))
+        chown = "chown -h" if stat.S_ISLNK(info.st_mode) else "chown"
+        return (f"the {kind} {entry} is owned by {_user_name(info.st_uid)}, not by {allowed}; run "
+                f"`{chown} root {shlex.quote(entry)}` or move the script where only root can write")
+    writers = [who for bit, who in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others")) if info.st_mode & bit]
+    sticky = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+    if writers and not stat.S_ISLNK(info.st_mode) and not sticky:
+        return (f"the {kind} {entry} is writable by {' and '.join(writers)} (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); run `chmod go-w {shlex.quote(entry)}`")
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _exited(pid: int) -> bool:
@@ -242,6 +328,9 @@ class Hooks:
                                   "status": status or current_status}
         if script_location is not None:
             script = self._script_for(script_location)
+            problem = script_trust_problem(script, trusted_owners())
+            if problem is not None:
+                raise forbidden(problem)
             if script != self.config.hook_path:
                 params["script"] = script
         if script_log_path_abs is not None:
@@ -332,9 +421,14 @@ class Hooks:
                     log_path: Path) -> dict[str, Any]:
         output = CappedLog(log_fd, self.config.hook_log_max_bytes)
         output.line(f"=== {now_iso()} job {run.job['id']} attempt {run.job['attempts']}: {' '.join(argv)}")
-        if not (os.path.isfile(argv[0]) and os.access(argv[0], os.X_OK)):
+        problem = script_trust_problem(argv[0], trusted_owners())
+        if problem is not None:
+            output.line(f"=== refused, nothing was run: {problem}")
+            log.warning("hook job %s refused, nothing was run: %s", run.job.get("id"), problem)
+            raise HookFailed(f"refused, nothing was run: {problem}")
+        if not os.access(argv[0], os.X_OK):
             output.line("=== cannot run: not an executable file")
-            raise HookFailed(f"hook script {argv[0]} is not an executable file")
+            raise HookFailed(f"hook script {argv[0]} is not executable; run `chmod 0755 {shlex.quote(argv[0])}`")
         token = new_token()
         scope = {"project_uid": params.project_uid, "session_uid": params.session_uid, "datatype": params.datatype}
         self.store.insert_token(token_hash(token), HOOK_USER, now_iso(),

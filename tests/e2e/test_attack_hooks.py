@@ -24,6 +24,15 @@ import pytest
 from livedm.server.embedded import EmbeddedStore
 from tests.e2e.test_hooks import completed_session, hook_daemon, status_of, wait_until
 from tests.support.daemon import Daemon
+from tests.unit.test_hook_runner import (
+    OTHER,
+    changeable,
+    needs_root,
+    open_dir,
+    owned_by_other,
+    private_dir,
+    writable,
+)
 
 ENABLE = "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE"
 SCRIPT_PATH = "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH"
@@ -185,6 +194,62 @@ def test_a_symlink_planted_as_a_sessions_hook_log_is_not_followed(tmp_path: Path
     assert victim.read_text() == "precious\n"
     assert not hook_marker.exists()
     assert (logs / "P1_S1.log").is_symlink()
+
+
+# --- medium: a hook script another user could change (OpenSSH's StrictModes) ---------------------
+
+@needs_root
+def test_a_hook_script_another_user_could_change_is_refused_and_runs_nothing(tmp_path: Path,
+                                                                              shared_store: str) -> None:
+    hooks, opened = private_dir(tmp_path / "hooks"), open_dir(tmp_path / "open")
+    under_tmp = Path(tempfile.mkdtemp(prefix="livedm-hook-", dir="/tmp"))  # ours, below /tmp's sticky bit
+    scripts = {"nobodys": hooks / "nobodys.sh", "mode-0777": hooks / "mode-0777.sh", "open-dir": opened / "hook.sh",
+               "good": hooks / "good.sh", "under-tmp": under_tmp / "hook.sh"}
+    markers = {name: tmp_path / f"{name}.ran" for name in scripts}
+    for name, script in scripts.items():
+        marker_script(script, markers[name])
+    os.chown(scripts["nobodys"], OTHER, OTHER)
+    scripts["mode-0777"].chmod(0o777)
+    refusals = {"nobodys": changeable(scripts["nobodys"], owned_by_other(scripts["nobodys"])),
+                "mode-0777": changeable(scripts["mode-0777"], writable(scripts["mode-0777"], 0o777)),
+                "open-dir": changeable(scripts["open-dir"], writable(opened, 0o777, kind="directory"))}
+    allowed = ":".join(str(scripts[name]) for name in ("mode-0777", "open-dir", "good", "under-tmp"))
+    daemon = Daemon(tmp_path / "state", env={"LIVEDM_MONGO_URI": shared_store, ENABLE: "true",
+                                             SCRIPT_PATH: str(scripts["nobodys"]),
+                                             "LIVEDM_HOOK_ALLOWED_SCRIPTS": allowed}).start()
+    client: pymongo.MongoClient = pymongo.MongoClient(shared_store)
+    try:
+        completed_session(daemon, tmp_path, exposures=1)
+        daemon.call("change_session_data_management_state", ["P1", "S1", "particles", "archiving"])  # hook_path
+        base = {"project_uid": "P1", "session_uid": "S1", "datatype": "particles"}
+        triggered = {name: rpc(daemon, "trigger_live_data_management_script",
+                               {**base, "script_location": str(scripts[name])}) for name in scripts}
+        crafted = {"J9201": "mode-0777", "J9202": "open-dir"}  # overrides that never passed a trigger
+        client["livedm"]["jobs"].insert_many([crafted_job(job_id, {**base, "status": "archiving",
+                                                                    "script": str(scripts[name])})
+                                              for job_id, name in crafted.items()])
+        jobs = wait_until(lambda: len(js := daemon.call("list_jobs", {"kind": "hook"})) == 5 and
+                          all(j["state"] in ("done", "failed") for j in js) and js, what="the five hook runs")
+    finally:
+        client.close()
+        daemon.stop()
+        shutil.rmtree(under_tmp)
+    assert {name: reply.get("error", {}).get("code") for name, reply in triggered.items()} == {
+        "nobodys": -32002, "mode-0777": -32002, "open-dir": -32002, "good": None, "under-tmp": None}
+    assert {name: triggered[name]["error"]["message"] for name in refusals} == refusals
+    by_script = {j["params"].get("script", str(scripts["nobodys"])): j for j in jobs}
+    assert {name: (by_script[str(script)]["state"], by_script[str(script)]["error"])
+            for name, script in scripts.items()} == {
+        "nobodys": ("failed", f"refused, nothing was run: {refusals['nobodys']}"),
+        "mode-0777": ("failed", f"refused, nothing was run: {refusals['mode-0777']}"),
+        "open-dir": ("failed", f"refused, nothing was run: {refusals['open-dir']}"),
+        "good": ("done", None), "under-tmp": ("done", None)}
+    assert {name: marker.exists() and marker.read_text() for name, marker in markers.items()} == {
+        "nobodys": False, "mode-0777": False, "open-dir": False,
+        "good": "P1 S1 particles archiving\n", "under-tmp": "P1 S1 particles archiving\n"}
+    log = (daemon.state_dir / "hook-logs" / "P1_S1.log").read_text().splitlines()
+    assert sorted(line for line in log if "refused" in line) == sorted(
+        f"=== refused, nothing was run: {refusal}" for refusal in refusals.values())
 
 
 # --- item 11: the hook's environment and token --------------------------------------------------

@@ -4,8 +4,13 @@ configuration allows, its log is confined and capped, its environment and token 
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import stat
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,7 @@ import pytest
 from livedm.server.audit import Audit
 from livedm.server.auth import token_hash
 from livedm.server.config import Config
+from livedm.server.errors import FORBIDDEN, ApiError
 from livedm.server.hooks import (
     HOOK_USER,
     TOKEN_MARGIN_S,
@@ -22,6 +28,8 @@ from livedm.server.hooks import (
     Hooks,
     hook_environment,
     hook_params,
+    script_trust_problem,
+    trusted_owners,
 )
 from livedm.server.jobs import JobRun, Queue
 from livedm.server.store import Store
@@ -231,3 +239,234 @@ def test_capped_log_keeps_short_output_whole(tmp_path: Path) -> None:
     os.close(fd)
     assert path.read_bytes() == b"a" * 400 + b"b" * 300 + b"c" * 300 + b"\n=== footer\n"
     assert sink.cut_bytes == 0
+
+
+# --- finding 6: a script another user could change does not run (OpenSSH's StrictModes) ----------
+
+OTHER = 65534  # nobody: neither root nor livedmd's own user
+SHIPPED_HOOKS = Path(__file__).resolve().parents[2] / "hooks"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+NOT_CHECKABLE = "; fix hook_path (or hook_allowed_scripts) or put the script there"
+
+
+def user_text(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def changeable(script: Path, problem: str) -> str:
+    """The whole refusal for `script`, with `problem` the entry at fault and the command that fixes it."""
+    return f"hook script {script} could be changed by another user: {problem}"
+
+
+def owned_by_other(entry: Path, kind: str = "file") -> str:
+    chown = "chown -h" if kind == "symbolic link" else "chown"
+    return (f"the {kind} {entry} is owned by {user_text(OTHER)}, not by {user_text(0)}; run "
+            f"`{chown} root {entry}` or move the script where only root can write")
+
+
+def writable(entry: Path, mode: int, kind: str = "file", by: str = "group and others") -> str:
+    return f"the {kind} {entry} is writable by {by} (mode {mode:04o}); run `chmod go-w {entry}`"
+
+
+def private_dir(path: Path) -> Path:
+    """A directory only its owner (root, or livedmd's user) may change: mode 0755, whatever the umask."""
+    path.mkdir()
+    path.chmod(0o755)
+    return path
+
+
+def plain_script(directory: Path, name: str = "hook.sh", mode: int = 0o755) -> Path:
+    """An executable script in `directory` (a new one is made 0755): nobody but its owner may change it."""
+    if not directory.exists():
+        private_dir(directory)
+    script = directory / name
+    script.write_text("#!/bin/sh\n")
+    script.chmod(mode)
+    return script
+
+
+def sticky_dir(path: Path) -> Path:
+    """A directory like /tmp: anyone may add entries, only an entry's owner may replace it."""
+    path.mkdir()
+    path.chmod(0o1777)
+    return path
+
+
+def open_dir(path: Path) -> Path:
+    path.mkdir()
+    path.chmod(0o777)
+    return path
+
+
+def script_owned_by_other(base: Path) -> tuple[Path, str]:
+    script = plain_script(base / "hooks")
+    os.chown(script, OTHER, OTHER)
+    return script, owned_by_other(script)
+
+
+def script_writable_by_all(base: Path) -> tuple[Path, str]:
+    script = plain_script(base / "hooks", mode=0o777)
+    return script, writable(script, 0o777)
+
+
+def script_writable_by_group(base: Path) -> tuple[Path, str]:
+    script = plain_script(base / "hooks", mode=0o775)
+    return script, writable(script, 0o775, by="group")
+
+
+def directory_writable_by_all(base: Path) -> tuple[Path, str]:
+    script = plain_script(open_dir(base / "open"))
+    return script, writable(base / "open", 0o777, kind="directory")
+
+
+def directory_owned_by_other(base: Path) -> tuple[Path, str]:
+    script = plain_script(base / "theirs")
+    os.chown(base / "theirs", OTHER, OTHER)
+    return script, owned_by_other(base / "theirs", kind="directory")
+
+
+def others_script_in_a_sticky_dir(base: Path) -> tuple[Path, str]:
+    script = plain_script(sticky_dir(base / "sticky"))
+    os.chown(script, OTHER, OTHER)
+    return script, owned_by_other(script)
+
+
+def others_directory_in_a_sticky_dir(base: Path) -> tuple[Path, str]:
+    script = plain_script(sticky_dir(base / "sticky") / "theirs")
+    os.chown(base / "sticky" / "theirs", OTHER, OTHER)
+    return script, owned_by_other(base / "sticky" / "theirs", kind="directory")
+
+
+def link_in_an_open_dir_to_a_good_script(base: Path) -> tuple[Path, str]:
+    good = plain_script(base / "hooks")
+    link = open_dir(base / "open") / "hook.sh"
+    link.symlink_to(good)
+    return link, writable(base / "open", 0o777, kind="directory")
+
+
+def link_owned_by_other(base: Path) -> tuple[Path, str]:
+    plain_script(base / "hooks")
+    link = base / "hooks" / "link.sh"
+    link.symlink_to("hook.sh")
+    os.lchown(link, OTHER, OTHER)
+    return link, owned_by_other(link, kind="symbolic link")
+
+
+def good_link_to_a_script_in_an_open_dir(base: Path) -> tuple[Path, str]:
+    plain_script(open_dir(base / "open"))
+    link = private_dir(base / "hooks") / "hook.sh"
+    link.symlink_to("../open/hook.sh")
+    return link, writable(base / "open", 0o777, kind="directory")
+
+
+@needs_root
+@pytest.mark.parametrize("layout", [
+    script_owned_by_other, script_writable_by_all, script_writable_by_group, directory_writable_by_all,
+    directory_owned_by_other, others_script_in_a_sticky_dir, others_directory_in_a_sticky_dir,
+    link_in_an_open_dir_to_a_good_script, link_owned_by_other, good_link_to_a_script_in_an_open_dir,
+], ids=lambda layout: layout.__name__)
+def test_a_script_another_user_could_change_is_named_with_its_fix(
+        tmp_path: Path, layout: Callable[[Path], tuple[Path, str]]) -> None:
+    script, problem = layout(tmp_path)
+    assert script_trust_problem(str(script), trusted_owners()) == changeable(script, problem)
+
+
+def test_scripts_only_root_or_livedmd_can_change_pass(tmp_path: Path) -> None:
+    in_0755 = plain_script(tmp_path / "hooks")
+    in_our_dir_under_a_sticky_one = plain_script(sticky_dir(tmp_path / "sticky") / "ours")
+    link = private_dir(tmp_path / "links") / "hook.sh"
+    link.symlink_to("../links/./../hooks/hook.sh")
+    for script in (in_0755, in_our_dir_under_a_sticky_one, link, *sorted(SHIPPED_HOOKS.iterdir())):
+        assert script_trust_problem(str(script), trusted_owners()) is None, script
+
+
+@needs_root
+def test_livedmd_own_user_may_own_the_script_and_its_directory(tmp_path: Path) -> None:
+    script = plain_script(tmp_path / "hooks")
+    os.chown(tmp_path / "hooks", OTHER, OTHER)
+    os.chown(script, OTHER, OTHER)
+    assert script_trust_problem(str(script), frozenset({0, OTHER})) is None  # OTHER as livedmd's user
+
+
+def test_a_script_that_cannot_be_checked_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    missing, loop = tmp_path / "missing.sh", tmp_path / "loop1"
+    assert script_trust_problem(str(missing), trusted_owners()) == (
+        f"hook script {missing} cannot be checked: {missing}: No such file or directory{NOT_CHECKABLE}")
+    assert script_trust_problem(str(loop), trusted_owners()) == (
+        f"hook script {loop} cannot be checked: {loop}: Too many levels of symbolic links{NOT_CHECKABLE}")
+    assert script_trust_problem("hook.sh", trusted_owners()) == (
+        f"hook script hook.sh cannot be checked: hook.sh: not an absolute path{NOT_CHECKABLE}")
+    assert script_trust_problem(str(tmp_path), trusted_owners()) == (
+        f"hook script {tmp_path} is not a plain file ({tmp_path}); name an executable file in hook_path "
+        "(or hook_allowed_scripts)")
+
+
+def make_changeable(how: str, script: Path) -> str:
+    """Let another user change what `script` runs, `how`; the problem livedmd names."""
+    if how == "script owned by nobody":
+        os.chown(script, OTHER, OTHER)
+        return owned_by_other(script)
+    if how == "script mode 0777":
+        script.chmod(0o777)
+        return writable(script, 0o777)
+    script.parent.chmod(0o777)
+    return writable(script.parent, 0o777, kind="directory")
+
+
+CHANGEABLE = ["script owned by nobody", "script mode 0777", "directory mode 0777"]
+
+
+@needs_root
+@pytest.mark.parametrize("how", CHANGEABLE)
+def test_a_hook_another_user_could_change_fails_the_job_runs_nothing_and_says_so_in_the_log(
+        mock_store: Store, tmp_path: Path, site: dict[str, Path], how: str) -> None:
+    script = site["hook_script"] = marker_script(plain_script(tmp_path / "hooks"), site["hook"])
+    refusal = changeable(script, make_changeable(how, script))
+    hooks = hooks_for(mock_store, tmp_path, site)
+    with pytest.raises(HookFailed) as failed:
+        run_crafted(hooks, dict(GOOD))
+    assert str(failed.value) == f"refused, nothing was run: {refusal}"
+    assert nothing_ran(site)
+    assert mock_store.db.tokens.count_documents({}) == 0
+    assert [e for e in mock_store.find_audit(limit=10) if e["action"] == "hook_ran"] == []
+    header, line = (hooks.config.hook_logs / "P1_S1.log").read_text().splitlines()
+    assert header.startswith("=== ") and header.endswith(f" job J900 attempt 1: {script} P1 S1 particles archiving")
+    assert line == f"=== refused, nothing was run: {refusal}"
+
+
+def test_an_override_another_user_could_change_is_refused_when_triggered_and_when_run(
+        mock_store: Store, tmp_path: Path, site: dict[str, Path]) -> None:
+    allowed = site["allowed_script"]
+    allowed.chmod(0o777)
+    refusal = changeable(allowed, writable(allowed, 0o777))
+    hooks = hooks_for(mock_store, tmp_path, site)
+    admin = {"name": "admin", "role": "admin"}
+    with pytest.raises(ApiError) as refused:
+        hooks.trigger(admin, "P1", "S1", "particles", None, str(allowed), None, "active")
+    assert (refused.value.code, refused.value.message) == (FORBIDDEN, refusal)
+    assert mock_store.db.jobs.count_documents({}) == 0
+    with pytest.raises(HookFailed) as failed:
+        run_crafted(hooks, {**GOOD, "script": str(allowed)})
+    assert str(failed.value) == f"refused, nothing was run: {refusal}"
+    assert nothing_ran(site)
+
+
+def test_a_good_script_in_a_0755_dir_or_in_our_own_dir_under_tmp_runs(
+        mock_store: Store, tmp_path: Path, site: dict[str, Path]) -> None:
+    assert (os.stat("/tmp").st_uid, stat.S_IMODE(os.stat("/tmp").st_mode)) == (0, 0o1777)  # sticky, all may write
+    under_tmp = Path(tempfile.mkdtemp(prefix="livedm-hook-", dir="/tmp"))
+    try:
+        site["hook_script"] = marker_script(plain_script(private_dir(tmp_path / "hooks")), site["hook"])
+        site["allowed_script"] = marker_script(under_tmp / "allowed.sh", site["allowed"])
+        hooks = hooks_for(mock_store, tmp_path, site)
+        assert run_crafted(hooks, dict(GOOD))["exit_status"] == 0
+        mock_store.db.jobs.delete_many({})
+        assert run_crafted(hooks, {**GOOD, "script": str(site["allowed_script"])})["exit_status"] == 0
+    finally:
+        shutil.rmtree(under_tmp)
+    assert site["hook"].read_text() == site["allowed"].read_text() == "P1 S1 particles archiving\n"
