@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 from livedm.server.auth import Authenticator
+from livedm.server.config import ConfigError
 from livedm.server.errors import FORBIDDEN, ApiError
 from livedm.server.jobs import JobFailed, JobRun
 from livedm.server.services import Services
@@ -55,4 +55,6 @@ def test_a_deletion_is_checked_again_when_it_runs(mock_store: Store, tmp_path: P
 def test_roots_come_as_a_path_list(tmp_path: Path) -> None:
     config = make_config(tmp_path, data_roots="/data/a:/data/b/")
     assert config.data_roots == ("/data/a", "/data/b")
-    assert dataclasses.replace(config, data_roots=()).data_roots == ()
+    assert make_config(tmp_path, data_roots="").data_roots == ()
+    with pytest.raises(ConfigError, match="not an absolute path"):
+        make_config(tmp_path, data_roots="/data/a:relative/b")
