@@ -70,6 +70,16 @@ class Workers:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def run_until_idle(self) -> int:
+        """Run queued jobs in this process, one at a time, until none is due; how many ran. arq's burst
+        mode: for tests and for one-shot processing, without starting the workers' tasks."""
+        owner = f"{self.owner_prefix}:burst"
+        ran = 0
+        while (job := await asyncio.to_thread(self.queue.claim, owner)) is not None:
+            await self._run(job)
+            ran += 1
+        return ran
+
     async def _maintain(self) -> None:
         while not self.closing:
             try:
