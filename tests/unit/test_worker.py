@@ -4,6 +4,7 @@ with backoff, and a store that goes away."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from typing import Any
@@ -62,7 +63,7 @@ async def test_a_passing_failure_is_retried_with_backoff_then_given_up(queue: Qu
         await workers.run_until_idle()
     job = state(queue, job_id)
     assert job["state"] == "failed" and "gave up after 3 attempts" in job["error"]
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert len(attempts) == 3 and gaps[0] >= 0.05 and gaps[1] >= 0.1  # backoff doubles
 
 
