@@ -10,12 +10,28 @@ from .store import Store
 
 MAX_ENTRIES = 1000
 
+# Every action the log records, with what it means (the README's list is this table).
+ACTIONS: dict[str, str] = {
+    "state_changed": "a category's status changed: old_status, status, by (user, deletion, refresh, repair)",
+    "deletion_requested": "a deletion was confirmed and queued: job_id, files, whole_category, user_id",
+    "deleted": "a deletion job ended: files, bytes_freed, already_gone, refused, failed, status",
+    "deletion_abandoned": "a deletion could not go on (roots, directories changed; its job failed): reason",
+    "hook_ran": "the state-change hook ran: status, job_id, exit_status, timed_out",
+    "user_created": "an admin made a user: user, role",
+    "token_issued": "an admin issued a token: user",
+    "tokens_revoked": "an admin revoked a user's tokens: user, count",
+    "permission_changed": "an admin allowed or forbade live data management: user, live_data_management",
+    "admin_token_reset": "livedmd --reset-admin-token made a new admin token",
+}
+
 
 class Audit:
     def __init__(self, store: Store) -> None:
         self.store = store
 
     def record(self, actor: str, action: str, **details: Any) -> None:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown audit action {action!r}: add it to audit.ACTIONS (and so to the README)")
         self.store.append_audit({"at": now_iso(), "actor": actor, "action": action, **details})
 
     def query(self, project_uid: str | None, session_uid: str | None, limit: int) -> list[dict[str, Any]]:

@@ -26,3 +26,14 @@ def test_readme_gives_the_two_commands_that_ci_runs() -> None:
     makefile = (root / "Makefile").read_text()
     recipes = {name: body for name, body in re.findall(r"^(run|test):[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M)}
     assert "livedmd" in recipes["run"] and "pytest" in recipes["test"]
+
+
+def test_the_readme_lists_every_audit_action() -> None:
+    from livedm.server.audit import ACTIONS
+
+    start = README.index("<!-- audit-actions:start -->") + len("<!-- audit-actions:start -->")
+    listed = re.findall(r"^- `([a-z_]+)`: (.*)$", README[start:README.index("<!-- audit-actions:end -->")], re.M)
+    assert listed == list(ACTIONS.items())
+    recorded = set(re.findall(r"\.record\([^,]+, \"([a-z_]+)\"", "".join(
+        p.read_text() for p in (Path(__file__).resolve().parents[2] / "server").glob("*.py"))))
+    assert recorded <= set(ACTIONS), f"recorded but not in audit.ACTIONS: {recorded - set(ACTIONS)}"
