@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import code
+import contextlib
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .callparse import CallSyntaxError, parse_call
 from .format import DATATYPE_COLUMNS, category_cell, human_size, short_time, table
@@ -232,48 +235,143 @@ def cmd_delete(client: CommandClient, args: argparse.Namespace) -> int:
     return EXIT_OK if job["state"] == "done" else EXIT_SERVER_ERROR
 
 
-def backup_documents(path: Path) -> int | None:
-    """The documents a backup file holds, from its end line; None if it has none (it was cut short)."""
-    last = b""
-    with open(path, "rb") as backup_file:
-        for line in backup_file:
-            if line.strip():
-                last = line
+BACKUP_MODE = 0o600  # the backup holds every token hash and who may do what: its owner's alone
+TAIL_BYTES = 1 << 16  # the end line is a few hundred bytes
+
+
+class BackupNotWritten(Exception):
+    """The backup file was not written; the message says why and what to do."""
+
+
+def end_line_documents(tail: bytes) -> int | None:
+    """The documents a backup holds, from its end line (the last line of `tail`); None if it has none (it
+    was cut short)."""
+    lines = [line for line in tail.splitlines() if line.strip()]
     try:
-        counts = json.loads(last)["livedm_backup_end"]["counts"]
-    except (ValueError, KeyError, TypeError):
+        counts = json.loads(lines[-1])["livedm_backup_end"]["counts"]
+        return sum(counts.values())
+    except (IndexError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return sum(counts.values())
 
 
-def cmd_admin(client: CommandClient, args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    if args.action == "backup":
-        written = client.download("/admin/backup", path)
-        documents = backup_documents(path)
+def create_partial(path: Path) -> tuple[int, Path]:
+    """A new FILE.partial, mode 0600, that is ours: never a file or link someone put there first."""
+    partial = path.with_name(path.name + ".partial")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(partial, flags, BACKUP_MODE)
+    except FileExistsError:
+        raise BackupNotWritten(f"{partial} already exists (left by a backup that was interrupted, or put there by "
+                               f"someone else: a link or a file another user may read); nothing was written. Look "
+                               f"at it, remove it (rm {partial}) and back up again") from None
+    except OSError as exc:
+        raise BackupNotWritten(f"cannot create {partial}: {exc.strerror}; nothing was written") from None
+    os.fchmod(fd, BACKUP_MODE)  # exactly 0600, whatever the umask
+    return fd, partial
+
+
+def copy_to(source: BinaryIO, fd: int) -> tuple[int, bytes]:
+    """Copy the stream into the file and make it durable (fsync); (bytes written, the last bytes)."""
+    written, tail = 0, b""
+    with os.fdopen(fd, "wb", closefd=False) as out:
+        while chunk := source.read(1 << 20):
+            out.write(chunk)
+            written += len(chunk)
+            tail = (tail + chunk)[-TAIL_BYTES:]
+        out.flush()
+        os.fsync(fd)
+    return written, tail
+
+
+def is_ours(fd: int, partial: Path) -> bool:
+    """Is the file at `partial` still the one open as `fd` (not removed, not replaced)?"""
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(partial))
+    except OSError:
+        return False
+
+
+def put_in_place(fd: int, partial: Path, path: Path) -> None:
+    """Rename the partial file onto FILE (a link at FILE is replaced, never followed), if it is still the
+    one we wrote, and make the rename durable."""
+    if not is_ours(fd, partial):
+        raise BackupNotWritten(f"{partial} was removed or replaced while the backup was written (by another user "
+                               f"of {partial.parent}?); nothing was written to {path}: back up into a directory "
+                               "only you may write")
+    try:
+        os.replace(partial, path)
+    except OSError as exc:
+        raise BackupNotWritten(f"cannot put the backup at {path}: {exc.strerror}; nothing was written") from None
+    with contextlib.suppress(OSError):  # not every file system syncs a directory
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_backup(source: Callable[[], Any], path: Path) -> tuple[int, int]:
+    """Write the backup `source()` opens into FILE through a new private FILE.partial, then rename it onto
+    FILE: (bytes, documents). FILE is left as it was unless the whole backup arrived."""
+    fd, partial = create_partial(path)
+    try:
+        with source() as response:
+            written, tail = copy_to(response, fd)
+        documents = end_line_documents(tail)
         if documents is None:
-            path.unlink()
-            print("the backup stopped before its end (livedmd or its database failed mid-way; see its log): "
-                  "nothing was written, try again", file=sys.stderr)
-            return EXIT_SERVER_ERROR
-        print(json.dumps({"file": str(path), "bytes": written, "documents": documents}) if args.json
-              else f"backed up {documents} documents ({human_size(written)}) to {path}")
-        return EXIT_OK
+            raise BackupNotWritten("the backup stopped before its end (livedmd or its database failed mid-way; see "
+                                   f"its log): nothing was written to {path}, try again")
+        put_in_place(fd, partial, path)
+    except BaseException:
+        if is_ours(fd, partial):  # never remove what someone else put there
+            with contextlib.suppress(OSError):
+                partial.unlink()
+        raise
+    finally:
+        os.close(fd)
+    return written, documents
+
+
+def cmd_backup(client: CommandClient, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        written, documents = write_backup(lambda: client.open_get("/admin/backup"), path)
+    except BackupNotWritten as exc:
+        print(f"livedm admin backup: {exc}", file=sys.stderr)
+        return EXIT_SERVER_ERROR
+    print(json.dumps({"file": str(path), "bytes": written, "documents": documents}) if args.json
+          else f"backed up {documents} documents ({human_size(written)}) to {path}")
+    return EXIT_OK
+
+
+LEFT_OUT_TEXT = {
+    "queued_or_running_jobs": "queued or running job(s): a restore never brings back queued work",
+    "job_file_lists": "deletion job file list(s): no restored job runs again",
+    "hook_tokens": "token(s) of the hook user: each hook run gets its own, never one from a backup",
+}
+
+
+def cmd_restore(client: CommandClient, args: argparse.Namespace) -> int:
     if not args.yes:
         print("livedm admin restore replaces livedm's whole database with the backup: add --yes", file=sys.stderr)
         return EXIT_USAGE
+    path = Path(args.file)
     result = client.upload("/admin/restore?confirm=yes" + ("&unverified=yes" if args.unverified else ""), path)
     if args.json:
         print(json.dumps(result))
         return EXIT_OK
     print("restored " + ", ".join(f"{n} {c}" for c, n in result["restored"].items()))
-    left_out = result.get("left_out", {}).get("queued_or_running_jobs", 0)
-    if left_out:
-        print(f"left out {left_out} queued or running job(s): a restore never brings back queued work")
+    for kind, count in result.get("left_out", {}).items():
+        if count and kind != "job_file_lists":
+            print(f"left out {count} {LEFT_OUT_TEXT.get(kind, kind)}")
     if result.get("settled_categories"):
         print(f"{result['settled_categories']} category(ies) left deleting or calculating are back to their "
               "previous status")
     return EXIT_OK
+
+
+def cmd_admin(client: CommandClient, args: argparse.Namespace) -> int:
+    return cmd_backup(client, args) if args.action == "backup" else cmd_restore(client, args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -124,17 +124,9 @@ class CommandClient:
             raise Unreachable(f"cannot reach livedmd at {self.url} ({getattr(exc, 'reason', exc)})",
                               name="Unreachable") from None
 
-    def download(self, path: str, destination: Path) -> int:
-        """GET a livedmd URL path into a file (written to a temporary name, then renamed); bytes written."""
-        partial = destination.with_name(destination.name + ".partial")
-        written = 0
-        with self._http(urllib.request.Request(self.url + path, headers=self._headers())) as response, \
-                open(partial, "wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                written += len(chunk)
-        partial.replace(destination)
-        return written
+    def open_get(self, path: str) -> Any:
+        """GET a livedmd URL path (signed in); the open response, to read in pieces and close."""
+        return self._http(urllib.request.Request(self.url + path, headers=self._headers()))
 
     def upload(self, path: str, source: Path) -> Any:
         """POST a file to a livedmd URL path; its JSON answer."""

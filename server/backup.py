@@ -7,8 +7,11 @@ with the collections in the order of store.COLLECTIONS, and an end line `{"lived
 
 A restore trusts nothing in the file (SPEC §5: "a restored backup never brings back queued work"): the
 upload streams to a private file in the state dir and every document is checked against its collection's
-schema as it arrives; only then is the new database loaded beside the live one (store: staging
-collections) and switched in. Any refusal or failure before the switch leaves the database as it was.
+schema as it arrives, and against the rules livedm keeps when it writes (a registered file belongs to one
+session; a project's map of session dirs names its sessions); only then is the new database loaded beside
+the live one (store: staging collections) and switched in. Any refusal or failure before the switch
+leaves the database as it was. Queued and running jobs, deletion file lists and the hook user's tokens
+are left out.
 """
 
 from __future__ import annotations
@@ -61,7 +64,10 @@ UPLOAD_PREFIX = ".restore-upload-"
 BUSY = "jobs are running; restore when the queue is idle (livedm jobs --state running); nothing was restored"
 _JSON_OPTIONS = json_util.CANONICAL_JSON_OPTIONS
 
-HOOK_USER = "hook"  # hooks.HOOK_USER: its tokens are a hook run's, never an admin's
+HOOK_USER = "hook"  # hooks.HOOK_USER: its tokens are a hook run's, never an admin's, and never restored
+DEFAULT_RAW_DIRS = ("import_movies",)  # the layout setting's raw dirs by default; a restore passes its own
+PROJECT_DIRS_COUNTER = "project_dirs"  # the facility's map of project dirs, kept among the counters
+LEFT_OUT = {"jobs": "queued_or_running_jobs", "registry": "job_file_lists", "tokens": "hook_tokens"}
 SESSION_STATUSES = ("running", "paused", "completed")
 KEPT_JOB_STATES = ("done", "failed")
 STABLE_STATUSES = tuple(s for s in CATEGORY_STATUSES if s not in TRANSIENT_STATUSES)
@@ -109,6 +115,7 @@ _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _COUNTER = re.compile(r"[a-z_]{1,32}(:[A-Za-z0-9_]{1,32})?")  # projects, jobs, sessions:P3, and later ones
 _ACTION = re.compile(r"[a-z_]{1,64}")
+_DIR_ID = re.compile(r"[0-9]{1,20}:[0-9]{1,20}")  # files.dir_id: device and inode
 _MAX_PATH_CHARS = 4096
 _MAX_PLAIN_DEPTH = 32
 
@@ -180,7 +187,7 @@ def abs_path(value: Any) -> bool:
             and os.path.isabs(value) and os.path.normpath(value) == value)
 
 
-def session_dir(value: Any) -> bool:
+def session_dir_shape(value: Any) -> bool:
     """files.check_session_dir's rule, and already in its normal form."""
     try:
         return _is_str(value) and files.check_session_dir(value) == value and rel_path(value)
@@ -194,7 +201,7 @@ def _dir_pin(value: Any) -> bool:
 
 def _session_dirs(value: Any) -> bool:
     return isinstance(value, dict) and all(
-        _SESSION_UID.fullmatch(k) and session_dir(v) for k, v in value.items())
+        _SESSION_UID.fullmatch(k) and session_dir_shape(v) for k, v in value.items())
 
 
 def _scope(value: Any) -> bool:
@@ -234,17 +241,26 @@ PROJECT_FIELDS = {
     "session_dirs": Field(False, _or_none(_session_dirs), "{session uid: relative session dir}"),
     "dirs_version": Field(False, _or_none(_count), "an integer >= 0 or null"),
 }
+PROJECT_DIRS_FIELDS = {  # the counters document store.reserve_project_dirs keeps
+    "_id": Field(True, _one_of((PROJECT_DIRS_COUNTER,)), repr(PROJECT_DIRS_COUNTER)),
+    "version": Field(True, lambda v: _count(v) and v >= 1, "an integer >= 1"),
+    "dirs": Field(True, lambda v: isinstance(v, dict) and all(_PROJECT_UID.fullmatch(k) and abs_path(d)
+                                                              for k, d in v.items()),
+                  "{project uid: absolute, normalised project dir}"),
+}
 SESSION_FIELDS = {
     "_id": Field(True, _matches(_SESSION_KEY), "'<project uid>/<session uid>'"),
     "project_uid": _PROJECT, "uid": _SESSION,
     "title": Field(True, _title, "a title of 1-200 characters"),
     "status": Field(True, _one_of(SESSION_STATUSES), f"one of {', '.join(SESSION_STATUSES)}"),
-    "session_dir": Field(True, session_dir, "a normalised relative path inside the project dir, without '..'"),
+    "session_dir": Field(True, session_dir_shape, "a normalised relative path inside the project dir, without '..'"),
     "created_at": _TS, "started_at": _TS_OR_NONE, "completed_at": _TS_OR_NONE,
     "paused_at": Field(True, _list_of(_matches(_TIMESTAMP)), "a list of ISO 8601 times"),
     "data_management": Field(True, lambda v: isinstance(v, dict), "an object with one entry per datatype"),
     "scan_gen": Field(False, _or_none(_matches(_HEX32)), "32 hex digits or null"),
     "scan_digest": Field(False, _or_none(_matches(_HEX64)), "64 hex digits or null"),
+    "dir_id": Field(False, _or_none(_matches(_DIR_ID)), "'<device>:<inode>' or null"),
+    "raw_dirs": Field(False, _or_none(_list_of(_matches(_DIR_ID))), "a list of '<device>:<inode>' or null"),
 }
 CATEGORY_FIELDS = {
     "status": Field(True, _one_of(CATEGORY_STATUSES), f"one of {', '.join(CATEGORY_STATUSES)}"),
@@ -367,9 +383,12 @@ def settle_transient(session: dict[str, Any]) -> tuple[dict[str, Any], int]:
 def kept(collection: str, doc: dict[str, Any]) -> bool:
     """Queued and running jobs are never restored: only finished ones, as history. Nor are the file lists
     deletion jobs work from (registry source "job"): no restored job runs again, and a list left behind
-    would join the next job that is given its id."""
+    would join the next job that is given its id. Nor is any token of the hook user: a hook run's token
+    lives as long as the run, and no restored run goes on."""
     if collection == "jobs":
         return doc.get("state") in KEPT_JOB_STATES
+    if collection == "tokens":
+        return doc.get("user") != HOOK_USER
     return collection != "registry" or doc.get("source") != "job"
 
 
@@ -384,6 +403,57 @@ def _parse(raw: bytes, line_no: int) -> Any:
         raise _reject(line_no, f"not valid Extended JSON ({type(exc).__name__})") from None
 
 
+def _ancestors(path: str) -> list[str]:
+    """'a/b/c' -> ['a', 'a/b']: the directories a relative path lies in."""
+    parts = path.split("/")
+    return ["/".join(parts[:end]) for end in range(1, len(parts))]
+
+
+def resolved_session_dir(real_project: str, session_dir: str) -> str | None:
+    """The session dir as sessions.py keeps it in a project's `session_dirs` (symlinks resolved, relative to
+    the resolved project dir) as the disk has it now; None if it now leads out of the project."""
+    resolved = os.path.relpath(os.path.realpath(os.path.join(real_project, session_dir)), real_project)
+    return resolved if session_dir_shape(resolved) else None
+
+
+@dataclass
+class SessionDirs:
+    """One project's session dirs (as written and resolved), to tell where a registered path lies."""
+
+    raw_names: tuple[str, ...]
+    owners: dict[str, set[str]] = field(default_factory=dict)  # session dir -> session uids
+    raw: dict[str, set[str]] = field(default_factory=dict)  # a session's raw layout dir -> session uids
+    around: dict[str, set[str]] = field(default_factory=dict)  # a dir holding a session dir -> session uids
+    around_raw: set[str] = field(default_factory=set)  # the dirs holding a raw layout dir
+
+    def add(self, session_uid: str, directory: str) -> None:
+        self.owners.setdefault(directory, set()).add(session_uid)
+        for parent in _ancestors(directory):
+            self.around.setdefault(parent, set()).add(session_uid)
+        for name in self.raw_names:
+            self.raw.setdefault(f"{directory}/{name}", set()).add(session_uid)
+            self.around_raw.update(_ancestors(f"{directory}/{name}"))
+
+    def other_session(self, path: str, session_uid: str) -> tuple[str, str] | None:
+        """(session uid, how) for a session other than `session_uid` whose dir `path` lies in or holds
+        (files.dirs_overlap)."""
+        for place in (*_ancestors(path), path):
+            other = sorted(self.owners.get(place, set()) - {session_uid})
+            if other:
+                return other[0], "lies in"
+        around = sorted(self.around.get(path, set()) - {session_uid})
+        return (around[0], "holds") if around else None
+
+    def raw_dir_of(self, path: str) -> tuple[str, str] | None:
+        """(raw layout dir, its session uid) if `path` is, lies in or holds a session's raw layout dir (as
+        sessions.register_files, files.dirs_overlap)."""
+        for place in (*_ancestors(path), path):
+            if place in self.raw:
+                return place, sorted(self.raw[place])[0]
+        held = sorted(raw for raw in self.raw if raw.startswith(path + "/")) if path in self.around_raw else []
+        return (held[0], sorted(self.raw[held[0]])[0]) if held else None
+
+
 # --- checking a backup as it streams in ------------------------------------------------------------
 
 
@@ -394,6 +464,7 @@ class BackupChecker:
     data_roots: tuple[str, ...]
     guarded: tuple[str, ...]
     unverified_ok: bool = False
+    raw_dirs: tuple[str, ...] = DEFAULT_RAW_DIRS  # the layout's raw dirs (import_movies) inside each session
     line_no: int = 0
     version: int | None = None
     end_counts: dict[str, Any] | None = None
@@ -402,14 +473,18 @@ class BackupChecker:
     kept_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COLLECTIONS, 0))
     ids: dict[str, set[Any]] = field(default_factory=lambda: {c: set() for c in COLLECTIONS})
     project_dirs: dict[str, str] = field(default_factory=dict)  # project uid -> its real path
+    project_paths: dict[str, str] = field(default_factory=dict)  # project uid -> its project_dir as written
+    dir_maps: dict[str, dict[str, str]] = field(default_factory=dict)  # project uid -> its session_dirs
+    project_dir_map: dict[str, str] | None = None  # the counters' project_dirs map, if the backup has one
     session_dirs: dict[str, str] = field(default_factory=dict)  # session key -> session dir
+    placed: dict[str, SessionDirs] = field(default_factory=dict)  # project uid -> where its sessions are
+    api_owners: dict[tuple[str, str], str] = field(default_factory=dict)  # (project, API path) -> session uid
     max_session: dict[str, int] = field(default_factory=dict)  # project uid -> highest session number
     counters: dict[str, int] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     signed_in_admins: set[str] = field(default_factory=set)
     max_job: int = 0
-    left_out_jobs: int = 0
-    left_out_job_lists: int = 0
+    left_out: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEFT_OUT.values(), 0))
     settled_categories: int = 0
 
     def line(self, raw: bytes) -> None:
@@ -432,8 +507,9 @@ class BackupChecker:
             raise ApiError(INVALID_REQUEST, "the file is empty: not a livedm backup; nothing was restored")
         if self.version not in UNVERIFIED_VERSIONS:
             self._check_complete()
+        self._collections_read(len(COLLECTIONS))
         self._check_counters()
-        self._check_session_dirs()
+        self._check_project_dir_map()
         if not self.signed_in_admins:
             raise ApiError(INVALID_REQUEST, "the backup has no admin with a token: restoring it would lock every "
                                             "admin out; nothing was restored")
@@ -471,17 +547,23 @@ class BackupChecker:
         if position < self.position:
             raise _reject(self.line_no, f"{collection} comes after {COLLECTIONS[self.position]}; livedm writes "
                                         f"the collections in this order: {', '.join(COLLECTIONS)}")
-        self.position = position
+        self._collections_read(position)
         problem = self._problem(collection, doc)
         if problem is not None:
             raise _reject(self.line_no, f"{collection} document {_name(doc)}: {problem}")
         self.counts[collection] += 1
         if kept(collection, doc):
             self.kept_counts[collection] += 1
-        elif collection == "jobs":
-            self.left_out_jobs += 1
         else:
-            self.left_out_job_lists += 1
+            self.left_out[LEFT_OUT[collection]] += 1
+
+    def _collections_read(self, position: int) -> None:
+        """The file has reached COLLECTIONS[position]: the collections before it are whole; check what
+        needs all of one."""
+        for index in range(max(self.position, 0), position):
+            if COLLECTIONS[index] == "sessions":
+                self._sessions_read()
+        self.position = max(self.position, position)
 
     def _problem(self, collection: str, doc: dict[str, Any]) -> str | None:
         ident = doc.get("_id")
@@ -504,17 +586,24 @@ class BackupChecker:
         problem = fields_problem(doc, PROJECT_FIELDS, extras=False)
         if problem is None and doc["_id"] != doc["uid"]:
             problem = "its _id is not its uid"
+        problem = problem or _dir_map_problem(doc) or self._project_dir_problem(doc["project_dir"])
         if problem is None:
-            try:
-                files.check_project_location(doc["project_dir"], self.data_roots, self.guarded)
-            except ApiError as exc:
-                return f"refused: {exc.message}"
-            real = os.path.realpath(doc["project_dir"])
-            other = next((uid for uid, d in self.project_dirs.items() if files.dirs_overlap(real, d)), None)
-            if other is not None:
-                return f"its directory is, holds or lies inside project {other}'s; each project needs its own"
-            self.project_dirs[doc["uid"]] = real
+            self.project_dirs[doc["uid"]] = os.path.realpath(doc["project_dir"])
+            self.project_paths[doc["uid"]] = doc["project_dir"]
+            if doc.get("session_dirs") is not None:
+                self.dir_maps[doc["uid"]] = doc["session_dirs"]
         return problem
+
+    def _project_dir_problem(self, project_dir: str) -> str | None:
+        try:
+            files.check_project_location(project_dir, self.data_roots, self.guarded)
+        except ApiError as exc:
+            return f"refused: {exc.message}"
+        real = os.path.realpath(project_dir)
+        other = next((uid for uid, d in self.project_dirs.items() if files.dirs_overlap(real, d)), None)
+        if other is not None:
+            return f"its directory is, holds or lies inside project {other}'s; each project needs its own"
+        return None
 
     def _sessions(self, doc: dict[str, Any]) -> str | None:
         problem = fields_problem(doc, SESSION_FIELDS, extras=True)
@@ -548,9 +637,35 @@ class BackupChecker:
             outside = next((p for p in doc["paths"] if not os.fsdecode(p).startswith(prefix)), None)
             if outside is not None:
                 return f"the scanned path {outside!r} is not inside its session dir {prefix}"
+            return None
+        return self._api_paths_problem(doc)
+
+    def _api_paths_problem(self, doc: dict[str, Any]) -> str | None:
+        """sessions.register_files' rules: a file registered by API lies in no other session's dir, in no
+        session's raw layout dir unless it is raw, and belongs to one session."""
+        project_uid, session_uid = doc["key"].split("/")
+        placed = self.placed.get(project_uid) or SessionDirs(self.raw_dirs)
+        for path in map(os.fsdecode, doc["paths"]):
+            other = placed.other_session(path, session_uid)
+            if other is not None:
+                return (f"the path {path!r} {other[1]} session {other[0]}'s directory, but is registered to "
+                        f"{session_uid}; livedm registers a file to one session only")
+            raw = placed.raw_dir_of(path) if doc["datatype"] != "raw" else None
+            if raw is not None:
+                return (f"the {doc['datatype']} path {path!r} is, holds or lies in session {raw[1]}'s raw layout dir "
+                        f"{raw[0]}; livedm registers nothing but raw files there")
+            owner = self.api_owners.setdefault((project_uid, path), session_uid)
+            if owner != session_uid:
+                return (f"the path {path!r} is registered to sessions {owner} and {session_uid}; a file belongs to one "
+                        "session")
         return None
 
     def _counters(self, doc: dict[str, Any]) -> str | None:
+        if doc.get("_id") == PROJECT_DIRS_COUNTER:
+            problem = fields_problem(doc, PROJECT_DIRS_FIELDS, extras=False)
+            if problem is None:
+                self.project_dir_map = doc["dirs"]
+            return problem
         problem = fields_problem(doc, COUNTER_FIELDS, extras=False)
         if problem is None:
             self.counters[doc["_id"]] = doc["n"]
@@ -603,16 +718,56 @@ class BackupChecker:
             raise ApiError(INVALID_REQUEST, f"the backup holds {self.counts} documents but its end line says "
                                             f"{self.end_counts}: lines are missing or were added; nothing was restored")
 
-    def _check_session_dirs(self) -> None:
-        """SPEC §5: session directories never coincide with or nest in another session's."""
-        by_project: dict[str, list[tuple[str, str]]] = {}
+    def _sessions_read(self) -> None:
+        """Every session is known: their dirs are their own, each project's map of them says exactly that,
+        and registered paths can be placed."""
+        _check_dirs_apart(self.session_dirs)
+        for project_uid, dir_map in self.dir_maps.items():
+            _check_dirs_apart({f"{project_uid}/{uid}": d for uid, d in dir_map.items()})
+            self._check_dir_map(project_uid, dir_map)
         for key, directory in self.session_dirs.items():
-            by_project.setdefault(key.split("/")[0], []).append((key, directory))
-        for sessions in by_project.values():
-            for (key, directory), (other_key, other) in itertools.combinations(sessions, 2):
-                if files.dirs_overlap(directory, other):
-                    raise ApiError(INVALID_REQUEST, f"sessions {key} and {other_key} share a directory ({directory}, "
-                                                    f"{other}): each session needs its own; nothing was restored")
+            project_uid, session_uid = key.split("/")
+            placed = self.placed.setdefault(project_uid, SessionDirs(self.raw_dirs))
+            for form in self._session_dir_forms(key, directory):
+                placed.add(session_uid, form)
+
+    def _session_dir_forms(self, key: str, directory: str) -> set[str]:
+        """A session's dir as written and resolved as the disk has it now (its project's map holds one of
+        the two: _check_dir_map)."""
+        resolved = resolved_session_dir(self.project_dirs[key.split("/")[0]], directory)
+        return {directory} if resolved is None else {directory, resolved}
+
+    def _check_dir_map(self, project_uid: str, dir_map: dict[str, str]) -> None:
+        """sessions.py checks a new session's dir against this map only: it must name every session of the
+        project, and nothing else, with its dir (as written, or resolved)."""
+        sessions = {key.split("/")[1]: d for key, d in self.session_dirs.items() if key.split("/")[0] == project_uid}
+        if set(dir_map) != set(sessions):
+            raise ApiError(INVALID_REQUEST, f"project {project_uid}'s session_dirs names the sessions "
+                                            f"{sorted(dir_map, key=_uid_number)} but the backup holds its sessions "
+                                            f"{sorted(sessions, key=_uid_number)}; livedm keeps one entry per session "
+                                            "(a new session's dir is checked against them): make a new backup; "
+                                            "nothing was restored")
+        for session_uid, directory in dir_map.items():
+            written = sessions[session_uid]
+            if directory != written and directory != resolved_session_dir(self.project_dirs[project_uid], written):
+                raise ApiError(INVALID_REQUEST, f"project {project_uid}'s session_dirs gives {session_uid} the dir "
+                                                f"{directory!r}, but that session's dir is {written!r}; nothing was "
+                                                "restored")
+
+    def _check_project_dir_map(self) -> None:
+        """Like a project's session_dirs: new projects are checked against this map only."""
+        if self.project_dir_map is None:
+            return
+        if set(self.project_dir_map) != set(self.project_dirs):
+            raise ApiError(INVALID_REQUEST, f"the counter {PROJECT_DIRS_COUNTER!r} names the projects "
+                                            f"{sorted(self.project_dir_map, key=_uid_number)} but the backup holds "
+                                            f"{sorted(self.project_dirs, key=_uid_number)}; livedm keeps one entry "
+                                            "per project: make a new backup; nothing was restored")
+        for uid, directory in self.project_dir_map.items():
+            if directory not in (self.project_dirs[uid], self.project_paths[uid]):
+                raise ApiError(INVALID_REQUEST, f"the counter {PROJECT_DIRS_COUNTER!r} gives {uid} the dir "
+                                                f"{directory!r}, but that project's dir is "
+                                                f"{self.project_paths[uid]!r}; nothing was restored")
 
     def _check_counters(self) -> None:
         """A counter behind its documents would hand out a uid twice."""
@@ -623,6 +778,30 @@ class BackupChecker:
                 raise ApiError(INVALID_REQUEST, f"the backup's counter {name!r} is {self.counters.get(name, 0)} but "
                                                 f"it holds number {highest}: new uids would collide; nothing was "
                                                 "restored")
+
+
+def _check_dirs_apart(dirs: dict[str, str]) -> None:
+    """SPEC §5: session directories never coincide with or nest in another session's ({session key: dir})."""
+    by_project: dict[str, list[tuple[str, str]]] = {}
+    for key, directory in dirs.items():
+        by_project.setdefault(key.split("/")[0], []).append((key, directory))
+    for sessions in by_project.values():
+        for (key, directory), (other_key, other) in itertools.combinations(sessions, 2):
+            if files.dirs_overlap(directory, other):
+                raise ApiError(INVALID_REQUEST, f"sessions {key} and {other_key} share a directory ({directory}, "
+                                                f"{other}): each session needs its own; nothing was restored")
+
+
+def _dir_map_problem(project: dict[str, Any]) -> str | None:
+    """A project has both its session_dirs and its dirs_version (sessions.py writes them together), or
+    neither (a project from before the map was kept)."""
+    if (project.get("session_dirs") is None) != (project.get("dirs_version") is None):
+        return "'session_dirs' and 'dirs_version' come together: both set, or both absent"
+    return None
+
+
+def _uid_number(uid: str) -> int:
+    return int(uid[1:])
 
 
 def _name(doc: dict[str, Any]) -> str:
@@ -691,18 +870,27 @@ def _too_large(max_bytes: int) -> ApiError:
                                      "(max_restore_bytes); nothing was restored", {"http_status": 413})
 
 
-def _remove_stale_uploads(state_dir: str) -> None:
-    """Uploads left by an earlier livedmd that died mid-restore (one livedmd per state dir: not ours)."""
+def remove_stale_uploads(state_dir: str, spare_pid: int | None = None) -> int:
+    """Remove the uploads an earlier livedmd left in the state dir when it died mid-restore (each up to
+    max_restore_bytes); how many went. At start (one livedmd per state dir, the lock held) every upload
+    is stale; during a restore, `spare_pid` spares this process's own, which may be other restores'.
+    Links and directories of that name are not followed: a link goes as a link, a directory stays."""
+    removed = 0
     for path in Path(state_dir).glob(UPLOAD_PREFIX + "*"):
-        if not path.name.startswith(f"{UPLOAD_PREFIX}{os.getpid()}-"):
-            with contextlib.suppress(OSError):
-                path.unlink()
+        if spare_pid is not None and path.name.startswith(f"{UPLOAD_PREFIX}{spare_pid}-"):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    if removed:
+        log.info("removed %d upload(s) left in %s by a restore that did not finish", removed, state_dir)
+    return removed
 
 
 @contextlib.contextmanager
 def _upload_file(state_dir: str) -> Iterator[tuple[BinaryIO, Path]]:
     """A new file only livedmd's user may read (mkstemp: mode 0600), removed afterwards whatever happens."""
-    _remove_stale_uploads(state_dir)
+    remove_stale_uploads(state_dir, spare_pid=os.getpid())
     fd, name = tempfile.mkstemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-", suffix=".ndjson", dir=state_dir)
     try:
         with os.fdopen(fd, "w+b") as upload:
@@ -840,7 +1028,8 @@ async def _restore(request: web.Request, store: Store, config: Config) -> dict[s
         raise _too_large(config.max_restore_bytes)
     _check_free_space(config.state_dir, request.content_length)
     checker = BackupChecker(config.data_roots, (config.state_dir, str(config.hook_logs)),
-                            unverified_ok=request.query.get("unverified") == "yes")
+                            unverified_ok=request.query.get("unverified") == "yes",
+                            raw_dirs=tuple(directory for directory, datatype in config.layout if datatype == "raw"))
     with _upload_file(config.state_dir) as (upload_file, path):
         try:
             await receive(request, Upload(upload_file, checker, config.max_restore_bytes))
@@ -851,9 +1040,7 @@ async def _restore(request: web.Request, store: Store, config: Config) -> dict[s
         if not await asyncio.to_thread(store.begin_restore, owner, time.time()):
             raise ApiError(CONFLICT, "another restore is under way; wait for it to finish, then try again")
         await asyncio.to_thread(load, store, path, checker.kept_counts, owner)
-    return {"restored": checker.kept_counts, "format": checker.version,
-            "left_out": {"queued_or_running_jobs": checker.left_out_jobs,
-                         "job_file_lists": checker.left_out_job_lists},
+    return {"restored": checker.kept_counts, "format": checker.version, "left_out": checker.left_out,
             "settled_categories": checker.settled_categories}
 
 

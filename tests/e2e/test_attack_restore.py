@@ -1,11 +1,14 @@
 """Issue 8, High 5: a tampered backup neither runs a command nor deletes a file, and a bad one changes
 nothing. Each attack is a backup livedm wrote, edited as an attacker would (the end line recounted),
-restored into a real livedmd."""
+restored into a real livedmd. And `livedm admin backup` writes its file for its owner only, through
+nothing someone else planted."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import subprocess
 import time
 import urllib.error
@@ -16,6 +19,7 @@ from typing import Any
 
 import pytest
 from bson import json_util
+from bson.objectid import ObjectId
 
 from tests.support.daemon import Daemon
 from tests.support.sessiontree import SessionTree, build_session_tree
@@ -79,12 +83,24 @@ def restore(daemon: Daemon, path: Path, *flags: str, token: str | None = None) -
     return daemon.livedm("--json", "admin", "restore", str(path), "--yes", *flags, env=env)
 
 
-def rpc(daemon: Daemon, method: str, params: Any) -> dict[str, Any]:
+def rpc(daemon: Daemon, method: str, params: Any, token: str | None = None) -> dict[str, Any]:
+    """The JSON-RPC reply, errors included (also those sent with an HTTP error status)."""
     body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode()
     request = urllib.request.Request(daemon.url + "/api", data=body, headers={
-        "Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+        "Authorization": f"Bearer {token or daemon.token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def with_docs(entries: list[Entry], collection: str, docs: list[Entry]) -> list[Entry]:
+    """Lines of a collection go after its last one (or where it would start), as livedm writes them."""
+    order = ("projects", "sessions", "registry", "counters", "users", "tokens", "jobs", "audit")
+    later = order[order.index(collection) + 1:]
+    at = next(i for i, e in enumerate(entries) if e.get("collection") in later or END in e)
+    return [*entries[:at], *({"collection": collection, "doc": doc} for doc in docs), *entries[at:]]
 
 
 def active_jobs(daemon: Daemon) -> list[dict[str, Any]]:
@@ -268,7 +284,8 @@ def test_a_good_round_trip_keeps_finished_jobs_as_history(lab: tuple[Daemon, Ses
             done = restore(fresh, backup_file, token=token)
             assert done.returncode == 0, done.stderr
             result = json.loads(done.stdout)
-            assert result["left_out"] == {"queued_or_running_jobs": 0, "job_file_lists": 1}  # the deletion's list
+            assert result["left_out"] == {"queued_or_running_jobs": 0, "job_file_lists": 1,  # the deletion's list
+                                          "hook_tokens": 0}
             assert sum(result["restored"].values()) == documents - 1
         fresh.token_file = daemon.token_file  # the backup's tokens are in force now
         after = {m: fresh.call(m, p) for m, p in [("list_jobs", {}), ("get_overview", []), ("list_users", [])]}
@@ -310,3 +327,172 @@ def test_a_scoped_token_may_neither_back_up_nor_restore(lab: tuple[Daemon, Sessi
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(request, timeout=10)
     assert denied.value.code == 403
+
+
+# --- registry lines, session maps and tokens livedm never writes (attack pass 2, medium 1) --------------
+
+
+@pytest.fixture
+def two_sessions(daemon: Daemon, tmp_path: Path) -> Iterator[tuple[Daemon, dict[str, SessionTree], Path]]:
+    """A project with two completed sessions on disk (S1, S2), a file outside both registered to S2 by
+    API, a plain user, and a good backup of all that."""
+    project_dir = tmp_path / "data" / "proj"
+    trees = {uid: build_session_tree(project_dir, uid, exposures=2) for uid in ("S1", "S2")}
+    daemon.call("create_project", ["p", str(project_dir)])
+    for uid in trees:
+        daemon.call("create_live_session", ["P1", f"grid {uid}"])
+        daemon.call("mark_session_completed", ["P1", uid])
+    shared = project_dir / "shared" / "notes.txt"
+    shared.parent.mkdir()
+    shared.write_text("S2's notes")
+    daemon.call("register_files", ["P1", "S2", "metadata", [str(shared)]])
+    daemon.call("create_user", {"name": "alice"})
+    good = tmp_path / "good.ndjson"
+    assert daemon.livedm("admin", "backup", str(good)).returncode == 0
+    yield daemon, trees, good
+
+
+def _file_of(trees: dict[str, SessionTree], uid: str, datatype: str) -> Path:
+    return Path(trees[uid].paths_by_datatype[datatype][0])
+
+
+def _raw_link(trees: dict[str, SessionTree], uid: str) -> Path:
+    return next((trees[uid].session_path / "import_movies").iterdir())
+
+
+# (the victim's path, relative to the project dir; what the refusal says)
+STEERING_LINES: dict[str, tuple[Callable[[dict[str, SessionTree]], Path], str]] = {
+    "another session's file": (lambda trees: _file_of(trees, "S2", "micrographs"), "lies in session S2's directory"),
+    "its own raw link as metadata": (lambda trees: _raw_link(trees, "S1"),
+                                     "is, holds or lies in session S1's raw layout dir S1/import_movies"),
+    "a file registered to another session": (lambda trees: trees["S2"].project_dir / "shared" / "notes.txt",
+                                             "is registered to sessions S2 and S1"),
+}
+
+
+@pytest.mark.parametrize("attack", STEERING_LINES)
+def test_an_api_line_steering_a_deletion_is_refused_and_the_deletion_keeps_to_its_session(
+        two_sessions: tuple[Daemon, dict[str, SessionTree], Path], tmp_path: Path, attack: str) -> None:
+    daemon, trees, good = two_sessions
+    victim_of, message = STEERING_LINES[attack]
+    victim = victim_of(trees)
+    rel = str(victim.relative_to(trees["S1"].project_dir))
+    victim_bytes = os.readlink(victim) if victim.is_symlink() else victim.read_bytes()
+    before = database(daemon, tmp_path / "before.ndjson")
+    line = {"_id": ObjectId(), "key": "P1/S1", "source": "api", "datatype": "metadata", "paths": [rel]}
+
+    refused = restore(daemon, craft(tmp_path / "attack.ndjson", with_docs(load_entries(good), "registry", [line])))
+
+    assert refused.returncode == 1, refused.stdout
+    assert f"{rel!r} {message}" in refused.stderr and "nothing was restored" in refused.stderr
+    assert database(daemon, tmp_path / "after.ndjson") == before
+    deleted = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "metadata",
+                                                   "asynchronous": False})
+    assert deleted["state"] == "done" and deleted["result"]["deleted"] == len(trees["S1"].paths_by_datatype["metadata"])
+    assert (os.readlink(victim) if victim.is_symlink() else victim.read_bytes()) == victim_bytes
+    assert all(Path(p).exists() for tree in (trees["S2"],) for paths in tree.paths_by_datatype.values() for p in paths)
+
+
+@pytest.mark.parametrize("session_dirs", [{}, {"S1": "S1"}, {"S1": "S1", "S2": "elsewhere"}],
+                         ids=["empty", "without S2", "S2 elsewhere"])
+def test_a_project_map_that_frees_a_session_dir_is_refused_and_the_dir_stays_taken(
+        two_sessions: tuple[Daemon, dict[str, SessionTree], Path], tmp_path: Path,
+        session_dirs: dict[str, str]) -> None:
+    daemon, _trees, good = two_sessions
+    alice = daemon.call("issue_token", {"user": "alice"})["token"]
+    before = database(daemon, tmp_path / "before.ndjson")
+    entries = load_entries(good)
+    doc_of(entries, "projects", "P1")["session_dirs"] = session_dirs
+
+    refused = restore(daemon, craft(tmp_path / "attack.ndjson", entries))
+
+    assert refused.returncode == 1 and "project P1's session_dirs" in refused.stderr, refused.stderr
+    assert "nothing was restored" in refused.stderr
+    assert database(daemon, tmp_path / "after.ndjson") == before
+    duplicate = rpc(daemon, "create_live_session", ["P1", "dup", "S2"], token=alice)
+    assert duplicate["error"]["name"] == "Conflict" and "session S2's directory" in duplicate["error"]["message"]
+    assert [s["uid"] for s in daemon.call("list_sessions", ["P1"])] == ["S1", "S2"]
+
+
+def test_a_token_of_the_hook_user_never_comes_back(lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
+    daemon, tree, good = lab
+    stolen = "ldm_" + "h" * 43
+    entries = load_entries(good)
+    tokens = sum(1 for e in entries if e.get("collection") == "tokens")
+    unscoped = {"_id": hashlib.sha256(stolen.encode()).hexdigest(), "user": "hook",
+                "created_at": "2026-01-01T00:00:00Z", "expires_at": None, "scope": None}
+
+    done = restore(daemon, craft(tmp_path / "attack.ndjson", with_docs(entries, "tokens", [unscoped])))
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["left_out"]["hook_tokens"] == 1 and result["restored"]["tokens"] == tokens
+    denied = rpc(daemon, "delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
+                                                  "asynchronous": False}, token=stolen)
+    assert denied["error"]["name"] == "Unauthenticated", denied
+    assert all(Path(p).exists() for paths in tree.paths_by_datatype.values() for p in paths)
+    told = daemon.livedm("admin", "restore", str(tmp_path / "attack.ndjson"), "--yes")
+    assert told.returncode == 0 and "left out 1 token(s) of the hook user" in told.stdout, told.stderr
+
+
+# --- the backup file (attack pass 2, medium 2: a careless admin backing up into a shared dir) -----------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_a_link_planted_at_the_partial_file_is_refused_and_its_target_unchanged(
+        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
+    daemon, _tree, _good = lab
+    target = tmp_path / "root-only"
+    target.write_bytes(b"root's secret")
+    target.chmod(0o600)
+    backup_file = tmp_path / "shared" / "livedm.ndjson"
+    backup_file.parent.mkdir()
+    partial = backup_file.with_name("livedm.ndjson.partial")
+    partial.symlink_to(target)
+
+    made = daemon.livedm("admin", "backup", str(backup_file))
+
+    assert made.returncode == 1 and f"remove it (rm {partial})" in made.stderr, made.stderr
+    assert target.read_bytes() == b"root's secret" and _mode(target) == 0o600
+    assert partial.is_symlink() and os.readlink(partial) == str(target)
+    assert not backup_file.exists()
+
+
+def test_a_partial_file_someone_created_first_is_refused_and_the_old_backup_kept(
+        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
+    daemon, _tree, good = lab
+    backup_file = tmp_path / "shared" / "livedm.ndjson"
+    backup_file.parent.mkdir()
+    backup_file.write_bytes(good.read_bytes())
+    partial = backup_file.with_name("livedm.ndjson.partial")
+    partial.write_bytes(b"")
+    partial.chmod(0o666)  # as another user would leave it, for them to read what lands there
+
+    made = daemon.livedm("admin", "backup", str(backup_file))
+
+    assert made.returncode == 1 and "already exists" in made.stderr and f"rm {partial}" in made.stderr
+    assert partial.read_bytes() == b"" and _mode(partial) == 0o666  # not ours: left for the admin to look at
+    assert backup_file.read_bytes() == good.read_bytes()
+
+
+def test_a_backup_is_its_owners_alone_and_replaces_a_link_at_its_name(
+        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
+    daemon, _tree, _good = lab
+    target = tmp_path / "root-only"
+    target.write_bytes(b"root's secret")
+    backup_file = tmp_path / "livedm.ndjson"
+    backup_file.symlink_to(target)
+    umask = os.umask(0)  # the client inherits it: the mode must not depend on it
+    try:
+        made = daemon.livedm("--json", "admin", "backup", str(backup_file))
+    finally:
+        os.umask(umask)
+
+    assert made.returncode == 0, made.stderr
+    assert not backup_file.is_symlink() and _mode(backup_file) == 0o600
+    assert target.read_bytes() == b"root's secret"
+    assert json.loads(made.stdout)["bytes"] == backup_file.stat().st_size
+    assert not backup_file.with_name("livedm.ndjson.partial").exists()

@@ -62,8 +62,11 @@ def valid_entries(data_root: Path) -> Entries:
             {"_id": ObjectId(), "key": "P1/S1", "source": "scan", "datatype": "micrographs", "gen": "b" * 32,
              "paths": ["S1/motioncorrected/a.mrc", b"S1/motioncorrected/\xff.mrc"]},
             {"_id": ObjectId(), "key": "P1/S1", "source": "api", "datatype": "metadata", "paths": ["notes/x.txt"]},
+            {"_id": ObjectId(), "key": "P1/S2", "source": "api", "datatype": "raw",
+             "paths": ["grids/2/import_movies/m.tif", "movies/m2.tif"]},
             {"_id": ObjectId(), "key": "J1", "source": "job", "datatype": "job", "paths": ["S1/extract/p.mrc"]}],
-        "counters": [{"_id": "projects", "n": 1}, {"_id": "sessions:P1", "n": 2}, {"_id": "jobs", "n": 1}],
+        "counters": [{"_id": "projects", "n": 1}, {"_id": "sessions:P1", "n": 2}, {"_id": "jobs", "n": 1},
+                     {"_id": "project_dirs", "version": 1, "dirs": {"P1": str(data_root / "data" / "proj")}}],
         "users": [{"_id": "admin", "name": "admin", "role": "admin", "live_data_management": True, "created_at": TS},
                   {"_id": "hook", "name": "hook", "role": "user", "live_data_management": True, "created_at": TS}],
         "tokens": [{"_id": ADMIN_HASH, "user": "admin", "created_at": TS, "expires_at": None, "scope": None},
@@ -110,9 +113,10 @@ def test_a_valid_backup_passes_and_says_what_it_leaves_out(tmp_path: Path) -> No
     entries = valid_entries(tmp_path)
     doc(entries, "sessions")["data_management"]["particles"] = category("deleting", "archived", job_id="J9")
     checker = check(tmp_path, to_bytes(recount(entries)))
-    assert checker.kept_counts == {"projects": 1, "sessions": 2, "registry": 2, "counters": 3, "users": 2,
-                                   "tokens": 2, "jobs": 1, "audit": 1}
-    assert checker.left_out_jobs == 1 and checker.left_out_job_lists == 1 and checker.settled_categories == 1
+    assert checker.kept_counts == {"projects": 1, "sessions": 2, "registry": 3, "counters": 4, "users": 2,
+                                   "tokens": 1, "jobs": 1, "audit": 1}
+    assert checker.left_out == {"queued_or_running_jobs": 1, "job_file_lists": 1, "hook_tokens": 1}
+    assert checker.settled_categories == 1
 
 
 def test_a_deleting_category_comes_back_as_its_previous_status() -> None:
@@ -193,7 +197,7 @@ REFUSED: dict[str, tuple[Mutation, str]] = {
     "scanned path outside its session": (lambda e, r: doc(e, "registry")["paths"].append("S2/a.mrc"),
                                          "not inside its session dir"),
     "registry of no session": (_set("registry", 1, key="P1/S9"), "is not in the backup"),
-    "job list path with ..": (lambda e, r: doc(e, "registry", 2)["paths"].append("../../etc/passwd"),
+    "job list path with ..": (lambda e, r: doc(e, "registry", 3)["paths"].append("../../etc/passwd"),
                               "'paths' must be"),
     "unknown job kind": (_set("jobs", 0, kind="shell"), "'kind' must be one of"),
     "unknown job state": (_set("jobs", 1, state="paused"), "'state' must be one of"),
@@ -205,6 +209,44 @@ REFUSED: dict[str, tuple[Mutation, str]] = {
     "relative hook script": (_set("jobs", 0, kind="hook", params={
         "project_uid": "P1", "session_uid": "S1", "datatype": "raw", "status": "archived", "script": "sh"}),
         "params: 'script' must be an absolute path"),
+    "API path in another session's dir": (_set("registry", 1, paths=["grids/2/motioncorrected/victim.mrc"]),
+                                          "'grids/2/motioncorrected/victim.mrc' lies in session S2's directory"),
+    "API path that is another session's dir": (_set("registry", 1, paths=["grids/2"]), "lies in session S2's"),
+    "API path holding another session's dir": (_set("registry", 1, paths=["grids"]), "holds session S2's"),
+    "API metadata in its own raw layout dir": (_set("registry", 1, paths=["S1/import_movies/m.tif"]),
+                                               "lies in session S1's raw layout dir S1/import_movies"),
+    "API particles in a raw layout dir": (_set("registry", 2, datatype="particles"),
+                                          "lies in session S2's raw layout dir grids/2/import_movies"),
+    "API metadata that is a raw layout dir": (_set("registry", 1, paths=["S1/import_movies"]),
+                                              "lies in session S1's raw layout dir S1/import_movies"),
+    "API metadata holding a raw layout dir": (_set("registry", 1, paths=["S1"]),
+                                              "holds or lies in session S1's raw layout dir S1/import_movies"),
+    "API path registered to two sessions": (_set("registry", 2, paths=["notes/x.txt"], datatype="metadata"),
+                                            "registered to sessions S1 and S2"),
+    "empty session_dirs": (_set("projects", 0, session_dirs={}), "names the sessions [] but the backup holds"),
+    "session_dirs missing a session": (_set("projects", 0, session_dirs={"S1": "S1"}), "['S1', 'S2']"),
+    "session_dirs naming a session not in the backup": (
+        _set("projects", 0, session_dirs={"S1": "S1", "S2": "grids/2", "S3": "S3"}), "names the sessions"),
+    "session_dirs with another dir": (_set("projects", 0, session_dirs={"S1": "S1", "S2": "grids/3"}),
+                                      "gives S2 the dir 'grids/3', but that session's dir is 'grids/2'"),
+    "session_dirs not normalised": (_set("projects", 0, session_dirs={"S1": "S1", "S2": "grids//2"}),
+                                    "'session_dirs' must be"),
+    "session_dirs that nest": (_set("projects", 0, session_dirs={"S1": "S1", "S2": "S1/2"}), "share a directory"),
+    "session_dirs without dirs_version": (_drop("projects", "dirs_version"), "come together"),
+    "dirs_version without session_dirs": (_set("projects", 0, session_dirs=None), "come together"),
+    "dirs_version as a string": (_set("projects", 0, dirs_version="2"), "'dirs_version' must be an integer"),
+    "negative dirs_version": (_set("projects", 0, dirs_version=-1), "'dirs_version' must be an integer"),
+    "token scope with an extra key": (_set("tokens", 0, scope={"project_uid": "P1", "session_uid": "S1",
+                                                               "datatype": "raw", "admin": True}), "'scope' must be"),
+    "token scope of no datatype": (_set("tokens", 0, scope={"project_uid": "P1", "session_uid": "S1",
+                                                            "datatype": "all"}), "'scope' must be"),
+    "token scope with an operator": (_set("tokens", 0, scope={"project_uid": {"$ne": ""}, "session_uid": "S1",
+                                                              "datatype": "raw"}), "'scope' must be"),
+    "token scope as a list": (_set("tokens", 0, scope=["P1", "S1", "raw"]), "'scope' must be"),
+    "project_dirs map without the project": (_set("counters", 3, dirs={}), "names the projects [] but"),
+    "project_dirs map with another dir": (lambda e, r: doc(e, "counters", 3).update(dirs={"P1": str(r / "data")}),
+                                          "gives P1 the dir"),
+    "session dir_id that is not one": (_set("sessions", 0, dir_id="../x"), "'dir_id' must be"),
     "counter behind its documents": (_set("counters", 1, n=1), "new uids would collide"),
     "no jobs counter": (_set("counters", 2, _id="other"), "'jobs'"),
     "no admin left with a token": (_set("tokens", 0, scope={"project_uid": "P1", "session_uid": "S1",
@@ -249,6 +291,47 @@ def test_an_incomplete_or_broken_file_is_refused(tmp_path: Path, name: str, cut:
     assert "nothing was restored" in refused.value.message
 
 
+def test_no_token_of_the_hook_user_is_loaded(tmp_path: Path) -> None:
+    entries = valid_entries(tmp_path)
+    doc(entries, "tokens", 1).update(expires_at=None, scope=None)  # as if it could do all the hook user may
+    path = tmp_path / "backup.ndjson"
+    path.write_bytes(to_bytes(entries))
+    checker = check(tmp_path, path.read_bytes())
+    assert checker.left_out["hook_tokens"] == 1 and checker.kept_counts["tokens"] == 1
+    assert [d["user"] for c, d in backup.documents(path) if c == "tokens"] == ["admin"]
+
+
+def test_a_project_from_before_the_session_map_passes_without_one(tmp_path: Path) -> None:
+    entries = valid_entries(tmp_path)
+    for name in ("session_dirs", "dirs_version"):
+        doc(entries, "projects").pop(name)
+    assert check(tmp_path, to_bytes(entries)).kept_counts["projects"] == 1
+
+
+def test_session_dirs_may_hold_a_session_dir_resolved(tmp_path: Path) -> None:
+    """sessions.py keeps a session dir with its symlinks resolved: S2's dir 'grids/2' is a link to 'real/2'."""
+    project = tmp_path / "data" / "proj"
+    (project / "real" / "2").mkdir(parents=True)
+    (project / "grids").mkdir()
+    (project / "grids" / "2").symlink_to(project / "real" / "2")
+    entries = valid_entries(tmp_path)
+    doc(entries, "projects")["session_dirs"] = {"S1": "S1", "S2": "real/2"}
+    check(tmp_path, to_bytes(entries))
+    doc(entries, "registry", 1)["paths"] = ["real/2/motioncorrected/victim.mrc"]  # S2's, by its resolved dir
+    with pytest.raises(ApiError) as refused:
+        check(tmp_path, to_bytes(entries))
+    assert "lies in session S2's directory" in refused.value.message
+
+
+def test_the_raw_layout_dirs_are_the_configured_ones(tmp_path: Path) -> None:
+    entries = valid_entries(tmp_path)
+    doc(entries, "registry", 1)["paths"] = ["S1/movies/m.tif"]  # metadata in S1's raw dir, by this layout
+    assert check(tmp_path, to_bytes(entries)).kept_counts["registry"] == 3  # not raw by default
+    with pytest.raises(ApiError) as refused:
+        check(tmp_path, to_bytes(entries), raw_dirs=("movies",))
+    assert "raw layout dir S1/movies" in refused.value.message
+
+
 def test_format_1_cannot_prove_it_is_whole_so_it_needs_the_admins_word(tmp_path: Path) -> None:
     entries = [{"livedm_backup": 1}, *(e for e in valid_entries(tmp_path)[1:] if backup.END_KEY not in e)]
     with pytest.raises(ApiError) as refused:
@@ -279,6 +362,30 @@ def test_the_size_limit_and_the_line_limit(tmp_path: Path, monkeypatch: pytest.M
         with pytest.raises(ApiError) as too_long:
             Upload(file, checker_for(tmp_path), max_bytes=1 << 20).feed(b"x" * 2000)
         assert "longer than 1000 bytes" in too_long.value.message
+
+
+def test_uploads_left_by_a_restore_that_died_are_removed_at_start(tmp_path: Path) -> None:
+    left = [tmp_path / f"{backup.UPLOAD_PREFIX}{pid}-abc.ndjson" for pid in (1, os.getpid())]
+    for path in left:
+        path.write_bytes(b"x" * 1000)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep")
+    (tmp_path / f"{backup.UPLOAD_PREFIX}link.ndjson").symlink_to(outside)
+    (tmp_path / "admin.token").write_text("t")
+
+    assert backup.remove_stale_uploads(str(tmp_path)) == 3  # at start, this process's pid was an earlier one's
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["admin.token", "outside.txt"]
+    assert outside.read_bytes() == b"keep"  # the link went, not its target
+    assert backup.remove_stale_uploads(str(tmp_path)) == 0
+
+
+def test_a_restore_spares_its_own_process_uploads(tmp_path: Path) -> None:
+    ours, stale = (tmp_path / f"{backup.UPLOAD_PREFIX}{pid}-abc.ndjson" for pid in (os.getpid(), 1))
+    ours.write_bytes(b"another restore of this livedmd, under way")
+    stale.write_bytes(b"old")
+    assert backup.remove_stale_uploads(str(tmp_path), spare_pid=os.getpid()) == 1
+    assert ours.exists() and not stale.exists()
 
 
 def test_the_upload_is_private_and_always_removed(tmp_path: Path) -> None:
@@ -407,7 +514,7 @@ async def test_the_routes_round_trip_in_process(populated: Any) -> None:
     assert raw.endswith(b"\n") and backup.END_KEY.encode() in raw.splitlines()[-1]
     restored = await api.client.post("/admin/restore?confirm=yes", data=raw, headers=headers)
     assert restored.status == 200, await restored.text()
-    assert (await restored.json())["left_out"] == {"queued_or_running_jobs": 0, "job_file_lists": 0}
+    assert (await restored.json())["left_out"] == {"queued_or_running_jobs": 0, "job_file_lists": 0, "hook_tokens": 0}
     assert {k: v for k, v in api.snapshot().items() if k in COLLECTIONS} == \
         {k: v for k, v in before.items() if k in COLLECTIONS}
 
