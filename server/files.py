@@ -368,7 +368,7 @@ class Unlinker:
         self.protected = protected  # (dev, inode) of files never deleted: the sessions' raw movies
         self.session_dirs = session_dirs or {}  # relative session dir: the identity it was measured with
         self.movie_dirs = movie_dirs  # identities of directories raw links point into, anywhere
-        self.raw_trees = raw_trees  # relative dirs (the sessions' import_movies/) nothing is deleted from
+        self.raw_prefixes = tuple(tree.rstrip("/") + "/" for tree in raw_trees)  # nothing deleted below these
         self._refused_dirs: dict[str, str] = {}
         why = self._why_refused("", dir_id(os.fstat(self.root_fd)))
         if why is not None:  # the project dir itself is a movie directory
@@ -423,7 +423,7 @@ class Unlinker:
         parts = rel.split("/")
         if rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
             raise UnsafePath(f"{rel!r} is not a plain path inside the project")
-        if any(_inside(rel, tree) for tree in self.raw_trees):
+        if rel.startswith(self.raw_prefixes):
             raise UnsafePath(f"{rel} lies in a session's raw data directory (raw data is never deleted)")
         try:
             dir_fd = self._dir_fd("/".join(parts[:-1]))
