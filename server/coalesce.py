@@ -1,7 +1,8 @@
 """Coalescing of repeated work on one key (a session's refresh): a caller gets the result of a run that
 started after it asked, never an older one, and callers that ask while a run goes on share the next.
 
-Four hundred refreshes of one session asked at once cost two walks, not four hundred.
+Four hundred refreshes of one session asked at once cost two walks, not four hundred. The bookkeeping
+is one Ledger per key; Coalescer serves threads, AsyncCoalescer the event loop.
 """
 
 from __future__ import annotations
@@ -9,86 +10,93 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
 @dataclass
-class _Key:
-    run_lock: threading.Lock = field(default_factory=threading.Lock)
-    arrivals: int = 0  # callers so far; a caller's number is its place in line
-    covered: int = 0  # callers whose request the last finished run answers (it started after they came)
+class Ledger:
+    """One key's callers and runs. Callers are numbered as they come; a finished run covers every
+    caller that had come when it started."""
+
+    arrivals: int = 0
+    covered: int = 0
     outcome: tuple[bool, Any] = (True, None)  # (ok, result or exception) of the last run
     users: int = 0
+
+    def arrive(self) -> int:
+        self.arrivals += 1
+        self.users += 1
+        return self.arrivals
+
+    def answered(self, caller: int) -> bool:
+        """Did a run that started after this caller came finish already?"""
+        return self.covered >= caller
+
+    def settle(self, starting: int, outcome: tuple[bool, Any]) -> None:
+        self.outcome = outcome
+        self.covered = starting
+
+    def leave(self) -> bool:
+        """True when the last caller left: the key can go."""
+        self.users -= 1
+        return self.users == 0
+
+
+
+def _result(outcome: tuple[bool, Any]) -> Any:
+    ok, value = outcome
+    if not ok:
+        raise value
+    return value
 
 
 class Coalescer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._keys: dict[Hashable, _Key] = {}
+        self._keys: dict[Hashable, tuple[Ledger, threading.Lock]] = {}
 
     def run(self, key: Hashable, work: Callable[[], Any]) -> Any:
         with self._lock:
-            entry = self._keys.setdefault(key, _Key())
-            entry.arrivals += 1
-            entry.users += 1
-            mine = entry.arrivals
+            ledger, run_lock = self._keys.setdefault(key, (Ledger(), threading.Lock()))
+            caller = ledger.arrive()
         try:
-            with entry.run_lock:
-                if entry.covered < mine:  # no finished run started after this caller came: run one
+            with run_lock:
+                if not ledger.answered(caller):
                     with self._lock:
-                        starting = entry.arrivals
+                        starting = ledger.arrivals
                     try:
-                        entry.outcome = (True, work())
+                        ledger.settle(starting, (True, work()))
                     except BaseException as exc:
-                        entry.outcome = (False, exc)
-                    entry.covered = starting
-                ok, value = entry.outcome
+                        ledger.settle(starting, (False, exc))
+                outcome = ledger.outcome
         finally:
             with self._lock:
-                entry.users -= 1
-                if entry.users == 0:
+                if ledger.leave():
                     del self._keys[key]
-        if not ok:
-            raise value
-        return value
-
-
-@dataclass
-class _AsyncKey:
-    run_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    arrivals: int = 0
-    covered: int = 0
-    outcome: tuple[bool, Any] = (True, None)
-    users: int = 0
+        return _result(outcome)
 
 
 class AsyncCoalescer:
-    """The same, for API calls on the event loop: waiting callers hold no thread, so a batch of many
-    refreshes of one session queues no work behind the disk pool's few threads."""
+    """The same on the event loop: waiting callers hold no thread, so a batch of many refreshes of one
+    session queues no work behind the disk pool's few threads."""
 
     def __init__(self) -> None:
-        self._keys: dict[Hashable, _AsyncKey] = {}
+        self._keys: dict[Hashable, tuple[Ledger, asyncio.Lock]] = {}
 
     async def run(self, key: Hashable, work: Callable[[], Awaitable[Any]]) -> Any:
-        entry = self._keys.setdefault(key, _AsyncKey())
-        entry.arrivals += 1
-        entry.users += 1
-        mine = entry.arrivals
+        ledger, run_lock = self._keys.setdefault(key, (Ledger(), asyncio.Lock()))
+        caller = ledger.arrive()
         try:
-            async with entry.run_lock:
-                if entry.covered < mine:
-                    starting = entry.arrivals
+            async with run_lock:
+                if not ledger.answered(caller):
+                    starting = ledger.arrivals
                     try:
-                        entry.outcome = (True, await work())
+                        ledger.settle(starting, (True, await work()))
                     except Exception as exc:
-                        entry.outcome = (False, exc)
-                    entry.covered = starting
-                ok, value = entry.outcome
+                        ledger.settle(starting, (False, exc))
+                outcome = ledger.outcome
         finally:
-            entry.users -= 1
-            if entry.users == 0:
+            if ledger.leave():
                 del self._keys[key]
-        if not ok:
-            raise value
-        return value
+        return _result(outcome)
