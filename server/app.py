@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -154,7 +155,8 @@ async def restore_route(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = await asyncio.to_thread(request.app[METRICS].render)
+    # shared by concurrent scrapes and reused for a second (observe.py): a flood costs one render a second
+    body = await request.app[METRICS].render_shared()
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
@@ -172,13 +174,54 @@ async def health_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _prepare_state_dir(config: Config) -> None:
-    """The state dir holds the admin token and the embedded store's socket: ours alone, mode 0700."""
-    path = Path(config.state_dir)
+    """The state dir holds the admin token and the embedded store's socket: ours alone, mode 0700, and only
+    under directories no other user may change. Else that user could rename the state dir away and put a
+    store of their own in its place, which livedmd would trust at its next pool connection. As OpenSSH's
+    StrictModes: every directory above it (symlinks resolved, the links' own directories too) must belong to
+    root or livedmd's user and be writable by no one else, unless it has the sticky bit (like /tmp)."""
+    path = Path(os.path.abspath(config.state_dir))
+    me = os.geteuid()
+    consequence = "could put a database of their own in the state dir's place and become livedm's admin"
+
+    def why_unsafe(directory: Path) -> str | None:
+        st = os.stat(directory)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid not in (0, me):
+            return (f"the state dir {path} lies under {directory}, which belongs to uid {st.st_uid}, neither root "
+                    f"nor livedmd's user (uid {me}): that user {consequence}. Give {directory} to root "
+                    f"(chown root {directory}) or give livedmd a state dir elsewhere (--state-dir)")
+        if mode & 0o022 and not mode & stat.S_ISVTX:
+            return (f"the state dir {path} lies under {directory}, which users other than its owner may write "
+                    f"(mode {mode:o}): any of them {consequence}. Make it writable by its owner only (chmod go-w "
+                    f"{directory}) or sticky like /tmp (chmod +t {directory}), or give livedmd a state dir under "
+                    "directories only root or its own user may change (--state-dir)")
+        return None
+
+    def refuse_unsafe_ancestors() -> None:
+        checked: set[Path] = set()
+        for prefix in (*reversed(path.parents), path):
+            if not os.path.lexists(prefix):
+                break
+            link = os.lstat(prefix)
+            if stat.S_ISLNK(link.st_mode) and link.st_uid not in (0, me):
+                raise RuntimeError(f"the state dir {path} is reached through the symlink {prefix}, which belongs "
+                                   f"to uid {link.st_uid}, neither root nor livedmd's user (uid {me}): that user "
+                                   f"{consequence}. Name the real directory (--state-dir)")
+            real = Path(os.path.realpath(prefix))
+            for directory in (*real.parents, *([real] if prefix != path else [])):  # the state dir: ours to fix
+                if directory not in checked:
+                    checked.add(directory)
+                    why = why_unsafe(directory)
+                    if why is not None:
+                        raise RuntimeError(why)
+
+    refuse_unsafe_ancestors()  # before anything is made there
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    refuse_unsafe_ancestors()  # the directories just made too (a umask of 0 makes them 0777)
     st = os.stat(path)
-    if st.st_uid != os.geteuid():
+    if st.st_uid != me:
         raise RuntimeError(f"the state dir {path} belongs to uid {st.st_uid}, not to livedmd's user "
-                           f"(uid {os.geteuid()}); give livedmd a state dir of its own (--state-dir)")
+                           f"(uid {me}); give livedmd a state dir of its own (--state-dir)")
     if st.st_mode & 0o077:
         log.warning("the state dir %s was open to other users (mode %o); now 0700", path, st.st_mode & 0o777)
         os.chmod(path, 0o700)
@@ -188,6 +231,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     _prepare_state_dir(config)
     lock = StateDirLock(config.state_dir).acquire()  # before the embedded store: it is the state dir's
+    await asyncio.to_thread(backup.remove_stale_uploads, config.state_dir)  # a dead restore's, ours now
     supervisor: asyncio.Task[None] | None = None
     try:
         client = app.get(MONGO_CLIENT)  # given by tests (mongomock); otherwise ours to open and close

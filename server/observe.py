@@ -2,10 +2,14 @@
 
 Request counts and latencies are counted as calls happen; job and storage figures are read from the
 database when /metrics is scraped (so every livedmd sharing the database reports the same queue).
+A scrape is rendered once and shared: concurrent scrapes wait for the same render, and a render is reused
+for RENDER_REUSE_S, on a thread of its own, so a flood of /metrics costs one render a second and never
+takes a thread from API calls.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -14,6 +18,7 @@ import queue
 import re
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,6 +30,8 @@ from .jobs import KINDS, STATES
 from .store import Store
 
 _TOKEN = re.compile(r"ldm_[A-Za-z0-9_-]{16,}")
+
+RENDER_REUSE_S = 1.0  # a /metrics render is served again for this long after it finished
 
 
 class StoreCollector(Collector):
@@ -58,6 +65,11 @@ class Metrics:
                                  registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
         self.errors = Counter("livedm_errors", "JSON-RPC errors answered, by code", ["code"], registry=self.registry)
+        self.renders = Counter("livedm_metrics_renders", "Renders of /metrics (scrapes within "
+                               f"{RENDER_REUSE_S:g} s of a render share it)", registry=self.registry)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
+        self._rendering: asyncio.Future[bytes] | None = None
+        self._rendered: tuple[float, bytes] | None = None  # (monotonic time it finished, body)
 
     def watch_store(self, store: Store) -> None:
         self.registry.register(StoreCollector(store))
@@ -76,7 +88,32 @@ class Metrics:
 
     def render(self) -> bytes:
         """Blocking (reads the database): run it in a thread."""
+        self.renders.inc()
         return generate_latest(self.registry)
+
+    async def render_shared(self) -> bytes:
+        """The last render if it is at most RENDER_REUSE_S old, else the render under way or a new one: at most
+        one runs at a time, on the metrics thread. A failed render is not kept: the next scrape tries again."""
+        if self._rendered is not None and time.monotonic() - self._rendered[0] < RENDER_REUSE_S:
+            return self._rendered[1]
+        if self._rendering is None:
+            self._rendering = asyncio.ensure_future(self._render_once())
+            self._rendering.add_done_callback(_retrieve)  # a failure nobody waits for any more is no warning
+        # shielded: a scraper that goes away does not cancel the render the others wait for
+        return await asyncio.shield(self._rendering)
+
+    async def _render_once(self) -> bytes:
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(self._thread, self.render)
+            self._rendered = (time.monotonic(), body)
+            return body
+        finally:
+            self._rendering = None
+
+
+def _retrieve(future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class RedactTokens(logging.Filter):

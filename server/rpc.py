@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import json
 import logging
+import math
 import re
 import reprlib
 import time
@@ -155,11 +156,11 @@ def _library_error_message(code: int, detail: Any) -> str:
     if code == INVALID_REQUEST:
         return ('not a JSON-RPC 2.0 request: send {"jsonrpc": "2.0", "method": NAME, "params": {...} or [...], '
                 '"id": ID}' + f" ({detail})")
-    if code == METHOD_NOT_FOUND:
-        return f"method {detail!r} does not exist; system.describe lists the methods"
+    if code == METHOD_NOT_FOUND:  # the name is cut short: a reply never echoes megabytes back
+        return f"method {_short(detail)} does not exist; system.describe lists the methods"
     if code == INVALID_PARAMS:
-        return f"invalid params: {detail}"
-    return str(detail)
+        return f"invalid params: {_short(detail, 200)}"
+    return detail if isinstance(detail, str) and len(detail) <= 200 else _short(detail, 200)
 
 
 def _post_process(response: Any) -> dict[str, Any]:
@@ -300,11 +301,31 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON value")
 
 
-_STRICT_JSON = json.JSONDecoder(parse_constant=_not_json)
+def _finite_float(text: str) -> float:
+    """A number too large for a float (1e400) would become Infinity, which is no JSON value to answer with."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {_short(text)} is out of range (it would be Infinity, which is not a JSON "
+                         "value); send numbers within ±1.8e308")
+    return value
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite_float)
+
+MAX_ID_CHARS = 256  # a JSON-RPC id is echoed in the reply: a longer one is refused, never sent back
+_MAX_ID_INT = 10**MAX_ID_CHARS
+
+
+def _id_too_long(request: Any) -> bool:
+    request_id = request.get("id") if isinstance(request, dict) else None
+    if isinstance(request_id, str):
+        return len(request_id) > MAX_ID_CHARS
+    return isinstance(request_id, int) and abs(request_id) >= _MAX_ID_INT
 
 
 def parse_json(body: str) -> Any:
-    """The body as JSON, strictly: NaN and Infinity are refused. Raises ApiError (-32700)."""
+    """The body as JSON, strictly: NaN, Infinity and numbers that overflow to it are refused. Raises ApiError
+    (-32700)."""
     try:
         return _STRICT_JSON.decode(body)
     except RecursionError:
@@ -327,12 +348,20 @@ class Dispatcher:
                            f"(max_batch_calls) and this one has {len(parsed)}: none of them ran; send them in "
                            "smaller batches")
 
+    @staticmethod
+    def _check_ids(parsed: Any) -> None:
+        requests = parsed if isinstance(parsed, list) else [parsed]
+        if any(_id_too_long(request) for request in requests):
+            raise ApiError(INVALID_REQUEST, f"a JSON-RPC id may be at most {MAX_ID_CHARS} characters (a string) or "
+                           "digits (a number): nothing ran; use a short id, such as a counter or a UUID")
+
     async def dispatch(self, body: str, ctx: CallContext) -> dict[str, Any] | list[dict[str, Any]] | None:
         # One well-formed request (nearly every call) goes straight to jsonrpcserver's dispatch_request;
         # batches and anything malformed take the library's whole path, which answers them to the letter.
         try:
             parsed = parse_json(body)
             self._check_batch(parsed)
+            self._check_ids(parsed)
         except ApiError as exc:
             return error_response(exc.code, exc.message)
         ctx.may_hold_surrogates = SURROGATE_ESCAPE.search(body) is not None

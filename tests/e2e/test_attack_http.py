@@ -13,10 +13,12 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -501,3 +503,243 @@ def test_livedmd_refuses_to_start_without_data_roots_unless_a_trial(tmp_path: Pa
         assert "trial mode, no data roots" in trial.log()
     finally:
         trial.stop()
+
+
+# --- attack pass 2: replies nobody takes, slow requests at the cap, /metrics floods, 1e400 ---------
+
+def connect_not_reading(daemon: Daemon) -> socket.socket:
+    """A client that will never read: a tiny receive window, so what the server sends piles up on its side."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connecting: it sets the window
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", daemon.port))
+    return sock
+
+
+def raw_post(body: bytes, token: str | None = None) -> bytes:
+    auth = b"Authorization: Bearer " + token.encode() + b"\r\n" if token else b""
+    return (b"POST /api HTTP/1.1\r\nHost: livedm\r\nContent-Type: application/json\r\n" + auth
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def drain(sock: socket.socket, limit_s: float = 5) -> tuple[int, str]:
+    """Read what is left until the server closes; the bytes read and how it ended ("eof" or "reset")."""
+    sock.settimeout(limit_s)
+    total = 0
+    try:
+        while chunk := sock.recv(65536):
+            total += len(chunk)
+    except ConnectionResetError:
+        return total, "reset"
+    return total, "eof"
+
+
+def healthz_ok(daemon: Daemon, timeout_s: float = 2) -> bool:
+    try:
+        return get(daemon, "/healthz", timeout_s=timeout_s)[0] == 200
+    except OSError:  # refused at the cap: closed at once
+        return False
+
+
+def test_a_json_rpc_id_over_256_characters_is_refused_and_never_echoed(slow_clients_daemon: Daemon) -> None:
+    before = database_view(slow_clients_daemon)
+    for fine in ("A" * 256, 10**256 - 1, -(10**256 - 1), 1.5e308):
+        reply = strict_json(post(slow_clients_daemon, json.dumps({"jsonrpc": "2.0", "method": "whoami",
+                                                                  "id": fine}))[1])
+        assert reply["id"] == fine and reply["result"]["name"] == "admin"
+    batch = [{"jsonrpc": "2.0", "method": "create_user", "params": ["u1"], "id": 1},
+             {"jsonrpc": "2.0", "method": "whoami", "id": "A" * 257}]
+    for too_long in ({"jsonrpc": "2.0", "method": "whoami", "id": "A" * 257},
+                     {"jsonrpc": "2.0", "method": "whoami", "id": 10**256},
+                     {"jsonrpc": "2.0", "method": "whoami", "id": "A" * 5_000_000},
+                     batch):
+        status, text = post(slow_clients_daemon, json.dumps(too_long))
+        reply = strict_json(text)
+        assert status == 200 and len(text) < 400, text[:400]
+        assert reply["error"]["code"] == -32600 and reply["id"] is None
+        assert "at most 256 characters" in reply["error"]["message"] and "nothing ran" in reply["error"]["message"]
+    # nor is a method name echoed whole
+    status, text = post(slow_clients_daemon, json.dumps({"jsonrpc": "2.0", "method": "m" * 5_000_000, "id": 1}))
+    assert status == 200 and len(text) < 400 and strict_json(text)["error"]["code"] == -32601
+    assert database_view(slow_clients_daemon) == before
+
+
+def test_sockets_that_never_read_a_reply_to_a_huge_id_lock_no_one_out(tmp_path: Path) -> None:
+    """The attack: 8 such sockets held every slot of --max-connections 8 for 40+ s, each a 5 MB echo."""
+    daemon = Daemon(tmp_path / "state", args=["--max-connections", "8", "--keepalive-timeout-s", "60"]).start()
+    try:
+        body = json.dumps({"jsonrpc": "2.0", "method": "whoami", "id": "A" * 5_000_000}).encode()
+        attackers = [connect_not_reading(daemon) for _ in range(8)]
+        for sock in attackers:
+            sock.sendall(raw_post(body))
+        time.sleep(1.0)
+        started = time.monotonic()
+        assert healthz_ok(daemon)
+        assert rpc(daemon, "whoami")["result"]["name"] == "admin"
+        assert time.monotonic() - started < 2.0
+        for sock in attackers:  # each got its whole reply: the short -32600 error, not a 5 MB echo
+            sock.settimeout(5)
+            head = read_one_response(sock).decode()
+            assert head.startswith("HTTP/1.1 200") and "Content-Length: 2" in head and len(head) < 1000
+            sock.close()
+    finally:
+        daemon.stop()
+
+
+def test_a_reply_the_client_does_not_take_is_cut_after_request_timeout_s(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", args=["--max-connections", "3", "--request-timeout-s", "2",
+                                              "--keepalive-timeout-s", "60", "--max-batch-calls", "1000"]).start()
+    try:
+        # about 8 MB of reply: more than the kernel's send buffer takes off livedmd's hands
+        batch = json.dumps([{"jsonrpc": "2.0", "method": "system.describe", "id": n} for n in range(1000)])
+        started = time.monotonic()
+        whole = len(post(daemon, batch)[1])
+        answered_s = time.monotonic() - started
+        attackers = [connect_not_reading(daemon) for _ in range(3)]
+        for sock in attackers:
+            sock.sendall(raw_post(batch.encode(), daemon.token))
+        sent_at = time.monotonic()
+        time.sleep(answered_s + 0.5)
+        assert not healthz_ok(daemon), "every connection is busy writing a reply nobody takes"
+        while not healthz_ok(daemon):
+            assert time.monotonic() - sent_at < answered_s + 2 + 2.5, "the stalled replies were not cut"
+            time.sleep(0.1)
+        assert time.monotonic() - sent_at >= 2
+        for sock in attackers:
+            received, ended = drain(sock)
+            assert received < whole and ended in ("reset", "eof")  # the rest was dropped
+            sock.close()
+        assert rpc(daemon, "whoami")["result"]["name"] == "admin"
+    finally:
+        daemon.stop()
+
+
+SLOW_HEAD = (b"POST /api HTTP/1.1\r\nHost: livedm\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 100000\r\n\r\n")
+
+
+def test_at_the_cap_the_slowest_request_still_arriving_is_pushed_out(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", args=["--max-connections", "2"]).start()
+    try:
+        steady, stalled = connect(daemon), connect(daemon)
+        steady.sendall(SLOW_HEAD)
+        stalled.sendall(SLOW_HEAD)  # and then nothing
+        for _ in range(8):  # 0.8 s, beyond the 0.25 s grace: the steady one sends 100 bytes every 0.1 s
+            steady.sendall(b" " * 100)
+            time.sleep(0.1)
+        assert healthz_ok(daemon)  # a third connection at the cap of 2: one of them had to go
+        stalled.settimeout(2)
+        assert stalled.recv(1) == b""  # the stalled one went
+        steady.sendall(b" " * 100)
+        steady.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            steady.recv(1)  # the steady one is still being read
+        steady.close()
+        stalled.close()
+    finally:
+        daemon.stop()
+
+
+SLOW_REQUEST_FLOOD = """
+import asyncio, sys, time
+port, sockets, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+head = (b"POST /api HTTP/1.1\\r\\nHost: livedm\\r\\nContent-Type: application/json\\r\\n"
+        b"Content-Length: 100000\\r\\n\\r\\n")
+connections = 0
+
+async def one():
+    global connections
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            continue
+        connections += 1
+        try:
+            writer.write(head)
+            while time.monotonic() < end:
+                try:
+                    if await asyncio.wait_for(reader.read(1), 5) == b"":
+                        break
+                except TimeoutError:
+                    writer.write(b" ")
+        except OSError:
+            pass
+        writer.close()
+
+async def main():
+    await asyncio.gather(*(one() for _ in range(sockets)))
+
+asyncio.run(main())
+print(connections)
+"""
+
+
+def test_a_flood_of_slow_requests_at_the_cap_does_not_lock_anyone_out(tmp_path: Path) -> None:
+    """The attack: sockets over the cap, each sending headers announcing 100000 bytes and then 1 byte every 5 s,
+    reconnecting at once when cut, made most /healthz calls fail: every connection was handling a request
+    whose body trickled in, and a new one found none to push out."""
+    daemon = Daemon(tmp_path / "state", args=["--max-connections", "64"]).start()
+    try:
+        flood = subprocess.Popen([sys.executable, "-c", SLOW_REQUEST_FLOOD, str(daemon.port), "96", "10"],
+                                 stdout=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        outcomes = []
+        while len(outcomes) < 30:
+            started = time.monotonic()
+            outcomes.append(healthz_ok(daemon))
+            time.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+        assert flood.poll() is None, "the flood lasted the whole measurement"
+        connections = int(flood.communicate(timeout=30)[0])
+        assert connections > 1000  # the flood churned: it was cut and reconnected all along
+        assert outcomes.count(False) <= 2, outcomes
+    finally:
+        daemon.stop()
+
+
+def _metrics_value(daemon: Daemon, name: str) -> float:
+    _status, _headers, body = get(daemon, "/metrics")
+    return next((float(line.split()[-1]) for line in body.splitlines() if line.startswith(name + " ")), 0.0)
+
+
+def test_a_metrics_flood_costs_one_render_a_second_and_api_calls_stay_fast(daemon: Daemon) -> None:
+    """The attack: 300 loops of GET /metrics took every thread of the shared pool; whoami took ~20 s."""
+    renders_before = _metrics_value(daemon, "livedm_metrics_renders_total")
+    flood_s = 4.0
+    stop_at = time.monotonic() + flood_s
+
+    def scrape_until_stopped() -> int:
+        done = 0
+        while time.monotonic() < stop_at:
+            status, _headers, body = get(daemon, "/metrics", timeout_s=30)
+            assert status == 200 and "livedm_jobs" in body
+            done += 1
+        return done
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        scrapes = [pool.submit(scrape_until_stopped) for _ in range(100)]
+        slowest_s = 0.0
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            assert rpc(daemon, "whoami")["result"]["name"] == "admin"
+            slowest_s = max(slowest_s, time.monotonic() - started)
+            time.sleep(0.1)
+        scraped = sum(future.result() for future in scrapes)
+    assert slowest_s < 1.0, slowest_s  # (before: 6 s with 100 scraping loops)
+    time.sleep(1.1)  # past the reuse: the next scrape renders anew and counts itself
+    renders = _metrics_value(daemon, "livedm_metrics_renders_total") - renders_before
+    assert scraped >= 500 and 1 <= renders <= flood_s + 3, (scraped, renders)
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1E999", "2e308"])
+def test_a_number_too_large_for_a_float_is_a_parse_error(slow_clients_daemon: Daemon, number: str) -> None:
+    for body in ('{"jsonrpc": "2.0", "method": "whoami", "id": ' + number + "}",
+                 '[{"jsonrpc": "2.0", "method": "whoami", "id": ' + number + "}]",
+                 '{"jsonrpc": "2.0", "method": "get_audit_log", "params": {"limit": ' + number + '}, "id": 1}'):
+        status, text = post(slow_clients_daemon, body)
+        reply = strict_json(text)  # no "Infinity" in the reply
+        assert status == 200 and reply["error"]["code"] == -32700 and reply["id"] is None
+        assert f"the number {number!r} is out of range" in reply["error"]["message"]
+    assert strict_json(post(slow_clients_daemon, '{"jsonrpc": "2.0", "method": "whoami", "id": 1e308}')[1])[
+        "id"] == 1e308

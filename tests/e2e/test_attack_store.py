@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import BIN, Daemon
 
 SPARE_UID = 65534  # nobody
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -182,3 +182,93 @@ def test_livedmd_exits_non_zero_when_the_store_keeps_dying(tmp_path: Path) -> No
     assert code == 1, "systemd restarts the unit on a non-zero exit"
     assert time.monotonic() - started < 30
     assert "the embedded store keeps dying" in daemon.log()
+
+
+# --- attack pass 2: a state dir under a directory others may change --------------------------------
+
+RENAME_AS_SPARE_UID = """
+import os, sys
+try:
+    os.rename(sys.argv[1], sys.argv[2])
+except OSError as exc:
+    print("refused", exc.errno)
+else:
+    print("renamed")
+"""
+
+
+def _livedmd(state_dir: Path, data_root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LIVEDM_DATA_ROOTS": str(data_root)}
+    return subprocess.run([str(BIN / "livedmd"), "--state-dir", str(state_dir), "--port", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_state_dir_under_a_directory_others_may_write_is_refused(tmp_path: Path, mode: int) -> None:
+    """The attack: with --state-dir /tmp/x/shared/state and shared mode 0777, another user renamed the state
+    dir away, put a store of their own at state/embedded/db.sock, and livedmd's next pool connection made
+    them admin. livedmd now refuses such a state dir at start, before making anything in it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    refused = _livedmd(shared / "state", tmp_path)
+    assert refused.returncode == 1, refused.stderr
+    assert (f"the state dir {shared / 'state'} lies under {shared}, which users other than its owner may write "
+            f"(mode {mode:o})") in refused.stderr
+    assert f"chmod go-w {shared}" in refused.stderr and f"chmod +t {shared}" in refused.stderr
+    assert not (shared / "state").exists()
+    shared.chmod(0o1777)  # sticky, like /tmp: others may add entries, but not rename or remove ours
+    daemon = Daemon(shared / "state", env={"LIVEDM_DATA_ROOTS": str(tmp_path)}).start()
+    try:
+        assert daemon.call("whoami")["name"] == "admin"
+    finally:
+        daemon.stop()
+
+
+def test_a_state_dir_made_under_a_careless_umask_is_refused(tmp_path: Path) -> None:
+    """Directories livedmd makes on the way to its state dir count too: under umask 0 they come out 0777."""
+    env = {**os.environ, "LIVEDM_DATA_ROOTS": str(tmp_path)}
+    state_dir = tmp_path / "new" / "state"
+    refused = subprocess.run(["/bin/sh", "-c", 'umask 000 && exec "$0" --state-dir "$1" --port 0',
+                              str(BIN / "livedmd"), str(state_dir)], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1
+    assert f"lies under {tmp_path / 'new'}, which users other than its owner may write (mode 777)" in refused.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another uid needs root (CI runs as root)")
+def test_under_a_sticky_parent_another_user_cannot_move_the_state_dir_away(open_base: Path) -> None:
+    shared = open_base / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    daemon = Daemon(shared / "state", env={"LIVEDM_DATA_ROOTS": str(open_base)}).start()
+    try:
+        result = subprocess.run([SYSTEM_PYTHON, "-c", RENAME_AS_SPARE_UID, str(shared / "state"),
+                                 str(shared / "moved")], user=SPARE_UID, group=SPARE_UID, extra_groups=[],
+                                capture_output=True, text=True, timeout=30)
+        assert result.stdout.strip() == "refused 1", result.stderr  # EPERM: the sticky bit
+        assert daemon.call("whoami")["name"] == "admin"
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another uid needs root")
+def test_a_state_dir_under_another_users_directory_or_symlink_is_refused(open_base: Path) -> None:
+    theirs = open_base / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, SPARE_UID, SPARE_UID)
+    refused = _livedmd(theirs / "state", open_base)
+    assert refused.returncode == 1
+    assert (f"lies under {theirs}, which belongs to uid {SPARE_UID}, neither root nor livedmd's user (uid 0)"
+            in refused.stderr) and f"chown root {theirs}" in refused.stderr
+    sticky = open_base / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (open_base / "real").mkdir(mode=0o755)
+    link = sticky / "state"
+    link.symlink_to(open_base / "real" / "state")
+    os.lchown(link, SPARE_UID, SPARE_UID)  # its owner may replace it: the sticky bit allows that
+    refused = _livedmd(link, open_base)
+    assert refused.returncode == 1
+    assert f"is reached through the symlink {link}, which belongs to uid {SPARE_UID}" in refused.stderr
+    assert not (open_base / "real" / "state").exists()

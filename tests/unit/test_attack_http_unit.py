@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 
+from livedm.server import connections, observe
 from livedm.server.auth import token_hash
+from livedm.server.connections import ConnectionGuard, GuardedProtocol
 from livedm.server.domain import now_iso
+from livedm.server.errors import ApiError
 from livedm.server.methods import METHODS
-from livedm.server.observe import JsonFormatter, PlainFormatter, escape_controls
+from livedm.server.observe import JsonFormatter, Metrics, PlainFormatter, escape_controls
 from livedm.server.rpc import SCOPED_READS, parse_json
 from livedm.server.store import Store
 from livedm.server.users import _USER_NAME
@@ -197,3 +200,142 @@ async def test_user_names_are_matched_whole(api: Api, name: str, valid: bool) ->
     assert bool(_USER_NAME.fullmatch(name)) is valid
     reply = await api.call("create_user", {"name": name})
     assert ("error" not in reply) is valid, reply
+
+
+# --- attack pass 2: numbers that overflow, long ids, the connection guard's choices, /metrics renders ----
+
+@pytest.mark.parametrize("body", ["1e400", "[-1e400]", '{"id": 2E308}', '{"a": [1, {"b": 1e999}]}'])
+def test_parse_json_refuses_a_number_that_overflows_to_infinity(body: str) -> None:
+    with pytest.raises(ApiError) as raised:
+        parse_json(body)
+    assert raised.value.code == -32700 and "is out of range" in raised.value.message
+    assert parse_json("[1e308, -1e308, 1e-400]") == [1e308, -1e308, 0.0]
+
+
+async def test_an_id_over_256_characters_refuses_the_whole_request(populated: Api) -> None:
+    before = populated.snapshot()
+    assert (await populated.post({"jsonrpc": "2.0", "method": "whoami", "id": "x" * 256}))["id"] == "x" * 256
+    for too_long in ({"jsonrpc": "2.0", "method": "whoami", "id": "x" * 257},
+                     {"jsonrpc": "2.0", "method": "whoami", "id": -(10**256)},
+                     [{"jsonrpc": "2.0", "method": "create_user", "params": ["u1"], "id": 1},
+                      {"jsonrpc": "2.0", "method": "create_user", "params": ["u2"], "id": "x" * 257}]):
+        reply = await populated.post(too_long)
+        error = assert_error(reply, -32600, "InvalidRequest")
+        assert reply["id"] is None and "at most 256 characters" in error["message"]
+    assert populated.snapshot() == before
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.closed = self.aborted = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    clock = _Clock()
+    monkeypatch.setattr(connections, "_now", clock)
+    return clock
+
+
+def _open(guard: ConnectionGuard) -> tuple[GuardedProtocol, _Transport]:
+    connection = GuardedProtocol(guard, asyncio.Protocol)
+    transport = _Transport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    return connection, transport
+
+
+async def test_at_the_cap_the_order_is_idle_then_slowest_arriving_then_just_opened(clock: _Clock) -> None:
+    guard = ConnectionGuard(max_connections=4, request_timeout_s=30)
+    (fast, fast_t), (slow, slow_t), (_new, new_t), (busy, busy_t) = (_open(guard) for _ in range(4))
+    fast.data_received(b"P" * 100)
+    slow.data_received(b"P" * 100)
+    busy.data_received(b"GET / HTTP/1.1\r\n\r\n")
+    busy.request_started()
+    busy.received()
+    clock.now += 2.0
+    fast.data_received(b"x" * 5000)  # 5100 bytes in 2 s against the slow one's 100
+    clock.now += 0.1
+    _again, new_again_t = _open(guard)  # `_new` sent nothing yet, but its 2.1 s are past the grace: it goes
+    assert new_t.closed and not (fast_t.closed or slow_t.closed or busy_t.closed)
+    _open(guard)  # the newest is in its grace: the slowest request arriving goes
+    assert slow_t.closed and not (fast_t.closed or new_again_t.closed)
+    _open(guard)  # then the fast one, rather than a connection that only just opened
+    assert fast_t.closed and not new_again_t.closed
+    _third, third_t = _open(guard)  # only just opened ones left but for the busy one: the longest idle goes
+    assert new_again_t.closed and not (third_t.closed or busy_t.closed)
+    assert guard.open_connections == 4
+
+
+async def test_when_every_connection_is_busy_the_new_one_is_closed_at_once(clock: _Clock) -> None:
+    guard = ConnectionGuard(max_connections=2, request_timeout_s=30)
+    for connection, _transport in (_open(guard), _open(guard)):
+        connection.data_received(b"GET / HTTP/1.1\r\n\r\n")
+        connection.request_started()
+        connection.received()
+    clock.now += 60
+    _refused, refused_t = _open(guard)
+    assert refused_t.aborted and guard.open_connections == 2
+
+
+async def test_a_response_the_client_takes_none_of_is_aborted_after_request_timeout_s() -> None:
+    guard = ConnectionGuard(max_connections=4, request_timeout_s=0.05)
+    taken, taken_t = _open(guard)
+    stuck, stuck_t = _open(guard)
+    for connection in (taken, stuck):
+        connection.pause_writing()  # the send buffer is full
+    await asyncio.sleep(0.03)
+    taken.resume_writing()
+    await asyncio.sleep(0.05)
+    assert stuck_t.aborted and not taken_t.aborted
+
+
+async def test_concurrent_scrapes_share_one_render_reused_for_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = Metrics()
+    renders = 0
+
+    def render() -> bytes:
+        nonlocal renders
+        renders += 1
+        time.sleep(0.05)
+        return f"render {renders}".encode()
+
+    monkeypatch.setattr(metrics, "render", render)
+    bodies = await asyncio.gather(*(metrics.render_shared() for _ in range(200)))
+    assert renders == 1 and set(bodies) == {b"render 1"}
+    assert await metrics.render_shared() == b"render 1"  # within RENDER_REUSE_S: no new render
+    monkeypatch.setattr(observe, "RENDER_REUSE_S", 0.0)
+    waiter = asyncio.ensure_future(metrics.render_shared())
+    other = asyncio.ensure_future(metrics.render_shared())
+    await asyncio.sleep(0.01)
+    waiter.cancel()  # a scraper that goes away does not cancel the render the others wait for
+    assert await other == b"render 2" and renders == 2
+
+
+async def test_a_failed_render_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = Metrics()
+    outcomes = iter([RuntimeError("the database did not answer"), b"fine"])
+
+    def render() -> bytes:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(metrics, "render", render)
+    with pytest.raises(RuntimeError):
+        await metrics.render_shared()
+    assert await metrics.render_shared() == b"fine"
