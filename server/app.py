@@ -173,7 +173,7 @@ async def health_ctx(app: web.Application) -> AsyncIterator[None]:
     app[HEALTH].close()
 
 
-def _prepare_state_dir(config: Config) -> None:
+def prepare_state_dir(config: Config) -> None:
     """The state dir holds the admin token and the embedded store's socket: ours alone, mode 0700, and only
     under directories no other user may change. Else that user could rename the state dir away and put a
     store of their own in its place, which livedmd would trust at its next pool connection. As OpenSSH's
@@ -229,7 +229,7 @@ def _prepare_state_dir(config: Config) -> None:
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    _prepare_state_dir(config)
+    prepare_state_dir(config)
     lock = StateDirLock(config.state_dir).acquire()  # before the embedded store: it is the state dir's
     await asyncio.to_thread(backup.remove_stale_uploads, config.state_dir)  # a dead restore's, ours now
     supervisor: asyncio.Task[None] | None = None
@@ -277,14 +277,29 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         lock.release()
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 async def supervise_embedded(app: web.Application) -> None:
     """Restart the embedded store when it dies; after embedded_max_restarts restarts that did not last
     STORE_STABLE_S, give up: livedmd stops with an error and systemd restarts the whole unit."""
     embedded, config = app[EMBEDDED], app[CONFIG]
     failures = 0
     last_restart = 0.0
+    home = _identity(embedded.directory)
     while True:
         await asyncio.sleep(STORE_WATCH_S)
+        if _identity(embedded.directory) != home:  # someone swapped the directory the socket is reached by
+            message = f"the embedded store's directory {embedded.directory} was moved or replaced"
+            log.critical("%s; stopping livedmd (check who can write above the state dir)", message)
+            app[FATAL].append(message)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         if embedded.alive():
             if failures and time.monotonic() - last_restart > STORE_STABLE_S:
                 failures = 0

@@ -146,12 +146,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_request_bytes", "8388608", "Largest JSON-RPC request body accepted.", _parse_positive_int),
     Setting("max_batch_calls", "100", "Most calls in one JSON-RPC batch; a larger batch is refused whole.",
             _parse_positive_int),
-    Setting("max_connections", "512", "Most HTTP connections served at once; more are closed at once (keep "
-            "LimitNOFILE in the unit well above it).", _parse_positive_int),
+    Setting("max_connections", "512", "Most HTTP connections served at once; at the cap a new one pushes out an "
+            "idle or the slowest arriving one, else it is closed at once (keep LimitNOFILE in the unit well above "
+            "it).", _parse_positive_int),
     Setting("keepalive_timeout_s", "15", "An idle keep-alive connection is closed after this long.",
             _parse_positive_float),
-    Setting("request_timeout_s", "30", "A client must send a request's headers and body within this long.",
-            _parse_positive_float),
+    Setting("request_timeout_s", "30", "A client must send a request's headers and body within this long, and "
+            "take some of a reply within this long whenever livedmd's send buffer is full; slower clients are cut "
+            "off.", _parse_positive_float),
     Setting("max_restore_bytes", "4294967296", "Largest backup POST /admin/restore accepts. The upload is kept in "
             "the state dir while it is checked, so the state dir needs that much free space.", _parse_positive_int),
     Setting("auth_cache_s", "2", "How long a checked token is trusted before the database is asked again.",

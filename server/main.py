@@ -15,7 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import __version__
-from .app import CONNECTIONS, FATAL, create_app
+from .app import CONNECTIONS, FATAL, create_app, prepare_state_dir
 from .auth import reset_admin_token
 from .config import Config, ConfigError, add_flags, load
 from .connections import GuardedSite
@@ -144,7 +144,7 @@ def reset_admin(config: Config) -> int:
     started here and stopped after. Exit 0, or 1 with the reason."""
     state_dir = Path(config.state_dir)
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_state_dir(config)  # the same checks as at start: no one else can swap it
         owner_uid = state_dir.stat().st_uid
         if owner_uid != os.geteuid():  # files made now would lock the service's own user out of them
             print(f"livedmd: the state dir {state_dir} belongs to uid {owner_uid}: run --reset-admin-token as that "

@@ -272,3 +272,15 @@ def test_a_state_dir_under_another_users_directory_or_symlink_is_refused(open_ba
     assert refused.returncode == 1
     assert f"is reached through the symlink {link}, which belongs to uid {SPARE_UID}" in refused.stderr
     assert not (open_base / "real" / "state").exists()
+
+
+def test_livedmd_stops_when_its_store_directory_is_swapped(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state").start()
+    embedded = daemon.state_dir / "embedded"
+    embedded.rename(daemon.state_dir / "embedded.moved")  # what a user able to write above would do
+    embedded.mkdir(mode=0o700)
+    assert daemon.process is not None
+    code = daemon.process.wait(30)
+    daemon.process = None
+    assert code == 1
+    assert "was moved or replaced" in daemon.log()
