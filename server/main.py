@@ -144,12 +144,13 @@ def reset_admin(config: Config) -> int:
     started here and stopped after. Exit 0, or 1 with the reason."""
     state_dir = Path(config.state_dir)
     try:
-        prepare_state_dir(config)  # the same checks as at start: no one else can swap it
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         owner_uid = state_dir.stat().st_uid
         if owner_uid != os.geteuid():  # files made now would lock the service's own user out of them
             print(f"livedmd: the state dir {state_dir} belongs to uid {owner_uid}: run --reset-admin-token as that "
                   f"user (sudo -u <user> livedmd --state-dir {state_dir} --reset-admin-token)", file=sys.stderr)
             return 1
+        prepare_state_dir(config)  # the same checks as at start: no one else can swap it
         with StateDirLock(state_dir), _database(config) as store:
             revoked = reset_admin_token(store, config.admin_token_path, f"livedmd --reset-admin-token (uid "
                                                                         f"{os.geteuid()})")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 _PUBLIC_SESSION_FIELDS = ("project_uid", "uid", "title", "status", "session_dir", "created_at", "started_at",
                           "paused_at", "completed_at", "data_management")
 _MEASURE_RETRIES = 5
+RESERVE_ATTEMPTS = 100  # optimistic reservations of dirs: each loss means another creation went through
+RESERVE_BACKOFF_S = 0.005
 LIVEDM = "livedm"  # the actor livedm's own changes are audited as
 
 
@@ -112,11 +116,12 @@ class Sessions:
 
     def _reserve_project_dir(self, uid: str, real: str, shown: str) -> None:
         """Of two projects created at once on overlapping dirs, one wins and the other checks again."""
-        for _attempt in range(_MEASURE_RETRIES * 2):
+        for _attempt in range(RESERVE_ATTEMPTS):
             version, dirs = self._project_dirs()
             self._check_project_dir_free(dirs, real, shown)
             if self.store.reserve_project_dirs(version, {**dirs, uid: real}):
                 return
+            time.sleep(random.uniform(0, RESERVE_BACKOFF_S))  # lost a race: let the winners through
         raise conflict("projects kept being created while this one was; try again")
 
     def pin_projects(self) -> int:
@@ -197,13 +202,14 @@ class Sessions:
                                f"{key.split('/')[1]}; each session needs a directory of its own")
 
     def _reserve_session_dir(self, project_uid: str, session_uid: str, session_dir: str, shown: str) -> None:
-        for _attempt in range(_MEASURE_RETRIES * 2):
+        for _attempt in range(RESERVE_ATTEMPTS):
             project = self.project(project_uid)
             dirs = self.session_dirs(project)
             self._check_session_dir_free(dirs, session_dir, shown)
             if self.store.reserve_session_dir(project_uid, project.get("dirs_version"),
                                               {**dirs, session_uid: session_dir}):
                 return
+            time.sleep(random.uniform(0, RESERVE_BACKOFF_S))  # lost a race: let the winners through
         raise conflict(f"sessions of {project_uid} kept being created while this one was; try again")
 
     def create_live_session(self, project_uid: str, title: str, session_dir: str | None = None) -> dict[str, Any]:
