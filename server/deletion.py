@@ -305,8 +305,11 @@ class Deletions:
             raw_trees=tuple(f"{s['session_dir']}/{d}" for s in sessions for d in raw_layout))
 
     def _raw_movies(self, project: dict[str, Any]) -> frozenset[tuple[int, int]]:
-        links = [rel for session in self.sessions.store.list_sessions(project["uid"])
-                 for rel in self.sessions.registered_paths(project["uid"], session["uid"])["raw"]]
+        links: list[str] = []
+        for session in self.sessions.store.list_sessions(project["uid"]):
+            registry = self.sessions.store.read_registry(project["uid"], session["uid"], session.get("scan_gen"),
+                                                         datatypes=("raw",))
+            links.extend(registry["scan"]["raw"] + registry["api"]["raw"])
         return files.raw_movies(project["project_dir"], links)
 
     def _settle(self, run: JobRun, category: dict[str, Any], reason: str) -> None:

@@ -268,12 +268,17 @@ class Store:
     # current one, so a rescan that dies half-way leaves the previous registry in force.
 
     def read_registry(self, project_uid: str, session_uid: str, scan_gen: str | None,
-                      sources: tuple[str, ...] = ("scan", "api")) -> dict[str, dict[str, list[str]]]:
-        """{"scan": {datatype: paths}, "api": {datatype: paths}}, reading only the given sources."""
+                      sources: tuple[str, ...] = ("scan", "api"),
+                      datatypes: tuple[str, ...] = DATATYPES) -> dict[str, dict[str, list[str]]]:
+        """{"scan": {datatype: paths}, "api": {datatype: paths}}, reading only the given sources and
+        datatypes (the others stay empty)."""
         out: dict[str, dict[str, list[str]]] = {"scan": {d: [] for d in DATATYPES},
                                                  "api": {d: [] for d in DATATYPES}}
         key = session_key(project_uid, session_uid)
-        for doc in self.db.registry.find({"key": key, "source": {"$in": list(sources)}}):
+        query: dict[str, Any] = {"key": key, "source": {"$in": list(sources)}}
+        if datatypes != DATATYPES:
+            query["datatype"] = {"$in": list(datatypes)}
+        for doc in self.db.registry.find(query):
             if doc["source"] == "scan" and doc.get("gen") != scan_gen:
                 continue
             out[doc["source"]][doc["datatype"]].extend(map(_loaded_path, doc["paths"]))
