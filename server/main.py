@@ -15,14 +15,15 @@ from pathlib import Path
 from aiohttp import web
 
 from . import __version__
-from .app import CONNECTIONS, FATAL, create_app, prepare_state_dir
+from .app import create_app
+from .appkeys import CONNECTIONS, FATAL
 from .auth import reset_admin_token
 from .config import Config, ConfigError, add_flags, load
 from .connections import GuardedSite
 from .embedded import EmbeddedStore
 from .observe import configure_logging
 from .processes import notify
-from .statelock import StateDirBusy, StateDirLock
+from .statedir import StateDirBusy, StateDirLock, prepare_state_dir
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("livedm")

@@ -18,10 +18,11 @@ from bson import json_util
 from bson.code import Code
 from bson.objectid import ObjectId
 
-from livedm.server import backup
+from livedm.server import backup, restore, routes
 from livedm.server.app import create_app
-from livedm.server.backup import BackupChecker, Upload
+from livedm.server.backup_check import BackupChecker
 from livedm.server.errors import ApiError
+from livedm.server.restore import Upload
 from livedm.server.store import COLLECTIONS, Store
 from tests.conftest import make_config
 
@@ -358,45 +359,45 @@ def test_the_size_limit_and_the_line_limit(tmp_path: Path, monkeypatch: pytest.M
         with pytest.raises(ApiError) as too_large:
             Upload(file, checker_for(tmp_path), max_bytes=100).feed(raw)
         assert too_large.value.data["http_status"] == 413 and "max_restore_bytes" in too_large.value.message
-        monkeypatch.setattr(backup, "MAX_LINE_BYTES", 1000)
+        monkeypatch.setattr(restore, "MAX_LINE_BYTES", 1000)
         with pytest.raises(ApiError) as too_long:
             Upload(file, checker_for(tmp_path), max_bytes=1 << 20).feed(b"x" * 2000)
         assert "longer than 1000 bytes" in too_long.value.message
 
 
 def test_uploads_left_by_a_restore_that_died_are_removed_at_start(tmp_path: Path) -> None:
-    left = [tmp_path / f"{backup.UPLOAD_PREFIX}{pid}-abc.ndjson" for pid in (1, os.getpid())]
+    left = [tmp_path / f"{restore.UPLOAD_PREFIX}{pid}-abc.ndjson" for pid in (1, os.getpid())]
     for path in left:
         path.write_bytes(b"x" * 1000)
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"keep")
-    (tmp_path / f"{backup.UPLOAD_PREFIX}link.ndjson").symlink_to(outside)
+    (tmp_path / f"{restore.UPLOAD_PREFIX}link.ndjson").symlink_to(outside)
     (tmp_path / "admin.token").write_text("t")
 
-    assert backup.remove_stale_uploads(str(tmp_path)) == 3  # at start, this process's pid was an earlier one's
+    assert restore.remove_stale_uploads(str(tmp_path)) == 3  # at start, this process's pid was an earlier one's
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["admin.token", "outside.txt"]
     assert outside.read_bytes() == b"keep"  # the link went, not its target
-    assert backup.remove_stale_uploads(str(tmp_path)) == 0
+    assert restore.remove_stale_uploads(str(tmp_path)) == 0
 
 
 def test_a_restore_spares_its_own_process_uploads(tmp_path: Path) -> None:
-    ours, stale = (tmp_path / f"{backup.UPLOAD_PREFIX}{pid}-abc.ndjson" for pid in (os.getpid(), 1))
+    ours, stale = (tmp_path / f"{restore.UPLOAD_PREFIX}{pid}-abc.ndjson" for pid in (os.getpid(), 1))
     ours.write_bytes(b"another restore of this livedmd, under way")
     stale.write_bytes(b"old")
-    assert backup.remove_stale_uploads(str(tmp_path), spare_pid=os.getpid()) == 1
+    assert restore.remove_stale_uploads(str(tmp_path), spare_pid=os.getpid()) == 1
     assert ours.exists() and not stale.exists()
 
 
 def test_the_upload_is_private_and_always_removed(tmp_path: Path) -> None:
-    stale = tmp_path / f"{backup.UPLOAD_PREFIX}1-abc.ndjson"  # pid 1 is never livedmd: an earlier run's
+    stale = tmp_path / f"{restore.UPLOAD_PREFIX}1-abc.ndjson"  # pid 1 is never livedmd: an earlier run's
     stale.write_bytes(b"old")
-    with pytest.raises(RuntimeError), backup._upload_file(str(tmp_path)) as (file, path):
+    with pytest.raises(RuntimeError), restore.upload_file(str(tmp_path)) as (file, path):
         file.write(b"secret")
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert not stale.exists()
         raise RuntimeError("the client went away")
-    assert not list(tmp_path.glob(backup.UPLOAD_PREFIX + "*"))
+    assert not list(tmp_path.glob(restore.UPLOAD_PREFIX + "*"))
 
 
 async def test_the_route_refuses_a_body_over_the_limit_before_reading_it(aiohttp_client: Any,
@@ -520,7 +521,7 @@ async def test_the_routes_round_trip_in_process(populated: Any) -> None:
 
 
 async def test_an_upload_that_stops_sending_is_given_up(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backup, "UPLOAD_IDLE_S", 0.3)
+    monkeypatch.setattr(routes, "UPLOAD_IDLE_S", 0.3)
     reader, writer = await asyncio.open_connection(api.client.host, api.client.port)
     writer.write(f"POST /admin/restore?confirm=yes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.token}\r\n"
                  "Content-Length: 100000\r\n\r\n{\"livedm_backup\": 2}\n".encode())
