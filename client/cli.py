@@ -173,7 +173,7 @@ def describe_progress(job: dict) -> str:
     return text
 
 
-def follow_job(client: CommandClient, job_id: str, quiet: bool, poll_s: float = 0.5) -> dict:
+def follow_job(client: CommandClient, job_id: str, quiet: bool, *, poll_s: float = 0.5) -> dict:
     """Poll a job until it ends, showing its progress on stderr."""
     last = ""
     while True:

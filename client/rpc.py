@@ -19,7 +19,7 @@ class LivedmError(Exception):
     """The server answered with an error, or could not be reached."""
 
     def __init__(self, message: str, code: int | None = None, name: str = "Error",
-                 data: Any = None) -> None:
+                 *, data: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -59,7 +59,7 @@ class CommandClient:
     server errors raise LivedmError with the server's code, name and message."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 300.0,
-                 retries: int = 3, retry_wait_s: float = 1.0) -> None:
+                 *, retries: int = 3, retry_wait_s: float = 1.0) -> None:
         self.url = (url or os.environ.get("LIVEDM_URL") or DEFAULT_URL).rstrip("/")
         self.token = token if token is not None else find_token()
         self.timeout_s = timeout_s
@@ -79,7 +79,7 @@ class CommandClient:
         if "error" in reply:
             error = reply["error"] or {}
             raise LivedmError(str(error.get("message", error)), error.get("code"), error.get("name", "Error"),
-                              error.get("data"))
+                              data=error.get("data"))
         return reply.get("result")
 
     def _post(self, body: bytes) -> dict[str, Any]:

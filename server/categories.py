@@ -18,7 +18,7 @@ class Categories:
         self.sessions = sessions
         self.states = states
 
-    def change_state(self, actor: str, project_uid: str, session_uid: str, datatype: str,
+    def change_state(self, actor: str, project_uid: str, session_uid: str, *, datatype: str,
                      status: str) -> tuple[dict[str, Any], bool]:
         """(data_management, changed). Setting the status a category has already changes nothing."""
         session = self.sessions.session(project_uid, session_uid)

@@ -268,7 +268,7 @@ def received(guard: ConnectionGuard, request: web.Request) -> None:
 class GuardedSite(web.BaseSite):
     """aiohttp's TCPSite, serving every connection through the guard."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard,
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, guard: ConnectionGuard,
                  backlog: int = 128) -> None:
         super().__init__(runner, backlog=backlog)
         self._host, self._port, self._guard = host, port, guard

@@ -134,7 +134,7 @@ class _Tally:
 
 
 class Deletions:
-    def __init__(self, sessions: Sessions, queue: Queue, audit: Audit, states: CategoryStates) -> None:
+    def __init__(self, sessions: Sessions, queue: Queue, audit: Audit, *, states: CategoryStates) -> None:
         self.sessions = sessions
         self.queue = queue
         self.audit = audit
@@ -143,7 +143,7 @@ class Deletions:
     # --- the request -----------------------------------------------------------------------------
 
     def _targets(self, project_dir: str, registered: list[str], datatype: str,
-                 filepaths: dict[str, Any] | list[Any] | None) -> list[str] | None:
+                 *, filepaths: dict[str, Any] | list[Any] | None) -> list[str] | None:
         """The registry paths a request names (None: the whole category), or refuse it whole."""
         if filepaths is None:
             return None
@@ -167,7 +167,7 @@ class Deletions:
             targets.append(rel)
         return list(dict.fromkeys(targets))
 
-    def _plan(self, user: dict[str, Any], project_uid: str, session_uid: str, datatype: str,
+    def _plan(self, user: dict[str, Any], project_uid: str, session_uid: str, *, datatype: str,
               filepaths: dict[str, Any] | list[Any] | None, user_id: str | None) -> Plan:
         check_datatype(datatype)
         if datatype == "raw":
@@ -194,15 +194,15 @@ class Deletions:
             raise conflict(f"{datatype} of {project_uid} {session_uid} is missing: its files cannot be reached "
                            "(unmounted, moved?); nothing is deleted until they are back")
         registered = self.sessions.registered_paths(project_uid, session_uid)[datatype]
-        targets = self._targets(project["project_dir"], registered, datatype, filepaths)
+        targets = self._targets(project["project_dir"], registered, datatype, filepaths=filepaths)
         whole = targets is None
         paths = sorted(registered) if targets is None else targets
         return Plan(project_uid, session_uid, datatype, project["project_dir"], paths, whole, on_behalf, current)
 
-    def preview(self, user: dict[str, Any], project_uid: str, session_uid: str, datatype: str,
+    def preview(self, user: dict[str, Any], project_uid: str, session_uid: str, *, datatype: str,
                 filepaths: dict[str, Any] | list[Any] | None, user_id: str | None) -> dict[str, Any]:
         """The dry run: what would go, changing nothing, and the digest that confirms exactly this list."""
-        plan = self._plan(user, project_uid, session_uid, datatype, filepaths, user_id)
+        plan = self._plan(user, project_uid, session_uid, datatype=datatype, filepaths=filepaths, user_id=user_id)
         count = size = 0
         for rel in plan.paths:
             try:
@@ -214,12 +214,12 @@ class Deletions:
         return {"dry_run": True, "file_count": count, "bytes": size, "registered": len(plan.paths),
                 "confirm_digest": plan.digest}
 
-    def request(self, user: dict[str, Any], project_uid: str, session_uid: str, datatype: str,
+    def request(self, user: dict[str, Any], project_uid: str, session_uid: str, *, datatype: str,
                 filepaths: dict[str, Any] | list[Any] | None, user_id: str | None,
                 confirm_digest: str | None = None) -> str:
         """Queue the deletion of exactly the list the request names (or the category's registered files
         now); with confirm_digest, only if that is the list a dry run showed. The job id."""
-        plan = self._plan(user, project_uid, session_uid, datatype, filepaths, user_id)
+        plan = self._plan(user, project_uid, session_uid, datatype=datatype, filepaths=filepaths, user_id=user_id)
         if confirm_digest is not None and confirm_digest != plan.digest:
             raise conflict(f"the files of {datatype} of {project_uid} {session_uid} changed since the dry run "
                            f"(now {len(plan.paths)} registered); nothing was deleted: preview again (dry run) "
@@ -234,7 +234,7 @@ class Deletions:
         self.sessions.store.save_job_paths(job_id, plan.paths)
         self.queue.enqueue("delete", {"project_uid": project_uid, "session_uid": session_uid, "datatype": datatype,
                                       "whole_category": plan.whole, "file_count": len(plan.paths),
-                                      "digest": plan.digest, "user_id": plan.on_behalf}, user["name"], job_id)
+                                      "digest": plan.digest, "user_id": plan.on_behalf}, user["name"], job_id=job_id)
         self.audit.record(user["name"], "deletion_requested", project_uid=project_uid, session_uid=session_uid,
                           datatype=datatype, job_id=job_id, user_id=plan.on_behalf, files=len(plan.paths),
                           whole_category=plan.whole)
@@ -273,7 +273,7 @@ class Deletions:
         run.progress(force=True, done=len(targets), total=len(targets), **tally.progress())
         kept = set(tally.kept_paths)
         self.sessions.store.remove_api_paths(project_uid, session_uid, datatype,
-                                             [rel for rel in targets if rel not in kept])
+                                             paths=[rel for rel in targets if rel not in kept])
         remaining = self.sessions.refresh_session(project_uid, session_uid)[datatype]["file_count"]
         complete = p["whole_category"] and not tally.kept_paths and remaining == 0
         final = "deleted" if complete else _back(category)

@@ -8,11 +8,12 @@ import asyncio
 import functools
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 from .coalesce import AsyncCoalescer
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class DiskPool:
@@ -20,12 +21,12 @@ class DiskPool:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="disk")
         self._coalescer = AsyncCoalescer()
 
-    async def run(self, work: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(work, *args))
+    async def run(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(work, *args, **kwargs))
 
-    async def run_coalesced(self, key: Hashable, work: Callable[..., T], *args: Any) -> T:
+    async def run_coalesced(self, key: Hashable, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Like run(), but callers asking for the same key while it runs share the next run."""
-        return await self._coalescer.run(key, lambda: self.run(work, *args))
+        return await self._coalescer.run(key, lambda: self.run(work, *args, **kwargs))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -66,7 +66,7 @@ def _target_stat(name: str, dir_fd: int | None = None) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-def _walk_into(tally: Tally, root: str, rel_root: str, raw: bool, skip: frozenset[str]) -> None:
+def _walk_into(tally: Tally, root: str, rel_root: str, *, raw: bool, skip: frozenset[str]) -> None:
     """Every file below `root` into `tally`; directories by file descriptor (fstatat on short names
     instead of resolving long paths: the hot loop of sizing 100k-file sessions)."""
     stack = [(root, rel_root)]
@@ -98,7 +98,7 @@ def _walk_into(tally: Tally, root: str, rel_root: str, raw: bool, skip: frozense
 
 
 def walk_session(project_dir: str, session_dir: str, layout: Layout,
-                 skip: frozenset[str] = frozenset()) -> dict[str, Tally]:
+                 *, skip: frozenset[str] = frozenset()) -> dict[str, Tally]:
     """All files under the session dir, sorted into datatypes by the layout rules, and measured.
 
     Directories are walked without following symlinks; a symlink is a file of its category (raw
@@ -117,7 +117,7 @@ def walk_session(project_dir: str, session_dir: str, layout: Layout,
         rel = f"{session_dir}/{entry.name}"
         if entry.is_dir(follow_symlinks=False):
             datatype = datatype_of(entry.name, layout)
-            _walk_into(found[datatype], entry.path, rel, datatype == "raw", skip)
+            _walk_into(found[datatype], entry.path, rel, raw=datatype == "raw", skip=skip)
             continue
         if rel in skip:
             continue
@@ -138,7 +138,7 @@ def _lstat_or_none(path: str, follow_links: bool) -> os.stat_result | None:
         return None
 
 
-def add_registered(tally: Tally, project_dir: str, rel_paths: Iterable[str], follow_links: bool) -> None:
+def add_registered(tally: Tally, project_dir: str, rel_paths: Iterable[str], *, follow_links: bool) -> None:
     """Measure files registered by API (outside the layout) into a category's tally."""
     for rel in rel_paths:
         tally.add(rel, _lstat_or_none(os.path.join(project_dir, rel), follow_links), follow_links)

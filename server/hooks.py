@@ -296,7 +296,7 @@ class _OutputPipe:
 
 
 class Hooks:
-    def __init__(self, config: Config, store: Store, queue: Queue, audit: Audit) -> None:
+    def __init__(self, config: Config, store: Store, queue: Queue, *, audit: Audit) -> None:
         self.config = config
         self.store = store
         self.queue = queue
@@ -306,7 +306,7 @@ class Hooks:
     def enabled(self) -> bool:
         return self.config.hook_enable and bool(self.config.hook_path)
 
-    def on_state_change(self, actor: str, project_uid: str, session_uid: str, datatype: str,
+    def on_state_change(self, actor: str, project_uid: str, session_uid: str, *, datatype: str,
                         status: str) -> str | None:
         """Queue the hook for a state change; its job id, or None when the hook is off."""
         if not self.enabled:
@@ -314,7 +314,7 @@ class Hooks:
         return self.queue.enqueue("hook", {"project_uid": project_uid, "session_uid": session_uid,
                                            "datatype": datatype, "status": status}, actor)
 
-    def trigger(self, user: dict[str, Any], project_uid: str, session_uid: str, datatype: str, status: str | None,
+    def trigger(self, user: dict[str, Any], project_uid: str, session_uid: str, *, datatype: str, status: str | None,
                 script_location: str | None, script_log_path_abs: str | None, current_status: str) -> str:
         check_project_uid(project_uid)
         check_session_uid(session_uid)
@@ -390,7 +390,7 @@ class Hooks:
         log_fd = self._open_log(log_name)
         argv = [script, params.project_uid, params.session_uid, params.datatype, params.status]
         try:
-            return self._run_logged(run, params, argv, log_fd, self.config.hook_logs / log_name)
+            return self._run_logged(run, params, argv, log_fd=log_fd, log_path=self.config.hook_logs / log_name)
         finally:
             os.close(log_fd)
 
@@ -417,7 +417,7 @@ class Hooks:
                              "remove it")
         return fd
 
-    def _run_logged(self, run: JobRun, params: HookParams, argv: list[str], log_fd: int,
+    def _run_logged(self, run: JobRun, params: HookParams, argv: list[str], *, log_fd: int,
                     log_path: Path) -> dict[str, Any]:
         output = CappedLog(log_fd, self.config.hook_log_max_bytes)
         output.line(f"=== {now_iso()} job {run.job['id']} attempt {run.job['attempts']}: {' '.join(argv)}")
@@ -434,7 +434,7 @@ class Hooks:
         self.store.insert_token(token_hash(token), HOOK_USER, now_iso(),
                                 expires_at=time.time() + self.config.hook_timeout_s + TOKEN_MARGIN_S, scope=scope)
         try:
-            outcome = self._execute(run, argv, output, token)
+            outcome = self._execute(run, argv, output, token=token)
         finally:
             self.store.delete_token(token_hash(token))
         outcome["log_path"] = str(log_path)
@@ -448,7 +448,7 @@ class Hooks:
             raise HookFailed(f"hook exited with status {outcome['exit_status']}; see {outcome['log_path']}")
         return outcome
 
-    def _execute(self, run: JobRun, argv: list[str], output: CappedLog, token: str) -> dict[str, Any]:
+    def _execute(self, run: JobRun, argv: list[str], output: CappedLog, *, token: str) -> dict[str, Any]:
         started = time.monotonic()
         read_fd, write_fd = os.pipe()
         try:
@@ -471,7 +471,7 @@ class Hooks:
             returncode = _reap(process)
         duration_s = round(time.monotonic() - started, 3)
         output.finish()
-        output.line(_footer(ending, returncode, duration_s, leftovers))
+        output.line(_footer(ending, returncode, duration_s, leftovers=leftovers))
         if ending == "stopped":
             run.check()  # raises Released
         return {"exit_status": returncode, "timed_out": ending == "timed_out", "duration_s": duration_s,
@@ -504,7 +504,7 @@ def _reap(process: subprocess.Popen[bytes]) -> int | None:
         return None
 
 
-def _footer(ending: str, returncode: int | None, duration_s: float, leftovers: int) -> str:
+def _footer(ending: str, returncode: int | None, duration_s: float, *, leftovers: int) -> str:
     if ending == "stopped":
         return f"=== stopped after {duration_s} s: livedmd is shutting down; the hook runs again later"
     what = "timed out, killed" if ending == "timed_out" else f"exit status {returncode}"

@@ -46,7 +46,7 @@ class Queue:
     backoff_s: float = 2.0
     listeners: list[Any] = field(default_factory=list)  # called with no argument when a job is enqueued
 
-    def enqueue(self, kind: str, params: dict[str, Any], actor: str, job_id: str | None = None) -> str:
+    def enqueue(self, kind: str, params: dict[str, Any], actor: str, *, job_id: str | None = None) -> str:
         job_id = job_id or self.new_id()
         self.store.insert_job({"id": job_id, "kind": kind, "params": params, "state": "queued", "attempts": 0,
                                "owner": None, "lease_until": 0.0, "not_before": 0.0, "progress": {},
@@ -62,7 +62,7 @@ class Queue:
 
     def claim(self, owner: str) -> dict[str, Any] | None:
         """The next due job, now this owner's (started_at is the latest attempt's start)."""
-        return self.store.claim_job(owner, time.time(), self.lease_s, now_iso())
+        return self.store.claim_job(owner, time.time(), self.lease_s, started_at=now_iso())
 
     def heartbeat(self, job: dict[str, Any]) -> bool:
         return self.store.update_owned_job(job["id"], job["owner"], {"lease_until": time.time() + self.lease_s})
@@ -101,7 +101,7 @@ class Queue:
             raise not_found(f"job {job_id} does not exist; list_jobs() shows recent jobs")
         return public_job(job)
 
-    def list(self, kind: str | None, state: str | None, project_uid: str | None, limit: int) -> list[dict[str, Any]]:
+    def list(self, kind: str | None, state: str | None, project_uid: str | None, *, limit: int) -> list[dict[str, Any]]:
         if kind is not None and kind not in KINDS:
             raise invalid_params(f"kind {kind!r} is not one of {', '.join(KINDS)}")
         if state is not None and state not in STATES:

@@ -75,7 +75,7 @@ async def run(app: web.Application, config: Config) -> None:
 async def serve_http(runner: web.AppRunner, app: web.Application, config: Config) -> None:
     # The listen backlog holds a burst of connections until they are accepted (and, over the cap, closed).
     backlog = max(128, min(config.max_connections, 4096))
-    site = GuardedSite(runner, config.bind, config.port, app[CONNECTIONS], backlog=backlog)
+    site = GuardedSite(runner, config.bind, config.port, guard=app[CONNECTIONS], backlog=backlog)
     try:
         await site.start()
     except OSError as exc:

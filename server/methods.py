@@ -124,7 +124,7 @@ async def register_files(ctx: CallContext, project_uid: str, session_uid: str, d
     """Add files (absolute, or relative to the project dir; inside the project, not in another session's
     directory nor registered to another session) to a category. Needs the live data management permission."""
     return await ctx.services.disk.run(ctx.services.sessions.register_files, project_uid, session_uid, datatype,
-                                       paths)
+                                       paths=paths)
 
 
 @api()
@@ -176,7 +176,7 @@ def change_session_data_management_state(ctx: CallContext, project_uid: str, ses
     """Mark a category active, archiving, archived or deleted ("deleted" only marks: files stay).
     Completed sessions only; not thumbnails. The session's data_management."""
     data_management, _changed = ctx.services.categories.change_state(
-        ctx.actor, project_uid, session_uid, datatype, status)
+        ctx.actor, project_uid, session_uid, datatype=datatype, status=status)
     return data_management
 
 
@@ -236,10 +236,11 @@ async def delete_live_datatype(ctx: CallContext, project_uid: str, session_uid: 
     that confirm_digest, the deletion goes ahead only if the list is still exactly the one shown."""
     deletions = ctx.services.deletions
     if dry_run:
-        return await ctx.services.disk.run(deletions.preview, ctx.caller, project_uid, session_uid, datatype,
-                                           filepaths_to_delete, user_id)
-    job_id = await ctx.services.disk.run(deletions.request, ctx.caller, project_uid, session_uid, datatype,
-                                         filepaths_to_delete, user_id, confirm_digest)
+        return await ctx.services.disk.run(deletions.preview, ctx.caller, project_uid, session_uid,
+                                           datatype=datatype, filepaths=filepaths_to_delete, user_id=user_id)
+    job_id = await ctx.services.disk.run(deletions.request, ctx.caller, project_uid, session_uid,
+                                         datatype=datatype, filepaths=filepaths_to_delete, user_id=user_id,
+                                         confirm_digest=confirm_digest)
     if asynchronous:
         return job_id
     return await wait_for_job(ctx, job_id)
@@ -269,8 +270,9 @@ def trigger_live_data_management_script(ctx: CallContext, project_uid: str, sess
     """Run the hook script now (only when enabled); the overrides need an admin. The job id."""
     session = ctx.services.sessions.session(project_uid, session_uid)
     current = session["data_management"][check_datatype(datatype)]["status"]
-    return ctx.services.hooks.trigger(ctx.caller, project_uid, session_uid, datatype, status, script_location,
-                                      script_log_path_abs, current)
+    return ctx.services.hooks.trigger(ctx.caller, project_uid, session_uid, datatype=datatype, status=status,
+                                      script_location=script_location,
+                                      script_log_path_abs=script_log_path_abs, current_status=current)
 
 
 @api()
@@ -283,4 +285,4 @@ def get_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
 def list_jobs(ctx: CallContext, kind: str | None = None, state: str | None = None, project_uid: str | None = None,
               limit: int = 50) -> list[dict[str, Any]]:
     """Recent jobs, newest first, filtered by kind, state or project."""
-    return ctx.services.queue.list(kind, state, project_uid, limit)
+    return ctx.services.queue.list(kind, state, project_uid, limit=limit)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -111,14 +112,14 @@ def check_free_space(state_dir: str, expected_bytes: int | None) -> None:
                        {"http_status": 507})
 
 
-def load(store: Store, path: Path, counts: dict[str, int], owner: str) -> None:
+def load(store: Store, path: Path, counts: dict[str, int], *, owner: str) -> None:
     """Load the checked file into the staging collections and switch them in; on any failure before the
     switch the staging is dropped and the live database was never touched."""
     try:
         for collection, group in itertools.groupby(documents(path), key=lambda pair: pair[0]):
             docs = (doc for _, doc in group)
             while batch := list(itertools.islice(docs, BATCH_DOCS)):
-                store.stage_documents(owner, collection, batch, time.time())
+                store.stage_documents(owner, collection, batch, now_s=time.time())
         if store.count_jobs("running"):
             raise ApiError(CONFLICT, BUSY)
         store.switch_restore(owner, counts, time.time())
@@ -154,7 +155,7 @@ async def restore(store: Store, config: Config, chunks: AsyncIterator[bytes], *,
         owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         if not await asyncio.to_thread(store.begin_restore, owner, time.time()):
             raise ApiError(CONFLICT, "another restore is under way; wait for it to finish, then try again")
-        await asyncio.to_thread(load, store, path, checker.kept_counts, owner)
+        await asyncio.to_thread(functools.partial(load, store, path, checker.kept_counts, owner=owner))
     return {"restored": checker.kept_counts, "format": checker.version, "left_out": checker.left_out,
             "settled_categories": checker.settled_categories}
 

@@ -95,13 +95,13 @@ async def api(request: web.Request) -> web.Response:
     started = time.perf_counter()
     response = await app[DISPATCHER].dispatch(body, ctx)
     codes = app[METRICS].observe_response(response)
-    log_request(request, ctx, codes, time.perf_counter() - started)
+    log_request(request, ctx, codes, seconds=time.perf_counter() - started)
     if response is None:  # only notifications
         return web.Response(status=204)
     return web.json_response(response)
 
 
-def log_request(request: web.Request, ctx: CallContext, error_codes: list[int], seconds: float) -> None:
+def log_request(request: web.Request, ctx: CallContext, error_codes: list[int], *, seconds: float) -> None:
     who = (ctx.user or {}).get("name", "-")
     methods = ",".join(sorted({name for name, _ in ctx.calls})) or "-"
     errors = f" errors={','.join(map(str, error_codes))}" if error_codes else ""

@@ -36,12 +36,12 @@ class Services:
     def build(cls, store: Store, config: Config, authenticator: Authenticator) -> Services:
         audit = Audit(store)
         queue = Queue(store, lease_s=config.job_lease_s, max_attempts=config.job_max_attempts)
-        hooks = Hooks(config, store, queue, audit)
+        hooks = Hooks(config, store, queue, audit=audit)
         states = CategoryStates(store, audit, hooks)
         sessions = Sessions(store, config, states)
         return cls(sessions=sessions, reader=SessionReader(store), categories=Categories(sessions, states),
                    users=Users(store, audit, changed=authenticator.forget), audit=audit, queue=queue, hooks=hooks,
-                   deletions=Deletions(sessions, queue, audit, states), disk=DiskPool(config.disk_threads))
+                   deletions=Deletions(sessions, queue, audit, states=states), disk=DiskPool(config.disk_threads))
 
     def job_handlers(self) -> dict[str, Handler]:
         def refresh_sizes(run: JobRun) -> dict[str, int]:

@@ -201,7 +201,7 @@ class Sessions:
                 raise conflict(f"session dir {shown} holds {inside}, a file registered to session "
                                f"{key.split('/')[1]}; each session needs a directory of its own")
 
-    def _reserve_session_dir(self, project_uid: str, session_uid: str, session_dir: str, shown: str) -> None:
+    def _reserve_session_dir(self, project_uid: str, session_uid: str, session_dir: str, *, shown: str) -> None:
         for _attempt in range(RESERVE_ATTEMPTS):
             project = self.project(project_uid)
             dirs = self.session_dirs(project)
@@ -224,7 +224,7 @@ class Sessions:
         session_dir = session_dir or uid
         files.check_session_root(project["project_dir"], session_dir)
         real_dir = self._real_session_dir(project, session_dir)
-        self._reserve_session_dir(project_uid, uid, real_dir, session_dir)
+        self._reserve_session_dir(project_uid, uid, real_dir, shown=session_dir)
         try:
             self._check_no_registered_files_inside(project_uid, real_dir, session_dir)
         except ApiError:
@@ -260,7 +260,7 @@ class Sessions:
     # --- files -----------------------------------------------------------------------------------
 
     def register_files(self, project_uid: str, session_uid: str, datatype: str,
-                       paths: list[str]) -> dict[str, Any]:
+                       *, paths: list[str]) -> dict[str, Any]:
         check_datatype(datatype)
         session = self.session(project_uid, session_uid)
         project_dir = self.project(project_uid)["project_dir"]
@@ -294,7 +294,7 @@ class Sessions:
         for path, key in self.store.api_path_owners(other_keys, new).items():
             raise invalid_params(f"{path} is registered to session {key.split('/')[1]} already; a file belongs to "
                                  "one session", index=new.index(path))
-        self.store.add_api_paths(project_uid, session_uid, datatype, new)
+        self.store.add_api_paths(project_uid, session_uid, datatype, paths=new)
         log.info("registered %d file(s) as %s in %s %s", len(new), datatype, project_uid, session_uid)
         self.refresh_session(project_uid, session_uid)
         return {"registered": len(new), "already_registered": len(paths) - len(new),
@@ -342,20 +342,21 @@ class Sessions:
         if pinned_id is not None and current_id != pinned_id:
             return self._mark_unreachable(project_uid, session_uid, session, replaced=current_id is not None)
         if pinned_id is None and current_id is not None:
-            self._pin_session_dir(project_uid, session_uid, session["session_dir"], current_id)
+            self._pin_session_dir(project_uid, session_uid, session["session_dir"], identity=current_id)
         api = self.store.read_registry(project_uid, session_uid, None, sources=("api",))["api"]
         api_paths = frozenset(p for paths in api.values() for p in paths)
         walked = files.walk_session(project_dir, session["session_dir"], self.config.layout, skip=api_paths)
         digest = scan_digest({dt: walked[dt].paths for dt in DATATYPES})
         if digest != session.get("scan_digest"):
             self.store.replace_scan(project_uid, session_uid, session.get("scan_gen"),
-                                    {dt: sorted(walked[dt].paths) for dt in DATATYPES}, digest)
+                                    paths_by_datatype={dt: sorted(walked[dt].paths) for dt in DATATYPES},
+                                    digest=digest)
         if digest != session.get("scan_digest") or session.get("raw_dirs") is None:
             movie_dirs = files.raw_movie_dirs(project_dir, [*walked["raw"].paths, *api["raw"]])
             self.store.set_raw_dirs(project_uid, session_uid, sorted(movie_dirs))
         for dt in DATATYPES:  # then the files registered by API join the measure (not the scanned registry)
             files.add_registered(walked[dt], project_dir, api[dt], follow_links=dt == "raw")
-        return self._store_measures(project_uid, session_uid, session, walked)
+        return self._store_measures(project_uid, session_uid, session, measures=walked)
 
     def check_session_identity(self, project: dict[str, Any], session: dict[str, Any]) -> None:
         """Refuse to act on a session whose directory is not the one it was measured in (or is another
@@ -371,7 +372,7 @@ class Sessions:
                 raise conflict(f"the directory of {project['uid']} {session['uid']} is the one session {owner[0]} "
                                f"{owner[1]} was measured in (moved here?); nothing was done")
 
-    def _pin_session_dir(self, project_uid: str, session_uid: str, session_dir: str, identity: str) -> None:
+    def _pin_session_dir(self, project_uid: str, session_uid: str, session_dir: str, *, identity: str) -> None:
         """The first time a session's directory is measured, it is pinned: a deletion later refuses to go
         into another directory put in its place. A directory pinned by another session is refused."""
         owner = self.store.session_with_dir_id(identity)
@@ -382,7 +383,7 @@ class Sessions:
         self.store.pin_session_dir(project_uid, session_uid, identity)
 
     def _mark_unreachable(self, project_uid: str, session_uid: str, session: dict[str, Any],
-                          replaced: bool) -> dict[str, Any]:
+                          *, replaced: bool) -> dict[str, Any]:
         """Missing is not empty: a session dir that is gone (or is another directory now) keeps its last
         figures, and its categories show missing, until the directory it was measured in is back."""
         why = "replaced by another directory" if replaced else "gone (unmounted, moved or removed)"
@@ -396,7 +397,7 @@ class Sessions:
         return self.session(project_uid, session_uid)["data_management"]
 
     def _store_measures(self, project_uid: str, session_uid: str, session: dict[str, Any],
-                        measures: dict[str, files.Tally]) -> dict[str, Any]:
+                        *, measures: dict[str, files.Tally]) -> dict[str, Any]:
         """Sizes first; then each category whose files all went (or came back) changes to or from
         missing. A status changed by someone meanwhile wins: the next refresh decides again."""
         now = now_iso()

@@ -82,5 +82,5 @@ class CategoryStates:
                           datatype=datatype, old_status=expect, status=to, **details)
         log.info("%s (%s): %s %s %s %s -> %s", actor, by, project_uid, session_uid, datatype, expect, to)
         if to in VISIBLE:
-            self.hooks.on_state_change(actor, project_uid, session_uid, datatype, to)
+            self.hooks.on_state_change(actor, project_uid, session_uid, datatype=datatype, status=to)
         return updated

@@ -268,7 +268,7 @@ class Store:
     # current one, so a rescan that dies half-way leaves the previous registry in force.
 
     def read_registry(self, project_uid: str, session_uid: str, scan_gen: str | None,
-                      sources: tuple[str, ...] = ("scan", "api"),
+                      *, sources: tuple[str, ...] = ("scan", "api"),
                       datatypes: tuple[str, ...] = DATATYPES) -> dict[str, dict[str, list[str]]]:
         """{"scan": {datatype: paths}, "api": {datatype: paths}}, reading only the given sources and
         datatypes (the others stay empty)."""
@@ -285,7 +285,7 @@ class Store:
         return out
 
     def replace_scan(self, project_uid: str, session_uid: str, old_gen: str | None,
-                     paths_by_datatype: dict[str, list[str]], digest: str) -> bool:
+                     *, paths_by_datatype: dict[str, list[str]], digest: str) -> bool:
         """Swap in a new scanned registry; False (and nothing changed) if another scan won the race."""
         key = session_key(project_uid, session_uid)
         new_gen = uuid.uuid4().hex
@@ -325,7 +325,7 @@ class Store:
             paths.extend(map(_loaded_path, doc["paths"]))
         return paths
 
-    def add_api_paths(self, project_uid: str, session_uid: str, datatype: str, paths: Sequence[str]) -> None:
+    def add_api_paths(self, project_uid: str, session_uid: str, datatype: str, *, paths: Sequence[str]) -> None:
         docs = list(_chunks(session_key(project_uid, session_uid), "api", {datatype: list(paths)}))
         if docs:
             self.db.registry.insert_many(docs, ordered=True)
@@ -342,7 +342,7 @@ class Store:
     def get_user(self, name: str) -> dict[str, Any] | None:
         return self.db.users.find_one({"_id": name}, NO_ID)
 
-    def insert_token(self, token_hash: str, user: str, created_at: str, expires_at: float | None = None,
+    def insert_token(self, token_hash: str, user: str, created_at: str, *, expires_at: float | None = None,
                      scope: dict[str, Any] | None = None) -> None:
         """`scope` narrows what the token may do (a hook run's token: one category); None: the user's rights."""
         self.db.tokens.insert_one({"_id": token_hash, "user": user, "created_at": created_at,
@@ -390,7 +390,7 @@ class Store:
             query["params.project_uid"] = project_uid
         return list(self.db.jobs.find(query, NO_ID).sort("created_at", -1).limit(limit))
 
-    def claim_job(self, owner: str, now: float, lease_s: float, started_at: str) -> dict[str, Any] | None:
+    def claim_job(self, owner: str, now: float, lease_s: float, *, started_at: str) -> dict[str, Any] | None:
         """Take one job that is queued and due, or running with an expired lease. Atomic: of two
         claimers, one gets it. (ReturnDocument.BEFORE: mongomock misreports AFTER with a filter.)"""
         before = self.db.jobs.find_one_and_update(
@@ -430,7 +430,7 @@ class Store:
     def sessions_with_status(self, datatype: str, status: str) -> list[dict[str, Any]]:
         return list(self.db.sessions.find({f"data_management.{datatype}.status": status}, NO_ID))
 
-    def remove_api_paths(self, project_uid: str, session_uid: str, datatype: str, paths: list[str]) -> None:
+    def remove_api_paths(self, project_uid: str, session_uid: str, datatype: str, *, paths: list[str]) -> None:
         if paths:
             self.db.registry.update_many(
                 {"key": session_key(project_uid, session_uid), "source": "api", "datatype": datatype},
@@ -465,7 +465,7 @@ class Store:
             self.db.create_collection(self._staging(collection, owner))
         return True
 
-    def stage_documents(self, owner: str, collection: str, docs: list[dict[str, Any]], now_s: float) -> None:
+    def stage_documents(self, owner: str, collection: str, docs: list[dict[str, Any]], *, now_s: float) -> None:
         """Add documents to a staging collection. ValueError: a document was refused (a duplicate _id),
         or this restore no longer holds the journal."""
         if docs:
@@ -592,7 +592,7 @@ class Store:
 
 
 def _chunks(key: str, source: str, paths_by_datatype: dict[str, list[str]],
-            gen: str | None = None) -> Iterable[dict[str, Any]]:
+            *, gen: str | None = None) -> Iterable[dict[str, Any]]:
     for datatype, paths in paths_by_datatype.items():
         for start in range(0, len(paths), CHUNK_PATHS):
             doc: dict[str, Any] = {"key": key, "source": source, "datatype": datatype,

@@ -24,7 +24,7 @@ Handler = Callable[[JobRun], Any]
 
 
 class Workers:
-    def __init__(self, queue: Queue, handlers: dict[str, Handler], count: int, poll_s: float = 1.0,
+    def __init__(self, queue: Queue, handlers: dict[str, Handler], count: int, *, poll_s: float = 1.0,
                  maintenance: Callable[[], Any] | None = None, maintenance_every_s: float = 30.0) -> None:
         self.queue = queue
         self.handlers = handlers

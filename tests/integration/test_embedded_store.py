@@ -31,7 +31,8 @@ def test_a_rescan_race_has_one_winner_and_no_stray_chunks(real_service: Sessions
     first = {"micrographs": [f"S1/motioncorrected/a{i}.mrc" for i in range(CHUNK_PATHS + 5)]}
     second = {"micrographs": ["S1/motioncorrected/b.mrc"]}
     with ThreadPoolExecutor(2) as pool:
-        won = list(pool.map(lambda paths: real_store.replace_scan("P1", "S1", None, paths, str(id(paths))),
+        won = list(pool.map(lambda paths: real_store.replace_scan("P1", "S1", None, paths_by_datatype=paths,
+                                                                    digest=str(id(paths))),
                             [first, second]))
     assert sorted(won) == [False, True]
     winner = first if won[0] else second

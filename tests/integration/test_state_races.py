@@ -23,7 +23,7 @@ def test_twenty_concurrent_changes_form_one_unbroken_chain(real_service: Session
 
     def attempt(i: int) -> str:
         try:
-            _dm, changed = categories.change_state(f"user{i}", "P1", "S1", "micrographs", targets[i])
+            _dm, changed = categories.change_state(f"user{i}", "P1", "S1", datatype="micrographs", status=targets[i])
         except ApiError as exc:
             assert exc.name == "Conflict", exc
             return "conflict"

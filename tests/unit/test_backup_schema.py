@@ -420,7 +420,7 @@ def live(store: Store) -> dict[str, list[Any]]:
 def restore_docs(store: Store, owner: str, docs: dict[str, list[dict[str, Any]]]) -> None:
     assert store.begin_restore(owner, time.time())
     for collection, items in docs.items():
-        store.stage_documents(owner, collection, items, time.time())
+        store.stage_documents(owner, collection, items, now_s=time.time())
     store.switch_restore(owner, {c: len(items) for c, items in docs.items()}, time.time())
 
 
@@ -450,7 +450,7 @@ def test_a_restore_switches_every_collection_and_can_run_again(old_store: Store)
 def test_a_duplicate_id_in_staging_changes_nothing(old_store: Store) -> None:
     assert old_store.begin_restore("a", time.time())
     with pytest.raises(ValueError, match="two projects documents have the _id 'P7'"):
-        old_store.stage_documents("a", "projects", [{"_id": "P7"}, {"_id": "P7"}], time.time())
+        old_store.stage_documents("a", "projects", [{"_id": "P7"}, {"_id": "P7"}], now_s=time.time())
     old_store.abandon_restore("a")
     assert live(old_store) == {"projects": ["P1"], "sessions": ["P1/S1"]}
     assert not [n for n in old_store.db.list_collection_names() if Store.STAGING_MARK in n]
@@ -459,7 +459,7 @@ def test_a_duplicate_id_in_staging_changes_nothing(old_store: Store) -> None:
 
 def test_a_count_that_does_not_match_switches_nothing(old_store: Store) -> None:
     assert old_store.begin_restore("a", time.time())
-    old_store.stage_documents("a", "projects", NEW["projects"], time.time())
+    old_store.stage_documents("a", "projects", NEW["projects"], now_s=time.time())
     with pytest.raises(ValueError, match="2 projects documents were loaded, 3 expected"):
         old_store.switch_restore("a", {"projects": 3}, time.time())
     assert live(old_store) == {"projects": ["P1"], "sessions": ["P1/S1"]}
@@ -489,14 +489,14 @@ def test_a_crash_in_the_middle_of_the_switch_is_completed_at_start(old_store: St
 
 def test_a_restore_that_died_loading_is_rolled_back_once_stale(old_store: Store) -> None:
     assert old_store.begin_restore("a", time.time())
-    old_store.stage_documents("a", "projects", NEW["projects"], time.time())
+    old_store.stage_documents("a", "projects", NEW["projects"], now_s=time.time())
     assert not old_store.begin_restore("b", time.time())  # "a" is still loading, for all "b" knows
     assert old_store.finish_interrupted_restore(time.time()) is None
     assert "rolled back" in (old_store.finish_interrupted_restore(time.time() + Store.RESTORE_STALE_S + 1) or "")
     assert live(old_store) == {"projects": ["P1"], "sessions": ["P1/S1"]}
     assert not [n for n in old_store.db.list_collection_names() if Store.STAGING_MARK in n]
     with pytest.raises(ValueError, match="lost its journal"):
-        old_store.stage_documents("a", "sessions", NEW["sessions"], time.time())
+        old_store.stage_documents("a", "sessions", NEW["sessions"], now_s=time.time())
 
 
 def test_at_start_the_embedded_store_rolls_back_at_once(old_store: Store) -> None:

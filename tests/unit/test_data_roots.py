@@ -38,7 +38,7 @@ def test_a_deletion_is_checked_again_when_it_runs(mock_store: Store, tmp_path: P
     allowed.sessions.create_project("p", str(tree.project_dir))
     allowed.sessions.create_live_session("P1", "s")
     allowed.sessions.change_session_status("P1", "S1", "complete")
-    job_id = allowed.deletions.request(ADMIN, "P1", "S1", "particles", None, None)
+    job_id = allowed.deletions.request(ADMIN, "P1", "S1", datatype="particles", filepaths=None, user_id=None)
     narrowed = services(mock_store, tmp_path, str(tmp_path / "elsewhere"))  # the roots changed meanwhile
     job = narrowed.queue.claim("w")
     assert job is not None and job["id"] == job_id
@@ -48,7 +48,7 @@ def test_a_deletion_is_checked_again_when_it_runs(mock_store: Store, tmp_path: P
     category = narrowed.sessions.get_session("P1", "S1")["data_management"]["particles"]
     assert category["status"] == "active" and category["job_id"] is None
     with pytest.raises(ApiError) as info:
-        narrowed.deletions.preview(ADMIN, "P1", "S1", "particles", None, None)
+        narrowed.deletions.preview(ADMIN, "P1", "S1", datatype="particles", filepaths=None, user_id=None)
     assert info.value.code == FORBIDDEN
 
 

@@ -58,7 +58,7 @@ def hooks_for(store: Store, tmp_path: Path, site: dict[str, Path], enable: bool 
     config: Config = make_config(tmp_path / "state", hook_enable="true" if enable else "false",
                                  hook_path=str(site["hook_script"]),
                                  hook_allowed_scripts=str(site["allowed_script"]), **flags)
-    return Hooks(config, store, Queue(store, lease_s=30, max_attempts=1), Audit(store))
+    return Hooks(config, store, Queue(store, lease_s=30, max_attempts=1), audit=Audit(store))
 
 
 def run_crafted(hooks: Hooks, params: Any) -> dict[str, Any]:
@@ -447,7 +447,8 @@ def test_an_override_another_user_could_change_is_refused_when_triggered_and_whe
     hooks = hooks_for(mock_store, tmp_path, site)
     admin = {"name": "admin", "role": "admin"}
     with pytest.raises(ApiError) as refused:
-        hooks.trigger(admin, "P1", "S1", "particles", None, str(allowed), None, "active")
+        hooks.trigger(admin, "P1", "S1", datatype="particles", status=None, script_location=str(allowed),
+                      script_log_path_abs=None, current_status="active")
     assert (refused.value.code, refused.value.message) == (FORBIDDEN, refusal)
     assert mock_store.db.jobs.count_documents({}) == 0
     with pytest.raises(HookFailed) as failed:

@@ -62,8 +62,8 @@ def test_release_gives_the_job_back_without_counting_the_attempt(queue: Queue) -
 def test_listing_and_lookups_refuse_bad_values(queue: Queue) -> None:
     queue.enqueue("hook", {"project_uid": "P1"}, "admin")
     queue.enqueue("delete", {"project_uid": "P2"}, "admin")
-    assert [j["kind"] for j in queue.list(None, None, "P2", 10)] == ["delete"]
-    assert len(queue.list("hook", "queued", None, 10)) == 1
+    assert [j["kind"] for j in queue.list(None, None, "P2", limit=10)] == ["delete"]
+    assert len(queue.list("hook", "queued", None, limit=10)) == 1
     for bad in ({"kind": "rm"}, {"state": "lost"}, {"limit": 0}):
         args = {"kind": None, "state": None, "project_uid": None, "limit": 10} | bad
         with pytest.raises(Exception, match=r"is not one of|limit"):

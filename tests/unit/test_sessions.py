@@ -18,9 +18,9 @@ def session_on_disk(service: Sessions, tmp_path: Path, exposures: int) -> Sessio
     return tree
 
 
-def code_of(call, *args):
+def code_of(call, *args, **kwargs):
     with pytest.raises(ApiError) as info:
-        call(*args)
+        call(*args, **kwargs)
     return info.value.code
 
 
@@ -95,16 +95,16 @@ def test_register_files_adds_outside_layout_and_refuses_bad_paths(mock_service: 
     shared = tree.project_dir / "shared" / "gain.mrc"
     shared.parent.mkdir()
     shared.write_bytes(b"g" * 321)
-    out = mock_service.register_files("P1", "S1", "metadata", [str(shared), "shared/gain.mrc"])
+    out = mock_service.register_files("P1", "S1", "metadata", paths=[str(shared), "shared/gain.mrc"])
     assert out["registered"] == 1 and out["already_registered"] == 1
     assert datatype_size(mock_service.session("P1", "S1"), "metadata") == tree.bytes_by_datatype["metadata"] + 321
     before = mock_service.get_session("P1", "S1")
     (tmp_path / "outside.bin").write_bytes(b"o")
     for bad in ([str(tmp_path / "outside.bin")], ["../outside.bin"], [str(shared), "shared/absent.bin"],
                 [str(tree.project_dir / "shared")], []):
-        assert code_of(mock_service.register_files, "P1", "S1", "metadata", bad) == INVALID_PARAMS
+        assert code_of(mock_service.register_files, "P1", "S1", "metadata", paths=bad) == INVALID_PARAMS
     micrograph = tree.paths_by_datatype["micrographs"][0]
-    assert code_of(mock_service.register_files, "P1", "S1", "particles", [micrograph]) == INVALID_PARAMS
+    assert code_of(mock_service.register_files, "P1", "S1", "particles", paths=[micrograph]) == INVALID_PARAMS
     assert mock_service.get_session("P1", "S1") == before
 
 

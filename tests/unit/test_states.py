@@ -94,10 +94,11 @@ def test_missing_is_audited_and_hooked_and_deleting_is_not_hooked(mock_store: St
     entry = next(e for e in mock_store.find_audit(limit=10) if e["action"] == "state_changed")
     assert (entry["actor"], entry["by"], entry["old_status"], entry["status"]) == ("livedm", "refresh", "active",
                                                                                   "missing")
-    hooks = [j["params"] for j in services.queue.list("hook", None, None, 50)]
+    hooks = [j["params"] for j in services.queue.list("hook", None, None, limit=50)]
     assert hooks == [{"project_uid": "P1", "session_uid": "S1", "datatype": "raw", "status": "missing"}]
-    services.deletions.request({"name": "admin", "role": "admin"}, "P1", "S1", "particles", None, None)
-    assert len(services.queue.list("hook", None, None, 50)) == 1, "deleting is transitional: no hook"
+    services.deletions.request({"name": "admin", "role": "admin"}, "P1", "S1", datatype="particles",
+                               filepaths=None, user_id=None)
+    assert len(services.queue.list("hook", None, None, limit=50)) == 1, "deleting is transitional: no hook"
     entries = mock_store.find_audit(limit=10)  # entries of one millisecond may come in any order
     assert "deletion_requested" in {e["action"] for e in entries}
     changed = {(e["datatype"], e["old_status"], e["status"], e["by"])
