@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,18 +36,35 @@ def _parse_positive_int(text: str) -> int:
     return value
 
 
-def _parse_positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
 def _parse_non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise ValueError("must be 0 or more")
     return value
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration_s(text: str) -> float:
+    """`30s`, `10m`, `12h`, `7d` (or `250ms`; a bare number is seconds) → seconds."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError("a duration like 30s, 10m, 12h or 7d")
+    return float(match.group(1)) * _DURATION_UNITS_S[match.group(2) or "s"]
+
+
+def _parse_positive_duration(text: str) -> float:
+    seconds = parse_duration_s(text)
+    if seconds <= 0:
+        raise ValueError("must be longer than 0 (a duration like 30s, 10m, 12h or 7d)")
+    return seconds
+
+
+def _parse_interval(text: str) -> float:
+    """A duration; 0 turns the schedule off."""
+    return parse_duration_s(text)
 
 
 def _parse_bool(text: str) -> bool:
@@ -75,6 +93,26 @@ def _parse_path_list(text: str) -> tuple[str, ...]:
         if not os.path.isabs(path):
             raise ValueError(f"{path!r} is not an absolute path")
     return tuple(os.path.normpath(p) for p in paths)
+
+
+_INSTANCE_LABEL = re.compile(r"[a-z][a-z0-9]{0,15}")
+
+
+def parse_discover_roots(text: str) -> tuple[tuple[str, str], ...]:
+    """`[label=]/path` entries separated by ':' → ((label, path), ...); label "" for an unlabelled root.
+    A label namespaces the uids of the cryoSPARC instance whose projects lie under that root."""
+    roots: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in text.split(os.pathsep))):
+        label, sep, path = item.rpartition("=")
+        if sep and not _INSTANCE_LABEL.fullmatch(label):
+            raise ValueError(f"{label!r}: an instance label is a lower-case letter, then up to 15 letters or digits")
+        if not os.path.isabs(path):
+            raise ValueError(f"{path!r} is not an absolute path")
+        roots.append((label, os.path.normpath(path)))
+    paths = [path for _, path in roots]
+    if len(set(paths)) != len(paths):
+        raise ValueError("a directory is listed twice")
+    return tuple(roots)
 
 
 def _parse_path(text: str) -> str:
@@ -149,21 +187,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_connections", "512", "Most HTTP connections served at once; at the cap a new one pushes out an "
             "idle or the slowest arriving one, else it is closed at once (keep LimitNOFILE in the unit well above "
             "it).", _parse_positive_int),
-    Setting("keepalive_timeout_s", "15", "An idle keep-alive connection is closed after this long.",
-            _parse_positive_float),
-    Setting("request_timeout_s", "30", "A client must send a request's headers and body within this long, and "
+    Setting("keepalive_timeout_s", "15s", "An idle keep-alive connection is closed after this long.",
+            _parse_positive_duration),
+    Setting("request_timeout_s", "30s", "A client must send a request's headers and body within this long, and "
             "take some of a reply within this long whenever livedmd's send buffer is full; slower clients are cut "
-            "off.", _parse_positive_float),
+            "off.", _parse_positive_duration),
     Setting("max_restore_bytes", "4294967296", "Largest backup POST /admin/restore accepts. The upload is kept in "
             "the state dir while it is checked, so the state dir needs that much free space.", _parse_positive_int),
-    Setting("auth_cache_s", "2", "How long a checked token is trusted before the database is asked again.",
-            _parse_positive_float),
+    Setting("auth_cache_s", "2s", "How long a checked token is trusted before the database is asked again.",
+            _parse_positive_duration),
     Setting("log_level", "info", "debug, info, warning or error.", _parse_log_level),
     Setting("log_format", "plain", "plain (for a terminal) or json (one object per line, for a log shipper).",
             _parse_log_format),
     Setting("data_roots", "", "The directories livedm may manage, separated by ':'. Projects outside are refused "
             "and deletion checks again. livedmd refuses to start without them unless `trial` is set.",
             _parse_path_list),
+    Setting("discover_roots", "", "Where discovery looks for cryoSPARC project directories (those holding "
+            "project.json), separated by ':'. An entry `label=/path` namespaces the uids of that root's projects "
+            "(`label-P12`) when two cryoSPARC instances share the storage. Empty: the data roots.",
+            parse_discover_roots),
+    Setting("discover_depth", "3", "How deep below a discovery root a project directory may sit (0: the root "
+            "itself).", _parse_non_negative_int),
+    Setting("discover_interval", "10m", "How often discovery runs (30s, 10m, 12h, 7d); 0: only when asked "
+            "(`livedm discover`).", _parse_interval),
+    Setting("refresh_interval", "30m", "How often running and paused sessions are measured again; completed ones "
+            "only when asked or when their directory changed. 0: only when asked.", _parse_interval),
     Setting("trial", "false", "Allow running without data_roots (a trial on a laptop: projects may then be "
             "anywhere but system and state dirs). Never on a shared server.", _parse_bool),
     Setting("disk_threads", "4", "Threads for disk work (walking, sizing) requested by API calls; other calls and "
@@ -174,18 +222,18 @@ SETTINGS: tuple[Setting, ...] = (
             "0 runs none.", _parse_non_negative_int),
     Setting("worker_only", "false", "Run jobs only, without the HTTP server (more workers for a shared "
             "database).", _parse_bool),
-    Setting("job_lease_s", "30", "How long a claimed job stays claimed without a heartbeat; after that "
-            "another worker may take it over (after a crash).", _parse_positive_float),
+    Setting("job_lease_s", "30s", "How long a claimed job stays claimed without a heartbeat; after that "
+            "another worker may take it over (after a crash).", _parse_positive_duration),
     Setting("job_max_attempts", "5", "Attempts of a job whose failures may pass before it is failed.",
             _parse_positive_int),
-    Setting("drain_s", "20", "On SIGTERM: how long running jobs may take to finish before they are "
-            "released for another worker.", _parse_positive_float),
+    Setting("drain_s", "20s", "On SIGTERM: how long running jobs may take to finish before they are "
+            "released for another worker.", _parse_positive_duration),
     Setting("hook_enable", "false", "Run the state-change hook script (cryoSPARC's name works too).",
             _parse_bool, ("CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE",)),
     Setting("hook_path", "", "Absolute path of the hook script, run as `script project_uid session_uid "
             "datatype status`.", _parse_optional_path, ("CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH",)),
-    Setting("hook_timeout_s", "3600", "A hook run longer than this is killed (with every process of its session).",
-            _parse_positive_float),
+    Setting("hook_timeout_s", "1h", "A hook run longer than this is killed (with every process of its session).",
+            _parse_positive_duration),
     Setting("hook_log_dir", "", "Where hook logs go, one file per session. Default: <state_dir>/hook-logs.",
             _parse_optional_path),
     Setting("hook_log_max_bytes", "10485760", "Most bytes of a hook run's output kept in its log (the head and "
@@ -219,6 +267,10 @@ class Config:
     log_level: str
     log_format: str
     data_roots: tuple[str, ...]
+    discover_roots: tuple[tuple[str, str], ...]
+    discover_depth: int
+    discover_interval: float
+    refresh_interval: float
     trial: bool
     disk_threads: int
     state_min_free_bytes: int
@@ -234,6 +286,11 @@ class Config:
     hook_log_max_bytes: int
     hook_allowed_scripts: tuple[str, ...]
     url: str
+
+    @property
+    def discovery_roots(self) -> tuple[tuple[str, str], ...]:
+        """(label, path) of each root discovery searches: discover_roots, else the data roots unlabelled."""
+        return self.discover_roots or tuple(("", root) for root in self.data_roots)
 
     @property
     def admin_token_path(self) -> Path:
@@ -252,7 +309,8 @@ class Config:
 
 
 def _convert(setting: Setting, raw: Any, origin: str) -> Any:
-    if isinstance(raw, list) and setting.parse is _parse_path_list and all(isinstance(p, str) for p in raw):
+    if (isinstance(raw, list) and setting.parse in (_parse_path_list, parse_discover_roots)
+            and all(isinstance(p, str) for p in raw)):
         raw = os.pathsep.join(raw)
     text = raw if isinstance(raw, str) else str(raw)
     if isinstance(raw, (bool, list, dict)):

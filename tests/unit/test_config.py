@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from livedm.server.config import SETTINGS, ConfigError, load, markdown_table
+from livedm.server.config import SETTINGS, ConfigError, load, markdown_table, parse_duration_s
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -66,3 +66,31 @@ def test_readme_configuration_section_is_the_generated_table() -> None:
     start = text.index("<!-- settings:start -->") + len("<!-- settings:start -->")
     end = text.index("<!-- settings:end -->")
     assert text[start:end].strip() == markdown_table(), "run: python -m livedm.server.config, paste into README"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30s", 30.0), ("10m", 600.0), ("12h", 43200.0), ("7d", 604800.0),
+                                               ("250ms", 0.25), ("1.5h", 5400.0), ("45", 45.0), (" 2 m ", 120.0)])
+def test_durations_are_written_with_their_unit(text: str, seconds: float) -> None:
+    assert parse_duration_s(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10 minutes", "-5s", "5w", "1e3s", "s"])
+def test_a_bad_duration_names_the_setting_and_the_forms(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"drain_s": text}, environ={})
+    assert "drain_s" in str(info.value) and "30s, 10m, 12h or 7d" in str(info.value)
+
+
+def test_zero_turns_a_schedule_off_but_not_a_timeout() -> None:
+    assert load({"discover_interval": "0", "refresh_interval": "0s"}, environ={}).discover_interval == 0.0
+    with pytest.raises(ConfigError):
+        load({"hook_timeout_s": "0s"}, environ={})
+
+
+def test_discover_roots_take_an_optional_instance_label() -> None:
+    config = load({"discover_roots": "/data/a:krios=/data/b", "data_roots": "/data"}, environ={})
+    assert config.discovery_roots == (("", "/data/a"), ("krios", "/data/b"))
+    assert load({"data_roots": "/data:/scratch"}, environ={}).discovery_roots == (("", "/data"), ("", "/scratch"))
+    for bad in ("Krios=/data/b", "k-1=/data/b", "relative/dir", "/data/a:/data/a"):
+        with pytest.raises(ConfigError):
+            load({"discover_roots": bad}, environ={})
