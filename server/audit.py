@@ -21,6 +21,9 @@ ACTIONS: dict[str, str] = {
     "token_issued": "an admin issued a token: user",
     "tokens_revoked": "an admin revoked a user's tokens: user, count",
     "permission_changed": "an admin allowed or forbade live data management: user, live_data_management",
+    "project_discovered": "discovery added a cryoSPARC project: project_uid, project_dir, cryosparc_uid",
+    "session_discovered": "discovery added a cryoSPARC Live session: project_uid, session_uid, session_dir",
+    "discovery_pass": "a discovery pass ended: added, changed, gone, conflicts, unreadable",
     "admin_token_reset": "livedmd --reset-admin-token made a new admin token",
 }
 

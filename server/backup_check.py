@@ -45,7 +45,7 @@ from .backup_schema import (
     is_int,
     session_dir_shape,
 )
-from .domain import DATATYPES
+from .domain import DATATYPES, DISCOVERED
 from .errors import INVALID_REQUEST, ApiError
 from .store import COLLECTIONS
 
@@ -127,6 +127,7 @@ class BackupChecker:
     placed: dict[str, SessionDirs] = field(default_factory=dict)  # project uid -> where its sessions are
     api_owners: dict[tuple[str, str], str] = field(default_factory=dict)  # (project, API path) -> session uid
     max_session: dict[str, int] = field(default_factory=dict)  # project uid -> highest session number
+    discovered: set[str] = field(default_factory=set)  # the uids of projects discovery found
     counters: dict[str, int] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)
     signed_in_admins: set[str] = field(default_factory=set)
@@ -237,6 +238,8 @@ class BackupChecker:
         if problem is None:
             self.project_dirs[doc["uid"]] = os.path.realpath(doc["project_dir"])
             self.project_paths[doc["uid"]] = doc["project_dir"]
+            if doc.get("source") == DISCOVERED:
+                self.discovered.add(doc["uid"])
             if doc.get("session_dirs") is not None:
                 self.dir_maps[doc["uid"]] = doc["session_dirs"]
         return problem
@@ -264,8 +267,9 @@ class BackupChecker:
         problem = _data_management_problem(doc["data_management"])
         if problem is None:
             self.session_dirs[key] = doc["session_dir"]
-            number = int(doc["uid"][1:])
-            self.max_session[doc["project_uid"]] = max(number, self.max_session.get(doc["project_uid"], 0))
+            if doc["project_uid"] not in self.discovered:  # cryoSPARC numbers those: no counter of ours
+                number = int(doc["uid"][1:])
+                self.max_session[doc["project_uid"]] = max(number, self.max_session.get(doc["project_uid"], 0))
             self.settled_categories += settle_transient(doc)[1]
         return problem
 
@@ -418,7 +422,8 @@ class BackupChecker:
 
     def _check_counters(self) -> None:
         """A counter behind its documents would hand out a uid twice."""
-        needed = {"projects": max((int(p[1:]) for p in self.ids["projects"]), default=0), "jobs": self.max_job}
+        unlabelled = (p for p in self.ids["projects"] if "-" not in p)  # discovery raises the counter past those
+        needed = {"projects": max((_uid_number(p) for p in unlabelled), default=0), "jobs": self.max_job}
         needed.update({f"sessions:{p}": n for p, n in self.max_session.items()})
         for name, highest in needed.items():
             if self.counters.get(name, 0) < highest:
@@ -448,7 +453,7 @@ def _dir_map_problem(project: dict[str, Any]) -> str | None:
 
 
 def _uid_number(uid: str) -> int:
-    return int(uid[1:])
+    return int(uid.rpartition("-")[2][1:])
 
 
 def _name(doc: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 from bson.objectid import ObjectId
 
 from . import files
-from .domain import CATEGORY_STATUSES, DATATYPES
+from .domain import CATEGORY_STATUSES, DATATYPES, DISCOVERED, PROJECT_UID_PATTERN
 from .errors import ApiError
 from .jobs import KINDS, STATES
 from .users import ROLES
@@ -25,16 +25,17 @@ SESSION_STATUSES = ("running", "paused", "completed")
 
 Check = Callable[[Any], bool]
 
-_PROJECT_UID = re.compile(r"P[1-9][0-9]{0,8}")
+_PROJECT_UID = re.compile(PROJECT_UID_PATTERN)
 _SESSION_UID = re.compile(r"S[1-9][0-9]{0,8}")
-_SESSION_KEY = re.compile(r"(P[1-9][0-9]{0,8})/(S[1-9][0-9]{0,8})")
+_SESSION_KEY = re.compile(rf"({PROJECT_UID_PATTERN})/(S[1-9][0-9]{{0,8}})")
 _JOB_ID = re.compile(r"J[1-9][0-9]{0,11}")
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,63}")  # what users.create_user accepts
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_COUNTER = re.compile(r"[a-z_]{1,32}(:[A-Za-z0-9_]{1,32})?")  # projects, jobs, sessions:P3, and later ones
+_COUNTER = re.compile(r"[a-z_]{1,32}(:[A-Za-z0-9_-]{1,32})?")  # projects, jobs, sessions:P3, and later ones
 _ACTION = re.compile(r"[a-z_]{1,64}")
+_INSTANCE = re.compile(r"[a-z][a-z0-9]{0,15}")
 _DIR_ID = re.compile(r"[0-9]{1,20}:[0-9]{1,20}")  # files.dir_id: device and inode
 _MAX_PATH_CHARS = 4096
 _MAX_PLAIN_DEPTH = 32
@@ -147,6 +148,7 @@ def plain(value: Any, depth: int = 0) -> bool:
 
 _TS = Field(True, _matches(_TIMESTAMP), "an ISO 8601 time like '2026-01-31T10:00:00.000Z'")
 _TS_OR_NONE = Field(True, _or_none(_matches(_TIMESTAMP)), "an ISO 8601 time or null")
+_TS_OR_NONE_OPTIONAL = Field(False, _or_none(_matches(_TIMESTAMP)), "an ISO 8601 time or null")
 _PROJECT = Field(True, _matches(_PROJECT_UID), "a project uid like 'P3'")
 _SESSION = Field(True, _matches(_SESSION_UID), "a session uid like 'S12'")
 _DATATYPE = Field(True, _one_of(DATATYPES), f"one of {', '.join(DATATYPES)}")
@@ -160,6 +162,19 @@ PROJECT_FIELDS = {
     "dir_pin": Field(False, _or_none(_dir_pin), '{"dev": int, "ino": int} or null'),
     "session_dirs": Field(False, _or_none(_session_dirs), "{session uid: relative session dir}"),
     "dirs_version": Field(False, _or_none(count), "an integer >= 0 or null"),
+    # a project discovery found (source "cryosparc"): what cryoSPARC's project.json said, and when seen
+    "source": Field(False, _one_of((DISCOVERED,)), repr(DISCOVERED)),
+    "instance": Field(False, lambda v: _is_str(v) and (v == "" or _INSTANCE.fullmatch(v) is not None),
+                      "an instance label or ''"),
+    "cryosparc_uid": Field(False, _matches(re.compile(r"P[1-9][0-9]{0,8}")), "a cryoSPARC project uid like 'P12'"),
+    "owner_user_id": Field(False, _or_none(_text), "a cryoSPARC user id or null"),
+    "cryosparc_created_at": _TS_OR_NONE_OPTIONAL,
+    "archived": Field(False, lambda v: isinstance(v, bool), "true or false"),
+    "detached": Field(False, lambda v: isinstance(v, bool), "true or false"),
+    "discover_root": Field(False, abs_path, "an absolute, normalised path"),
+    "fingerprint": Field(False, _or_none(_text), "a text or null"),
+    "discovered_at": _TS_OR_NONE_OPTIONAL, "seen_at": _TS_OR_NONE_OPTIONAL, "gone_at": _TS_OR_NONE_OPTIONAL,
+    "gone_reason": Field(False, _or_none(_text), "a text or null"),
 }
 PROJECT_DIRS_FIELDS = {  # the counters document store.reserve_project_dirs keeps
     "_id": Field(True, _one_of((PROJECT_DIRS_COUNTER,)), repr(PROJECT_DIRS_COUNTER)),
@@ -263,6 +278,8 @@ JOB_PARAMS = {
         "log_path": Field(False, abs_path, "an absolute path"),
     },
     "refresh_sizes": {"project_uid": _PROJECT},
+    "discover": {},
+    "refresh_due": {},
 }
 AUDIT_FIELDS = {
     "_id": Field(True, _object_id, "an ObjectId"),

@@ -16,7 +16,9 @@ MARKABLE_STATUSES = ("active", "archiving", "archived", "deleted")
 # A category whose files are all gone becomes "missing" from these, and returns when they come back.
 MISSING_FROM = ("active", "archiving", "archived")
 
-_PROJECT_UID = re.compile(r"^P[1-9][0-9]{0,8}$")
+# P12, or krios-P12 for a project discovered under a root labelled "krios" (config: discover_roots)
+PROJECT_UID_PATTERN = r"(?:[a-z][a-z0-9]{0,15}-)?P[1-9][0-9]{0,8}"
+_PROJECT_UID = re.compile(f"^{PROJECT_UID_PATTERN}$")
 _SESSION_UID = re.compile(r"^S[1-9][0-9]{0,8}$")
 
 
@@ -27,7 +29,7 @@ def now_iso() -> str:
 
 def check_project_uid(uid: str) -> str:
     if not _PROJECT_UID.match(uid):
-        raise invalid_params(f"project_uid {uid!r} is not a project uid like 'P3'")
+        raise invalid_params(f"project_uid {uid!r} is not a project uid like 'P3' (or 'krios-P3')")
     return uid
 
 
@@ -35,6 +37,19 @@ def check_session_uid(uid: str) -> str:
     if not _SESSION_UID.match(uid):
         raise invalid_params(f"session_uid {uid!r} is not a session uid like 'S12'")
     return uid
+
+
+DISCOVERED = "cryosparc"  # a project's `source` when discovery found it (its uids are cryoSPARC's)
+
+# cryoSPARC's session statuses (v4, v5) → livedm's: category actions need "completed", so a session
+# cryoSPARC is still working on (compacting, restoring) counts as running; anything unknown as paused.
+CRYOSPARC_SESSION_STATUSES = {"running": "running", "paused": "paused", "completed": "completed",
+                              "compacting": "running", "compacted": "completed", "restoring": "running",
+                              "restoration_failed": "paused"}
+
+
+def session_status_from_cryosparc(cryosparc_status: str) -> str:
+    return CRYOSPARC_SESSION_STATUSES.get(cryosparc_status, "paused")
 
 
 def check_datatype(datatype: str) -> str:

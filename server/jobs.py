@@ -16,9 +16,10 @@ from .domain import now_iso
 from .errors import invalid_params, not_found
 from .store import Store
 
-KINDS = ("delete", "hook", "refresh_sizes")
+KINDS = ("delete", "hook", "refresh_sizes", "discover", "refresh_due")
 STATES = ("queued", "running", "done", "failed")
 MAX_LISTED = 500
+PARKED = 1e18  # a queued job's not_before that is never due (finite: JSON stores have no infinity)
 PROGRESS_EVERY_S = 0.5
 
 
@@ -46,16 +47,31 @@ class Queue:
     backoff_s: float = 2.0
     listeners: list[Any] = field(default_factory=list)  # called with no argument when a job is enqueued
 
-    def enqueue(self, kind: str, params: dict[str, Any], actor: str, *, job_id: str | None = None) -> str:
+    def enqueue(self, kind: str, params: dict[str, Any], actor: str, *, job_id: str | None = None,
+                not_before: float = 0.0) -> str:
         job_id = job_id or self.new_id()
         self.store.insert_job({"id": job_id, "kind": kind, "params": params, "state": "queued", "attempts": 0,
-                               "owner": None, "lease_until": 0.0, "not_before": 0.0, "progress": {},
+                               "owner": None, "lease_until": 0.0, "not_before": not_before, "progress": {},
                                "result": None, "error": None, "created_by": actor, "created_at": now_iso(),
                                "created_ts": time.time(),
                                "started_at": None, "finished_at": None})
         for listener in self.listeners:
             listener()
         return job_id
+
+    def enqueue_single(self, kind: str, params: dict[str, Any], actor: str) -> tuple[str, bool]:
+        """Queue a job of which one at most is queued or running across every daemon on this database:
+        (its id, True) or, when one already is, (that one's id, False). The new job is parked (never due)
+        until it holds the marker, so no worker runs a job that lost."""
+        job_id = self.enqueue(kind, params, actor, not_before=PARKED)
+        holder = self.store.hold_single(kind, job_id)
+        if holder is not None:
+            self.store.delete_queued_job(job_id)
+            return holder, False
+        self.store.set_job_due(job_id, 0.0)
+        for listener in self.listeners:
+            listener()
+        return job_id, True
 
     def new_id(self) -> str:
         return f"J{self.store.next_number('jobs')}"

@@ -40,7 +40,7 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         jobs = GaugeMetricFamily("livedm_jobs", "Jobs in the queue by kind and state", labels=["kind", "state"])
-        counts = self.store.job_counts()
+        counts = self.store.job_counts(KINDS)
         for kind in KINDS:
             for state in STATES:
                 jobs.add_metric([kind, state], counts.get((kind, state), 0))

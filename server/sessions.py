@@ -15,6 +15,7 @@ from .coalesce import Coalescer
 from .config import Config
 from .domain import (
     DATATYPES,
+    DISCOVERED,
     MISSING_FROM,
     check_datatype,
     check_project_uid,
@@ -50,6 +51,11 @@ def project_totals(sessions: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
             totals[datatype]["size"] += int(category.get("size") or 0)
             totals[datatype]["file_count"] += int(category.get("file_count") or 0)
     return totals
+
+
+def _refuse_if_discovered(project: dict[str, Any], why: str) -> None:
+    if project.get("source") == DISCOVERED:
+        raise conflict(f"project {project['uid']} was discovered in cryoSPARC's files; {why}")
 
 
 class Sessions:
@@ -92,11 +98,16 @@ class Sessions:
         real = os.path.realpath(project_dir)
         self._check_project_dir_free(self._project_dirs()[1], real, project_dir)
         pin = files.dir_pin(project_dir)
-        uid = f"P{self.store.next_number('projects')}"
+        for _attempt in range(RESERVE_ATTEMPTS):  # a number discovery took meanwhile is skipped
+            uid = f"P{self.store.next_number('projects')}"
+            if self.store.get_project(uid) is None:
+                break
         self._reserve_project_dir(uid, real, project_dir)
         project = {"uid": uid, "title": title, "project_dir": project_dir, "created_at": now_iso(),
                    "dir_pin": pin, "session_dirs": {}, "dirs_version": 0}
-        self.store.insert_project(project)
+        if not self.store.insert_project(project):
+            self._release_project_dir(uid)
+            raise conflict(f"project {uid} was discovered while this one was being made; try again")
         log.info("created project %s (%s) at %s", uid, title, project_dir)
         return self._project_row(project, [])
 
@@ -118,11 +129,20 @@ class Sessions:
         """Of two projects created at once on overlapping dirs, one wins and the other checks again."""
         for _attempt in range(RESERVE_ATTEMPTS):
             version, dirs = self._project_dirs()
+            if uid in dirs:
+                raise conflict(f"project {uid} exists already (at {dirs[uid]})")
             self._check_project_dir_free(dirs, real, shown)
             if self.store.reserve_project_dirs(version, {**dirs, uid: real}):
                 return
             time.sleep(random.uniform(0, RESERVE_BACKOFF_S))  # lost a race: let the winners through
         raise conflict("projects kept being created while this one was; try again")
+
+    def _release_project_dir(self, uid: str) -> None:
+        for _attempt in range(RESERVE_ATTEMPTS):
+            version, dirs = self._project_dirs()
+            if uid not in dirs or self.store.reserve_project_dirs(version, {k: v for k, v in dirs.items() if k != uid}):
+                return
+            time.sleep(random.uniform(0, RESERVE_BACKOFF_S))
 
     def pin_projects(self) -> int:
         """Projects made before directories were pinned get their pin now (at start): from then on a
@@ -214,6 +234,7 @@ class Sessions:
 
     def create_live_session(self, project_uid: str, title: str, session_dir: str | None = None) -> dict[str, Any]:
         project = self.project(project_uid)
+        _refuse_if_discovered(project, "its sessions are cryoSPARC's: discovery adds them")
         title = check_title(title)
         if session_dir is not None:
             session_dir = files.check_session_dir(session_dir)
@@ -246,6 +267,7 @@ class Sessions:
         return [public_session(s) for s in self.store.list_sessions(project_uid)]
 
     def change_session_status(self, project_uid: str, session_uid: str, action: str) -> dict[str, Any]:
+        _refuse_if_discovered(self.project(project_uid), "cryoSPARC sets its sessions' status: discovery follows it")
         session = self.session(project_uid, session_uid)
         target = session_status_after(session["status"], action)
         changed = self.store.set_session_status(project_uid, session_uid, expect=session["status"], status=target,
@@ -256,6 +278,50 @@ class Sessions:
         if target in ("paused", "completed"):  # as cryoSPARC >= 3.3.2 does
             self.refresh_session(project_uid, session_uid)
         return self.get_session(project_uid, session_uid)
+
+    # --- discovered projects and sessions (discovery.py decides; the directory rules are these) ------
+
+    def add_discovered_project(self, uid: str, project_dir: str, fields: dict[str, Any]) -> None:
+        """A cryoSPARC project discovery found, under the uid it gives: checked, reserved and pinned as
+        create_project does. ApiError (conflict, forbidden) if its directory may not be a project's."""
+        check_project_uid(uid)
+        project_dir = files.check_project_dir(project_dir)
+        self.check_project_location(project_dir)
+        real = os.path.realpath(project_dir)
+        self._check_project_dir_free(self._project_dirs()[1], real, project_dir)
+        pin = files.dir_pin(project_dir)
+        self._reserve_project_dir(uid, real, project_dir)
+        project = {**fields, "uid": uid, "project_dir": project_dir, "created_at": now_iso(), "dir_pin": pin,
+                   "session_dirs": {}, "dirs_version": 0, "source": DISCOVERED}
+        if not self.store.insert_project(project):
+            self._release_project_dir(uid)
+            raise conflict(f"project {uid} exists already")
+
+    def add_discovered_session(self, project_uid: str, session_uid: str, fields: dict[str, Any]) -> None:
+        """A cryoSPARC Live session, under cryoSPARC's uid and session dir; its dir reserved as
+        create_live_session does. ApiError (conflict, invalid_params) if the dir may not be its."""
+        project = self.project(project_uid)
+        session_dir = files.check_session_dir(fields["session_dir"])
+        files.check_session_root(project["project_dir"], session_dir)
+        real_dir = self._real_session_dir(project, session_dir)
+        self._reserve_session_dir(project_uid, check_session_uid(session_uid), real_dir, shown=session_dir)
+        session = {"started_at": None, "paused_at": [], "completed_at": None, **fields, "project_uid": project_uid,
+                   "uid": session_uid, "session_dir": session_dir, "data_management": new_data_management(),
+                   "scan_gen": None, "scan_digest": None, "measured_at": None}
+        if not self.store.insert_session(session):
+            self.store.release_session_dir(project_uid, session_uid)
+            raise conflict(f"session {project_uid} {session_uid} exists already")
+
+    def mark_missing(self, project_uid: str, session_uid: str, reason: str) -> int:
+        """Missing is not empty: the session's categories show missing, their last figures kept, until
+        it is measured again where it was. How many categories changed."""
+        changed = 0
+        for dt, category in self.session(project_uid, session_uid)["data_management"].items():
+            if category["status"] in MISSING_FROM:
+                changed += self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
+                                              expect=category["status"], to="missing", actor=LIVEDM, by=BY_REFRESH,
+                                              reason=reason) is not None
+        return changed
 
     # --- files -----------------------------------------------------------------------------------
 
@@ -389,11 +455,7 @@ class Sessions:
         why = "replaced by another directory" if replaced else "gone (unmounted, moved or removed)"
         log.warning("%s %s: the session dir %s is %s; its categories show missing", project_uid, session_uid,
                     session["session_dir"], why)
-        for dt, category in session["data_management"].items():
-            if category["status"] in MISSING_FROM and (category.get("file_count") or category.get("size")):
-                self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
-                                   expect=category["status"], to="missing", actor=LIVEDM, by=BY_REFRESH,
-                                   reason=f"session dir {why}")
+        self.mark_missing(project_uid, session_uid, f"session dir {why}")
         return self.session(project_uid, session_uid)["data_management"]
 
     def _store_measures(self, project_uid: str, session_uid: str, session: dict[str, Any],

@@ -128,10 +128,30 @@ class Store:
             raise StoreUnavailable(f"the counter {counter} came back empty")
         return int(doc["n"])
 
+    def raise_counter(self, counter: str, at_least: int) -> None:
+        """Make the counter at least `at_least`: the next number it hands out is above it."""
+        for _attempt in range(5):
+            doc = self.db.counters.find_one({"_id": counter})
+            if doc is not None and int(doc["n"]) >= at_least:
+                return
+            if doc is None:
+                try:
+                    self.db.counters.insert_one({"_id": counter, "n": at_least})
+                    return
+                except pymongo.errors.DuplicateKeyError:
+                    continue  # made meanwhile: compare again
+            if self.db.counters.update_one({"_id": counter, "n": doc["n"]}, {"$set": {"n": at_least}}).matched_count:
+                return
+
     # --- projects --------------------------------------------------------------------------------
 
-    def insert_project(self, project: dict[str, Any]) -> None:
-        self.db.projects.insert_one({"_id": project["uid"], **project})
+    def insert_project(self, project: dict[str, Any]) -> bool:
+        """False when a project of that uid exists already."""
+        try:
+            self.db.projects.insert_one({"_id": project["uid"], **project})
+        except pymongo.errors.DuplicateKeyError:
+            return False
+        return True
 
     def get_project(self, project_uid: str) -> dict[str, Any] | None:
         return self.db.projects.find_one({"_id": project_uid}, NO_ID)
@@ -181,9 +201,14 @@ class Store:
 
     # --- sessions --------------------------------------------------------------------------------
 
-    def insert_session(self, session: dict[str, Any]) -> None:
+    def insert_session(self, session: dict[str, Any]) -> bool:
+        """False when the project has a session of that uid already."""
         key = session_key(session["project_uid"], session["uid"])
-        self.db.sessions.insert_one({"_id": key, **session})
+        try:
+            self.db.sessions.insert_one({"_id": key, **session})
+        except pymongo.errors.DuplicateKeyError:
+            return False
+        return True
 
     def get_session(self, project_uid: str, session_uid: str) -> dict[str, Any] | None:
         return self.db.sessions.find_one({"_id": session_key(project_uid, session_uid)}, NO_ID)
@@ -250,6 +275,12 @@ class Store:
         if updated is None:
             raise KeyError(f"{project_uid} {session_uid}")
         return updated
+
+    def set_session_fields(self, project_uid: str, session_uid: str, fields: dict[str, Any]) -> None:
+        """Top-level fields of a session (discovery's record of it); never data_management."""
+        if any(name == "data_management" or name.startswith("data_management.") for name in fields):
+            raise AssertionError("data_management is written by set_measures and set_category_status")
+        self._update_session(project_uid, session_uid, {}, {"$set": fields})
 
     def set_session_status(self, project_uid: str, session_uid: str, *, expect: str, status: str,
                            at: str) -> dict[str, Any] | None:
@@ -375,6 +406,36 @@ class Store:
     def insert_job(self, job: dict[str, Any]) -> None:
         self.db.jobs.insert_one({"_id": job["id"], **job})
 
+    def hold_single(self, name: str, job_id: str) -> str | None:
+        """Make `job_id` the one active job of `name` (kept in the counters as "single:<name>"), unless another
+        job that is still queued or running holds it: then that job's id. Atomic between daemons."""
+        key, number = f"single:{name}", int(job_id[1:])
+        for _attempt in range(10):
+            doc = self.db.counters.find_one({"_id": key})
+            if doc is not None and doc["n"]:
+                holder = self.db.jobs.find_one({"_id": f"J{doc['n']}"}, {"state": 1})
+                if holder is not None and holder["state"] in ("queued", "running"):
+                    return f"J{doc['n']}"
+            if doc is None:
+                try:
+                    self.db.counters.insert_one({"_id": key, "n": number})
+                    return None
+                except pymongo.errors.DuplicateKeyError:
+                    continue
+            if self.db.counters.update_one({"_id": key, "n": doc["n"]}, {"$set": {"n": number}}).matched_count:
+                return None
+        raise StoreUnavailable(f"the single-job marker {key} kept changing")
+
+    def set_job_due(self, job_id: str, not_before: float) -> None:
+        self.db.jobs.update_one({"_id": job_id, "state": "queued"}, {"$set": {"not_before": not_before}})
+
+    def delete_queued_job(self, job_id: str) -> None:
+        self.db.jobs.delete_one({"_id": job_id, "state": "queued"})
+
+    def last_finished_job(self, kind: str) -> dict[str, Any] | None:
+        return self.db.jobs.find_one({"kind": kind, "state": {"$in": ["done", "failed"]}}, NO_ID,
+                                     sort=[("finished_at", -1)])
+
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         return self.db.jobs.find_one({"_id": job_id}, NO_ID)
 
@@ -412,10 +473,10 @@ class Store:
     def count_jobs(self, state: str) -> int:
         return self.db.jobs.count_documents({"state": state})
 
-    def job_counts(self) -> dict[tuple[str, str], int]:
+    def job_counts(self, kinds: Sequence[str]) -> dict[tuple[str, str], int]:
         """{(kind, state): count}. One count per pair: the embedded store cannot group by two fields."""
         return {(kind, state): self.db.jobs.count_documents({"kind": kind, "state": state})
-                for kind in ("delete", "hook", "refresh_sizes") for state in ("queued", "running", "done", "failed")}
+                for kind in kinds for state in ("queued", "running", "done", "failed")}
 
     def oldest_queued_job_time(self) -> float | None:
         job = self.db.jobs.find_one({"state": "queued"}, sort=[("created_ts", 1)])
