@@ -598,6 +598,7 @@ _FIXED_BYTES = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 
                 0x7F: 0, 0xFF: 0}
 _STRING_TYPES = (0x02, 0x0D, 0x0E)  # string, JavaScript code, symbol: int32 length (NUL included) + bytes
 _DOC_TYPES = (0x03, 0x04)
+_KNOWN_TYPES = frozenset([0x00, *_FIXED_BYTES, *_STRING_TYPES, *_DOC_TYPES, 0x05, 0x0B, 0x0C, 0x0F])  # 0x00: the end
 _FLAGS = {b"deleted": 0, b"failed": 1, b"manual_reject": 2, b"threshold_reject": 3}
 _MAX_NAME_BYTES = 64 * 1024
 _CHUNK_BYTES = 256 * 1024
@@ -648,6 +649,13 @@ class _Stream:
         self._fill(1)
         value = self.buf[self.at]
         self.at += 1
+        return value
+
+    def kind(self) -> int:
+        """The type byte of the next element, or 0 at the end of a document."""
+        value = self.byte()
+        if value not in _KNOWN_TYPES:
+            raise self.fail(self.pos - 1, f"unsupported BSON type 0x{value:02x} (not a file cryoSPARC wrote?)")
         return value
 
     def int32(self) -> int:
@@ -708,13 +716,11 @@ def _value_end(stream: _Stream, kind: int, end: int) -> int:
         stream.cstring(end)
         stream.cstring(end)
         value_end = stream.pos
-    elif kind == 0x0C:
+    else:  # 0x0C, a DBPointer: a string and 12 bytes
         length = stream.int32()
         if length < 1:
             raise stream.fail(start, f"a DBPointer declares {length} bytes")
         value_end = start + 4 + length + 12
-    else:
-        raise stream.fail(start - 1, f"unsupported BSON type 0x{kind:02x} (not a file cryoSPARC wrote?)")
     if value_end > end - 1:  # the document's terminating NUL must still fit
         raise stream.fail(start, f"a value of {value_end - start} bytes runs past the end of its document "
                                  f"(byte {end})")
@@ -752,7 +758,7 @@ def _count_exposure(stream: _Stream, array_end: int, counts: list[int]) -> None:
     if end > array_end - 1:
         raise stream.fail(start, f"an exposure of {length} bytes runs past the end of the exposures list")
     flags = [False, False, False, False]
-    while (kind := stream.byte()) != 0:
+    while (kind := stream.kind()) != 0:
         name = stream.cstring(end)
         value_end = _value_end(stream, kind, end)
         index = _FLAGS.get(name)
@@ -772,7 +778,7 @@ def _count_exposure(stream: _Stream, array_end: int, counts: list[int]) -> None:
 
 
 def _count_exposures_list(stream: _Stream, end: int, counts: list[int]) -> None:
-    while (kind := stream.byte()) != 0:
+    while (kind := stream.kind()) != 0:
         at = stream.pos - 1
         stream.cstring(end)
         if kind != 0x03:
@@ -804,7 +810,7 @@ def read_exposure_counts(path: str | os.PathLike[str]) -> ExposureCounts:
             if end > stream.size:
                 raise stream.fail(start, f"a document of {length} bytes runs past the end of the file "
                                          f"(byte {stream.size}): cut short while being written?")
-            while (kind := stream.byte()) != 0:
+            while (kind := stream.kind()) != 0:
                 name = stream.cstring(end)
                 value_end = _value_end(stream, kind, end)
                 if name == b"exposures" and kind == 0x04:
