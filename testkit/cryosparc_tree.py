@@ -187,7 +187,11 @@ class CryosparcProject:
 
 
 def _dumps(value: Any) -> bytes:
-    return json.dumps(value, indent=2, ensure_ascii=False).encode()
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, as tests put in: written as its "\ud800" escape
+        return json.dumps(value, indent=2).encode()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
