@@ -24,6 +24,7 @@ from testkit.cryosparc_tree import (
     CryosparcProject,
     SessionSpec,
     build_cryosparc_project,
+    build_facility,
     encode_exposures,
     write_big_exposures_bson,
 )
@@ -764,6 +765,22 @@ def test_a_200_mb_exposures_bson_is_counted_in_bounded_memory(tmp_path: Path) ->
     print(f"200 MB exposures.bson counted in {time.perf_counter() - started:.3f} s, peak {peak / 1e6:.2f} MB traced")
     assert counts == ExposureCounts(total=200, accepted=180, rejected=20, failed=0)
     assert peak < 20 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_a_facility_of_500_projects_is_built_found_and_read(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    built = build_facility(tmp_path / "root", 500, 10, movies_dir=tmp_path / "movies", instance_dir_name="instance-a")
+    build_s = time.perf_counter() - started
+    started = time.perf_counter()
+    dirs = list(cf.find_project_dirs(str(tmp_path / "root"), 3))
+    read = [cf.read_project(d) for d in dirs if isinstance(d, str)]
+    print(f"built 500 projects x 10 sessions in {build_s:.2f} s, found and read them in "
+          f"{time.perf_counter() - started:.2f} s")
+    assert dirs == sorted(str(p.project_dir) for p in built)
+    assert sorted(int(p.uid[1:]) for p in read) == list(range(1, 501))
+    assert sum(len(p.sessions) for p in read) == 5000
+    assert all(p.problems == () for p in read)
 
 
 # ---------------------------------------------------------------------------------------------------------
