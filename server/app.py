@@ -38,6 +38,7 @@ from .methods import METHODS
 from .observe import Metrics
 from .routes import add_routes
 from .rpc import Dispatcher
+from .scheduler import Scheduler
 from .services import Services
 from .statedir import StateDirLock, prepare_state_dir
 from .store import Store
@@ -158,7 +159,13 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     workers = app[SERVICES].workers(config.workers)
     app[WORKERS] = workers
     workers.start()
+    schedule: asyncio.Task[None] | None = None
+    if config.workers:  # a daemon that runs jobs also queues the scheduled ones (single: never doubled)
+        services = app[SERVICES]
+        schedule = asyncio.create_task(Scheduler(app[STORE], services.queue, config).run(), name="schedule")
     yield
+    if schedule is not None:
+        schedule.cancel()
     await workers.stop(config.drain_s)
 
 

@@ -111,6 +111,6 @@ def status_after_measure(category: dict[str, Any], registered: int, present: int
     status, prev = category["status"], category.get("prev_status")
     if status in MISSING_FROM and registered > 0 and present == 0:
         return "missing", status
-    if status == "missing" and present > 0:
+    if status == "missing" and (present > 0 or registered == 0):  # back, or nothing of it was ever lost
         return prev if prev in MISSING_FROM else "active", None
     return status, prev

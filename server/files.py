@@ -7,6 +7,7 @@ Registry paths are stored relative to the project directory ("S1/motioncorrected
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -245,6 +246,20 @@ def session_dir_id(project_dir: str, session_dir: str) -> str | None:
     except OSError:
         return None
     return dir_id(st) if stat.S_ISDIR(st.st_mode) else None
+
+
+def dir_stamp(project_dir: str, session_dir: str) -> str | None:
+    """Changes when an entry is added to or removed from the session dir or one of its subdirs (their
+    mtimes); None when the session dir is not there. One scandir: cheap enough for every session."""
+    top = os.path.join(project_dir, session_dir)
+    try:
+        parts = [str(os.lstat(top).st_mtime_ns)]
+        with os.scandir(top) as entries:
+            parts += sorted(f"{e.name}:{e.stat(follow_symlinks=False).st_mtime_ns}" for e in entries
+                            if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return None
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def raw_movie_dirs(project_dir: str, raw_links: Iterable[str]) -> set[str]:

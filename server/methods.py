@@ -275,6 +275,32 @@ def trigger_live_data_management_script(ctx: CallContext, project_uid: str, sess
                                       script_log_path_abs=script_log_path_abs, current_status=current)
 
 
+# --- discovery ---------------------------------------------------------------------------------
+
+@api(access="manage")
+def discover(ctx: CallContext, dry_run: bool = False) -> Any:
+    """Look for cryoSPARC projects and Live sessions under the discovery roots now: the job id (one pass
+    runs at a time; asking while one is queued or running gives its id). With dry_run=True, what a pass
+    would add, change and mark gone, and its conflicts and unreadable files, changing nothing."""
+    if dry_run:
+        return ctx.services.discovery.dry_run()
+    return ctx.services.queue.enqueue_single("discover", {}, ctx.actor)[0]
+
+
+@api()
+def get_discovery_report(ctx: CallContext) -> dict[str, Any]:
+    """The last discovery pass: when, the roots reached or not, what it found, added and marked gone, its
+    conflicts and unreadable files (their paths only for users with the live data management permission)."""
+    return ctx.services.discovery.last_report(with_paths=bool(ctx.caller.get("live_data_management")))
+
+
+@api()
+def get_all_sessions_in_project(ctx: CallContext, project_uid: str) -> list[dict[str, Any]]:
+    """cryoSPARC v4's rtp call: the project's Live session documents as cryoSPARC lists them (uid is the
+    workspace's, session_uid the session's), data_management included."""
+    return ctx.services.sessions.cryosparc_sessions(project_uid)
+
+
 @api()
 def get_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
     """A background job: kind, state (queued/running/done/failed), progress, result, error, times."""

@@ -205,7 +205,7 @@ class CallContext:
 SCOPED_READS = frozenset({
     "system.describe", "whoami", "list_projects", "get_overview", "get_project", "list_sessions", "get_session",
     "get_datatype_file_paths", "get_datatype_size", "get_data_management_stats", "get_project_file_paths",
-    "get_audit_log", "get_job", "list_jobs"})
+    "get_audit_log", "get_job", "list_jobs", "get_discovery_report", "get_all_sessions_in_project"})
 SCOPED_CHANGE = "change_session_data_management_state"
 SCOPE_KEYS = ("project_uid", "session_uid", "datatype")
 

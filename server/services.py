@@ -9,6 +9,7 @@ from .auth import Authenticator
 from .categories import Categories
 from .config import Config
 from .deletion import Deletions
+from .discovery import Discovery
 from .diskpool import DiskPool
 from .hooks import Hooks
 from .jobs import JobFailed, JobRun, Queue
@@ -30,7 +31,9 @@ class Services:
     queue: Queue
     hooks: Hooks
     deletions: Deletions
+    discovery: Discovery
     disk: DiskPool
+    config: Config
 
     @classmethod
     def build(cls, store: Store, config: Config, authenticator: Authenticator) -> Services:
@@ -41,7 +44,9 @@ class Services:
         sessions = Sessions(store, config, states)
         return cls(sessions=sessions, reader=SessionReader(store), categories=Categories(sessions, states),
                    users=Users(store, audit, changed=authenticator.forget), audit=audit, queue=queue, hooks=hooks,
-                   deletions=Deletions(sessions, queue, audit, states=states), disk=DiskPool(config.disk_threads))
+                   deletions=Deletions(sessions, queue, audit, states=states),
+                   discovery=Discovery(sessions, store, queue, audit, config), disk=DiskPool(config.disk_threads),
+                   config=config)
 
     def job_handlers(self) -> dict[str, Handler]:
         def refresh_sizes(run: JobRun) -> dict[str, int]:
@@ -50,7 +55,16 @@ class Services:
                 raise JobFailed("not a valid size refresh job; nothing was done")
             return self.sessions.refresh_project(project_uid, run.progress)
 
-        return {"delete": self.deletions.run, "hook": self.hooks.run, "refresh_sizes": refresh_sizes}
+        def refresh_due(run: JobRun) -> dict[str, int]:
+            if run.params:
+                raise JobFailed("not a valid scheduled refresh job; nothing was done")
+            return self.sessions.refresh_due(self.config.refresh_interval, run.progress)
+
+        return {"delete": self.deletions.run, "hook": self.hooks.run, "refresh_sizes": refresh_sizes,
+                "discover": self.discovery.run, "refresh_due": refresh_due}
 
     def workers(self, count: int) -> Workers:
-        return Workers(self.queue, self.job_handlers(), count, maintenance=self.deletions.repair_stuck)
+        def maintenance() -> int:
+            return self.deletions.repair_stuck() + self.sessions.repair_calculating()
+
+        return Workers(self.queue, self.job_handlers(), count, maintenance=maintenance)

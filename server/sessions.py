@@ -8,6 +8,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from . import files
@@ -17,6 +18,7 @@ from .domain import (
     DATATYPES,
     DISCOVERED,
     MISSING_FROM,
+    TRANSIENT_STATUSES,
     check_datatype,
     check_project_uid,
     check_session_uid,
@@ -27,21 +29,39 @@ from .domain import (
     status_after_measure,
 )
 from .errors import ApiError, conflict, invalid_params, not_found
-from .states import BY_REFRESH, CategoryStates
+from .states import BY_REFRESH, BY_REPAIR, VISIBLE, CategoryStates
 from .store import Store, scan_digest
 
 log = logging.getLogger(__name__)
 
 _PUBLIC_SESSION_FIELDS = ("project_uid", "uid", "title", "status", "session_dir", "created_at", "started_at",
-                          "paused_at", "completed_at", "data_management")
+                          "paused_at", "completed_at", "data_management", "measured_at",
+                          # what discovery read from cryoSPARC's files (null for sessions made by hand)
+                          "cryosparc_status", "workspace_uid", "created_by_user_id", "raw_data_dirs", "exposures",
+                          "left_cryosparc_at")
 _MEASURE_RETRIES = 5
 RESERVE_ATTEMPTS = 100  # optimistic reservations of dirs: each loss means another creation went through
 RESERVE_BACKOFF_S = 0.005
+CALCULATING_STALE_S = 6 * 3600.0  # longer than any measure: a category calculating this long was left so
 LIVEDM = "livedm"  # the actor livedm's own changes are audited as
 
 
 def public_session(session: dict[str, Any]) -> dict[str, Any]:
     return {field: session.get(field) for field in _PUBLIC_SESSION_FIELDS}
+
+
+def cryosparc_session(session: dict[str, Any]) -> dict[str, Any]:
+    exposures = session.get("exposures") or {}
+    return {"uid": session.get("workspace_uid") or session["uid"], "session_uid": session["uid"],
+            "project_uid": session["project_uid"], "workspace_type": "live", "title": session["title"],
+            "status": session.get("cryosparc_status") or session["status"], "session_dir": session["session_dir"],
+            "created_at": session["created_at"], "paused_at": session["paused_at"],
+            "completed_at": session["completed_at"], "created_by_user_id": session.get("created_by_user_id"),
+            "deleted": False,
+            "stats": {"total_exposures": exposures.get("total"), "total_accepted": exposures.get("accepted"),
+                      "total_rejected": exposures.get("rejected")},
+            "data_management": {dt: {"status": c["status"], "prev_status": c.get("prev_status"),
+                                     "size": c["size"]} for dt, c in session["data_management"].items()}}
 
 
 def project_totals(sessions: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -259,6 +279,11 @@ class Sessions:
         log.info("created session %s %s (%s) in %s", project_uid, uid, title, session_dir)
         return public_session(session)
 
+    def cryosparc_sessions(self, project_uid: str) -> list[dict[str, Any]]:
+        """The sessions as cryoSPARC v4's rtp get_all_sessions_in_project answers them."""
+        self.project(project_uid)
+        return [cryosparc_session(s) for s in self.store.list_sessions(project_uid)]
+
     def get_session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
         return public_session(self.session(project_uid, session_uid))
 
@@ -291,7 +316,7 @@ class Sessions:
         self._check_project_dir_free(self._project_dirs()[1], real, project_dir)
         pin = files.dir_pin(project_dir)
         self._reserve_project_dir(uid, real, project_dir)
-        project = {**fields, "uid": uid, "project_dir": project_dir, "created_at": now_iso(), "dir_pin": pin,
+        project = {"created_at": now_iso(), **fields, "uid": uid, "project_dir": project_dir, "dir_pin": pin,
                    "session_dirs": {}, "dirs_version": 0, "source": DISCOVERED}
         if not self.store.insert_project(project):
             self._release_project_dir(uid)
@@ -403,12 +428,32 @@ class Sessions:
         self.check_project_identity(project)
         project_dir = project["project_dir"]
         session = self.session(project_uid, session_uid)
+        if project.get("gone_at") or session.get("left_cryosparc_at"):  # missing until discovery finds it again
+            return session["data_management"]
         current_id = files.session_dir_id(project_dir, session["session_dir"])
         pinned_id = session.get("dir_id")
         if pinned_id is not None and current_id != pinned_id:
             return self._mark_unreachable(project_uid, session_uid, session, replaced=current_id is not None)
+        if pinned_id is None and current_id is None:  # never there: never measured, not 0 B
+            return session["data_management"]
         if pinned_id is None and current_id is not None:
             self._pin_session_dir(project_uid, session_uid, session["session_dir"], identity=current_id)
+        before = self._begin_measure(project_uid, session_uid, session)
+        try:
+            walked = self._walk(project_uid, session_uid, session, project_dir)
+        except BaseException:
+            self._end_measure(project_uid, session_uid, before)
+            raise
+        return self._store_measures(project_uid, session_uid, session, measures=walked, before=before)
+
+    def _end_measure(self, project_uid: str, session_uid: str, before: dict[str, str]) -> None:
+        """A measure that failed: the categories go back to what they were."""
+        for dt, status in before.items():
+            self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt, expect="calculating",
+                               to=status, actor=LIVEDM, by=BY_REFRESH, quiet=True)
+
+    def _walk(self, project_uid: str, session_uid: str, session: dict[str, Any],
+              project_dir: str) -> dict[str, files.Tally]:
         api = self.store.read_registry(project_uid, session_uid, None, sources=("api",))["api"]
         api_paths = frozenset(p for paths in api.values() for p in paths)
         walked = files.walk_session(project_dir, session["session_dir"], self.config.layout, skip=api_paths)
@@ -422,7 +467,7 @@ class Sessions:
             self.store.set_raw_dirs(project_uid, session_uid, sorted(movie_dirs))
         for dt in DATATYPES:  # then the files registered by API join the measure (not the scanned registry)
             files.add_registered(walked[dt], project_dir, api[dt], follow_links=dt == "raw")
-        return self._store_measures(project_uid, session_uid, session, measures=walked)
+        return walked
 
     def check_session_identity(self, project: dict[str, Any], session: dict[str, Any]) -> None:
         """Refuse to act on a session whose directory is not the one it was measured in (or is another
@@ -458,22 +503,93 @@ class Sessions:
         self.mark_missing(project_uid, session_uid, f"session dir {why}")
         return self.session(project_uid, session_uid)["data_management"]
 
+    def _begin_measure(self, project_uid: str, session_uid: str, session: dict[str, Any]) -> dict[str, str]:
+        """The categories being measured show calculating (as cryoSPARC's do); {datatype: status before}."""
+        before: dict[str, str] = {}
+        for dt, category in session["data_management"].items():
+            if category["status"] in TRANSIENT_STATUSES:
+                continue  # a deletion's: it keeps its status
+            if self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
+                                  expect=category["status"], to="calculating", actor=LIVEDM, by=BY_REFRESH,
+                                  quiet=True) is not None:
+                before[dt] = category["status"]
+        return before
+
     def _store_measures(self, project_uid: str, session_uid: str, session: dict[str, Any],
-                        *, measures: dict[str, files.Tally]) -> dict[str, Any]:
-        """Sizes first; then each category whose files all went (or came back) changes to or from
-        missing. A status changed by someone meanwhile wins: the next refresh decides again."""
+                        *, measures: dict[str, files.Tally], before: dict[str, str]) -> dict[str, Any]:
+        """Sizes first; then each category goes back from calculating, or to or from missing when all
+        its files went (or came back). A status changed by someone meanwhile wins."""
         now = now_iso()
         updated = self.store.set_measures(project_uid, session_uid, {
             dt: {"size": m.size, "file_count": m.present, "updated_at": now} for dt, m in measures.items()})
+        self.store.set_session_fields(project_uid, session_uid, {
+            "measured_at": now, "dir_stamp": files.dir_stamp(self.project(project_uid)["project_dir"],
+                                                             session["session_dir"])})
         for dt, m in measures.items():
             category = updated["data_management"][dt]
-            status, prev = status_after_measure(category, m.registered, m.present)
-            if status != category["status"]:
-                changed = self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
-                                             expect=category["status"], to=status, prev_status=prev, actor=LIVEDM,
-                                             by=BY_REFRESH)
-                updated = changed or updated
+            measuring = dt in before and category["status"] == "calculating"
+            was = {**category, "status": before[dt]} if measuring else category
+            status, prev = status_after_measure(was, m.registered, m.present)
+            if measuring:
+                self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
+                                   expect="calculating", to=status, prev_status=prev, actor=LIVEDM,
+                                   by=BY_REFRESH, quiet=status == before[dt], was=before[dt])
+            elif status != category["status"] and category["status"] not in TRANSIENT_STATUSES:
+                self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
+                                   expect=category["status"], to=status, prev_status=prev, actor=LIVEDM,
+                                   by=BY_REFRESH)
         return self.session(project_uid, session_uid)["data_management"]
+
+    def repair_calculating(self, stale_s: float = CALCULATING_STALE_S) -> int:
+        """Categories left calculating by a livedmd that died mid-measure go back to their status."""
+        cutoff = datetime.fromtimestamp(time.time() - stale_s, UTC).isoformat(timespec="milliseconds")
+        repaired = 0
+        for datatype in DATATYPES:
+            for session in self.store.sessions_with_status(datatype, "calculating"):
+                category = session["data_management"][datatype]
+                if (category.get("status_changed_at") or "") > cutoff.replace("+00:00", "Z"):
+                    continue
+                back = category.get("prev_status") if category.get("prev_status") in VISIBLE else "active"
+                repaired += self.states.change(project_uid=session["project_uid"], session_uid=session["uid"],
+                                               datatype=datatype, expect="calculating", to=back, actor=LIVEDM,
+                                               by=BY_REPAIR, quiet=True) is not None
+        return repaired
+
+    def sessions_due(self, refresh_interval_s: float) -> list[tuple[str, str]]:
+        """The sessions a scheduled refresh measures: running and paused ones last measured longer ago than
+        the interval, completed ones whose directory changed (or never measured), none that is gone."""
+        cutoff = datetime.fromtimestamp(time.time() - refresh_interval_s, UTC).isoformat(timespec="milliseconds")
+        cutoff = cutoff.replace("+00:00", "Z")
+        projects = {p["uid"]: p for p in self.store.list_projects()}
+        due: list[tuple[str, str]] = []
+        for session in self.store.list_sessions():
+            project = projects.get(session["project_uid"])
+            if project is None or project.get("gone_at") or session.get("left_cryosparc_at"):
+                continue
+            measured = session.get("measured_at")
+            if session["status"] != "completed":
+                if measured is None or measured < cutoff:
+                    due.append((session["project_uid"], session["uid"]))
+            elif measured is None or files.dir_stamp(project["project_dir"], session["session_dir"]) \
+                    != session.get("dir_stamp"):
+                due.append((session["project_uid"], session["uid"]))
+        return due
+
+    def refresh_due(self, refresh_interval_s: float, progress: Callable[..., None]) -> dict[str, int]:
+        """The scheduled refresh: every session due, one after another; a session that cannot be measured
+        now (its directory replaced, say) is counted and left to the next one."""
+        due = self.sessions_due(refresh_interval_s)
+        refreshed = failed = 0
+        for index, (project_uid, session_uid) in enumerate(due):
+            progress(done=index, total=len(due))
+            try:
+                self.refresh_session(project_uid, session_uid)
+                refreshed += 1
+            except ApiError as exc:
+                failed += 1
+                log.warning("scheduled refresh of %s %s: %s", project_uid, session_uid, exc.message)
+        progress(force=True, done=len(due), total=len(due))
+        return {"due": len(due), "refreshed": refreshed, "failed": failed}
 
     def refresh_project(self, project_uid: str, progress: Callable[..., None]) -> dict[str, int]:
         """Refresh every session of the project; {session_uid: total bytes}. Safe to run again."""

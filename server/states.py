@@ -58,12 +58,14 @@ class CategoryStates:
 
     def change(self, *, project_uid: str, session_uid: str, datatype: str, expect: str, to: str, actor: str,
                by: str, prev_status: Any = _UNSET, job_id: Any = _UNSET, expect_job_id: Any = _UNSET,
-               note: Any = _UNSET, session_completed: bool = False, **details: Any) -> dict[str, Any] | None:
+               note: Any = _UNSET, session_completed: bool = False, quiet: bool = False,
+               **details: Any) -> dict[str, Any] | None:
         """Change the category from `expect` to `to`; the session after it, or None when the category
         was no longer `expect` (or the job, or the session's completion, no longer as expected).
 
         prev_status defaults to `expect` (the status a transitional one returns to); job_id and note are
-        set when given; expect_job_id and session_completed narrow the condition."""
+        set when given; expect_job_id and session_completed narrow the condition. `quiet`: a refresh's
+        round trip through calculating back to the status it had is neither audited nor hooked."""
         if to not in TRANSITIONS.get(expect, ()):
             raise IllegalTransition(f"a category cannot go from {expect} to {to}")
         fields: dict[str, Any] = {"status": to, "prev_status": expect if prev_status is _UNSET else prev_status,
@@ -76,8 +78,9 @@ class CategoryStates:
             project_uid, session_uid, datatype, expect_status=expect, fields=fields,
             expect_job_id=None if expect_job_id is _UNSET else expect_job_id,
             check_job_id=expect_job_id is not _UNSET, session_completed=session_completed)
-        if updated is None:
-            return None
+        if updated is None or quiet:
+            return updated
+        expect = details.pop("was", expect)  # the status shown before a refresh's calculating
         self.audit.record(actor, "state_changed", by=by, project_uid=project_uid, session_uid=session_uid,
                           datatype=datatype, old_status=expect, status=to, **details)
         log.info("%s (%s): %s %s %s %s -> %s", actor, by, project_uid, session_uid, datatype, expect, to)

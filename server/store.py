@@ -436,6 +436,11 @@ class Store:
         return self.db.jobs.find_one({"kind": kind, "state": {"$in": ["done", "failed"]}}, NO_ID,
                                      sort=[("finished_at", -1)])
 
+    def prune_finished_jobs(self, kinds: Sequence[str], finished_before: str) -> int:
+        """Forget finished jobs of these kinds that ended before then (scheduled work's history)."""
+        return self.db.jobs.delete_many({"kind": {"$in": list(kinds)}, "state": {"$in": ["done", "failed"]},
+                                         "finished_at": {"$lt": finished_before}}).deleted_count
+
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         return self.db.jobs.find_one({"_id": job_id}, NO_ID)
 

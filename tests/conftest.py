@@ -18,7 +18,9 @@ from livedm.server.store import Store
 
 
 def make_config(state_dir: Path, **flags: object) -> Config:
-    return config_module.load({"state_dir": str(state_dir), **flags}, environ={})
+    """Settings for a test: no scheduled jobs unless the test asks (they would run in the middle of it)."""
+    return config_module.load({"state_dir": str(state_dir), "discover_interval": "0", "refresh_interval": "0",
+                               **flags}, environ={})
 
 
 @pytest.fixture

@@ -27,6 +27,9 @@ class Daemon:
             self.env.pop(name, None)
         # livedmd refuses to start without data roots: the test's own directory is the default one
         self.env["LIVEDM_DATA_ROOTS"] = str(state_dir.parent)
+        # and no scheduled discovery or refresh in the middle of a test, unless it asks
+        self.env["LIVEDM_DISCOVER_INTERVAL"] = "0"
+        self.env["LIVEDM_REFRESH_INTERVAL"] = "0"
         self.env.update(env or {})
         self.args = args or []
         self.process: subprocess.Popen[bytes] | None = None

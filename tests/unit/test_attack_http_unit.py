@@ -35,13 +35,14 @@ EXPECTED = {
     "system.describe": READ, "whoami": READ, "list_projects": READ, "get_overview": READ, "get_project": READ,
     "list_sessions": READ, "get_session": READ, "get_datatype_file_paths": READ, "get_datatype_size": READ,
     "get_data_management_stats": READ, "get_project_file_paths": READ, "get_audit_log": READ, "get_job": READ,
-    "list_jobs": READ,
+    "list_jobs": READ, "get_discovery_report": READ, "get_all_sessions_in_project": READ,
     "change_session_data_management_state": OWN_CATEGORY,
     "create_project": FORBIDDEN, "create_live_session": FORBIDDEN, "start_session": FORBIDDEN,
     "pause_session": FORBIDDEN, "mark_session_completed": FORBIDDEN, "register_files": FORBIDDEN,
     "scan_session": FORBIDDEN, "update_session_datatype_sizes": FORBIDDEN,
     "update_all_sessions_datatype_sizes": FORBIDDEN, "delete_live_datatype": FORBIDDEN,
-    "trigger_live_data_management_script": FORBIDDEN, "create_user": FORBIDDEN, "list_users": FORBIDDEN,
+    "trigger_live_data_management_script": FORBIDDEN, "discover": FORBIDDEN, "create_user": FORBIDDEN,
+    "list_users": FORBIDDEN,
     "issue_token": FORBIDDEN, "revoke_token": FORBIDDEN, "set_user_data_management_permission": FORBIDDEN,
 }
 

@@ -14,6 +14,7 @@ MANAGE = sorted(name for name, m in METHODS.items() if m.access == "manage")
 # What a permitted call gives with _params_for's arguments: a result (None) or the one error it must be.
 PERMITTED_OUTCOME: dict[str, int | None] = {
     "create_project": None,
+    "discover": None,  # a dry run
     "register_files": None,
     "change_session_data_management_state": None,
     "delete_live_datatype": None,  # a dry run

@@ -112,6 +112,7 @@ def test_session_status_rules(mock_service: Sessions, tmp_path: Path) -> None:
     (tmp_path / "proj").mkdir(exist_ok=True)
     mock_service.create_project("p", str(tmp_path / "proj"))
     mock_service.create_live_session("P1", "s")
+    (tmp_path / "proj" / "S1").mkdir()
     assert mock_service.change_session_status("P1", "S1", "start")["status"] == "running"
     assert code_of(mock_service.change_session_status, "P1", "S1", "start") == CONFLICT
     paused = mock_service.change_session_status("P1", "S1", "pause")

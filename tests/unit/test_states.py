@@ -6,11 +6,13 @@ from __future__ import annotations
 import ast
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from livedm.server import states
 from livedm.server.auth import Authenticator
+from livedm.server.domain import DATATYPES
 from livedm.server.services import Services
 from livedm.server.states import TRANSITIONS, IllegalTransition
 from livedm.server.store import Store
@@ -104,3 +106,51 @@ def test_missing_is_audited_and_hooked_and_deleting_is_not_hooked(mock_store: St
     changed = {(e["datatype"], e["old_status"], e["status"], e["by"])
                for e in entries if e["action"] == "state_changed"}
     assert {("particles", "active", "deleting", "user"), ("raw", "active", "missing", "refresh")} <= changed
+
+
+def _one_session(store: Store, tmp_path: Path) -> Services:
+    services = Services.build(store, make_config(tmp_path / "state"), Authenticator(store, 2))
+    build_session_tree(tmp_path / "proj", exposures=2)
+    services.sessions.create_project("p", str(tmp_path / "proj"))
+    services.sessions.create_live_session("P1", "s")
+    return services
+
+
+def test_a_refresh_shows_calculating_and_goes_back_without_audit_or_hook(mock_store: Store, tmp_path: Path) -> None:
+    services = _one_session(mock_store, tmp_path)
+    seen: list[str] = []
+    walk = services.sessions._walk
+
+    def watching_walk(*args: Any) -> Any:
+        seen.append(services.sessions.get_session("P1", "S1")["data_management"]["micrographs"]["status"])
+        return walk(*args)
+
+    services.sessions._walk = watching_walk  # type: ignore[method-assign]
+    audit_before = len(mock_store.find_audit(limit=1000))
+    services.sessions.refresh_session("P1", "S1")
+    assert seen == ["calculating"]
+    after = services.sessions.get_session("P1", "S1")
+    assert {c["status"] for c in after["data_management"].values()} == {"active"}
+    assert after["measured_at"] is not None
+    assert len(mock_store.find_audit(limit=1000)) == audit_before, "a round trip through calculating is quiet"
+    assert services.queue.list("hook", None, None, limit=50) == []
+
+
+def test_a_measure_that_fails_puts_the_statuses_back(mock_store: Store, tmp_path: Path) -> None:
+    services = _one_session(mock_store, tmp_path)
+
+    def broken_walk(*args: Any) -> Any:
+        raise OSError("disk went away")
+
+    services.sessions._walk = broken_walk  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        services.sessions.refresh_session("P1", "S1")
+    assert {c["status"] for c in services.sessions.get_session("P1", "S1")["data_management"].values()} == {"active"}
+
+
+def test_calculating_left_by_a_dead_daemon_is_repaired_once_stale(mock_store: Store, tmp_path: Path) -> None:
+    services = _one_session(mock_store, tmp_path)
+    services.sessions._begin_measure("P1", "S1", mock_store.get_session("P1", "S1"))
+    assert services.sessions.repair_calculating(stale_s=3600) == 0, "a measure may still be running"
+    assert services.sessions.repair_calculating(stale_s=-1) == len(DATATYPES)
+    assert {c["status"] for c in services.sessions.get_session("P1", "S1")["data_management"].values()} == {"active"}

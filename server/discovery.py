@@ -1,0 +1,351 @@
+"""Discovery: the facility's cryoSPARC projects and Live sessions, found in the files cryoSPARC writes
+under the discovery roots (cryosparc_files.py reads them), and kept current in livedm's records.
+
+A pass surveys first (read-only: the dry run is a survey) and then applies: it adds what is new,
+updates what changed, and marks missing what is gone. It never merges and never guesses: a uid held by
+another directory, or a directory held by another uid, is a conflict, reported with both paths, and
+nothing of either is changed. A project whose files did not change since the last pass (their mtimes
+and sizes) is not read again and costs no write. livedm never writes into a project directory here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import cryosparc_files as cs
+from .audit import Audit
+from .config import Config
+from .domain import DISCOVERED, now_iso, session_status_from_cryosparc
+from .errors import ApiError
+from .jobs import JobFailed, JobRun, Queue
+from .sessions import LIVEDM, Sessions
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED = 500  # conflicts and unreadable files listed in a report (all are counted)
+GONE_ROOT = "its discovery root {root} is not reachable ({why})"
+GONE_PROJECT = "its project directory is gone from {root}"
+LEFT_WORKSPACES = "cryoSPARC no longer lists it in workspaces.json"
+
+
+@dataclass
+class Found:
+    """A project directory found in this pass."""
+
+    label: str
+    root: str
+    project_dir: str
+    record: cs.Project | None = None  # None: unchanged since the last pass, not read again
+    uid: str = ""
+
+
+@dataclass
+class Survey:
+    roots: list[dict[str, Any]] = field(default_factory=list)
+    added: list[Found] = field(default_factory=list)
+    changed: list[Found] = field(default_factory=list)
+    unchanged: list[Found] = field(default_factory=list)
+    gone: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (project, why)
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    unreadable: list[dict[str, Any]] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        return {"roots": self.roots,
+                "added": [_found_row(f) for f in self.added[:MAX_LISTED]],
+                "changed": [_found_row(f) for f in self.changed[:MAX_LISTED]],
+                "gone": [{"project_uid": p["uid"], "project_dir": p["project_dir"], "why": why}
+                         for p, why in self.gone[:MAX_LISTED]],
+                "conflicts": self.conflicts[:MAX_LISTED], "unreadable": self.unreadable[:MAX_LISTED],
+                "counts": {"added": len(self.added), "changed": len(self.changed), "unchanged": len(self.unchanged),
+                           "gone": len(self.gone), "conflicts": len(self.conflicts),
+                           "unreadable": len(self.unreadable),
+                           "projects": len(self.added) + len(self.changed) + len(self.unchanged),
+                           "sessions": sum(len(f.record.sessions) for f in (*self.added, *self.changed)
+                                           if f.record is not None)}}
+
+
+def _found_row(found: Found) -> dict[str, Any]:
+    row: dict[str, Any] = {"project_uid": found.uid, "project_dir": found.project_dir}
+    if found.record is not None:
+        row.update(title=found.record.title, sessions=len(found.record.sessions))
+    return row
+
+
+def livedm_uid(label: str, cryosparc_uid: str) -> str:
+    return f"{label}-{cryosparc_uid}" if label else cryosparc_uid
+
+
+class Discovery:
+    def __init__(self, sessions: Sessions, store: Store, queue: Queue, audit: Audit, config: Config) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.queue = queue
+        self.audit = audit
+        self.config = config
+
+    # --- the survey (read-only) --------------------------------------------------------------------
+
+    def survey(self, progress: Callable[..., None] = lambda **_: None) -> Survey:
+        survey = Survey()
+        projects = self.store.list_projects()
+        discovered = [p for p in projects if p.get("source") == DISCOVERED]
+        by_uid = {p["uid"]: p for p in projects}
+        by_real_dir = {os.path.realpath(p["project_dir"]): p for p in projects}
+        found: list[Found] = []
+        for label, root in self.config.discovery_roots:
+            found.extend(self._search_root(survey, label, root, discovered))
+        for index, item in enumerate(found):
+            if index % 50 == 0:
+                progress(done=index, total=len(found), phase="reading project files")
+            self._read(survey, item, by_real_dir)
+        self._classify(survey, [f for f in found if f.uid], by_uid, by_real_dir)
+        seen = {f.uid for f in (*survey.added, *survey.changed, *survey.unchanged)}
+        conflicted = {c["project_uid"] for c in survey.conflicts}
+        reached = {r["path"]: r for r in survey.roots}
+        for project in discovered:
+            if project["uid"] in seen or project["uid"] in conflicted or project.get("gone_at"):
+                continue
+            root = project.get("discover_root", "")
+            state = reached.get(root)
+            if state is None:  # its root is no longer searched: left as it was
+                continue
+            if not state["reached"]:
+                survey.gone.append((project, GONE_ROOT.format(root=root, why=state["reason"])))
+            else:
+                survey.gone.append((project, GONE_PROJECT.format(root=root)))
+        return survey
+
+    def _search_root(self, survey: Survey, label: str, root: str,
+                     discovered: list[dict[str, Any]]) -> list[Found]:
+        found: list[Found] = []
+        state: dict[str, Any] = {"path": root, "label": label, "reached": True, "reason": None, "projects": 0}
+        survey.roots.append(state)
+        try:
+            for item in cs.find_project_dirs(root, self.config.discover_depth):
+                if isinstance(item, cs.Unreadable):
+                    survey.unreadable.append({"path": item.path, "reason": item.reason})
+                else:
+                    found.append(Found(label, root, item))
+        except cs.Unreadable as exc:
+            state.update(reached=False, reason=exc.reason)
+            return []
+        known_here = [p for p in discovered if p.get("discover_root") == root and not p.get("gone_at")]
+        if not found and known_here:  # an empty mount point where projects were: not mounted, not emptied
+            state.update(reached=False, reason=f"no project directory found where {len(known_here)} were "
+                                               "(an empty mount point?)")
+            return []
+        state["projects"] = len(found)
+        return found
+
+    def _read(self, survey: Survey, item: Found, by_real_dir: dict[str, dict[str, Any]]) -> None:
+        known = by_real_dir.get(os.path.realpath(item.project_dir))
+        if known is not None and known.get("source") == DISCOVERED and not known.get("gone_at") \
+                and known.get("fingerprint") == cs.files_fingerprint(item.project_dir):
+            item.uid = known["uid"]  # unchanged: not read again
+            return
+        try:
+            item.record = cs.read_project(item.project_dir)
+        except cs.Unreadable as exc:
+            survey.unreadable.append({"path": exc.path, "reason": exc.reason})
+            return
+        item.uid = livedm_uid(item.label, item.record.uid)
+        survey.unreadable.extend({"path": p.path, "reason": p.reason} for p in item.record.problems)
+
+    def _classify(self, survey: Survey, found: list[Found], by_uid: dict[str, dict[str, Any]],
+                  by_real_dir: dict[str, dict[str, Any]]) -> None:
+        by_found_uid: dict[str, list[Found]] = {}
+        for item in found:
+            by_found_uid.setdefault(item.uid, []).append(item)
+        for uid, items in sorted(by_found_uid.items()):
+            known = by_uid.get(uid)
+            if len(items) > 1:  # two directories give one uid (two instances sharing the storage?)
+                same = [i for i in items if known is not None and _same_dir(known["project_dir"], i.project_dir)]
+                survey.conflicts.append(_conflict(uid, [i.project_dir for i in items], "two directories hold "
+                                        "cryoSPARC project " + uid + ": label their roots (discover_roots "
+                                        "label=/path) to tell the instances apart"))
+                if len(same) == 1:  # the one livedm has is kept as it is
+                    survey.unchanged.append(same[0])
+                continue
+            item = items[0]
+            holder = by_real_dir.get(os.path.realpath(item.project_dir))
+            if holder is not None and holder["uid"] != uid:
+                survey.conflicts.append(_conflict(uid, [holder["project_dir"], item.project_dir],
+                                                  f"the directory is livedm's project {holder['uid']} already"))
+            elif known is None:
+                survey.added.append(item)
+            elif known.get("source") != DISCOVERED or not _same_dir(known["project_dir"], item.project_dir):
+                survey.conflicts.append(_conflict(uid, [known["project_dir"], item.project_dir],
+                                                  f"livedm's project {uid} is another directory"))
+            elif item.record is None:
+                survey.unchanged.append(item)
+            else:
+                survey.changed.append(item)
+
+    def last_report(self, with_paths: bool) -> dict[str, Any]:
+        """The last finished pass's report, with its job's id, state and end; the one under way, if any."""
+        job = self.store.last_finished_job("discover")
+        active = [j["id"] for state in ("running", "queued") for j in self.store.list_jobs(kind="discover",
+                                                                                          state=state, limit=1)]
+        if job is None:
+            return {"job_id": None, "state": None, "finished_at": None, "active_job_id": next(iter(active), None)}
+        report = dict(job.get("result") or {})
+        if not with_paths:  # paths tell who works on what: for those who manage the data
+            report.update({key: [] for key in ("added", "changed", "gone", "conflicts", "unreadable")})
+            report["roots"] = [{k: v for k, v in r.items() if k != "path"} for r in report.get("roots", [])]
+        return {"job_id": job["id"], "state": job["state"], "finished_at": job.get("finished_at"),
+                "error": job.get("error"), "active_job_id": next(iter(active), None), **report}
+
+    # --- the pass --------------------------------------------------------------------------------
+
+    def dry_run(self) -> dict[str, Any]:
+        return {"dry_run": True, **self.survey().report()}
+
+    def run(self, run: JobRun) -> dict[str, Any]:
+        if run.params:
+            raise JobFailed("not a valid discovery job; nothing was done")
+        survey = self.survey(run.progress)
+        total = len(survey.added) + len(survey.changed) + len(survey.gone)
+        done = 0
+        to_measure: list[str] = []
+        for item in [*survey.added, *survey.changed]:
+            run.progress(done=done, total=total, phase="recording projects")
+            done += 1
+            if self._apply(survey, item):
+                to_measure.append(item.uid)
+        for project, why in survey.gone:
+            run.progress(done=done, total=total, phase="marking what is gone")
+            done += 1
+            self._gone(project, why)
+        self._exposure_counts(survey, survey.unchanged)
+        for uid in to_measure:
+            self.queue.enqueue("refresh_sizes", {"project_uid": uid}, LIVEDM)
+        report = survey.report()
+        counts = report["counts"]
+        self.audit.record(LIVEDM, "discovery_pass", added=counts["added"], changed=counts["changed"],
+                          gone=counts["gone"], conflicts=counts["conflicts"], unreadable=counts["unreadable"])
+        log.info("discovery: %s", counts)
+        return report
+
+    def _apply(self, survey: Survey, item: Found) -> bool:
+        """Record an added or changed project and its sessions; False if it could not be recorded."""
+        assert item.record is not None
+        record = item.record
+        fields = {"title": _title(record.title, record.uid), "instance": item.label, "cryosparc_uid": record.uid,
+                  "created_at": record.created_at or _now(),
+                  "owner_user_id": record.owner_user_id, "cryosparc_created_at": record.created_at,
+                  "archived": record.archived, "detached": record.detached, "discover_root": item.root,
+                  "fingerprint": record.fingerprint, "seen_at": _now(), "gone_at": None, "gone_reason": None}
+        if item in survey.added:
+            try:
+                self.sessions.add_discovered_project(item.uid, item.project_dir, {**fields, "discovered_at": _now()})
+            except ApiError as exc:
+                survey.conflicts.append(_conflict(item.uid, [item.project_dir], exc.message))
+                return False
+            if not item.label:  # hand-made projects take numbers above it
+                self.store.raise_counter("projects", int(record.uid[1:]))
+            self.audit.record(LIVEDM, "project_discovered", project_uid=item.uid, project_dir=item.project_dir,
+                              cryosparc_uid=record.uid)
+        else:
+            self.store.set_project_fields(item.uid, fields)
+        self._sync_sessions(survey, item)
+        return True
+
+    def _sync_sessions(self, survey: Survey, item: Found) -> None:
+        assert item.record is not None
+        known = {s["uid"]: s for s in self.store.list_sessions(item.uid)}
+        listed = {s.session_uid: s for s in item.record.sessions if not s.deleted}
+        for session_uid, live in listed.items():
+            fields = _session_fields(live)
+            fields.update(self._counts_if_changed(survey, item.project_dir, live, known.get(session_uid)))
+            if session_uid not in known:
+                try:
+                    self.sessions.add_discovered_session(item.uid, session_uid, fields)
+                except ApiError as exc:
+                    survey.conflicts.append(_conflict(f"{item.uid} {session_uid}", [item.project_dir], exc.message))
+                    continue
+                self.audit.record(LIVEDM, "session_discovered", project_uid=item.uid, session_uid=session_uid,
+                                  session_dir=live.session_dir)
+            else:
+                fields.pop("session_dir")  # the dir a session was reserved and measured in stays its own
+                self.store.set_session_fields(item.uid, session_uid, {**fields, "left_cryosparc_at": None})
+        for session_uid, session in known.items():
+            if session_uid not in listed and not session.get("left_cryosparc_at"):
+                self.store.set_session_fields(item.uid, session_uid, {"left_cryosparc_at": _now()})
+                self.sessions.mark_missing(item.uid, session_uid, LEFT_WORKSPACES)
+
+    def _gone(self, project: dict[str, Any], why: str) -> None:
+        log.warning("discovery: project %s (%s): %s; its sessions show missing", project["uid"],
+                    project["project_dir"], why)
+        self.store.set_project_fields(project["uid"], {"gone_at": _now(), "gone_reason": why, "fingerprint": None})
+        for session in self.store.list_sessions(project["uid"]):
+            self.sessions.mark_missing(project["uid"], session["uid"], why)
+
+    def _counts_if_changed(self, survey: Survey, project_dir: str, live: cs.LiveSession,
+                           known: dict[str, Any] | None) -> dict[str, Any]:
+        """The exposure counts of exposures.bson when the file changed since they were read (or from the
+        workspace's stats when there is no file, or it cannot be read: that is reported)."""
+        stats = {} if live.stats is None else {"exposures": _counts_row(live.stats, "workspaces.json")}
+        path = os.path.join(project_dir, live.session_dir, "exposures.bson")
+        try:
+            st = os.stat(path)
+        except OSError:
+            return stats
+        stamp = f"{st.st_mtime_ns}:{st.st_size}"
+        if known is not None and known.get("exposures_stamp") == stamp:
+            return {}
+        try:
+            counts = cs.read_exposure_counts(path)
+        except cs.Unreadable as exc:
+            survey.unreadable.append({"path": exc.path, "reason": exc.reason})
+            return {**stats, "exposures_stamp": stamp, "exposures_problem": exc.reason}
+        return {"exposures": _counts_row(counts, "exposures.bson"), "exposures_stamp": stamp,
+                "exposures_problem": None}
+
+    def _exposure_counts(self, survey: Survey, unchanged: list[Found]) -> None:
+        """Sessions cryoSPARC is still working on add exposures without touching workspaces.json: their
+        exposures.bson is looked at (one stat) on every pass."""
+        for item in unchanged:
+            for session in self.store.list_sessions(item.uid):
+                if session.get("status") == "completed" or session.get("left_cryosparc_at"):
+                    continue
+                live = cs.LiveSession(session_uid=session["uid"], workspace_uid=None, title="",
+                                      session_dir=session["session_dir"], status="", created_at=None,
+                                      completed_at=None, paused_at=[], created_by_user_id=None, deleted=False,
+                                      raw_dirs=(), stats=None)
+                fields = self._counts_if_changed(survey, item.project_dir, live, session)
+                if fields:
+                    self.store.set_session_fields(item.uid, session["uid"], fields)
+
+
+def _session_fields(live: cs.LiveSession) -> dict[str, Any]:
+    return {"title": _title(live.title, live.session_uid), "session_dir": live.session_dir,
+            "status": session_status_from_cryosparc(live.status), "cryosparc_status": live.status,
+            "workspace_uid": live.workspace_uid, "created_by_user_id": live.created_by_user_id,
+            "created_at": live.created_at or _now(), "started_at": None, "paused_at": list(live.paused_at),
+            "completed_at": live.completed_at, "raw_data_dirs": list(live.raw_dirs)}
+
+
+def _counts_row(counts: cs.ExposureCounts, source: str) -> dict[str, Any]:
+    return {"total": counts.total, "accepted": counts.accepted, "rejected": counts.rejected,
+            "failed": counts.failed, "source": source}
+
+
+def _title(title: str, uid: str) -> str:
+    return title.strip() or uid
+
+
+def _same_dir(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _conflict(uid: str, paths: list[str], reason: str) -> dict[str, Any]:
+    return {"project_uid": uid, "paths": sorted(set(paths)), "reason": reason}
+
+
+def _now() -> str:
+    return now_iso()
