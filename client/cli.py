@@ -61,12 +61,14 @@ def overview_rows(projects: list[dict], sessions_by_project: dict[str, list[dict
         count = project["session_count"]
         rows.append([project["uid"], project["title"], f"{count} session{'' if count == 1 else 's'}",
                      *(category_cell(totals[dt]) for dt, _ in DATATYPE_COLUMNS),
-                     short_time(project["created_at"]), "", ""])
+                     short_time(project["created_at"]), "", "", ""])
         for s in sessions_by_project.get(project["uid"], []):
             dm = s["data_management"]
-            rows.append([f"  {s['uid']}", s["title"], s["status"],
+            status = s.get("cryosparc_status") or s["status"]
+            rows.append([f"  {s['uid']}", s["title"], status,
                          *(category_cell(dm[dt]) for dt, _ in DATATYPE_COLUMNS), short_time(s["created_at"]),
-                         short_time((s["paused_at"] or [None])[-1]), short_time(s["completed_at"])])
+                         short_time((s["paused_at"] or [None])[-1]), short_time(s["completed_at"]),
+                         short_time(s.get("measured_at")) if s.get("measured_at") else "never"])
     return rows
 
 
@@ -81,11 +83,11 @@ def cmd_ls(client: CommandClient, args: argparse.Namespace) -> int:
         print(json.dumps([{**p, "sessions": sessions[p["uid"]]} for p in projects], indent=2))
         return EXIT_OK
     if not projects:
-        print("No projects yet. Create one: livedm rtpcli \"create_project(title='My project', "
-              "project_dir='/data/P1')\"")
+        print("No projects yet. Find the cryoSPARC projects under the data roots: livedm discover; or create "
+              "one: livedm rtpcli \"create_project(title='My project', project_dir='/data/P1')\"")
         return EXIT_OK
     headers = ["UID", "TITLE", "STATUS", *(label for _, label in DATATYPE_COLUMNS), "CREATED", "LAST PAUSED",
-               "COMPLETED"]
+               "COMPLETED", "MEASURED"]
     print(table(headers, overview_rows(projects, sessions)))
     return EXIT_OK
 
@@ -166,6 +168,8 @@ def cmd_audit(client: CommandClient, args: argparse.Namespace) -> int:
 def describe_progress(job: dict) -> str:
     progress = job.get("progress") or {}
     text = f"{job['id']} {job['kind']} {job['state']}"
+    if progress.get("phase"):
+        text += f" ({progress['phase']})"
     if progress.get("total"):
         text += f" {progress.get('done', 0)}/{progress['total']}"
     if progress.get("bytes_freed"):
@@ -204,6 +208,47 @@ def cmd_jobs(client: CommandClient, args: argparse.Namespace) -> int:
              (j.get("error") or "")[:60]] for j in jobs]
     print(table(["JOB", "KIND", "STATE", "WHAT", "PROGRESS", "CREATED", "ERROR"], rows) if rows else "No jobs.")
     return EXIT_OK
+
+
+def discovery_summary(report: dict[str, Any], dry_run: bool) -> str:
+    counts = report["counts"]
+    verb = "would add" if dry_run else "added"
+    lines = [f"{counts['projects']} cryoSPARC project(s) found under {len(report['roots'])} root(s): {verb} "
+             f"{counts['added']}, {'would change' if dry_run else 'changed'} {counts['changed']}, "
+             f"{counts['unchanged']} unchanged, {counts['gone']} gone (their sessions show missing)"]
+    for root in report["roots"]:
+        if not root["reached"]:
+            lines.append(f"  root not reached: {root.get('path', root.get('label') or '?')}: {root['reason']}")
+    for item in report["added"]:
+        lines.append(f"  + {item['project_uid']} {item.get('title', '')} ({item.get('sessions', 0)} sessions) "
+                     f"{item['project_dir']}")
+    for item in report["gone"]:
+        lines.append(f"  - {item['project_uid']} {item['project_dir']}: {item['why']}")
+    if counts["conflicts"]:
+        lines.append(f"{counts['conflicts']} conflict(s), nothing of them changed:")
+        lines += [f"  ! {c['project_uid']}: {c['reason']}: {', '.join(c['paths'])}" for c in report["conflicts"]]
+    if counts["unreadable"]:
+        lines.append(f"{counts['unreadable']} file(s) or director(ies) could not be read:")
+        lines += [f"  ? {u['path']}: {u['reason']}" for u in report["unreadable"]]
+    return "\n".join(lines)
+
+
+def cmd_discover(client: CommandClient, args: argparse.Namespace) -> int:
+    if args.dry_run:
+        report = client.call("discover", dry_run=True)
+        print(json.dumps(report) if args.json else discovery_summary(report, dry_run=True))
+        return EXIT_OK
+    job_id = client.call("discover")
+    if not args.json:
+        print(f"discovery pass {job_id} (sizes are measured next, in refresh jobs: livedm jobs)", file=sys.stderr)
+    job = follow_job(client, job_id, args.json)
+    if args.json:
+        print(json.dumps(job))
+    elif job["state"] == "done":
+        print(discovery_summary(job["result"], dry_run=False))
+    else:
+        print(f"discovery failed: {job['error']}", file=sys.stderr)
+    return EXIT_OK if job["state"] == "done" else EXIT_SERVER_ERROR
 
 
 def cmd_delete(client: CommandClient, args: argparse.Namespace) -> int:
@@ -396,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project")
     p.add_argument("session", nargs="?")
     p.set_defaults(run=cmd_refresh)
+    p = sub.add_parser("discover", help="find cryoSPARC projects and Live sessions under the discovery roots now "
+                       "(--dry-run: only show what would change)")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(run=cmd_discover)
     p = sub.add_parser("whoami", help="who the token belongs to")
     p.set_defaults(run=cmd_whoami)
     p = sub.add_parser("user", help="admins: list, add, token, revoke, allow, deny users")
@@ -404,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", action="store_true", help="with add: make an admin")
     p.set_defaults(run=cmd_user)
     p = sub.add_parser("jobs", help="background jobs, newest first")
-    p.add_argument("--kind", choices=["delete", "hook", "refresh_sizes"])
+    p.add_argument("--kind", choices=["delete", "hook", "refresh_sizes", "discover", "refresh_due"])
     p.add_argument("--state", choices=["queued", "running", "done", "failed"])
     p.add_argument("--project")
     p.add_argument("--limit", type=int, default=30)
