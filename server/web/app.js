@@ -147,6 +147,7 @@ function show(view) {
 
 async function loadOverview() {
   state.overview = await rpc("get_overview");
+  state.discovery = await rpc("get_discovery_report").catch(() => null);
   renderOverview();
 }
 
@@ -177,9 +178,15 @@ function mixBar(dataManagement) {
       el("span", { class: `seg-${dt}`, style: { width: `${(100 * dataManagement[dt].size) / total}%` } })));
 }
 
-function sizeCell(category, attrs = {}) {
+function sizeCell(category, attrs = {}, neverMeasured = false) {
   const status = category.status;
-  return el("td", { class: "num", title: `${category.size.toLocaleString()} bytes`, ...attrs },
+  if (neverMeasured) {
+    return el("td", { class: "num never", title: "never measured: its directory has not been there yet", ...attrs },
+      "never measured");
+  }
+  const age = category.updated_at ? `measured ${shortTime(category.updated_at)}` : "not measured yet";
+  const stale = status === "missing" ? "; missing: these are the last figures" : "";
+  return el("td", { class: "num", title: `${category.size.toLocaleString()} bytes, ${age}${stale}`, ...attrs },
     humanSize(category.size),
     status && status !== "active" ? el("span", { class: `badge ${status}` }, status) : null);
 }
@@ -195,7 +202,7 @@ function projectRow(project) {
     el("td", {}, `${project.session_count} session${project.session_count === 1 ? "" : "s"}`),
     DATATYPES.map((dt) => sizeCell(project.data_management[dt])),
     el("td", {}, mixBar(project.data_management)),
-    el("td", {}, shortTime(project.created_at)), el("td", {}), el("td", {}),
+    el("td", {}, shortTime(project.created_at)), el("td", {}), el("td", {}), el("td", {}),
     el("td", { class: "actions" },
       el("button", { type: "button", title: "Refresh project stats: measure every session now",
         onclick: () => refreshProject(project) }, "Refresh"),
@@ -208,14 +215,17 @@ function sessionRow(project, session) {
   const paused = session.paused_at.length ? session.paused_at[session.paused_at.length - 1] : null;
   return el("tr", { class: "session", dataset: { uid: `${project.uid}-${session.uid}` } },
     el("td", {}), el("td", {}, session.uid), el("td", { title: session.title }, session.title),
-    el("td", { class: `status-${session.status}` }, session.status),
+    el("td", { class: `status-${session.status}`, title: session.cryosparc_status
+      ? `cryoSPARC: ${session.cryosparc_status}${session.left_cryosparc_at ? " (no longer listed by cryoSPARC)" : ""}`
+      : session.status }, session.cryosparc_status || session.status),
     DATATYPES.map((dt) => sizeCell(session.data_management[dt], {
       class: "num category", dataset: { datatype: dt }, tabindex: "0",
       onclick: (event) => openCategoryMenu(project, session, dt, event),
-    })),
+    }, !session.measured_at && !session.data_management[dt].updated_at)),
     el("td", {}, mixBar(session.data_management)),
     el("td", {}, shortTime(session.created_at)), el("td", {}, shortTime(paused)),
     el("td", {}, shortTime(session.completed_at)),
+    el("td", { class: "measured" }, session.measured_at ? shortTime(session.measured_at) : "never"),
     el("td", { class: "actions" },
       el("button", { type: "button", title: "Refresh session stats: measure it now",
         onclick: () => refreshSession(project, session) }, "Refresh"),
@@ -240,12 +250,46 @@ function renderOverview() {
   state.window = null;
   renderWindow();
   $("#empty").hidden = projects.length > 0;
-  $("#as-of").textContent = `Sizes as of ${shortTime(state.overview.as_of)}.`;
+  $("#as-of").textContent = `Table read ${shortTime(state.overview.as_of)}; each session shows when it was measured.`;
+  renderDiscovery(state.discovery);
 }
 
 function spacer(rows) {
   return el("tr", { class: "spacer", "aria-hidden": "true" },
-    el("td", { colspan: "14", style: { height: `${rows * ROW_PX}px` } }));
+    el("td", { colspan: "15", style: { height: `${rows * ROW_PX}px` } }));
+}
+
+// The last discovery pass: when, and (for those who may change data) what it could not take in.
+function renderDiscovery(report) {
+  const box = $("#discovery");
+  if (!report || !report.job_id) { box.hidden = true; return; }
+  const counts = report.counts || {};
+  const unreached = (report.roots || []).filter((root) => !root.reached);
+  const problems = (counts.conflicts || 0) + (counts.unreadable || 0) + unreached.length;
+  box.hidden = false;
+  box.classList.toggle("warn", problems > 0 || report.state === "failed");
+  box.replaceChildren(
+    `Last discovery ${shortTime(report.finished_at)}: ${counts.projects ?? 0} cryoSPARC projects` +
+      (report.state === "failed" ? ` (failed: ${report.error})` : "") +
+      (unreached.length ? `; ${unreached.length} root${unreached.length === 1 ? "" : "s"} not reached` : "") +
+      (counts.conflicts ? `; ${counts.conflicts} conflict${counts.conflicts === 1 ? "" : "s"}` : "") +
+      (counts.unreadable ? `; ${counts.unreadable} unreadable` : "") + ". ",
+    problems && state.me.live_data_management
+      ? el("button", { type: "button", id: "discovery-details", onclick: () => showDiscoveryProblems(report) }, "Details")
+      : "");
+}
+
+function showDiscoveryProblems(report) {
+  const items = [
+    ...(report.roots || []).filter((r) => !r.reached).map((r) => el("li", {}, el("b", {}, "Root not reached: "),
+      `${r.path || r.label}: ${r.reason}`)),
+    ...(report.conflicts || []).map((c) => el("li", { class: "conflict" }, el("b", {}, `Conflict ${c.project_uid}: `),
+      `${c.reason}: `, el("code", {}, c.paths.join(", ")))),
+    ...(report.unreadable || []).map((u) => el("li", { class: "unreadable" }, el("b", {}, "Unreadable: "),
+      el("code", {}, u.path), ` ${u.reason}`)),
+  ];
+  ask({ title: "Discovery: what it could not take in", body: [el("ul", { class: "problems" }, items)],
+    okLabel: "Close" });
 }
 
 function renderWindow() {
