@@ -8,17 +8,13 @@ import mongomock
 import pymongo
 import pytest
 
-from livedm.server import config as config_module
 from livedm.server.auth import Authenticator
 from livedm.server.config import Config
 from livedm.server.embedded import EmbeddedStore
 from livedm.server.services import Services
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
-
-
-def make_config(state_dir: Path, **flags: object) -> Config:
-    return config_module.load({"state_dir": str(state_dir), **flags}, environ={})
+from tests.support.config import make_config
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.browser.conftest import Site, shot, sign_in
+from tests.support.browser_site import Site, shot, sign_in
 
 CELL = "tr[data-uid='{row}'] td.category[data-datatype='{datatype}']"
 

@@ -23,7 +23,7 @@ from livedm.server.app import create_app
 from livedm.server.backup import BackupChecker, Upload
 from livedm.server.errors import ApiError
 from livedm.server.store import COLLECTIONS, Store
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 TS = "2026-01-31T10:00:00.000Z"
 ADMIN_HASH = hashlib.sha256(b"ldm_admin").hexdigest()

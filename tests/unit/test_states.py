@@ -14,8 +14,8 @@ from livedm.server.auth import Authenticator
 from livedm.server.services import Services
 from livedm.server.states import TRANSITIONS, IllegalTransition
 from livedm.server.store import Store
-from tests.conftest import make_config
-from tests.support.sessiontree import build_session_tree
+from testkit.sessiontree import build_session_tree
+from tests.support.config import make_config
 
 SERVER = Path(states.__file__).parent
 README = SERVER.parent / "README.md"
