@@ -1,7 +1,7 @@
 """Who may import whom among tests/, bench/ and testkit/, read from the source with `ast`:
 
 - a module under tests/ imports from tests/ only tests.support (never a test module, a conftest, or a
-  test package), and nothing from bench/;
+  test package), and nothing of bench/;
 - bench/ imports nothing from tests/: what it shares with the tests lives in testkit/;
 - testkit/ imports from neither tests/ nor bench/.
 
@@ -64,7 +64,7 @@ def refusal(importer: str, imported: str) -> str | None:
     top, inner = importer.split(".")[0], imported.split(".")
     if top == "tests":
         if inner[0] == "bench":
-            return "tests import nothing from bench/ (shared code goes to testkit/)"
+            return "tests import nothing of bench/ (shared code goes to testkit/)"
         if inner[0] == "tests" and inner[1:2] != ["support"]:
             return "tests import from tests/ only tests.support, never a test module or a conftest"
     elif top == "bench" and inner[0] == "tests":
@@ -94,31 +94,33 @@ def test_tests_bench_and_testkit_import_only_what_they_may() -> None:
 
 
 # --- the check itself: it finds each way of breaking the layout, and passes what is allowed -------
+# (the package names in these sources are filled in when written, so that a grep of the tree for the
+# imports they show finds only real ones)
 
 BAD = {
-    "a test module from another": ("tests/e2e/test_a.py", "from tests.e2e.test_b import helper\n"),
-    "the top conftest": ("tests/unit/test_a.py", "from tests.conftest import make_config\n"),
-    "a conftest as a module": ("tests/unit/test_a.py", "from tests.unit import conftest\n"),
+    "a test module from another": ("tests/e2e/test_a.py", "from {tests}.e2e.test_b import helper\n"),
+    "the top conftest": ("tests/unit/test_a.py", "from {tests}.conftest import make_config\n"),
+    "a conftest as a module": ("tests/unit/test_a.py", "from {tests}.unit import conftest\n"),
     "a relative import of a test module": ("tests/unit/test_a.py", "from ..e2e.test_b import helper\n"),
     "a sibling, relatively": ("tests/e2e/test_a.py", "from .test_b import helper\n"),
-    "an import inside a function": ("tests/e2e/test_a.py", "def f():\n    import tests.e2e.test_b\n"),
-    "support from a conftest": ("tests/support/site.py", "from tests.browser.conftest import Site\n"),
-    "a test package": ("tests/e2e/test_a.py", "import tests.unit\n"),
-    "bench from a test": ("tests/e2e/test_a.py", "from bench.load import run_load\n"),
-    "bench as a package from a test": ("tests/e2e/test_a.py", "from bench import load\n"),
-    "tests from bench": ("bench/x.py", "from tests.support.waiting import wait_until\n"),
-    "tests from bench, plainly": ("bench/x.py", "import tests.support.waiting\n"),
-    "tests from testkit": ("testkit/x.py", "from tests.support.api import Api\n"),
-    "bench from testkit": ("testkit/x.py", "import bench\n"),
-    "import_module": ("tests/e2e/test_a.py", "import importlib\nimportlib.import_module('tests.e2e.test_b')\n"),
-    "pytest_plugins": ("tests/e2e/conftest.py", "pytest_plugins = ['tests.e2e.test_b']\n"),
+    "an import inside a function": ("tests/e2e/test_a.py", "def f():\n    import {tests}.e2e.test_b\n"),
+    "support from a conftest": ("tests/support/site.py", "from {tests}.browser.conftest import Site\n"),
+    "a test package": ("tests/e2e/test_a.py", "import {tests}.unit\n"),
+    "a test importing bench": ("tests/e2e/test_a.py", "from {bench}.load import run_load\n"),
+    "a test importing bench as a package": ("tests/e2e/test_a.py", "from {bench} import load\n"),
+    "bench importing tests": ("bench/x.py", "from {tests}.support.waiting import wait_until\n"),
+    "bench importing tests, plainly": ("bench/x.py", "import {tests}.support.waiting\n"),
+    "testkit importing tests": ("testkit/x.py", "from {tests}.support.api import Api\n"),
+    "testkit importing bench": ("testkit/x.py", "import {bench}\n"),
+    "import_module": ("tests/e2e/test_a.py", "import importlib\nimportlib.import_module('{tests}.e2e.test_b')\n"),
+    "pytest_plugins": ("tests/e2e/conftest.py", "pytest_plugins = ['{tests}.e2e.test_b']\n"),
 }
 GOOD = {
-    "tests/e2e/test_a.py": "from testkit.daemon import Daemon\nfrom tests.support.waiting import wait_until\n"
-                           "from tests import support\nfrom ..support import waiting\nimport livedm.server\n",
-    "tests/e2e/conftest.py": "from tests.support.waiting import wait_until\n",
-    "tests/support/site.py": "from tests.support.waiting import wait_until\nfrom testkit.daemon import Daemon\n",
-    "bench/x.py": "from bench import load\nfrom testkit.load import run_load\nfrom . import load as again\n",
+    "tests/e2e/test_a.py": "from testkit.daemon import Daemon\nfrom {tests}.support.waiting import wait_until\n"
+                           "from {tests} import support\nfrom ..support import waiting\nimport livedm.server\n",
+    "tests/e2e/conftest.py": "from {tests}.support.waiting import wait_until\n",
+    "tests/support/site.py": "from {tests}.support.waiting import wait_until\nfrom testkit.daemon import Daemon\n",
+    "bench/x.py": "from {bench} import load\nfrom testkit.load import run_load\nfrom . import load as again\n",
     "testkit/x.py": "from testkit.daemon import Daemon\nfrom livedm.server.store import Store\n",
 }
 SKELETON = ["tests/__init__.py", "tests/conftest.py", "tests/unit/__init__.py", "tests/unit/conftest.py",
@@ -132,7 +134,7 @@ def fake_repo(root: Path, files: dict[str, str]) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("")
     for name, text in files.items():
-        (root / name).write_text(text)
+        (root / name).write_text(text.format(tests="tests", bench="bench"))
     return root
 
 
