@@ -11,6 +11,8 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,26 @@ def completed(daemon: Daemon, project_dir: Path, project_uid: str, title: str = 
     daemon.call("create_live_session", {"project_uid": project_uid, "title": title, "session_dir": session_dir})
     sessions = daemon.call("list_sessions", [project_uid])
     daemon.call("mark_session_completed", [project_uid, sessions[-1]["uid"]])
+
+
+@contextmanager
+def queueing_only(tmp_path: Path) -> Iterator[Daemon]:
+    """livedmd with no workers: a job it queues waits (while the test tampers) until run_by_a_worker."""
+    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@contextmanager
+def run_by_a_worker(tmp_path: Path, job_id: str) -> Iterator[tuple[Daemon, dict[str, Any]]]:
+    """livedmd started again on the same state dir, with its workers: the queued job, once it has ended."""
+    worker = Daemon(tmp_path / "state").start()
+    try:
+        yield worker, finished_job(worker, job_id)
+    finally:
+        worker.stop()
 
 
 def category(daemon: Daemon, project_uid: str, session_uid: str, datatype: str) -> dict[str, Any]:
@@ -65,8 +87,7 @@ def test_a_project_dir_swapped_for_a_link_to_another_project_deletes_nothing(dae
 def test_a_swap_between_the_request_and_the_job_is_refused_by_the_job(tmp_path: Path) -> None:
     p3 = build_session_tree(tmp_path / "data" / "P3dir", exposures=2)
     p4 = build_session_tree(tmp_path / "data" / "P4dir", exposures=2)
-    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
-    try:
+    with queueing_only(tmp_path) as daemon:
         daemon.call("create_project", ["three", str(p3.project_dir)])
         daemon.call("create_project", ["four", str(p4.project_dir)])
         completed(daemon, p3.project_dir, "P1")
@@ -74,11 +95,7 @@ def test_a_swap_between_the_request_and_the_job_is_refused_by_the_job(tmp_path: 
         before = data_state(p4.project_dir)
         p3.project_dir.rename(tmp_path / "data" / "P3moved")
         p3.project_dir.symlink_to(p4.project_dir)  # swapped while the job waits in the queue
-    finally:
-        daemon.stop()
-    worker = Daemon(tmp_path / "state").start()
-    try:
-        job = finished_job(worker, job_id)
+    with run_by_a_worker(tmp_path, job_id) as (worker, job):
         assert job["state"] == "failed" and "nothing was deleted" in job["error"]
         assert data_state(p4.project_dir) == before
         moved = tmp_path / "data" / "P3moved" / "S1" / "motioncorrected"
@@ -86,8 +103,6 @@ def test_a_swap_between_the_request_and_the_job_is_refused_by_the_job(tmp_path: 
         settled = category(worker, "P1", "S1", "micrographs")
         assert settled["status"] == "active"
         assert settled["note"].startswith("deleting stopped:") and "not the one it was measured in" in settled["note"]
-    finally:
-        worker.stop()
 
 
 def test_a_project_dir_that_is_a_symlink_is_refused(daemon: Daemon, tmp_path: Path) -> None:
@@ -194,8 +209,7 @@ def test_files_registered_after_the_dry_run_are_not_deleted(tmp_path: Path) -> N
     tree = build_session_tree(tmp_path / "data" / "proj", exposures=3)
     extra = tree.project_dir / "later"
     extra.mkdir()
-    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
-    try:
+    with queueing_only(tmp_path) as daemon:
         daemon.call("create_project", ["p", str(tree.project_dir)])
         completed(daemon, tree.project_dir, "P1")
         dry = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
@@ -210,18 +224,12 @@ def test_files_registered_after_the_dry_run_are_not_deleted(tmp_path: Path) -> N
         job_id = daemon.call("delete_live_datatype", ["P1", "S1", "particles"])  # confirms the 4 there now
         (extra / "b.mrc").write_bytes(b"b")  # registered after the request: not in its list
         daemon.call("register_files", ["P1", "S1", "particles", [str(extra / "b.mrc")]])
-    finally:
-        daemon.stop()
-    worker = Daemon(tmp_path / "state").start()
-    try:
-        job = finished_job(worker, job_id)
+    with run_by_a_worker(tmp_path, job_id) as (worker, job):
         assert job["state"] == "done" and job["result"]["deleted"] == 4
         assert (extra / "b.mrc").exists() and not (extra / "a.mrc").exists()
         settled = category(worker, "P1", "S1", "particles")
         assert settled["status"] == "active" and "kept" in settled["note"]
         assert settled["file_count"] == 1
-    finally:
-        worker.stop()
 
 
 # --- high 4: livedm's own database and the system are never project dirs -------------------------------
@@ -379,8 +387,7 @@ def test_a_swap_of_measured_session_dirs_before_the_job_deletes_nothing(tmp_path
     project = tmp_path / "data" / "proj"
     victim = build_session_tree(project, "S1", exposures=2)
     build_session_tree(project, "S2", exposures=2)  # the attacker's, same names
-    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
-    try:
+    with queueing_only(tmp_path) as daemon:
         daemon.call("create_project", ["p", str(project)])
         completed(daemon, project, "P1")
         completed(daemon, project, "P1", "attacker's")
@@ -393,16 +400,10 @@ def test_a_swap_of_measured_session_dirs_before_the_job_deletes_nothing(tmp_path
         (project / "S2").rename(project / "tmp")
         (project / "S1").rename(project / "S2")  # the victim's directory now answers to S2
         (project / "tmp").rename(project / "S1")
-    finally:
-        daemon.stop()
-    worker = Daemon(tmp_path / "state").start()
-    try:
-        job = finished_job(worker, job_id)
+    with run_by_a_worker(tmp_path, job_id) as (_worker, job):
         assert job["state"] == "failed" and "not the one it was measured in" in job["error"]
         assert "nothing was deleted" in job["error"]
         assert data_state(project / "S2") == {p.replace("/S1/", "/S2/"): d for p, d in before.items()}
-    finally:
-        worker.stop()
 
 
 def test_movies_are_not_deleted_through_a_project_made_over_their_directory(daemon: Daemon,

@@ -34,6 +34,7 @@ from tests.support.daemon_sessions import (
 from tests.support.hook_scripts import (
     OTHER,
     changeable,
+    executable,
     marker_script,
     needs_root,
     open_dir,
@@ -249,10 +250,8 @@ def notify_socket() -> tuple[socket.socket, str]:
 
 def test_the_hook_sees_only_the_allow_listed_environment(tmp_path: Path) -> None:
     dump = tmp_path / "environment.json"
-    script = tmp_path / "dump-env.py"
-    script.write_text(f"#!{sys.executable}\nimport json, os\n"
-                      f"open({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))\n")
-    script.chmod(0o755)
+    script = executable(tmp_path / "dump-env.py", f"#!{sys.executable}\nimport json, os\n"
+                        f"open({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))\n")
     sock, notify_path = notify_socket()
     daemon = Daemon(tmp_path / "state")
     kept = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8", "LC_TIME": "C.UTF-8", "TZ": "UTC",
@@ -315,9 +314,8 @@ def test_the_hook_token_may_change_only_its_category_and_dies_with_the_run(tmp_p
 
 def test_a_flooding_hook_keeps_head_and_tail_within_the_cap(tmp_path: Path) -> None:
     cap = 65536
-    script = tmp_path / "flood.sh"
-    script.write_text("#!/bin/sh\necho HEAD-MARK\nhead -c 50000000 /dev/zero | tr '\\0' x\necho\necho TAIL-MARK\n")
-    script.chmod(0o755)
+    script = executable(tmp_path / "flood.sh",
+                        "#!/bin/sh\necho HEAD-MARK\nhead -c 50000000 /dev/zero | tr '\\0' x\necho\necho TAIL-MARK\n")
     daemon = hook_daemon(tmp_path, script, LIVEDM_HOOK_LOG_MAX_BYTES=str(cap))
     try:
         completed_session(daemon, tmp_path, exposures=1)
@@ -345,11 +343,9 @@ def test_a_flooding_hook_keeps_head_and_tail_within_the_cap(tmp_path: Path) -> N
 
 def grandchild_script(tmp_path: Path, session_file: Path) -> Path:
     """Records its session id (its pid: it leads its own session), double-forks a sleeper, then hangs."""
-    script = tmp_path / "double-fork.sh"
-    script.write_text(f"#!/bin/sh\necho $$ > {session_file}.tmp && mv {session_file}.tmp {session_file}\n"
+    return executable(tmp_path / "double-fork.sh",
+                      f"#!/bin/sh\necho $$ > {session_file}.tmp && mv {session_file}.tmp {session_file}\n"
                       "(sleep 300 &)\nsleep 300\n")
-    script.chmod(0o755)
-    return script
 
 
 def test_a_double_forked_grandchild_dies_with_the_timed_out_hook(tmp_path: Path) -> None:

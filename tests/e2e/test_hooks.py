@@ -14,6 +14,7 @@ import pytest
 from livedm.server.processes import session_members
 from testkit.daemon import Daemon
 from tests.support.daemon_sessions import completed_session, hook_daemon, status_of
+from tests.support.hook_scripts import executable
 from tests.support.waiting import wait_until
 
 HOOKS = Path(__file__).resolve().parents[2] / "hooks"
@@ -132,9 +133,7 @@ def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path
 
 
 def test_trigger_runs_the_hook_now_and_its_overrides_need_an_admin(tmp_path: Path) -> None:
-    other = tmp_path / "other-hook.sh"
-    other.write_text("#!/bin/sh\necho \"other hook $*\"\n")
-    other.chmod(0o755)
+    other = executable(tmp_path / "other-hook.sh", "#!/bin/sh\necho \"other hook $*\"\n")
     seed_daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh", LIVEDM_HOOK_ALLOWED_SCRIPTS=str(other))
     try:
         trigger_as_admin_and_as_a_user(seed_daemon, tmp_path, other)

@@ -13,11 +13,16 @@ OTHER = 65534  # nobody: neither root nor livedmd's own user
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 
 
+def executable(path: Path, text: str, mode: int = 0o755) -> Path:
+    """A script at `path` that may be run: `text`, mode 0755 unless told otherwise."""
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
 def marker_script(path: Path, marker: Path, body: str = "") -> Path:
     """A hook that records that it ran (and with which arguments) in `marker`, then runs `body`."""
-    path.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\n{body}")
-    path.chmod(0o755)
-    return path
+    return executable(path, f"#!/bin/sh\necho \"$@\" >> {marker}\n{body}")
 
 
 def private_dir(path: Path) -> Path:
@@ -31,10 +36,7 @@ def plain_script(directory: Path, name: str = "hook.sh", mode: int = 0o755) -> P
     """An executable script in `directory` (a new one is made 0755): nobody but its owner may change it."""
     if not directory.exists():
         private_dir(directory)
-    script = directory / name
-    script.write_text("#!/bin/sh\n")
-    script.chmod(mode)
-    return script
+    return executable(directory / name, "#!/bin/sh\n", mode)
 
 
 def sticky_dir(path: Path) -> Path:
