@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.support.daemon import Daemon
+from testkit.daemon import Daemon
 
 FILES = 100_000
 PER_DIR = 2_000

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
-from tests.support.daemon import Daemon
+from testkit.chromium import CHROMIUM, CHROMIUM_ARGS
+from testkit.daemon import Daemon
 
 PROJECTS = 500
 SESSIONS_PER_PROJECT = 10

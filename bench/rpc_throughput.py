@@ -17,8 +17,8 @@ from pathlib import Path
 import aiohttp
 
 from livedm.server.embedded import free_port
-from tests.support.daemon import Daemon
-from tests.support.sessiontree import build_session_tree
+from testkit.daemon import Daemon
+from testkit.sessiontree import build_session_tree
 
 CONCURRENCY = 16
 BENCH_ENV = {"LIVEDM_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info")}

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.daemon import Daemon
+from testkit.daemon import Daemon
 
 FILES = {"import_movies": 10_000, "motioncorrected": 40_000, "thumbnails": 20_000, "extract/blob/256": 20_000,
          "ctfestimated": 10_000}

@@ -8,19 +8,13 @@ import mongomock
 import pymongo
 import pytest
 
-from livedm.server import config as config_module
 from livedm.server.auth import Authenticator
 from livedm.server.config import Config
 from livedm.server.embedded import EmbeddedStore
 from livedm.server.services import Services
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
-
-
-def make_config(state_dir: Path, **flags: object) -> Config:
-    """Settings for a test: no scheduled jobs unless the test asks (they would run in the middle of it)."""
-    return config_module.load({"state_dir": str(state_dir), "discover_interval": "0", "refresh_interval": "0",
-                               **flags}, environ={})
+from tests.support.config import make_config
 
 
 @pytest.fixture

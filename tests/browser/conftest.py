@@ -1,26 +1,15 @@
-"""Browser tests: Debian's Chromium driven by Playwright against a real livedmd with a realistic tree.
-Screenshots of the main states go to screenshots/ at the repository root."""
+"""Browser tests: Debian's Chromium driven by Playwright against a real livedmd with a realistic tree."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, sync_playwright
 
-from tests.e2e.test_hooks import hook_daemon
-from tests.support.daemon import Daemon
-from tests.support.sessiontree import SessionTree, build_session_tree
-
-CHROMIUM = os.environ.get("LIVEDM_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "screenshots"
-HOOKS = Path(__file__).resolve().parents[2] / "hooks"
-# As root Chromium needs --no-sandbox; the rest keep it off this machine's closed network.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from testkit.chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.support.browser_site import Site, start_site
 
 
 @pytest.fixture(scope="module")  # Playwright's sync API holds an event loop: let it go before asyncio tests
@@ -33,51 +22,8 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-@dataclass
-class Site:
-    daemon: Daemon
-    trees: dict[str, SessionTree]
-    viewer_token: str
-
-    def page(self, browser: Browser, token: str | None = None) -> Page:
-        page = browser.new_page(viewport={"width": 1500, "height": 800}, accept_downloads=True)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.errors = errors  # type: ignore[attr-defined]
-        page.goto(self.daemon.url + "/ui")
-        if token is not None:
-            sign_in(page, token)
-        return page
-
-
-def sign_in(page: Page, token: str) -> None:
-    page.fill("#token", token)
-    page.click("#sign-in-form button[type=submit]")
-
-
-def shot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    """P1 'Apoferritin' (S1 completed, S2 running) and P2 'TRPV1' (S1 completed), the seed's hook on,
-    a user 'viewer' without the live data management permission."""
-    daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh",
-                         LIVEDM_HOOK_ALLOWED_SCRIPTS=str(tmp_path / "failing-hook.sh"))
-    trees = {"P1/S1": build_session_tree(tmp_path / "apoferritin", "S1", exposures=4),
-             "P1/S2": build_session_tree(tmp_path / "apoferritin", "S2", exposures=2),
-             "P2/S1": build_session_tree(tmp_path / "trpv1", "S1", exposures=3)}
-    daemon.call("create_project", ["Apoferritin", str(tmp_path / "apoferritin")])
-    daemon.call("create_project", ["TRPV1", str(tmp_path / "trpv1")])
-    for key in trees:
-        project, _session = key.split("/")
-        daemon.call("create_live_session", [project, f"grid {key}"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
-    daemon.call("start_session", ["P1", "S2"])
-    daemon.call("update_session_datatype_sizes", ["P1", "S2"])
-    daemon.call("mark_session_completed", ["P2", "S1"])
-    viewer = daemon.call("create_user", {"name": "viewer"})
-    yield Site(daemon, trees, viewer["token"])
-    daemon.stop()
+    site = start_site(tmp_path)
+    yield site
+    site.daemon.stop()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.browser.conftest import Site, shot, sign_in
+from tests.support.browser_site import Site, shot, sign_in
+from tests.support.hook_scripts import executable
 
 CELL = "tr[data-uid='{row}'] td.category[data-datatype='{datatype}']"
 
@@ -171,9 +172,7 @@ def test_refresh_a_project_and_mark_a_session_completed(site: Site, browser: Bro
 
 
 def test_failed_jobs_are_shown(site: Site, browser: Browser, tmp_path: Path) -> None:
-    failing = tmp_path / "failing-hook.sh"
-    failing.write_text("#!/bin/sh\necho broken >&2\nexit 7\n")
-    failing.chmod(0o755)
+    failing = executable(tmp_path / "failing-hook.sh", "#!/bin/sh\necho broken >&2\nexit 7\n")
     job_id = site.daemon.call("trigger_live_data_management_script", {
         "project_uid": "P2", "session_uid": "S1", "datatype": "metadata", "script_location": str(failing)})
     page = site.page(browser, site.daemon.token)

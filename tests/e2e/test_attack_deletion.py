@@ -4,7 +4,6 @@ nothing deleted outside the confirmed list."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,21 +11,17 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon
-from tests.support.sessiontree import build_session_tree
-
-
-def rpc(daemon: Daemon, method: str, params: Any = None, token: str | None = None) -> dict[str, Any]:
-    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params or {}, "id": 1}).encode()
-    request = urllib.request.Request(daemon.url + "/api", data=body,
-                                     headers={"Authorization": f"Bearer {token or daemon.token}"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read())
+from testkit.daemon import Daemon
+from testkit.sessiontree import build_session_tree
+from tests.support.daemon_sessions import finished_job
+from tests.support.disk import data_state
 
 
 def error_code(reply: dict[str, Any]) -> int:
@@ -34,35 +29,31 @@ def error_code(reply: dict[str, Any]) -> int:
     return int(reply["error"]["code"])
 
 
-def digests(root: Path) -> dict[str, str]:
-    """Every file below root (not livedmd's state) by its content, links by their target."""
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "state"]
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            path = os.path.join(dirpath, name)
-            if path.endswith(".log"):
-                continue
-            found[path] = "link:" + os.readlink(path) if os.path.islink(path) else \
-                hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return found
-
-
-def wait_job(daemon: Daemon, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = daemon.call("get_job", [job_id])
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
 def completed(daemon: Daemon, project_dir: Path, project_uid: str, title: str = "s",
               session_dir: str | None = None) -> None:
     daemon.call("create_live_session", {"project_uid": project_uid, "title": title, "session_dir": session_dir})
     sessions = daemon.call("list_sessions", [project_uid])
     daemon.call("mark_session_completed", [project_uid, sessions[-1]["uid"]])
+
+
+@contextmanager
+def queueing_only(tmp_path: Path) -> Iterator[Daemon]:
+    """livedmd with no workers: a job it queues waits (while the test tampers) until run_by_a_worker."""
+    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@contextmanager
+def run_by_a_worker(tmp_path: Path, job_id: str) -> Iterator[tuple[Daemon, dict[str, Any]]]:
+    """livedmd started again on the same state dir, with its workers: the queued job, once it has ended."""
+    worker = Daemon(tmp_path / "state").start()
+    try:
+        yield worker, finished_job(worker, job_id)
+    finally:
+        worker.stop()
 
 
 def category(daemon: Daemon, project_uid: str, session_uid: str, datatype: str) -> dict[str, Any]:
@@ -78,15 +69,15 @@ def test_a_project_dir_swapped_for_a_link_to_another_project_deletes_nothing(dae
     daemon.call("create_project", ["four", str(p4.project_dir)])
     completed(daemon, p3.project_dir, "P1")
     completed(daemon, p4.project_dir, "P2")
-    before = digests(tmp_path)
+    before = data_state(tmp_path)
     # the attack: P3's directory moved away and replaced by a link to P4's
     p3.project_dir.rename(tmp_path / "data" / "P3moved")
     p3.project_dir.symlink_to(p4.project_dir)
-    reply = rpc(daemon, "delete_live_datatype", ["P1", "S1", "micrographs"])
+    reply = daemon.rpc("delete_live_datatype", ["P1", "S1", "micrographs"])
     assert error_code(reply) == -32003
     assert "no longer the directory" in reply["error"]["message"] or "symlink" in reply["error"]["message"]
-    assert error_code(rpc(daemon, "update_session_datatype_sizes", ["P1", "S1"])) == -32003
-    after = digests(tmp_path)
+    assert error_code(daemon.rpc("update_session_datatype_sizes", ["P1", "S1"])) == -32003
+    after = data_state(tmp_path)
     p4_files = {p: d for p, d in before.items() if p.startswith(str(p4.project_dir))}
     assert {p: after[p] for p in p4_files} == p4_files, "P4's files are untouched"
     assert category(daemon, "P1", "S1", "micrographs")["status"] == "active"
@@ -96,29 +87,22 @@ def test_a_project_dir_swapped_for_a_link_to_another_project_deletes_nothing(dae
 def test_a_swap_between_the_request_and_the_job_is_refused_by_the_job(tmp_path: Path) -> None:
     p3 = build_session_tree(tmp_path / "data" / "P3dir", exposures=2)
     p4 = build_session_tree(tmp_path / "data" / "P4dir", exposures=2)
-    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
-    try:
+    with queueing_only(tmp_path) as daemon:
         daemon.call("create_project", ["three", str(p3.project_dir)])
         daemon.call("create_project", ["four", str(p4.project_dir)])
         completed(daemon, p3.project_dir, "P1")
         job_id = daemon.call("delete_live_datatype", ["P1", "S1", "micrographs"])
-        before = digests(p4.project_dir)
+        before = data_state(p4.project_dir)
         p3.project_dir.rename(tmp_path / "data" / "P3moved")
         p3.project_dir.symlink_to(p4.project_dir)  # swapped while the job waits in the queue
-    finally:
-        daemon.stop()
-    worker = Daemon(tmp_path / "state").start()
-    try:
-        job = wait_job(worker, job_id)
+    with run_by_a_worker(tmp_path, job_id) as (worker, job):
         assert job["state"] == "failed" and "nothing was deleted" in job["error"]
-        assert digests(p4.project_dir) == before
+        assert data_state(p4.project_dir) == before
         moved = tmp_path / "data" / "P3moved" / "S1" / "motioncorrected"
         assert len(list(moved.iterdir())) == len(p3.paths_by_datatype["micrographs"])
         settled = category(worker, "P1", "S1", "micrographs")
         assert settled["status"] == "active"
         assert settled["note"].startswith("deleting stopped:") and "not the one it was measured in" in settled["note"]
-    finally:
-        worker.stop()
 
 
 def test_a_project_dir_that_is_a_symlink_is_refused(daemon: Daemon, tmp_path: Path) -> None:
@@ -126,7 +110,7 @@ def test_a_project_dir_that_is_a_symlink_is_refused(daemon: Daemon, tmp_path: Pa
     real.mkdir(parents=True)
     link = tmp_path / "data" / "link"
     link.symlink_to(real)
-    reply = rpc(daemon, "create_project", ["p", str(link)])
+    reply = daemon.rpc("create_project", ["p", str(link)])
     assert error_code(reply) == -32602 and "symlink" in reply["error"]["message"]
     assert daemon.call("list_projects") == []
 
@@ -140,9 +124,9 @@ def test_plain_users_cannot_create_projects_or_register_files(daemon: Daemon, tm
     plain = daemon.call("create_user", ["mallory"])["token"]
     other = tmp_path / "data" / "other"
     other.mkdir()
-    assert error_code(rpc(daemon, "create_project", ["x", str(other)], token=plain)) == -32002
+    assert error_code(daemon.rpc("create_project", ["x", str(other)], token=plain)) == -32002
     micrograph = tree.paths_by_datatype["micrographs"][0]
-    assert error_code(rpc(daemon, "register_files", ["P1", "S1", "particles", [micrograph]], token=plain)) == -32002
+    assert error_code(daemon.rpc("register_files", ["P1", "S1", "particles", [micrograph]], token=plain)) == -32002
     assert [p["uid"] for p in daemon.call("list_projects")] == ["P1"]
 
 
@@ -152,7 +136,7 @@ def test_a_session_dir_may_not_be_or_nest_in_another_sessions(daemon: Daemon, tm
     tree = build_session_tree(tmp_path / "data" / "proj", exposures=1)
     daemon.call("create_project", ["p", str(tree.project_dir)])
     daemon.call("create_live_session", ["P1", "running one"])
-    reply = rpc(daemon, "create_live_session", ["P1", "hostile", session_dir])
+    reply = daemon.rpc("create_live_session", ["P1", "hostile", session_dir])
     assert error_code(reply) == -32003 and "directory of its own" in reply["error"]["message"]
     assert [s["uid"] for s in daemon.call("list_sessions", ["P1"])] == ["S1"]
 
@@ -161,10 +145,10 @@ def test_a_session_dir_around_others_and_a_link_into_one_are_refused(daemon: Dae
     tree = build_session_tree(tmp_path / "data" / "proj", "runs/S1", exposures=1)
     daemon.call("create_project", ["p", str(tree.project_dir)])
     daemon.call("create_live_session", ["P1", "first", "runs/S1"])
-    assert error_code(rpc(daemon, "create_live_session", ["P1", "around", "runs"])) == -32003
+    assert error_code(daemon.rpc("create_live_session", ["P1", "around", "runs"])) == -32003
     (tree.project_dir / "alias").symlink_to(tree.session_path)
-    assert error_code(rpc(daemon, "create_live_session", ["P1", "alias", "alias"])) == -32003
-    assert error_code(rpc(daemon, "create_live_session", ["P1", "project itself", "."])) == -32602
+    assert error_code(daemon.rpc("create_live_session", ["P1", "alias", "alias"])) == -32003
+    assert error_code(daemon.rpc("create_live_session", ["P1", "project itself", "."])) == -32602
 
 
 def test_concurrent_sessions_on_one_dir_one_wins(daemon: Daemon, tmp_path: Path) -> None:
@@ -174,7 +158,7 @@ def test_concurrent_sessions_on_one_dir_one_wins(daemon: Daemon, tmp_path: Path)
     replies: list[dict[str, Any]] = []
 
     def create(i: int) -> None:
-        replies.append(rpc(daemon, "create_live_session", ["P1", f"racer {i}", "shared"]))
+        replies.append(daemon.rpc("create_live_session", ["P1", f"racer {i}", "shared"]))
 
     threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
     for thread in threads:
@@ -195,10 +179,10 @@ def test_a_file_belongs_to_one_session(daemon: Daemon, tmp_path: Path) -> None:
     daemon.call("create_live_session", ["P1", "one"])
     daemon.call("create_live_session", ["P1", "two"])
     micrograph = tree.paths_by_datatype["micrographs"][0]  # S1's
-    reply = rpc(daemon, "register_files", ["P1", "S2", "micrographs", [micrograph]])
+    reply = daemon.rpc("register_files", ["P1", "S2", "micrographs", [micrograph]])
     assert error_code(reply) == -32602 and "session S1" in reply["error"]["message"]
     daemon.call("register_files", ["P1", "S1", "metadata", [str(shared)]])
-    reply = rpc(daemon, "register_files", ["P1", "S2", "metadata", [str(shared)]])
+    reply = daemon.rpc("register_files", ["P1", "S2", "metadata", [str(shared)]])
     assert error_code(reply) == -32602 and "registered to session S1" in reply["error"]["message"]
     assert str(shared) not in daemon.call("get_datatype_file_paths", ["P1", "S2", "metadata"])["metadata"]
 
@@ -212,12 +196,12 @@ def test_raw_movies_inside_the_project_are_never_deleted_through_another_session
     completed(daemon, project, "P1", "claims the movies", "movies")  # its "metadata" are S1's movies
     listed = daemon.call("get_datatype_file_paths", ["P1", "S2", "metadata"])["metadata"]
     assert sorted(listed) == sorted(tree.paths_by_datatype["raw"])
-    before = digests(project / "movies")
+    before = data_state(project / "movies")
     job = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S2", "datatype": "metadata",
                                                "asynchronous": False})
     assert job["state"] == "done" and job["result"]["deleted"] == 0
     assert job["result"]["refused"] == len(tree.paths_by_datatype["raw"])
-    assert digests(project / "movies") == before
+    assert data_state(project / "movies") == before
     assert category(daemon, "P1", "S2", "metadata")["status"] == "active"
 
 
@@ -225,8 +209,7 @@ def test_files_registered_after_the_dry_run_are_not_deleted(tmp_path: Path) -> N
     tree = build_session_tree(tmp_path / "data" / "proj", exposures=3)
     extra = tree.project_dir / "later"
     extra.mkdir()
-    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
-    try:
+    with queueing_only(tmp_path) as daemon:
         daemon.call("create_project", ["p", str(tree.project_dir)])
         completed(daemon, tree.project_dir, "P1")
         dry = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
@@ -234,25 +217,19 @@ def test_files_registered_after_the_dry_run_are_not_deleted(tmp_path: Path) -> N
         assert dry["file_count"] == 3
         (extra / "a.mrc").write_bytes(b"a")
         daemon.call("register_files", ["P1", "S1", "particles", [str(extra / "a.mrc")]])
-        stale = rpc(daemon, "delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
+        stale = daemon.rpc("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
                                                      "datatype": "particles", "confirm_digest": dry["confirm_digest"]})
         assert error_code(stale) == -32003 and "changed since the dry run" in stale["error"]["message"]
         assert category(daemon, "P1", "S1", "particles")["status"] == "active"
         job_id = daemon.call("delete_live_datatype", ["P1", "S1", "particles"])  # confirms the 4 there now
         (extra / "b.mrc").write_bytes(b"b")  # registered after the request: not in its list
         daemon.call("register_files", ["P1", "S1", "particles", [str(extra / "b.mrc")]])
-    finally:
-        daemon.stop()
-    worker = Daemon(tmp_path / "state").start()
-    try:
-        job = wait_job(worker, job_id)
+    with run_by_a_worker(tmp_path, job_id) as (worker, job):
         assert job["state"] == "done" and job["result"]["deleted"] == 4
         assert (extra / "b.mrc").exists() and not (extra / "a.mrc").exists()
         settled = category(worker, "P1", "S1", "particles")
         assert settled["status"] == "active" and "kept" in settled["note"]
         assert settled["file_count"] == 1
-    finally:
-        worker.stop()
 
 
 # --- high 4: livedm's own database and the system are never project dirs -------------------------------
@@ -262,7 +239,7 @@ def test_projects_at_root_system_or_state_dirs_are_refused(tmp_path: Path) -> No
     try:
         for hostile in ("/", "/etc", "/usr/lib", "/var", str(tmp_path), str(tmp_path / "state"),
                         str(tmp_path / "state" / "embedded")):
-            reply = rpc(daemon, "create_project", ["hostile", hostile])
+            reply = daemon.rpc("create_project", ["hostile", hostile])
             assert error_code(reply) == -32002, (hostile, reply)
         assert daemon.call("list_projects") == []
         ok = tmp_path / "data"
@@ -278,10 +255,10 @@ def test_an_over_long_path_is_invalid_params_not_an_internal_error(daemon: Daemo
     daemon.call("create_project", ["p", str(tree.project_dir)])
     daemon.call("create_live_session", ["P1", "s"])
     long_path = str(tree.session_path) + ("/" + "x" * 255) * 20 + "/f.mrc"
-    assert error_code(rpc(daemon, "register_files", ["P1", "S1", "metadata", [long_path]])) == -32602
-    assert error_code(rpc(daemon, "create_project", ["q", "/" + "y" * 5000])) == -32602
+    assert error_code(daemon.rpc("register_files", ["P1", "S1", "metadata", [long_path]])) == -32602
+    assert error_code(daemon.rpc("create_project", ["q", "/" + "y" * 5000])) == -32602
     daemon.call("mark_session_completed", ["P1", "S1"])
-    assert error_code(rpc(daemon, "delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
+    assert error_code(daemon.rpc("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
                                                            "datatype": "metadata", "dry_run": True,
                                                            "filepaths_to_delete": [long_path]})) == -32602
 
@@ -394,14 +371,14 @@ def test_a_session_dir_renamed_into_a_new_session_is_not_measured_nor_deleted(da
     daemon.call("create_project", ["p", str(tree.project_dir)])
     completed(daemon, tree.project_dir, "P1")  # S1 measured: its directory is pinned
     daemon.call("create_live_session", ["P1", "mallory's"])  # S2, whose directory does not exist yet
-    before = digests(tree.session_path)
+    before = data_state(tree.session_path)
     (tree.project_dir / "S1").rename(tree.project_dir / "S2")  # the victim's directory under S2's name
-    reply = rpc(daemon, "mark_session_completed", ["P1", "S2"])
+    reply = daemon.rpc("mark_session_completed", ["P1", "S2"])
     assert error_code(reply) == -32003 and "session P1 S1 was measured in" in reply["error"]["message"]
-    reply = rpc(daemon, "delete_live_datatype", ["P1", "S2", "micrographs"])
+    reply = daemon.rpc("delete_live_datatype", ["P1", "S2", "micrographs"])
     assert error_code(reply) == -32003 and "session P1 S1 was measured in" in reply["error"]["message"]
     (tree.project_dir / "S2").rename(tree.project_dir / "S1")
-    assert digests(tree.session_path) == before
+    assert data_state(tree.session_path) == before
     s1 = category(daemon, "P1", "S1", "micrographs")
     assert s1["size"] == tree.bytes_by_datatype["micrographs"]
 
@@ -410,8 +387,7 @@ def test_a_swap_of_measured_session_dirs_before_the_job_deletes_nothing(tmp_path
     project = tmp_path / "data" / "proj"
     victim = build_session_tree(project, "S1", exposures=2)
     build_session_tree(project, "S2", exposures=2)  # the attacker's, same names
-    daemon = Daemon(tmp_path / "state", args=["--workers", "0"]).start()
-    try:
+    with queueing_only(tmp_path) as daemon:
         daemon.call("create_project", ["p", str(project)])
         completed(daemon, project, "P1")
         completed(daemon, project, "P1", "attacker's")
@@ -420,20 +396,14 @@ def test_a_swap_of_measured_session_dirs_before_the_job_deletes_nothing(tmp_path
         job_id = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S2",
                                                       "datatype": "micrographs",
                                                       "confirm_digest": dry["confirm_digest"]})
-        before = digests(victim.session_path)
+        before = data_state(victim.session_path)
         (project / "S2").rename(project / "tmp")
         (project / "S1").rename(project / "S2")  # the victim's directory now answers to S2
         (project / "tmp").rename(project / "S1")
-    finally:
-        daemon.stop()
-    worker = Daemon(tmp_path / "state").start()
-    try:
-        job = wait_job(worker, job_id)
+    with run_by_a_worker(tmp_path, job_id) as (_worker, job):
         assert job["state"] == "failed" and "not the one it was measured in" in job["error"]
         assert "nothing was deleted" in job["error"]
-        assert digests(project / "S2") == {p.replace("/S1/", "/S2/"): d for p, d in before.items()}
-    finally:
-        worker.stop()
+        assert data_state(project / "S2") == {p.replace("/S1/", "/S2/"): d for p, d in before.items()}
 
 
 def test_movies_are_not_deleted_through_a_project_made_over_their_directory(daemon: Daemon,
@@ -444,18 +414,18 @@ def test_movies_are_not_deleted_through_a_project_made_over_their_directory(daem
     completed(daemon, tree.project_dir, "P1")
     mallory = daemon.call("create_user", ["mallory"])["token"]
     daemon.call("set_user_data_management_permission", ["mallory", True])
-    assert "result" in rpc(daemon, "create_project", ["movies", str(movies)], token=mallory)
-    assert "result" in rpc(daemon, "create_live_session", ["P2", "x", "x"], token=mallory)
-    assert "result" in rpc(daemon, "register_files", ["P2", "S1", "metadata", tree.paths_by_datatype["raw"]],
+    assert "result" in daemon.rpc("create_project", ["movies", str(movies)], token=mallory)
+    assert "result" in daemon.rpc("create_live_session", ["P2", "x", "x"], token=mallory)
+    assert "result" in daemon.rpc("register_files", ["P2", "S1", "metadata", tree.paths_by_datatype["raw"]],
                            token=mallory)
-    assert "result" in rpc(daemon, "mark_session_completed", ["P2", "S1"], token=mallory)
-    before = digests(movies)
-    reply = rpc(daemon, "delete_live_datatype", {"project_uid": "P2", "session_uid": "S1", "datatype": "metadata",
+    assert "result" in daemon.rpc("mark_session_completed", ["P2", "S1"], token=mallory)
+    before = data_state(movies)
+    reply = daemon.rpc("delete_live_datatype", {"project_uid": "P2", "session_uid": "S1", "datatype": "metadata",
                                                  "asynchronous": False}, token=mallory)
     job = reply["result"]
     assert job["state"] == "done" and job["result"]["deleted"] == 0
     assert job["result"]["refused"] == len(tree.paths_by_datatype["raw"])
-    assert digests(movies) == before
+    assert data_state(movies) == before
     assert category(daemon, "P1", "S1", "raw")["status"] == "active"
 
 
@@ -465,7 +435,7 @@ def test_a_file_in_a_raw_directory_is_raw_whatever_it_is_registered_as(daemon: D
     copied.write_bytes(b"a movie copied, not linked")
     daemon.call("create_project", ["p", str(tree.project_dir)])
     daemon.call("create_live_session", ["P1", "s"])
-    reply = rpc(daemon, "register_files", ["P1", "S1", "metadata", [str(copied)]])
+    reply = daemon.rpc("register_files", ["P1", "S1", "metadata", [str(copied)]])
     assert error_code(reply) == -32602 and "raw data" in reply["error"]["message"]
     daemon.call("mark_session_completed", ["P1", "S1"])
     job = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "metadata",
@@ -482,10 +452,10 @@ def test_a_new_session_may_not_take_a_directory_holding_another_sessions_files(d
     daemon.call("create_project", ["p", str(tree.project_dir)])
     daemon.call("create_live_session", ["P1", "attacker's"])
     daemon.call("register_files", ["P1", "S1", "metadata", [str(planted)]])  # S2 is no session yet
-    reply = rpc(daemon, "create_live_session", ["P1", "victim's"])  # would be S2, in S2/
+    reply = daemon.rpc("create_live_session", ["P1", "victim's"])  # would be S2, in S2/
     assert error_code(reply) == -32003 and "registered to session S1" in reply["error"]["message"]
     assert [s["uid"] for s in daemon.call("list_sessions", ["P1"])] == ["S1"]
-    assert "result" in rpc(daemon, "create_live_session", ["P1", "victim's", "victim"])  # elsewhere it is fine
+    assert "result" in daemon.rpc("create_live_session", ["P1", "victim's", "victim"])  # elsewhere it is fine
 
 
 def test_projects_created_at_once_on_nested_dirs_one_wins(daemon: Daemon, tmp_path: Path) -> None:
@@ -495,7 +465,7 @@ def test_projects_created_at_once_on_nested_dirs_one_wins(daemon: Daemon, tmp_pa
     replies: list[dict[str, Any]] = []
 
     def create(directory: Path) -> None:
-        replies.append(rpc(daemon, "create_project", ["racer", str(directory)]))
+        replies.append(daemon.rpc("create_project", ["racer", str(directory)]))
 
     threads = [threading.Thread(target=create, args=(d,)) for d in (outer, inner, outer, inner, outer, inner)]
     for thread in threads:
@@ -521,7 +491,7 @@ def test_a_session_dir_that_went_away_is_missing_not_empty(daemon: Daemon, tmp_p
             assert gone[datatype]["status"] == "missing", datatype
             assert (gone[datatype]["size"], gone[datatype]["file_count"]) == (was["size"], was["file_count"])
     assert daemon.call("get_datatype_file_paths", ["P1", "S1", "particles"]) == listed
-    reply = rpc(daemon, "delete_live_datatype", ["P1", "S1", "particles"])
+    reply = daemon.rpc("delete_live_datatype", ["P1", "S1", "particles"])
     assert error_code(reply) == -32003 and "missing" in reply["error"]["message"]
     (tmp_path / "data" / "unmounted").rename(tree.session_path)
     daemon.call("update_session_datatype_sizes", ["P1", "S1"])

@@ -13,7 +13,6 @@ import socket
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,41 +21,28 @@ import pymongo
 import pytest
 
 from livedm.server.embedded import EmbeddedStore
-from tests.e2e.test_hooks import completed_session, hook_daemon, status_of, wait_until
-from tests.support.daemon import Daemon
-from tests.unit.test_hook_runner import (
+from testkit.daemon import Daemon
+from tests.support.daemon_sessions import (
+    HOOK_ENABLE,
+    HOOK_PATH,
+    completed_session,
+    finished_job,
+    hook_daemon,
+    hook_env,
+    status_of,
+)
+from tests.support.hook_scripts import (
     OTHER,
     changeable,
+    executable,
+    marker_script,
     needs_root,
     open_dir,
     owned_by_other,
     private_dir,
     writable,
 )
-
-ENABLE = "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE"
-SCRIPT_PATH = "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH"
-
-
-def marker_script(path: Path, marker: Path, body: str = "") -> Path:
-    """A hook that records that it ran (and with which arguments) in `marker`, then runs `body`."""
-    path.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\n{body}")
-    path.chmod(0o755)
-    return path
-
-
-def rpc(daemon: Daemon, method: str, params: Any, token: str | None = None) -> dict[str, Any]:
-    """The raw JSON-RPC reply, errors included."""
-    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode()
-    request = urllib.request.Request(daemon.url + "/api", data=body, headers={
-        "Authorization": f"Bearer {token or daemon.token}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
-
-
-def finished_job(daemon: Daemon, job_id: str, timeout_s: float = 30) -> dict[str, Any]:
-    return wait_until(lambda: (j := daemon.call("get_job", [job_id]))["state"] in ("done", "failed") and j,
-                      timeout_s=timeout_s, what=f"job {job_id} to end")
+from tests.support.waiting import wait_until
 
 
 def _alive(pid: int) -> bool:
@@ -104,8 +90,8 @@ def test_a_hook_job_written_into_the_database_runs_only_what_the_config_allows(
     evil = marker_script(tmp_path / "evil.sh", evil_marker, f"echo owned >> {victim}\n")
     hook = marker_script(tmp_path / "hook.sh", hook_marker)
     victim.write_text("precious\n")
-    daemon = Daemon(tmp_path / "state", env={"LIVEDM_MONGO_URI": shared_store, ENABLE: enable,
-                                             SCRIPT_PATH: str(hook)}).start()
+    daemon = Daemon(tmp_path / "state", env={"LIVEDM_MONGO_URI": shared_store, HOOK_ENABLE: enable,
+                                             HOOK_PATH: str(hook)}).start()
     client: pymongo.MongoClient = pymongo.MongoClient(shared_store)
     try:
         good = {"project_uid": "P1", "session_uid": "S1", "datatype": "particles", "status": "archived"}
@@ -162,7 +148,7 @@ def test_trigger_refuses_scripts_not_allowed_and_logs_outside_the_log_dir(tmp_pa
             ({"script_location": str(allowed), "script_log_path_abs": "/etc/x.log"}, -32002, "hook_log_dir"),
         ]
         for override, code, words in refusals:
-            error = rpc(daemon, "trigger_live_data_management_script", {**base, **override})["error"]
+            error = daemon.rpc("trigger_live_data_management_script", {**base, **override})["error"]
             assert error["code"] == code and words in error["message"], (override, error)
         assert daemon.call("list_jobs", {"kind": "hook"}) == []
         ok = daemon.call("trigger_live_data_management_script", {
@@ -214,15 +200,15 @@ def test_a_hook_script_another_user_could_change_is_refused_and_runs_nothing(tmp
                 "mode-0777": changeable(scripts["mode-0777"], writable(scripts["mode-0777"], 0o777)),
                 "open-dir": changeable(scripts["open-dir"], writable(opened, 0o777, kind="directory"))}
     allowed = ":".join(str(scripts[name]) for name in ("mode-0777", "open-dir", "good", "under-tmp"))
-    daemon = Daemon(tmp_path / "state", env={"LIVEDM_MONGO_URI": shared_store, ENABLE: "true",
-                                             SCRIPT_PATH: str(scripts["nobodys"]),
+    daemon = Daemon(tmp_path / "state", env={"LIVEDM_MONGO_URI": shared_store, HOOK_ENABLE: "true",
+                                             HOOK_PATH: str(scripts["nobodys"]),
                                              "LIVEDM_HOOK_ALLOWED_SCRIPTS": allowed}).start()
     client: pymongo.MongoClient = pymongo.MongoClient(shared_store)
     try:
         completed_session(daemon, tmp_path, exposures=1)
         daemon.call("change_session_data_management_state", ["P1", "S1", "particles", "archiving"])  # hook_path
         base = {"project_uid": "P1", "session_uid": "S1", "datatype": "particles"}
-        triggered = {name: rpc(daemon, "trigger_live_data_management_script",
+        triggered = {name: daemon.rpc("trigger_live_data_management_script",
                                {**base, "script_location": str(scripts[name])}) for name in scripts}
         crafted = {"J9201": "mode-0777", "J9202": "open-dir"}  # overrides that never passed a trigger
         client["livedm"]["jobs"].insert_many([crafted_job(job_id, {**base, "status": "archiving",
@@ -264,10 +250,8 @@ def notify_socket() -> tuple[socket.socket, str]:
 
 def test_the_hook_sees_only_the_allow_listed_environment(tmp_path: Path) -> None:
     dump = tmp_path / "environment.json"
-    script = tmp_path / "dump-env.py"
-    script.write_text(f"#!{sys.executable}\nimport json, os\n"
-                      f"open({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))\n")
-    script.chmod(0o755)
+    script = executable(tmp_path / "dump-env.py", f"#!{sys.executable}\nimport json, os\n"
+                        f"open({str(dump)!r}, 'w').write(json.dumps(dict(os.environ)))\n")
     sock, notify_path = notify_socket()
     daemon = Daemon(tmp_path / "state")
     kept = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8", "LC_TIME": "C.UTF-8", "TZ": "UTC",
@@ -275,7 +259,7 @@ def test_the_hook_sees_only_the_allow_listed_environment(tmp_path: Path) -> None
             "LIVEDM_ARCHIVE_ROOT": str(tmp_path / "archive")}
     secrets = {"LIVEDM_SECRET_TEST": "1", "NOTIFY_SOCKET": notify_path, "AWS_SECRET_ACCESS_KEY": "k",
                "LIVEDM_TOKEN_FILE": str(daemon.token_file), "PYTHONPATH": str(tmp_path), "LD_PRELOAD": ""}
-    daemon.env = {**kept, **secrets, "LIVEDM_DATA_ROOTS": str(tmp_path), ENABLE: "true", SCRIPT_PATH: str(script)}
+    daemon.env = {**kept, **secrets, "LIVEDM_DATA_ROOTS": str(tmp_path), HOOK_ENABLE: "true", HOOK_PATH: str(script)}
     daemon.start()
     try:
         completed_session(daemon, tmp_path, exposures=1)
@@ -320,7 +304,7 @@ def test_the_hook_token_may_change_only_its_category_and_dies_with_the_run(tmp_p
         hook_tokens = tokens.read_text().split()
         assert len(hook_tokens) == 2
         for token in hook_tokens:  # gone once its run ended (after the auth cache's few seconds)
-            wait_until(lambda t=token: rpc(daemon, "whoami", [], token=t).get("error", {}).get("code") == -32004,
+            wait_until(lambda t=token: daemon.rpc("whoami", [], token=t).get("error", {}).get("code") == -32004,
                        timeout_s=15, what="the hook token to be revoked")
     finally:
         daemon.stop()
@@ -330,9 +314,8 @@ def test_the_hook_token_may_change_only_its_category_and_dies_with_the_run(tmp_p
 
 def test_a_flooding_hook_keeps_head_and_tail_within_the_cap(tmp_path: Path) -> None:
     cap = 65536
-    script = tmp_path / "flood.sh"
-    script.write_text("#!/bin/sh\necho HEAD-MARK\nhead -c 50000000 /dev/zero | tr '\\0' x\necho\necho TAIL-MARK\n")
-    script.chmod(0o755)
+    script = executable(tmp_path / "flood.sh",
+                        "#!/bin/sh\necho HEAD-MARK\nhead -c 50000000 /dev/zero | tr '\\0' x\necho\necho TAIL-MARK\n")
     daemon = hook_daemon(tmp_path, script, LIVEDM_HOOK_LOG_MAX_BYTES=str(cap))
     try:
         completed_session(daemon, tmp_path, exposures=1)
@@ -360,11 +343,9 @@ def test_a_flooding_hook_keeps_head_and_tail_within_the_cap(tmp_path: Path) -> N
 
 def grandchild_script(tmp_path: Path, session_file: Path) -> Path:
     """Records its session id (its pid: it leads its own session), double-forks a sleeper, then hangs."""
-    script = tmp_path / "double-fork.sh"
-    script.write_text(f"#!/bin/sh\necho $$ > {session_file}.tmp && mv {session_file}.tmp {session_file}\n"
+    return executable(tmp_path / "double-fork.sh",
+                      f"#!/bin/sh\necho $$ > {session_file}.tmp && mv {session_file}.tmp {session_file}\n"
                       "(sleep 300 &)\nsleep 300\n")
-    script.chmod(0o755)
-    return script
 
 
 def test_a_double_forked_grandchild_dies_with_the_timed_out_hook(tmp_path: Path) -> None:
@@ -388,7 +369,7 @@ def test_a_double_forked_grandchild_dies_with_the_timed_out_hook(tmp_path: Path)
 def test_a_hook_running_at_shutdown_leaves_no_process_behind(tmp_path: Path) -> None:
     session_file = tmp_path / "session"
     script = grandchild_script(tmp_path, session_file)
-    daemon = Daemon(tmp_path / "state", env={ENABLE: "true", SCRIPT_PATH: str(script)}, args=["--drain-s", "1"]).start()
+    daemon = Daemon(tmp_path / "state", env=hook_env(script), args=["--drain-s", "1"]).start()
     try:
         completed_session(daemon, tmp_path, exposures=1)
         daemon.call("trigger_live_data_management_script", ["P1", "S1", "metadata"])

@@ -28,8 +28,8 @@ import pytest
 from livedm.server.auth import token_hash
 from livedm.server.embedded import EmbeddedStore
 from livedm.server.store import Store
-from tests.support.daemon import BIN, Daemon
-from tests.support.sessiontree import build_session_tree
+from testkit.daemon import BIN, Daemon
+from testkit.sessiontree import build_session_tree
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -116,19 +116,12 @@ def read_one_response(sock: socket.socket) -> bytes:
 class LenientDaemon(Daemon):
     """A daemon whose /healthz may fail: started once it answers at all."""
 
-    def start(self, timeout_s: float = 30.0) -> LenientDaemon:
-        argv = [str(BIN / "livedmd"), "--state-dir", str(self.state_dir), "--port", str(self.port), *self.args]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log()
-            try:
-                get(self, "/healthz", timeout_s=2)
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"livedmd did not answer in {timeout_s} s:\n{self.log()}")
+    def ready(self) -> bool:
+        try:
+            get(self, "/healthz", timeout_s=2)
+            return True
+        except OSError:
+            return False
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ import pytest
 from bson import json_util
 from bson.objectid import ObjectId
 
-from tests.support.daemon import Daemon
-from tests.support.sessiontree import SessionTree, build_session_tree
+from testkit.daemon import Daemon
+from testkit.sessiontree import SessionTree, build_session_tree
 
 Entry = dict[str, Any]
 END = "livedm_backup_end"
@@ -83,18 +83,6 @@ def restore(daemon: Daemon, path: Path, *flags: str, token: str | None = None) -
     return daemon.livedm("--json", "admin", "restore", str(path), "--yes", *flags, env=env)
 
 
-def rpc(daemon: Daemon, method: str, params: Any, token: str | None = None) -> dict[str, Any]:
-    """The JSON-RPC reply, errors included (also those sent with an HTTP error status)."""
-    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode()
-    request = urllib.request.Request(daemon.url + "/api", data=body, headers={
-        "Authorization": f"Bearer {token or daemon.token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())
-
-
 def with_docs(entries: list[Entry], collection: str, docs: list[Entry]) -> list[Entry]:
     """Lines of a collection go after its last one (or where it would start), as livedm writes them."""
     order = ("projects", "sessions", "registry", "counters", "users", "tokens", "jobs", "audit")
@@ -141,7 +129,7 @@ def test_a_queued_hook_job_naming_bin_sh_is_left_out_and_never_runs(
     assert result["left_out"]["queued_or_running_jobs"] == 2 and result["restored"]["jobs"] == 0
     time.sleep(WORKER_POLLS_S)
     assert active_jobs(daemon) == [] and daemon.call("list_jobs", {}) == []
-    assert rpc(daemon, "get_job", ["J41"])["error"]["name"] == "NotFound"
+    assert daemon.rpc("get_job", ["J41"])["error"]["name"] == "NotFound"
     assert not marker.exists() and not (evil / "hook.log").exists()
 
 
@@ -409,7 +397,7 @@ def test_a_project_map_that_frees_a_session_dir_is_refused_and_the_dir_stays_tak
     assert refused.returncode == 1 and "project P1's session_dirs" in refused.stderr, refused.stderr
     assert "nothing was restored" in refused.stderr
     assert database(daemon, tmp_path / "after.ndjson") == before
-    duplicate = rpc(daemon, "create_live_session", ["P1", "dup", "S2"], token=alice)
+    duplicate = daemon.rpc("create_live_session", ["P1", "dup", "S2"], token=alice)
     assert duplicate["error"]["name"] == "Conflict" and "session S2's directory" in duplicate["error"]["message"]
     assert [s["uid"] for s in daemon.call("list_sessions", ["P1"])] == ["S1", "S2"]
 
@@ -427,7 +415,7 @@ def test_a_token_of_the_hook_user_never_comes_back(lab: tuple[Daemon, SessionTre
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["left_out"]["hook_tokens"] == 1 and result["restored"]["tokens"] == tokens
-    denied = rpc(daemon, "delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
+    denied = daemon.rpc("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
                                                   "asynchronous": False}, token=stolen)
     assert denied["error"]["name"] == "Unauthenticated", denied
     assert all(Path(p).exists() for paths in tree.paths_by_datatype.values() for p in paths)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import BIN, Daemon
+from testkit.daemon import BIN, Daemon
 
 SPARE_UID = 65534  # nobody
 SYSTEM_PYTHON = "/usr/bin/python3"

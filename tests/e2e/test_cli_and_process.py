@@ -10,8 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support.daemon import BIN, Daemon
-from tests.support.sessiontree import build_session_tree
+from testkit.daemon import BIN, Daemon
+from testkit.sessiontree import build_session_tree
 
 
 def test_rtpcli_output_and_exit_codes(daemon: Daemon, tmp_path: Path) -> None:

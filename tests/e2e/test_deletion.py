@@ -11,15 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_hooks import completed_session, status_of, wait_until
-from tests.support.daemon import Daemon
-from tests.support.sessiontree import build_session_tree
-from tests.unit.test_deletion_requests import disk_state
-
-
-def data_state(root: Path) -> dict[str, str]:
-    """disk_state of the data below root, without livedmd's own state dir and logs."""
-    return {p: d for p, d in disk_state(root).items() if "/state/" not in p and not p.endswith(".log")}
+from testkit.daemon import Daemon
+from testkit.sessiontree import build_session_tree
+from tests.support.daemon_sessions import completed_session, hook_env, status_of
+from tests.support.disk import data_state
+from tests.support.hook_scripts import executable
+from tests.support.waiting import wait_until
 
 
 def test_deleting_a_category_touches_nothing_else(daemon: Daemon, tmp_path: Path) -> None:
@@ -89,12 +86,8 @@ def test_a_deletion_killed_mid_way_finishes_after_restart(tmp_path: Path) -> Non
 
 
 def test_a_hook_killed_with_its_daemon_runs_again_after_restart(tmp_path: Path) -> None:
-    script = tmp_path / "slow-hook.sh"
-    script.write_text("#!/bin/sh\necho \"start $4\"\nsleep 2\necho \"end $4\"\n")
-    script.chmod(0o755)
-    env = {"CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE": "true",
-           "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH": str(script)}
-    daemon = Daemon(tmp_path / "state", env=env, args=["--job-lease-s", "2"]).start()
+    script = executable(tmp_path / "slow-hook.sh", "#!/bin/sh\necho \"start $4\"\nsleep 2\necho \"end $4\"\n")
+    daemon = Daemon(tmp_path / "state", env=hook_env(script), args=["--job-lease-s", "2"]).start()
     completed_session(daemon, tmp_path, exposures=1)
     daemon.call("change_session_data_management_state", ["P1", "S1", "metadata", "archived"])
     log = daemon.state_dir / "hook-logs" / "P1_S1.log"
@@ -112,12 +105,9 @@ def test_a_hook_killed_with_its_daemon_runs_again_after_restart(tmp_path: Path) 
 
 def test_sigterm_releases_a_long_job_and_the_next_start_runs_it(tmp_path: Path) -> None:
     marker = tmp_path / "second-run"
-    script = tmp_path / "long-hook.sh"
-    script.write_text(f"#!/bin/sh\nif [ -e {marker} ]; then echo quick; exit 0; fi\ntouch {marker}\nsleep 30\n")
-    script.chmod(0o755)
-    env = {"CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE": "true",
-           "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH": str(script)}
-    daemon = Daemon(tmp_path / "state", env=env, args=["--drain-s", "1"]).start()
+    script = executable(tmp_path / "long-hook.sh",
+                        f"#!/bin/sh\nif [ -e {marker} ]; then echo quick; exit 0; fi\ntouch {marker}\nsleep 30\n")
+    daemon = Daemon(tmp_path / "state", env=hook_env(script), args=["--drain-s", "1"]).start()
     completed_session(daemon, tmp_path, exposures=1)
     job_id = daemon.call("trigger_live_data_management_script", ["P1", "S1", "particles"])
     wait_until(marker.exists, what="the hook to start")

@@ -6,45 +6,19 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from livedm.server.processes import session_members
-from tests.support.daemon import Daemon
-from tests.support.sessiontree import SessionTree, build_session_tree
+from testkit.daemon import Daemon
+from tests.support.daemon_sessions import completed_session, hook_daemon, status_of
+from tests.support.hook_scripts import executable
+from tests.support.waiting import wait_until
 
 HOOKS = Path(__file__).resolve().parents[2] / "hooks"
 SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "cryosparc-live-data-management.txt"
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def hook_daemon(tmp_path: Path, script: Path, **env: str) -> Daemon:
-    return Daemon(tmp_path / "state", env={"CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE": "true",
-                                           "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH": str(script), **env}).start()
-
-
-def completed_session(daemon: Daemon, tmp_path: Path, exposures: int = 3) -> SessionTree:
-    tree = build_session_tree(tmp_path / "proj", exposures=exposures)
-    daemon.call("create_project", ["p", str(tree.project_dir)])
-    daemon.call("create_live_session", ["P1", "s"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
-    return tree
-
-
-def status_of(daemon: Daemon, datatype: str) -> str:
-    return daemon.call("get_session", ["P1", "S1"])["data_management"][datatype]["status"]
 
 
 @pytest.fixture
@@ -159,9 +133,7 @@ def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path
 
 
 def test_trigger_runs_the_hook_now_and_its_overrides_need_an_admin(tmp_path: Path) -> None:
-    other = tmp_path / "other-hook.sh"
-    other.write_text("#!/bin/sh\necho \"other hook $*\"\n")
-    other.chmod(0o755)
+    other = executable(tmp_path / "other-hook.sh", "#!/bin/sh\necho \"other hook $*\"\n")
     seed_daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh", LIVEDM_HOOK_ALLOWED_SCRIPTS=str(other))
     try:
         trigger_as_admin_and_as_a_user(seed_daemon, tmp_path, other)

@@ -1,12 +1,12 @@
-"""A short run of bench/load.py: two daemons on one database under mixed load, one stopped by SIGTERM
-mid-way. No unexpected error, no lost or doubled update, nothing in flight lost, a clean exit."""
+"""A short run of the load benchmark (testkit/load.py): two daemons on one database under mixed load,
+one stopped by SIGTERM mid-way. No unexpected error, no lost or doubled update, nothing in flight lost, a clean exit."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from bench.load import run_load
+from testkit.load import run_load
 
 
 def test_two_daemons_under_load_with_a_sigterm(tmp_path: Path) -> None:

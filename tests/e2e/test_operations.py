@@ -9,9 +9,9 @@ import socket
 import urllib.request
 from pathlib import Path
 
-from tests.e2e.test_hooks import wait_until
-from tests.support.daemon import Daemon
-from tests.support.sessiontree import build_session_tree
+from testkit.daemon import Daemon
+from testkit.sessiontree import build_session_tree
+from tests.support.waiting import wait_until
 
 
 def metric(text: str, name: str, **labels: str) -> float:

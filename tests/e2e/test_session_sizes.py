@@ -11,8 +11,8 @@ import pytest
 from cryosparc.command import CommandClient, CommandError
 
 from livedm.server.domain import DATATYPES
-from tests.support.daemon import Daemon
-from tests.support.sessiontree import build_session_tree
+from testkit.daemon import Daemon
+from testkit.sessiontree import build_session_tree
 
 
 def rtpcli(daemon: Daemon, call: str) -> str:

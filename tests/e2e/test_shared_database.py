@@ -8,9 +8,11 @@ import urllib.request
 from pathlib import Path
 
 from livedm.server.embedded import EmbeddedStore
-from tests.e2e.test_hooks import wait_until
-from tests.support.daemon import Daemon
-from tests.support.sessiontree import build_session_tree
+from testkit.daemon import Daemon
+from testkit.sessiontree import build_session_tree
+from tests.support.daemon_sessions import hook_env
+from tests.support.hook_scripts import executable
+from tests.support.waiting import wait_until
 
 JOBS = 200
 
@@ -18,11 +20,8 @@ JOBS = 200
 def test_two_daemons_run_each_of_200_jobs_once(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "db")
     uri = store.start()
-    script = tmp_path / "hook.sh"
-    script.write_text("#!/bin/sh\nexit 0\n")
-    script.chmod(0o755)
-    env = {"LIVEDM_MONGO_URI": uri, "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE": "true",
-           "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH": str(script), "LIVEDM_HOOK_LOG_DIR": str(tmp_path / "logs"),
+    script = executable(tmp_path / "hook.sh", "#!/bin/sh\nexit 0\n")
+    env = {"LIVEDM_MONGO_URI": uri, **hook_env(script), "LIVEDM_HOOK_LOG_DIR": str(tmp_path / "logs"),
            "LIVEDM_WORKERS": "3", "LIVEDM_MAX_BATCH_CALLS": str(JOBS)}
     first = Daemon(tmp_path / "a", env=env).start()
     second = Daemon(tmp_path / "b", env=env).start()

@@ -11,7 +11,7 @@ import pymongo
 from livedm.server.embedded import EmbeddedStore, _cmdline
 from livedm.server.sessions import Sessions
 from livedm.server.store import CHUNK_PATHS, Store, session_key
-from tests.support.sessiontree import build_session_tree
+from testkit.sessiontree import build_session_tree
 
 
 def test_concurrent_uid_allocation_gives_each_number_once(real_service: Sessions, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from livedm.server.methods import METHODS
-from tests.unit.conftest import Api, assert_error
+from tests.support.api import Api, assert_error
 
 
 async def test_greeting_and_health(api: Api) -> None:

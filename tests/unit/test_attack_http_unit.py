@@ -23,7 +23,7 @@ from livedm.server.observe import JsonFormatter, Metrics, PlainFormatter, escape
 from livedm.server.rpc import SCOPED_READS, parse_json
 from livedm.server.store import Store
 from livedm.server.users import _USER_NAME
-from tests.unit.conftest import Api, assert_error
+from tests.support.api import Api, assert_error
 
 SCOPE = {"project_uid": "P1", "session_uid": "S1", "datatype": "micrographs"}
 HOOK_TOKEN = "ldm_" + "s" * 43

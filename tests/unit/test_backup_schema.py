@@ -24,7 +24,7 @@ from livedm.server.backup_check import BackupChecker
 from livedm.server.errors import ApiError
 from livedm.server.restore import Upload
 from livedm.server.store import COLLECTIONS, Store
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 TS = "2026-01-31T10:00:00.000Z"
 ADMIN_HASH = hashlib.sha256(b"ldm_admin").hexdigest()

@@ -12,8 +12,8 @@ from livedm.server.errors import FORBIDDEN, ApiError
 from livedm.server.jobs import JobFailed, JobRun
 from livedm.server.services import Services
 from livedm.server.store import Store
-from tests.conftest import make_config
-from tests.support.sessiontree import build_session_tree
+from testkit.sessiontree import build_session_tree
+from tests.support.config import make_config
 
 ADMIN = {"name": "admin", "role": "admin", "live_data_management": True}
 

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.unit.conftest import Api, assert_error
-
-
-def disk_state(root: Path) -> dict[str, str]:
-    """Every file and link below root: its content digest, or where a link points."""
-    state = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path) and not os.path.isfile(path):
-                continue  # a socket (the embedded store's), a fifo
-            state[path] = ("link:" + os.readlink(path)) if os.path.islink(path) else \
-                hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return state
+from tests.support.api import Api, assert_error
+from tests.support.disk import disk_state
 
 
 @pytest.fixture

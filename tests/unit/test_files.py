@@ -6,7 +6,7 @@ import pytest
 from livedm.server import files
 from livedm.server.config import parse_layout
 from livedm.server.errors import ApiError
-from tests.support.sessiontree import build_session_tree
+from testkit.sessiontree import build_session_tree
 
 LAYOUT = parse_layout("import_movies=raw,motioncorrected=micrographs,thumbnails=thumbnails,extract=particles")
 

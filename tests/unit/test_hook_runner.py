@@ -4,7 +4,6 @@ configuration allows, its log is confined and capped, its environment and token 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import stat
 import tempfile
@@ -33,15 +32,21 @@ from livedm.server.hooks import (
 )
 from livedm.server.jobs import JobRun, Queue
 from livedm.server.store import Store
-from tests.conftest import make_config
+from tests.support.config import make_config
+from tests.support.hook_scripts import (
+    OTHER,
+    changeable,
+    marker_script,
+    needs_root,
+    open_dir,
+    owned_by_other,
+    plain_script,
+    private_dir,
+    sticky_dir,
+    writable,
+)
 
 GOOD = {"project_uid": "P1", "session_uid": "S1", "datatype": "particles", "status": "archiving"}
-
-
-def marker_script(path: Path, marker: Path, body: str = "") -> Path:
-    path.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\n{body}")
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture
@@ -243,62 +248,8 @@ def test_capped_log_keeps_short_output_whole(tmp_path: Path) -> None:
 
 # --- finding 6: a script another user could change does not run (OpenSSH's StrictModes) ----------
 
-OTHER = 65534  # nobody: neither root nor livedmd's own user
 SHIPPED_HOOKS = Path(__file__).resolve().parents[2] / "hooks"
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 NOT_CHECKABLE = "; fix hook_path (or hook_allowed_scripts) or put the script there"
-
-
-def user_text(uid: int) -> str:
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def changeable(script: Path, problem: str) -> str:
-    """The whole refusal for `script`, with `problem` the entry at fault and the command that fixes it."""
-    return f"hook script {script} could be changed by another user: {problem}"
-
-
-def owned_by_other(entry: Path, kind: str = "file") -> str:
-    chown = "chown -h" if kind == "symbolic link" else "chown"
-    return (f"the {kind} {entry} is owned by {user_text(OTHER)}, not by {user_text(0)}; run "
-            f"`{chown} root {entry}` or move the script where only root can write")
-
-
-def writable(entry: Path, mode: int, kind: str = "file", by: str = "group and others") -> str:
-    return f"the {kind} {entry} is writable by {by} (mode {mode:04o}); run `chmod go-w {entry}`"
-
-
-def private_dir(path: Path) -> Path:
-    """A directory only its owner (root, or livedmd's user) may change: mode 0755, whatever the umask."""
-    path.mkdir()
-    path.chmod(0o755)
-    return path
-
-
-def plain_script(directory: Path, name: str = "hook.sh", mode: int = 0o755) -> Path:
-    """An executable script in `directory` (a new one is made 0755): nobody but its owner may change it."""
-    if not directory.exists():
-        private_dir(directory)
-    script = directory / name
-    script.write_text("#!/bin/sh\n")
-    script.chmod(mode)
-    return script
-
-
-def sticky_dir(path: Path) -> Path:
-    """A directory like /tmp: anyone may add entries, only an entry's owner may replace it."""
-    path.mkdir()
-    path.chmod(0o1777)
-    return path
-
-
-def open_dir(path: Path) -> Path:
-    path.mkdir()
-    path.chmod(0o777)
-    return path
 
 
 def script_owned_by_other(base: Path) -> tuple[Path, str]:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from livedm.server.methods import METHODS
-from tests.unit.conftest import Api, assert_error
+from tests.support.api import Api, assert_error
 
 MANAGE = sorted(name for name, m in METHODS.items() if m.access == "manage")
 # What a permitted call gives with _params_for's arguments: a result (None) or the one error it must be.

@@ -7,7 +7,7 @@ import pytest
 from livedm.server.domain import DATATYPES, datatype_size
 from livedm.server.errors import CONFLICT, INVALID_PARAMS, NOT_FOUND, ApiError
 from livedm.server.sessions import Sessions
-from tests.support.sessiontree import SessionTree, build_session_tree
+from testkit.sessiontree import SessionTree, build_session_tree
 
 
 def session_on_disk(service: Sessions, tmp_path: Path, exposures: int) -> SessionTree:

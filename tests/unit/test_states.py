@@ -16,8 +16,9 @@ from livedm.server.domain import DATATYPES
 from livedm.server.services import Services
 from livedm.server.states import TRANSITIONS, IllegalTransition
 from livedm.server.store import Store
-from tests.conftest import make_config
-from tests.support.sessiontree import build_session_tree
+from testkit.sessiontree import build_session_tree
+from tests.support.config import make_config
+from tests.support.hook_scripts import executable
 
 SERVER = Path(states.__file__).parent
 README = SERVER.parent / "README.md"
@@ -81,9 +82,7 @@ def test_the_readme_prints_the_table() -> None:
 
 
 def test_missing_is_audited_and_hooked_and_deleting_is_not_hooked(mock_store: Store, tmp_path: Path) -> None:
-    script = tmp_path / "hook.sh"
-    script.write_text("#!/bin/sh\n")
-    script.chmod(0o755)
+    script = executable(tmp_path / "hook.sh", "#!/bin/sh\n")
     config = make_config(tmp_path / "state", hook_enable="true", hook_path=str(script))
     services = Services.build(mock_store, config, Authenticator(mock_store, 2))
     tree = build_session_tree(tmp_path / "proj", exposures=2)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -52,18 +53,21 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"livedmd exited with {self.process.returncode}:\n{self.log()}")
-            if "--worker-only" in self.args:  # no HTTP server to ask
-                if "worker-only mode" in self.log():
-                    return self
-                time.sleep(0.1)
-                continue
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
-                    if json.loads(response.read())["status"] == "ok":
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"livedmd did not become healthy in {timeout_s} s:\n{self.log()}")
+            if self.ready():
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"livedmd was not ready in {timeout_s} s:\n{self.log()}")
+
+    def ready(self) -> bool:
+        """What start() waits for: /healthz says ok (with --worker-only, which serves no HTTP, the log
+        says the workers run)."""
+        if "--worker-only" in self.args:
+            return "worker-only mode" in self.log()
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                return bool(json.loads(response.read())["status"] == "ok")
+        except OSError:
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -76,12 +80,24 @@ class Daemon:
         self.process = None
         return code
 
-    def call(self, method: str, params: Any = None) -> Any:
+    def rpc(self, method: str, params: Any = None, token: str | None = None,
+            timeout_s: float = 120) -> dict[str, Any]:
+        """The whole JSON-RPC reply, errors included (also one sent with an HTTP error status)."""
         body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params or [], "id": 1}).encode()
         request = urllib.request.Request(self.url + "/api", data=body, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            reply = json.loads(response.read())
+            "Authorization": f"Bearer {token or self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            try:
+                return dict(json.loads(exc.read()))
+            except ValueError:
+                raise exc from None
+
+    def call(self, method: str, params: Any = None) -> Any:
+        """The result of a call as the admin; an AssertionError naming the error if it failed."""
+        reply = self.rpc(method, params, timeout_s=60)
         if "error" in reply:
             raise AssertionError(f"{method} failed: {reply['error']}")
         return reply["result"]

@@ -1,0 +1,43 @@
+"""A real livedmd in a test: one with the state-change hook on, a project P1 with a completed session
+S1 on disk, the status of one of S1's categories, a job once it has ended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from testkit.daemon import Daemon
+from testkit.sessiontree import SessionTree, build_session_tree
+from tests.support.waiting import wait_until
+
+HOOK_ENABLE = "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_ENABLE"
+HOOK_PATH = "CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH"
+
+
+def hook_env(script: Path) -> dict[str, str]:
+    """The environment that turns the hook on with `script`, as cryoSPARC's own variables name it."""
+    return {HOOK_ENABLE: "true", HOOK_PATH: str(script)}
+
+
+def hook_daemon(tmp_path: Path, script: Path, **env: str) -> Daemon:
+    """A started livedmd (state dir tmp_path/state) whose hook is `script`."""
+    return Daemon(tmp_path / "state", env={**hook_env(script), **env}).start()
+
+
+def completed_session(daemon: Daemon, tmp_path: Path, exposures: int = 3) -> SessionTree:
+    """P1 (tmp_path/proj) with S1 on disk, marked completed (so measured)."""
+    tree = build_session_tree(tmp_path / "proj", exposures=exposures)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    return tree
+
+
+def status_of(daemon: Daemon, datatype: str) -> str:
+    return str(daemon.call("get_session", ["P1", "S1"])["data_management"][datatype]["status"])
+
+
+def finished_job(daemon: Daemon, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    """The job once it is done or failed."""
+    return dict(wait_until(lambda: (j := daemon.call("get_job", [job_id]))["state"] in ("done", "failed") and j,
+                           timeout_s=timeout_s, what=f"job {job_id} to end"))
