@@ -203,7 +203,15 @@ class Discovery:
     # --- the pass --------------------------------------------------------------------------------
 
     def dry_run(self) -> dict[str, Any]:
-        return {"dry_run": True, **self.survey().report()}
+        """The survey, and the exposures.bson files a pass would read (their problems too), changing nothing."""
+        survey = self.survey()
+        for item in [*survey.added, *survey.changed]:
+            assert item.record is not None
+            known = {s["uid"]: s for s in self.store.list_sessions(item.uid)}
+            for live in item.record.sessions:
+                if not live.deleted:
+                    self._counts_if_changed(survey, item.project_dir, live, known.get(live.session_uid))
+        return {"dry_run": True, **survey.report()}
 
     def run(self, run: JobRun) -> dict[str, Any]:
         if run.params:

@@ -13,7 +13,7 @@ from livedm.server.errors import ApiError
 from livedm.server.services import Services
 from livedm.server.store import Store
 from testkit.cryosparc_tree import SessionSpec, build_cryosparc_project
-from tests.conftest import make_config
+from tests.support.config import make_config
 
 ADMIN = {"name": "admin", "role": "admin", "live_data_management": True}
 
