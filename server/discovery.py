@@ -76,6 +76,11 @@ def _found_row(found: Found) -> dict[str, Any]:
     return row
 
 
+def _innermost_root(path: str, roots: tuple[tuple[str, str], ...]) -> str:
+    inside = [root for _, root in roots if path == root or path.startswith(root.rstrip("/") + "/")]
+    return max(inside, key=len)
+
+
 def livedm_uid(label: str, cryosparc_uid: str) -> str:
     return f"{label}-{cryosparc_uid}" if label else cryosparc_uid
 
@@ -97,8 +102,10 @@ class Discovery:
         by_uid = {p["uid"]: p for p in projects}
         by_real_dir = {os.path.realpath(p["project_dir"]): p for p in projects}
         found: list[Found] = []
-        for label, root in self.config.discovery_roots:
-            found.extend(self._search_root(survey, label, root, discovered))
+        roots = self.config.discovery_roots
+        for label, root in roots:
+            found.extend(f for f in self._search_root(survey, label, root, discovered)
+                         if _innermost_root(f.project_dir, roots) == root)  # a root inside another is its own
         for index, item in enumerate(found):
             if index % 50 == 0:
                 progress(done=index, total=len(found), phase="reading project files")

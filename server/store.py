@@ -224,14 +224,11 @@ class Store:
     def _update_session(self, project_uid: str, session_uid: str, expect: dict[str, Any],
                         update: dict[str, Any], *, writes_category_status: bool = False) -> dict[str, Any] | None:
         """Apply `update` if the session still matches `expect`: the document after it, or None (nothing
-        changed). update_one then a read, not find_one_and_update: mongomock re-applies the filter to the
-        updated document and would report a match as a miss."""
+        changed)."""
         if not writes_category_status and any(_CATEGORY_STATUS.match(path) for path in update.get("$set", {})):
             raise AssertionError("a category's status is written only by set_category_status (states.py)")
-        key = session_key(project_uid, session_uid)
-        if self.db.sessions.update_one({"_id": key, **expect}, update).matched_count == 0:
-            return None
-        return self.db.sessions.find_one({"_id": key}, NO_ID)
+        return self.db.sessions.find_one_and_update({"_id": session_key(project_uid, session_uid), **expect}, update,
+                                                    projection=NO_ID, return_document=ReturnDocument.AFTER)
 
     def set_category_status(self, project_uid: str, session_uid: str, datatype: str, *, expect_status: str,
                             fields: dict[str, Any], expect_job_id: str | None = None, check_job_id: bool = False,
@@ -458,17 +455,13 @@ class Store:
 
     def claim_job(self, owner: str, now: float, lease_s: float, *, started_at: str) -> dict[str, Any] | None:
         """Take one job that is queued and due, or running with an expired lease. Atomic: of two
-        claimers, one gets it. (ReturnDocument.BEFORE: mongomock misreports AFTER with a filter.)"""
-        before = self.db.jobs.find_one_and_update(
+        claimers, one gets it."""
+        return self.db.jobs.find_one_and_update(
             {"$or": [{"state": "queued", "not_before": {"$lte": now}},
                      {"state": "running", "lease_until": {"$lt": now}}]},
             {"$set": {"state": "running", "owner": owner, "lease_until": now + lease_s, "started_at": started_at},
              "$inc": {"attempts": 1}},
-            projection=NO_ID, return_document=ReturnDocument.BEFORE)
-        if before is None:
-            return None
-        return {**before, "state": "running", "owner": owner, "lease_until": now + lease_s, "started_at": started_at,
-                "attempts": before.get("attempts", 0) + 1}
+            projection=NO_ID, return_document=ReturnDocument.AFTER)
 
     def update_owned_job(self, job_id: str, owner: str, fields: dict[str, Any]) -> bool:
         """Set fields on a job this owner still holds; False if it no longer does."""
@@ -616,9 +609,6 @@ class Store:
         for _attempt in range(5):
             try:
                 self.db.command(command)
-                return
-            except NotImplementedError:  # mongomock, in tests: only the helper
-                self._rename_on_admin(source, target)
                 return
             except pymongo.errors.OperationFailure as exc:
                 if exc.code == 13 or "admin database" in str(exc):

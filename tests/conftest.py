@@ -4,7 +4,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import mongomock
 import pymongo
 import pytest
 
@@ -14,6 +13,7 @@ from livedm.server.embedded import EmbeddedStore
 from livedm.server.services import Services
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
+from tests.support import mock_mongo
 from tests.support.config import make_config
 
 
@@ -24,7 +24,7 @@ def config(tmp_path: Path) -> Config:
 
 @pytest.fixture
 def mock_store() -> Store:
-    store = Store(mongomock.MongoClient(), "livedm")
+    store = Store(mock_mongo.MongoClient(), "livedm")
     store.ensure_indexes()
     return store
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mongomock
 import pytest
 
 from livedm.server.app import create_app
 from livedm.server.config import Config
 from testkit.sessiontree import build_session_tree
+from tests.support import mock_mongo
 from tests.support.api import Api
 from tests.support.config import make_config
 
@@ -18,7 +18,7 @@ from tests.support.config import make_config
 @pytest.fixture
 async def api(aiohttp_client: Any, tmp_path: Path) -> Api:
     config: Config = make_config(tmp_path / "state")
-    mongo = mongomock.MongoClient()
+    mongo = mock_mongo.MongoClient()
     client = await aiohttp_client(create_app(config, mongo_client=mongo))
     return Api(client, config.admin_token_path.read_text().strip(), mongo)
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import mongomock
 import pytest
 from bson import json_util
 from bson.code import Code
@@ -24,6 +23,7 @@ from livedm.server.backup_check import BackupChecker
 from livedm.server.errors import ApiError
 from livedm.server.restore import Upload
 from livedm.server.store import COLLECTIONS, Store
+from tests.support import mock_mongo
 from tests.support.config import make_config
 
 TS = "2026-01-31T10:00:00.000Z"
@@ -403,7 +403,7 @@ def test_the_upload_is_private_and_always_removed(tmp_path: Path) -> None:
 async def test_the_route_refuses_a_body_over_the_limit_before_reading_it(aiohttp_client: Any,
                                                                         tmp_path: Path) -> None:
     config = make_config(tmp_path / "state", max_restore_bytes="10")
-    client = await aiohttp_client(create_app(config, mongo_client=mongomock.MongoClient()))
+    client = await aiohttp_client(create_app(config, mongo_client=mock_mongo.MongoClient()))
     token = config.admin_token_path.read_text().strip()
     response = await client.post("/admin/restore?confirm=yes", data=b"x" * 100,
                                  headers={"Authorization": f"Bearer {token}"})
@@ -429,8 +429,8 @@ NEW = {"projects": [{"_id": "P7"}, {"_id": "P8"}], "sessions": [{"_id": "P7/S1"}
 
 @pytest.fixture(params=["real_store", "mock_store"])
 def old_store(request: pytest.FixtureRequest) -> Store:
-    """A store holding P1 and its S1: on the embedded store (what livedmd runs) and on mongomock (which,
-    like MongoDB, renames through the admin database)."""
+    """A store holding P1 and its S1: on the embedded store (what livedmd runs) and on the mongomock double
+    (tests/support/mock_mongo.py)."""
     store: Store = request.getfixturevalue(request.param)
     store.db.projects.insert_one({"_id": "P1"})
     store.db.sessions.insert_one({"_id": "P1/S1"})

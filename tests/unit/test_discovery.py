@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from livedm.server.auth import Authenticator
+from livedm.server.auth import Authenticator, ensure_admin
+from livedm.server.backup import backup_lines
+from livedm.server.backup_check import BackupChecker
 from livedm.server.errors import ApiError
 from livedm.server.services import Services
 from livedm.server.store import Store
@@ -184,3 +186,19 @@ async def test_the_dry_run_changes_nothing(mock_store: Store, tmp_path: Path, mo
     report = services.discovery.dry_run()
     assert report["dry_run"] is True and [a["project_uid"] for a in report["added"]] == ["P30"]
     assert mock_store.list_projects() == [] and services.queue.list(None, None, None, limit=10) == []
+
+
+async def test_a_backup_of_discovered_projects_passes_the_restores_checks(mock_store: Store, tmp_path: Path,
+                                                                          movies: Path) -> None:
+    services = services_for(mock_store, tmp_path, roots=f"{tmp_path}/data:krios={tmp_path}/data/krios")
+    (tmp_path / "data" / "krios").mkdir()
+    build_cryosparc_project(tmp_path / "data" / "a", "P12", "Plain", [SessionSpec(), SessionSpec()], movies_dir=movies)
+    build_cryosparc_project(tmp_path / "data" / "krios", "P3", "Labelled", [SessionSpec()], movies_dir=movies)
+    await discover(services)
+    assert sorted(p["uid"] for p in mock_store.list_projects()) == ["P12", "krios-P3"]
+    ensure_admin(mock_store, tmp_path / "state" / "admin.token")
+    checker = BackupChecker((str(tmp_path / "data"),), (str(tmp_path / "state"),))
+    for line in backup_lines(mock_store):
+        checker.line(line.rstrip(b"\n"))
+    checker.finish()
+    assert checker.kept_counts["projects"] == 2 and checker.kept_counts["sessions"] == 3
