@@ -96,6 +96,9 @@ def test_cryosparc_tools_can_call_every_method(daemon: Daemon, tmp_path: Path) -
         "update_all_sessions_datatype_sizes": lambda: cli.update_all_sessions_datatype_sizes("P1"),
         "get_job": lambda: cli.get_job("J1"),
         "list_jobs": lambda: cli.list_jobs(),
+        "discover": lambda: cli.discover(dry_run=True),
+        "get_discovery_report": lambda: cli.get_discovery_report(),
+        "get_all_sessions_in_project": lambda: cli.get_all_sessions_in_project("P1"),
         "trigger_live_data_management_script": lambda: error_of(
             lambda: cli.trigger_live_data_management_script("P1", "S1", "particles")),  # the hook is off here
     }
@@ -103,6 +106,8 @@ def test_cryosparc_tools_can_call_every_method(daemon: Daemon, tmp_path: Path) -
     results = {name: call() for name, call in calls.items()}
     assert results["get_datatype_size"] == tree.bytes_by_datatype["metadata"] + 999
     assert results["mark_session_completed"]["status"] == "completed"
+    assert results["discover"]["dry_run"] is True and results["get_discovery_report"]["job_id"] is None
+    assert [s["session_uid"] for s in results["get_all_sessions_in_project"]] == ["S1"]
     assert results["update_session_datatype_sizes"] == tree.total() + 999
     assert results["change_session_data_management_state"]["particles"]["status"] == "archiving"
     assert results["revoke_token"]["revoked"] == 2
