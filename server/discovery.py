@@ -324,17 +324,17 @@ class Discovery:
     def _exposure_counts(self, survey: Survey, unchanged: list[Found]) -> None:
         """Sessions cryoSPARC is still working on add exposures without touching workspaces.json: their
         exposures.bson is looked at (one stat) on every pass."""
-        for item in unchanged:
-            for session in self.store.list_sessions(item.uid):
-                if session.get("status") == "completed" or session.get("left_cryosparc_at"):
-                    continue
-                live = cs.LiveSession(session_uid=session["uid"], workspace_uid=None, title="",
-                                      session_dir=session["session_dir"], status="", created_at=None,
-                                      completed_at=None, paused_at=[], created_by_user_id=None, deleted=False,
-                                      raw_dirs=(), stats=None)
-                fields = self._counts_if_changed(survey, item.project_dir, live, session)
-                if fields:
-                    self.store.set_session_fields(item.uid, session["uid"], fields)
+        dirs = {item.uid: item.project_dir for item in unchanged}
+        for session in self.store.list_sessions():
+            project_dir = dirs.get(session["project_uid"])
+            if project_dir is None or session.get("status") == "completed" or session.get("left_cryosparc_at"):
+                continue
+            live = cs.LiveSession(session_uid=session["uid"], workspace_uid=None, title="",
+                                  session_dir=session["session_dir"], status="", created_at=None, completed_at=None,
+                                  paused_at=[], created_by_user_id=None, deleted=False, raw_dirs=(), stats=None)
+            fields = self._counts_if_changed(survey, project_dir, live, session)
+            if fields:
+                self.store.set_session_fields(session["project_uid"], session["uid"], fields)
 
 
 def _session_fields(live: cs.LiveSession) -> dict[str, Any]:

@@ -144,6 +144,7 @@ def test_conflicts_and_bad_files_are_reported_and_the_pass_completes(tmp_path: P
         assert [c["paths"] for c in report["conflicts"]] == [sorted([str(one.project_dir), str(two.project_dir)])]
         unreadable = {u["path"]: u["reason"] for u in report["unreadable"]}
         assert str(truncated.project_json) in unreadable
+        assert "not valid UTF-8" in unreadable[str(not_utf8.project_json)]
         assert str(cut_bson.sessions["S1"].exposures_bson) in unreadable
         assert str(root / "linked-project") in unreadable and "symlink" in unreadable[str(root / "linked-project")]
         assert any(path.startswith(str(as_object.project_dir)) for path in unreadable)
