@@ -325,9 +325,9 @@ class Discovery:
         """Sessions cryoSPARC is still working on add exposures without touching workspaces.json: their
         exposures.bson is looked at (one stat) on every pass."""
         dirs = {item.uid: item.project_dir for item in unchanged}
-        for session in self.store.list_sessions():
+        for session in self.store.sessions_in_progress() if dirs else []:
             project_dir = dirs.get(session["project_uid"])
-            if project_dir is None or session.get("status") == "completed" or session.get("left_cryosparc_at"):
+            if project_dir is None or session.get("left_cryosparc_at"):
                 continue
             live = cs.LiveSession(session_uid=session["uid"], workspace_uid=None, title="",
                                   session_dir=session["session_dir"], status="", created_at=None, completed_at=None,

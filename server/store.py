@@ -221,6 +221,10 @@ class Store:
         query = {} if project_uid is None else {"project_uid": project_uid}
         return list(self.db.sessions.find(query, NO_ID).sort("created_at", 1))
 
+    def sessions_in_progress(self) -> list[dict[str, Any]]:
+        """Sessions not completed (running or paused): those cryoSPARC may still add to."""
+        return list(self.db.sessions.find({"status": {"$ne": "completed"}}, NO_ID))
+
     def _update_session(self, project_uid: str, session_uid: str, expect: dict[str, Any],
                         update: dict[str, Any], *, writes_category_status: bool = False) -> dict[str, Any] | None:
         """Apply `update` if the session still matches `expect`: the document after it, or None (nothing
