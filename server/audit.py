@@ -37,6 +37,13 @@ class Audit:
             raise ValueError(f"unknown audit action {action!r}: add it to audit.ACTIONS (and so to the README)")
         self.store.append_audit({"at": now_iso(), "actor": actor, "action": action, **details})
 
+    def record_many(self, actor: str, action: str, details: list[dict[str, Any]]) -> None:
+        """Several entries of one action at once (a discovery pass adding a project's sessions)."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown audit action {action!r}: add it to audit.ACTIONS (and so to the README)")
+        at = now_iso()
+        self.store.append_audit_many([{"at": at, "actor": actor, "action": action, **d} for d in details])
+
     def query(self, project_uid: str | None, session_uid: str | None, limit: int) -> list[dict[str, Any]]:
         if not 1 <= limit <= MAX_ENTRIES:
             raise invalid_params(f"limit must be 1-{MAX_ENTRIES}")

@@ -274,20 +274,24 @@ class Discovery:
         assert item.record is not None
         known = {s["uid"]: s for s in self.store.list_sessions(item.uid)}
         listed = {s.session_uid: s for s in item.record.sessions if not s.deleted}
+        new: dict[str, dict[str, Any]] = {}
         for session_uid, live in listed.items():
             fields = _session_fields(live)
             fields.update(self._counts_if_changed(survey, item.project_dir, live, known.get(session_uid)))
             if session_uid not in known:
-                try:
-                    self.sessions.add_discovered_session(item.uid, session_uid, fields)
-                except ApiError as exc:
-                    survey.conflicts.append(_conflict(f"{item.uid} {session_uid}", [item.project_dir], exc.message))
-                    continue
-                self.audit.record(LIVEDM, "session_discovered", project_uid=item.uid, session_uid=session_uid,
-                                  session_dir=live.session_dir)
+                new[session_uid] = fields
             else:
                 fields.pop("session_dir")  # the dir a session was reserved and measured in stays its own
                 self.store.set_session_fields(item.uid, session_uid, {**fields, "left_cryosparc_at": None})
+        try:
+            refused = self.sessions.add_discovered_sessions(item.uid, new)
+        except ApiError as exc:
+            refused = dict.fromkeys(new, exc.message)
+        for session_uid, why in refused.items():
+            survey.conflicts.append(_conflict(f"{item.uid} {session_uid}", [item.project_dir], why))
+        self.audit.record_many(LIVEDM, "session_discovered", [
+            {"project_uid": item.uid, "session_uid": uid, "session_dir": new[uid]["session_dir"]}
+            for uid in new if uid not in refused])
         for session_uid, session in known.items():
             if session_uid not in listed and not session.get("left_cryosparc_at"):
                 self.store.set_session_fields(item.uid, session_uid, {"left_cryosparc_at": _now()})

@@ -322,20 +322,45 @@ class Sessions:
             self._release_project_dir(uid)
             raise conflict(f"project {uid} exists already")
 
-    def add_discovered_session(self, project_uid: str, session_uid: str, fields: dict[str, Any]) -> None:
-        """A cryoSPARC Live session, under cryoSPARC's uid and session dir; its dir reserved as
-        create_live_session does. ApiError (conflict, invalid_params) if the dir may not be its."""
-        project = self.project(project_uid)
-        session_dir = files.check_session_dir(fields["session_dir"])
-        files.check_session_root(project["project_dir"], session_dir)
-        real_dir = self._real_session_dir(project, session_dir)
-        self._reserve_session_dir(project_uid, check_session_uid(session_uid), real_dir, shown=session_dir)
-        session = {"started_at": None, "paused_at": [], "completed_at": None, **fields, "project_uid": project_uid,
-                   "uid": session_uid, "session_dir": session_dir, "data_management": new_data_management(),
-                   "scan_gen": None, "scan_digest": None, "measured_at": None}
-        if not self.store.insert_session(session):
-            self.store.release_session_dir(project_uid, session_uid)
-            raise conflict(f"session {project_uid} {session_uid} exists already")
+    def add_discovered_sessions(self, project_uid: str, new: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """cryoSPARC Live sessions of one project, under cryoSPARC's uids and session dirs, checked as
+        create_live_session checks one and reserved in one update. {session uid: why it was refused}."""
+        refused: dict[str, str] = {}
+        for _attempt in range(RESERVE_ATTEMPTS):
+            project = self.project(project_uid)
+            dirs = self.session_dirs(project)
+            taken: dict[str, tuple[str, dict[str, Any]]] = {}
+            for session_uid, fields in new.items():
+                if session_uid in refused:
+                    continue
+                try:
+                    session_dir = files.check_session_dir(fields["session_dir"])
+                    files.check_session_root(project["project_dir"], session_dir)
+                    real_dir = self._real_session_dir(project, session_dir)
+                    self._check_session_dir_free({**dirs, **{u: d for u, (d, _) in taken.items()}}, real_dir,
+                                                 session_dir)
+                    if check_session_uid(session_uid) in dirs:
+                        raise conflict(f"session {project_uid} {session_uid} exists already")
+                except ApiError as exc:
+                    refused[session_uid] = exc.message
+                    continue
+                taken[session_uid] = (real_dir, {**fields, "session_dir": session_dir})
+            if not taken:
+                return refused
+            if self.store.reserve_session_dir(project_uid, project.get("dirs_version"),
+                                              {**dirs, **{u: d for u, (d, _) in taken.items()}}):
+                break
+            time.sleep(random.uniform(0, RESERVE_BACKOFF_S))
+        else:
+            raise conflict(f"sessions of {project_uid} kept being created while these were; the next pass tries again")
+        sessions = [{"started_at": None, "paused_at": [], "completed_at": None, **fields, "project_uid": project_uid,
+                     "uid": uid, "data_management": new_data_management(), "scan_gen": None, "scan_digest": None,
+                     "measured_at": None} for uid, (_, fields) in taken.items()]
+        inserted = set(self.store.insert_sessions(sessions))
+        for uid in taken.keys() - inserted:
+            self.store.release_session_dir(project_uid, uid)
+            refused[uid] = f"session {project_uid} {uid} exists already"
+        return refused
 
     def mark_missing(self, project_uid: str, session_uid: str, reason: str) -> int:
         """Missing is not empty: the session's categories show missing, their last figures kept, until

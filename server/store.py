@@ -201,6 +201,18 @@ class Store:
 
     # --- sessions --------------------------------------------------------------------------------
 
+    def insert_sessions(self, sessions: list[dict[str, Any]]) -> list[str]:
+        """Insert new sessions at once; the uids that were inserted (one of the same uid existing stays)."""
+        if not sessions:
+            return []
+        try:
+            self.db.sessions.insert_many([{"_id": session_key(s["project_uid"], s["uid"]), **s} for s in sessions],
+                                         ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            failed = {error["index"] for error in exc.details.get("writeErrors", [])}
+            return [s["uid"] for index, s in enumerate(sessions) if index not in failed]
+        return [s["uid"] for s in sessions]
+
     def insert_session(self, session: dict[str, Any]) -> bool:
         """False when the project has a session of that uid already."""
         key = session_key(session["project_uid"], session["uid"])
@@ -634,6 +646,10 @@ class Store:
 
     def append_audit(self, entry: dict[str, Any]) -> None:
         self.db.audit.insert_one(dict(entry))
+
+    def append_audit_many(self, entries: list[dict[str, Any]]) -> None:
+        if entries:
+            self.db.audit.insert_many([dict(entry) for entry in entries])
 
     def find_audit(self, *, project_uid: str | None = None, session_uid: str | None = None,
                    limit: int) -> list[dict[str, Any]]:
