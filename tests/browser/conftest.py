@@ -24,6 +24,15 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
+    """A site of the test's own, for a test that changes what the others look at."""
     site = start_site(tmp_path)
+    yield site
+    site.daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """One site for the tests that leave every status, user and token as they found them."""
+    site = start_site(tmp_path_factory.mktemp("site"))
     yield site
     site.daemon.stop()

@@ -31,7 +31,8 @@ def menu_button(page: Page, label: str) -> Locator:
     return page.locator("#menu button", has_text=label)
 
 
-def test_sign_in_with_a_bad_token_then_a_good_one(site: Site, browser: Browser) -> None:
+def test_sign_in_with_a_bad_token_then_a_good_one(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # this test changes no status, user or token
     page = site.page(browser)
     sign_in(page, "ldm_not-a-token")
     expect(page.locator("#sign-in-error")).to_contain_text("not valid")
@@ -48,7 +49,8 @@ def test_sign_in_with_a_bad_token_then_a_good_one(site: Site, browser: Browser) 
     assert not page.errors  # type: ignore[attr-defined]
 
 
-def test_expand_all_and_collapse_all_by_right_click(site: Site, browser: Browser) -> None:
+def test_expand_all_and_collapse_all_by_right_click(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # this test changes no status, user or token
     page = site.page(browser, site.daemon.token)
     expect(page.locator("tr.project")).to_have_count(2)
     expect(page.locator("tr.session")).to_have_count(0)
@@ -63,7 +65,8 @@ def test_expand_all_and_collapse_all_by_right_click(site: Site, browser: Browser
     expect(page.locator("tr.session")).to_have_count(0)
 
 
-def test_download_project_stats_matches_the_api(site: Site, browser: Browser, tmp_path: Path) -> None:
+def test_download_project_stats_matches_the_api(shared_site: Site, browser: Browser, tmp_path: Path) -> None:
+    site = shared_site  # this test changes no status, user or token
     page = site.page(browser, site.daemon.token)
     with page.expect_download() as info:
         page.locator("tr[data-uid='P1'] button", has_text="Download stats").click()
@@ -111,7 +114,8 @@ def test_delete_through_the_confirmation(site: Site, browser: Browser) -> None:
     assert all(Path(p).exists() for p in tree.paths_by_datatype["micrographs"])
 
 
-def test_actions_are_disabled_with_a_reason(site: Site, browser: Browser) -> None:
+def test_actions_are_disabled_with_a_reason(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # this test changes no status, user or token
     page = site.page(browser, site.daemon.token)
     right_click_table(page, "Expand all")
     open_menu(page, "P1-S2", "micrographs")  # a running session
@@ -171,8 +175,9 @@ def test_refresh_a_project_and_mark_a_session_completed(site: Site, browser: Bro
     expect(menu_button(page, "Mark as archiving")).to_be_enabled()
 
 
-def test_failed_jobs_are_shown(site: Site, browser: Browser, tmp_path: Path) -> None:
-    failing = executable(tmp_path / "failing-hook.sh", "#!/bin/sh\necho broken >&2\nexit 7\n")
+def test_failed_jobs_are_shown(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # this test changes no status, user or token
+    failing = executable(site.root / "failing-hook.sh", "#!/bin/sh\necho broken >&2\nexit 7\n")
     job_id = site.daemon.call("trigger_live_data_management_script", {
         "project_uid": "P2", "session_uid": "S1", "datatype": "metadata", "script_location": str(failing)})
     page = site.page(browser, site.daemon.token)
