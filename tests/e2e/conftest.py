@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from testkit.daemon import Daemon
+from tests.support.daemon_sessions import stop_when_idle
 
 
 @pytest.fixture
@@ -12,7 +13,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     d = Daemon(tmp_path / "state").start()
     yield d
     if d.process is not None:
-        d.stop()
+        stop_when_idle(d)
 
 
 @pytest.fixture(scope="module")
@@ -24,4 +25,4 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
                env={"LIVEDM_DATA_ROOTS": str(tmp_path_factory.getbasetemp())}).start()
     yield d
     if d.process is not None:
-        d.stop()
+        stop_when_idle(d)
