@@ -25,8 +25,12 @@ class Site:
     viewer_token: str
     root: Path  # where its trees are; failing-hook.sh here is an allowed override of the hook
 
-    def page(self, browser: Browser, token: str | None = None) -> Page:
+    def page(self, browser: Browser, token: str | None = None, fake_clock: bool = False) -> Page:
+        """A new tab on the page, signed in with `token` if given. With fake_clock the page's timers run on
+        Playwright's clock: time flows as usual, and page.clock.fast_forward() jumps ahead."""
         page = browser.new_page(viewport={"width": 1500, "height": 800}, accept_downloads=True)
+        if fake_clock:
+            page.clock.install()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.errors = errors  # type: ignore[attr-defined]
