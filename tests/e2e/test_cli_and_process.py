@@ -132,22 +132,25 @@ def test_user_and_audit_commands(daemon: Daemon, tmp_path: Path) -> None:
     assert "permission_changed" in daemon.livedm("audit").stdout
 
 
-def test_delete_jobs_and_progress_commands(daemon: Daemon, tmp_path: Path) -> None:
+def test_delete_jobs_and_progress_commands(shared_daemon: Daemon, tmp_path: Path) -> None:
+    daemon = shared_daemon
     tree = build_session_tree(tmp_path / "proj", exposures=3)
-    daemon.call("create_project", ["p", str(tree.project_dir)])
-    daemon.call("create_live_session", ["P1", "s"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
-    dry = daemon.livedm("delete", "P1", "S1", "particles", "--dry-run")
+    p1 = daemon.call("create_project", ["p", str(tree.project_dir)])["uid"]
+    daemon.call("create_live_session", [p1, "s"])
+    daemon.call("mark_session_completed", [p1, "S1"])
+    dry = daemon.livedm("delete", p1, "S1", "particles", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.startswith("would delete 3 files")
-    unconfirmed = daemon.livedm("delete", "P1", "S1", "particles")  # no terminal, no --yes
+    unconfirmed = daemon.livedm("delete", p1, "S1", "particles")  # no terminal, no --yes
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
     assert all(Path(p).exists() for p in tree.paths_by_datatype["particles"])
-    done = daemon.livedm("delete", "P1", "S1", "particles", "--yes")
+    assert daemon.call("list_jobs", {"project_uid": p1}) == []
+    done = daemon.livedm("delete", p1, "S1", "particles", "--yes")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("deleted 3 files") and "particles is deleted" in done.stdout
-    assert "J1 delete done 3/3" in done.stderr  # progress shown while it ran
+    [job_id] = [j["id"] for j in daemon.call("list_jobs", {"project_uid": p1})]
+    assert f"{job_id} delete done 3/3" in done.stderr  # progress shown while it ran
     assert not any(Path(p).exists() for p in tree.paths_by_datatype["particles"])
-    listing = daemon.livedm("jobs").stdout.splitlines()
-    assert listing[0].split()[:3] == ["JOB", "KIND", "STATE"] and listing[1].split()[:3] == ["J1", "delete", "done"]
-    job = json.loads(daemon.livedm("--json", "job", "J1", "--wait").stdout)
+    listing = daemon.livedm("jobs", "--project", p1).stdout.splitlines()
+    assert listing[0].split()[:3] == ["JOB", "KIND", "STATE"] and listing[1].split()[:3] == [job_id, "delete", "done"]
+    job = json.loads(daemon.livedm("--json", "job", job_id, "--wait").stdout)
     assert job["result"]["deleted"] == 3
