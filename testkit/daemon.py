@@ -55,7 +55,7 @@ class Daemon:
                 raise RuntimeError(f"livedmd exited with {self.process.returncode}:\n{self.log()}")
             if self.ready():
                 return self
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise RuntimeError(f"livedmd was not ready in {timeout_s} s:\n{self.log()}")
 
     def ready(self) -> bool:

@@ -10,6 +10,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from testkit.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.support.browser_site import Site, start_site
+from tests.support.daemon_sessions import stop_when_idle
 
 
 @pytest.fixture(scope="module")  # Playwright's sync API holds an event loop: let it go before asyncio tests
@@ -24,6 +25,15 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
+    """A site of the test's own, for a test that changes what the others look at."""
     site = start_site(tmp_path)
     yield site
-    site.daemon.stop()
+    stop_when_idle(site.daemon)
+
+
+@pytest.fixture(scope="module")
+def shared_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """One site for the tests that leave every status, user and token as they found them."""
+    site = start_site(tmp_path_factory.mktemp("site"))
+    yield site
+    stop_when_idle(site.daemon)

@@ -10,6 +10,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.support.browser_site import Site, shot, sign_in
 from tests.support.hook_scripts import executable
+from tests.support.waiting import wait_until
 
 CELL = "tr[data-uid='{row}'] td.category[data-datatype='{datatype}']"
 
@@ -32,7 +33,8 @@ def menu_button(page: Page, label: str) -> Locator:
     return page.locator("#menu button", has_text=label)
 
 
-def test_sign_in_with_a_bad_token_then_a_good_one(site: Site, browser: Browser) -> None:
+def test_sign_in_with_a_bad_token_then_a_good_one(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # this test changes no status, user or token
     page = site.page(browser)
     sign_in(page, "ldm_not-a-token")
     expect(page.locator("#sign-in-error")).to_contain_text("not valid")
@@ -49,7 +51,8 @@ def test_sign_in_with_a_bad_token_then_a_good_one(site: Site, browser: Browser) 
     assert not page.errors  # type: ignore[attr-defined]
 
 
-def test_expand_all_and_collapse_all_by_right_click(site: Site, browser: Browser) -> None:
+def test_expand_all_and_collapse_all_by_right_click(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # this test changes no status, user or token
     page = site.page(browser, site.daemon.token)
     expect(page.locator("tr.project")).to_have_count(2)
     expect(page.locator("tr.session")).to_have_count(0)
@@ -64,7 +67,8 @@ def test_expand_all_and_collapse_all_by_right_click(site: Site, browser: Browser
     expect(page.locator("tr.session")).to_have_count(0)
 
 
-def test_download_project_stats_matches_the_api(site: Site, browser: Browser, tmp_path: Path) -> None:
+def test_download_project_stats_matches_the_api(shared_site: Site, browser: Browser, tmp_path: Path) -> None:
+    site = shared_site  # this test changes no status, user or token
     page = site.page(browser, site.daemon.token)
     with page.expect_download() as info:
         page.locator("tr[data-uid='P1'] button", has_text="Download stats").click()
@@ -76,15 +80,18 @@ def test_download_project_stats_matches_the_api(site: Site, browser: Browser, tm
 
 
 def test_mark_archiving_and_watch_the_hook_archive_it(site: Site, browser: Browser) -> None:
-    page = site.page(browser, site.daemon.token)
+    page = site.page(browser, site.daemon.token, fake_clock=True)
     right_click_table(page, "Expand all")
     open_menu(page, "P1-S1", "micrographs")
     shot(page, "04-category-menu")
     menu_button(page, "Mark as archiving").click()
-    # the hook (the seed's example) marks it archived; the page shows it without a reload
+    # the hook (the seed's example) marks it archived; the page shows it without a reload, at its next
+    # refresh: within 10 s, which the page's clock skips instead of the test waiting them out
+    wait_until(lambda: site.daemon.call("get_session", ["P1", "S1"])["data_management"]["micrographs"]["status"]
+               == "archived", what="the hook to archive")
+    page.clock.fast_forward(10_000)
     expect(cell(page, "P1-S1", "micrographs").locator(".badge")).to_have_text("archived", timeout=25_000)
     shot(page, "05-archived-by-hook")
-    assert site.daemon.call("get_session", ["P1", "S1"])["data_management"]["micrographs"]["status"] == "archived"
 
 
 def test_delete_through_the_confirmation(site: Site, browser: Browser) -> None:
@@ -112,7 +119,8 @@ def test_delete_through_the_confirmation(site: Site, browser: Browser) -> None:
     assert all(Path(p).exists() for p in tree.paths_by_datatype["micrographs"])
 
 
-def test_actions_are_disabled_with_a_reason(site: Site, browser: Browser) -> None:
+def test_actions_are_disabled_with_a_reason(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # this test changes no status, user or token
     page = site.page(browser, site.daemon.token)
     right_click_table(page, "Expand all")
     open_menu(page, "P1-S2", "micrographs")  # a running session
@@ -172,8 +180,9 @@ def test_refresh_a_project_and_mark_a_session_completed(site: Site, browser: Bro
     expect(menu_button(page, "Mark as archiving")).to_be_enabled()
 
 
-def test_failed_jobs_are_shown(site: Site, browser: Browser, tmp_path: Path) -> None:
-    failing = executable(tmp_path / "failing-hook.sh", "#!/bin/sh\necho broken >&2\nexit 7\n")
+def test_failed_jobs_are_shown(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # this test changes no status, user or token
+    failing = executable(site.root / "failing-hook.sh", "#!/bin/sh\necho broken >&2\nexit 7\n")
     job_id = site.daemon.call("trigger_live_data_management_script", {
         "project_uid": "P2", "session_uid": "S1", "datatype": "metadata", "script_location": str(failing)})
     page = site.page(browser, site.daemon.token)

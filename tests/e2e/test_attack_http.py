@@ -30,6 +30,7 @@ from livedm.server.embedded import EmbeddedStore
 from livedm.server.store import Store
 from testkit.daemon import BIN, Daemon
 from testkit.sessiontree import build_session_tree
+from tests.support.waiting import wait_until
 
 # --- helpers -------------------------------------------------------------------------------------
 
@@ -182,13 +183,14 @@ def test_idle_connections_beyond_the_cap_do_not_lock_anyone_out(tmp_path: Path) 
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_keepalive_timeout_s(slow_clients_daemon: Daemon) -> None:
-    with connect(slow_clients_daemon) as sock:
+    with connect(slow_clients_daemon) as sock, connect(slow_clients_daemon) as silent:  # silent: never a byte
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: livedm\r\n\r\n")
         assert read_one_response(sock).startswith(b"HTTP/1.1 200")
-        waited_s = seconds_until_closed(sock, limit_s=10)
+        with ThreadPoolExecutor(max_workers=2) as pool:  # both timed at once
+            waits = [pool.submit(seconds_until_closed, s, 10) for s in (sock, silent)]
+            waited_s, silent_s = (w.result() for w in waits)
     assert 3.0 <= waited_s <= 6.5, waited_s  # keepalive_timeout_s is 4 (request_timeout_s 1.5 plays no part)
-    with connect(slow_clients_daemon) as silent:  # connected, never a byte
-        assert 3.0 <= seconds_until_closed(silent, limit_s=10) <= 6.5
+    assert 3.0 <= silent_s <= 6.5, silent_s
 
 
 def test_a_client_trickling_its_headers_is_cut_after_request_timeout_s(slow_clients_daemon: Daemon) -> None:
@@ -211,10 +213,11 @@ def test_a_client_trickling_its_body_is_cut_and_the_call_never_runs(slow_clients
     assert database_view(slow_clients_daemon) == before
     # a whole request on a keep-alive connection is served as ever, one after the other
     with connect(slow_clients_daemon) as sock:
-        for _ in range(3):
+        for i in range(3):
+            if i:
+                time.sleep(1.0)  # idle between requests is keep-alive time, not request time
             sock.sendall(b"GET / HTTP/1.1\r\nHost: livedm\r\n\r\n")
             assert read_one_response(sock).startswith(b"HTTP/1.1 200")
-            time.sleep(1.0)  # idle between requests is keep-alive time, not request time
 
 
 # --- 9: batches are capped ---------------------------------------------------------------------
@@ -319,7 +322,8 @@ def test_healthz_answers_within_a_second_when_the_database_hangs(tmp_path: Path,
         daemon.stop()
 
 
-def test_healthz_fails_with_the_reason_when_the_state_dir_runs_out_of_space(tmp_path: Path) -> None:
+def test_healthz_fails_with_the_reason_when_the_state_dir_runs_out_of_space(tmp_path: Path,
+                                                                           shared_daemon: Daemon) -> None:
     starved = LenientDaemon(tmp_path / "starved", env={"LIVEDM_STATE_MIN_FREE_BYTES": str(10**18)}).start()
     try:
         status, _headers, body = get(starved, "/healthz")
@@ -331,12 +335,8 @@ def test_healthz_fails_with_the_reason_when_the_state_dir_runs_out_of_space(tmp_
                    for reason in health["reasons"]), health
     finally:
         starved.stop()
-    normal = Daemon(tmp_path / "normal").start()
-    try:
-        status, _headers, body = get(normal, "/healthz")
-        assert status == 200 and json.loads(body)["state_dir"]["ok"] is True and json.loads(body)["reasons"] == []
-    finally:
-        normal.stop()
+    status, _headers, body = get(shared_daemon, "/healthz")  # the control: a livedmd with the default minimum
+    assert status == 200 and json.loads(body)["state_dir"]["ok"] is True and json.loads(body)["reasons"] == []
 
 
 # --- low: hostile JSON, log lines, names, the page's headers ---------------------------------------
@@ -370,8 +370,11 @@ def test_nan_and_infinity_are_not_json(slow_clients_daemon: Daemon, body: str) -
     assert "NaN" in reply["error"]["message"] or "Infinity" in reply["error"]["message"]
 
 
-def test_a_lone_surrogate_is_refused_before_the_method_runs(tmp_path: Path, daemon: Daemon) -> None:
+def test_a_lone_surrogate_is_refused_before_the_method_runs(tmp_path: Path, shared_daemon: Daemon) -> None:
+    daemon = shared_daemon
     build_session_tree(tmp_path / "proj", exposures=1)
+    (tmp_path / "first").mkdir()
+    first = daemon.call("create_project", ["first", str(tmp_path / "first")])["uid"]
     before = database_view(daemon)
     for title in ("\\ud800", "ok \\udfff", "\\ude00\\ud83d"):
         body = ('{"jsonrpc": "2.0", "method": "create_project", "params": {"title": "' + title
@@ -382,27 +385,32 @@ def test_a_lone_surrogate_is_refused_before_the_method_runs(tmp_path: Path, daem
     whole = '{"jsonrpc": "2.0", "method": "create_project", "params": ["\\ud83d\\ude00 grid", ' + json.dumps(
         str(tmp_path / "proj")) + '], "id": 1}'  # a proper pair is one character: fine
     made = strict_json(post(daemon, whole)[1])["result"]
-    assert made["uid"] == "P1" and made["title"] == "\U0001F600 grid"  # no uid was used up by the refusals
-    paths = ('{"jsonrpc": "2.0", "method": "register_files", "params": ["P1", "S1", "metadata", ["a", "b\\udc80"]], '
-             '"id": 2}')
+    assert made["uid"] == f"P{int(first[1:]) + 1}" and made["title"] == "\U0001F600 grid"  # no uid used up meanwhile
+    paths = ('{"jsonrpc": "2.0", "method": "register_files", "params": ["' + made["uid"] + '", "S1", "metadata", '
+             '["a", "b\\udc80"]], "id": 2}')
     assert error_code(strict_json(post(daemon, paths)[1])) == -32602
 
 
-def test_control_characters_cannot_forge_log_lines(tmp_path: Path, daemon: Daemon) -> None:
+def test_control_characters_cannot_forge_log_lines(tmp_path: Path, shared_daemon: Daemon) -> None:
+    daemon = shared_daemon
     forged = "2026-01-01 00:00:00,000 WARNING livedm: admin token rotated by root"
     project_dir = tmp_path / f"grid\n{forged}\r\x1b[2J\u2028x"  # a directory name may hold any of these
     build_session_tree(project_dir, exposures=1)
-    assert daemon.call("create_project", ["p", str(project_dir)])["uid"] == "P1"  # logged: "created project ..."
+    logged = len(daemon.log().splitlines())
+    uid = daemon.call("create_project", ["p", str(project_dir)])["uid"]  # logged: "created project ..."
     assert error_code(rpc(daemon, f"whoami\n{forged}")) == -32601
-    time.sleep(0.5)  # the log is written by a background thread
-    lines = daemon.log().splitlines()
+    # the log is written by a background thread: wait for the failed call's request line, the last of the two
+    lines = wait_until(lambda: (new := daemon.log().splitlines()[logged:]) and any("errors=-32601" in line
+                                                                                 for line in new) and new,
+                       timeout_s=10, what="the request lines in the log")
     assert not any(line.startswith(forged) for line in lines)
-    assert any("created project P1" in line and "grid\\n2026-01-01" in line and "\\r\\x1b[2J\\u2028x" in line
+    assert any(f"created project {uid}" in line and "grid\\n2026-01-01" in line and "\\r\\x1b[2J\\u2028x" in line
                for line in lines), daemon.log()
 
 
 @pytest.mark.parametrize("name", ["x.y\n", "x\ny", "admin\n", "x\t", "x\x00"])
-def test_a_user_name_with_a_control_character_is_refused(daemon: Daemon, name: str) -> None:
+def test_a_user_name_with_a_control_character_is_refused(shared_daemon: Daemon, name: str) -> None:
+    daemon = shared_daemon
     before = database_view(daemon)
     assert error_code(rpc(daemon, "create_user", {"name": name})) == -32602
     assert database_view(daemon) == before
@@ -634,7 +642,7 @@ def test_at_the_cap_the_slowest_request_still_arriving_is_pushed_out(tmp_path: P
 
 
 SLOW_REQUEST_FLOOD = """
-import asyncio, sys, time
+import asyncio, sys, threading, time
 port, sockets, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 head = (b"POST /api HTTP/1.1\\r\\nHost: livedm\\r\\nContent-Type: application/json\\r\\n"
         b"Content-Length: 100000\\r\\n\\r\\n")
@@ -662,10 +670,21 @@ async def one():
         writer.close()
 
 async def main():
-    await asyncio.gather(*(one() for _ in range(sockets)))
+    loop = asyncio.get_running_loop()
+    told = loop.create_future()  # done when stdin is closed: the flood stops early
+
+    def wait_for_eof():
+        sys.stdin.read()
+        loop.call_soon_threadsafe(lambda: told.done() or told.set_result(None))
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    flood = asyncio.gather(*(one() for _ in range(sockets)))
+    await asyncio.wait([flood, told], return_when=asyncio.FIRST_COMPLETED)
+    flood.cancel()
+    await asyncio.gather(flood, return_exceptions=True)
 
 asyncio.run(main())
-print(connections)
+print(connections, flush=True)
 """
 
 
@@ -676,7 +695,7 @@ def test_a_flood_of_slow_requests_at_the_cap_does_not_lock_anyone_out(tmp_path: 
     daemon = Daemon(tmp_path / "state", args=["--max-connections", "64"]).start()
     try:
         flood = subprocess.Popen([sys.executable, "-c", SLOW_REQUEST_FLOOD, str(daemon.port), "96", "10"],
-                                 stdout=subprocess.PIPE, text=True)
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         time.sleep(2.0)
         outcomes = []
         while len(outcomes) < 30:
@@ -684,7 +703,7 @@ def test_a_flood_of_slow_requests_at_the_cap_does_not_lock_anyone_out(tmp_path: 
             outcomes.append(healthz_ok(daemon))
             time.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
         assert flood.poll() is None, "the flood lasted the whole measurement"
-        connections = int(flood.communicate(timeout=30)[0])
+        connections = int(flood.communicate(timeout=30)[0])  # closes its stdin: it stops now
         assert connections > 1000  # the flood churned: it was cut and reconnected all along
         assert outcomes.count(False) <= 2, outcomes
     finally:
@@ -696,8 +715,9 @@ def _metrics_value(daemon: Daemon, name: str) -> float:
     return next((float(line.split()[-1]) for line in body.splitlines() if line.startswith(name + " ")), 0.0)
 
 
-def test_a_metrics_flood_costs_one_render_a_second_and_api_calls_stay_fast(daemon: Daemon) -> None:
+def test_a_metrics_flood_costs_one_render_a_second_and_api_calls_stay_fast(shared_daemon: Daemon) -> None:
     """The attack: 300 loops of GET /metrics took every thread of the shared pool; whoami took ~20 s."""
+    daemon = shared_daemon
     renders_before = _metrics_value(daemon, "livedm_metrics_renders_total")
     flood_s = 4.0
     stop_at = time.monotonic() + flood_s

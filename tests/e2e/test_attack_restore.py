@@ -10,10 +10,9 @@ import json
 import os
 import stat
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,11 @@ from bson.objectid import ObjectId
 
 from testkit.daemon import Daemon
 from testkit.sessiontree import SessionTree, build_session_tree
+from tests.support.daemon_sessions import finished_job
 
 Entry = dict[str, Any]
 END = "livedm_backup_end"
-WORKER_POLLS_S = 3.0  # workers look for due jobs every second: three chances to run one
+Lab = tuple[Daemon, SessionTree, Path, str]  # the daemon, the session on disk, a good backup, the project uid
 
 
 def load_entries(path: Path) -> list[Entry]:
@@ -95,82 +95,106 @@ def active_jobs(daemon: Daemon) -> list[dict[str, Any]]:
     return [j for state in ("queued", "running") for j in daemon.call("list_jobs", {"state": state})]
 
 
-@pytest.fixture
-def lab(daemon: Daemon, tmp_path: Path) -> Iterator[tuple[Daemon, SessionTree, Path]]:
-    """A project with a completed session on disk, and a good backup of it."""
+def after_the_workers_looked(daemon: Daemon, project_uid: str) -> None:
+    """Return once the workers have claimed jobs since now: a job queued now has run (and with it, in queue
+    order, any job that was due before it). Instead of sleeping for a few of their polls."""
+    finished_job(daemon, daemon.call("update_all_sessions_datatype_sizes", [project_uid]))
+
+
+@pytest.fixture(scope="module")
+def daemon(shared_daemon: Daemon) -> Daemon:
+    """The tests here that take `daemon` share one: each makes its own project (its uid is in its lab), backs
+    up the whole database and restores it, edited, over itself."""
+    return shared_daemon
+
+
+def make_lab(daemon: Daemon, tmp_path: Path) -> Lab:
     tree = build_session_tree(tmp_path / "data" / "proj", exposures=2)
-    daemon.call("create_project", ["p", str(tree.project_dir)])
-    daemon.call("create_live_session", ["P1", "grid 1"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
+    project = daemon.call("create_project", ["p", str(tree.project_dir)])["uid"]
+    daemon.call("create_live_session", [project, "grid 1"])
+    daemon.call("mark_session_completed", [project, "S1"])
     good = tmp_path / "good.ndjson"
     assert daemon.livedm("admin", "backup", str(good)).returncode == 0
-    yield daemon, tree, good
+    return daemon, tree, good, project
+
+
+@pytest.fixture
+def lab(daemon: Daemon, tmp_path: Path) -> Lab:
+    """A project with a completed session on disk, and a good backup of the database with it."""
+    return make_lab(daemon, tmp_path)
 
 
 def test_a_queued_hook_job_naming_bin_sh_is_left_out_and_never_runs(
-        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
-    daemon, _tree, good = lab
+        lab: Lab, tmp_path: Path) -> None:
+    daemon, _tree, good, p = lab
     evil = tmp_path / "evil"
     evil.mkdir()
     marker = tmp_path / "pwned"
-    (evil / "P1").write_text(f"touch {marker}\n")  # `/bin/sh P1 ...` run in the log's dir runs this
-    subprocess.run(["/bin/sh", "P1", "S1", "raw", "archived"], cwd=evil, check=True)
+    (evil / p).write_text(f"touch {marker}\n")  # `/bin/sh <project uid> ...` run in the log dir runs this
+    subprocess.run(["/bin/sh", p, "S1", "raw", "archived"], cwd=evil, check=True)
     assert marker.exists()  # the payload is live
     marker.unlink()
-    params = {"project_uid": "P1", "session_uid": "S1", "datatype": "raw", "status": "archived",
+    params = {"project_uid": p, "session_uid": "S1", "datatype": "raw", "status": "archived",
               "script": "/bin/sh", "log_path": str(evil / "hook.log")}
-    attack = craft(tmp_path / "attack.ndjson", with_jobs(load_entries(good), [
-        job("J41", "hook", "queued", params), job("J42", "hook", "running", params)]))  # lease long expired
+    entries = load_entries(good)
+    jobs = sum(1 for e in entries if e.get("collection") == "jobs")
+    attack = craft(tmp_path / "attack.ndjson", with_jobs(entries, [
+        job("J9041", "hook", "queued", params), job("J9042", "hook", "running", params)]))  # lease long expired
+    before = [(j["id"], j["state"]) for j in daemon.call("list_jobs", {"limit": 500})]
 
     done = restore(daemon, attack)
 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["left_out"]["queued_or_running_jobs"] == 2 and result["restored"]["jobs"] == 0
-    time.sleep(WORKER_POLLS_S)
-    assert active_jobs(daemon) == [] and daemon.call("list_jobs", {}) == []
-    assert daemon.rpc("get_job", ["J41"])["error"]["name"] == "NotFound"
+    assert result["left_out"]["queued_or_running_jobs"] == 2 and result["restored"]["jobs"] == jobs
+    assert active_jobs(daemon) == [] and [(j["id"], j["state"]) for j in daemon.call("list_jobs", {"limit": 500})] \
+        == before
+    after_the_workers_looked(daemon, p)
+    assert active_jobs(daemon) == []
+    assert daemon.rpc("get_job", ["J9041"])["error"]["name"] == "NotFound"
     assert not marker.exists() and not (evil / "hook.log").exists()
 
 
 def test_crafted_delete_jobs_are_left_out_and_no_file_is_deleted(
-        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
-    daemon, tree, good = lab
+        lab: Lab, tmp_path: Path) -> None:
+    daemon, tree, good, p = lab
     outside = tmp_path / "data" / "outside"  # inside the data roots, outside every project
     outside.mkdir()
     victim = outside / "victim.mrc"
     victim.write_bytes(b"keep me")
     entries = load_entries(good)
-    session = doc_of(entries, "sessions", "P1/S1")
-    session["data_management"]["micrographs"].update(status="deleting", prev_status="archived", job_id="J43")
-    delete = {"project_uid": "P1", "session_uid": "S1", "datatype": "micrographs", "user_id": "admin"}
+    session = doc_of(entries, "sessions", f"{p}/S1")
+    session["data_management"]["micrographs"].update(status="deleting", prev_status="archived", job_id="J9043")
+    delete = {"project_uid": p, "session_uid": "S1", "datatype": "micrographs", "user_id": "admin"}
     attack = craft(tmp_path / "attack.ndjson", with_jobs(entries, [
-        job("J43", "delete", "queued", {**delete, "paths": None}),
-        job("J44", "delete", "queued", {**delete, "paths": ["../outside/victim.mrc"]}),
-        job("J45", "delete", "running", {**delete, "paths": ["/etc/passwd", str(victim)]})]))
+        job("J9043", "delete", "queued", {**delete, "paths": None}),
+        job("J9044", "delete", "queued", {**delete, "paths": ["../outside/victim.mrc"]}),
+        job("J9045", "delete", "running", {**delete, "paths": ["/etc/passwd", str(victim)]})]))
 
     done = restore(daemon, attack)
 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["left_out"]["queued_or_running_jobs"] == 3 and result["settled_categories"] == 1
-    time.sleep(WORKER_POLLS_S)
+    after_the_workers_looked(daemon, p)
     assert active_jobs(daemon) == []
     assert victim.read_bytes() == b"keep me"
     assert all(Path(p).exists() for paths in tree.paths_by_datatype.values() for p in paths)
-    micrographs = daemon.call("get_session", ["P1", "S1"])["data_management"]["micrographs"]
+    micrographs = daemon.call("get_session", [p, "S1"])["data_management"]["micrographs"]
     assert micrographs["status"] == "archived" and micrographs.get("job_id") is None
 
 
 @pytest.mark.parametrize("where", ["/", "/etc", "outside the data roots", "the state dir", "around the state dir"])
 def test_a_project_dir_livedm_must_never_manage_refuses_the_whole_backup(
-        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path, where: str) -> None:
-    daemon, _tree, good = lab
-    project_dir = {"outside the data roots": str(tmp_path.parent / f"{tmp_path.name}-elsewhere"),
-                   "the state dir": str(daemon.state_dir), "around the state dir": str(tmp_path)}.get(where, where)
+        lab: Lab, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, where: str) -> None:
+    daemon, _tree, good, p = lab
+    elsewhere = tmp_path_factory.getbasetemp().parent / f"{tmp_path_factory.getbasetemp().name}-elsewhere"
+    project_dir = {"outside the data roots": str(elsewhere),  # the data root is the base temp dir
+                   "the state dir": str(daemon.state_dir),
+                   "around the state dir": str(daemon.state_dir.parent)}.get(where, where)
     before = database(daemon, tmp_path / "before.ndjson")
     entries = load_entries(good)
-    doc_of(entries, "projects", "P1")["project_dir"] = project_dir
+    doc_of(entries, "projects", p)["project_dir"] = project_dir
 
     refused = restore(daemon, craft(tmp_path / "attack.ndjson", entries))
 
@@ -212,9 +236,10 @@ def _escaping_registry_path(entries: list[Entry], raw: bytes) -> bytes:
 
 
 def _finished_delete_job_with_escaping_paths(entries: list[Entry], raw: bytes) -> bytes:
-    params = {"project_uid": "P1", "session_uid": "S1", "datatype": "particles", "user_id": "admin",
+    project = next(e["doc"]["_id"] for e in entries if e.get("collection") == "projects")
+    params = {"project_uid": project, "session_uid": "S1", "datatype": "particles", "user_id": "admin",
               "paths": ["/etc/passwd"]}
-    return dump_entries(recounted(with_jobs(entries, [job("J1", "delete", "done", params)])))
+    return dump_entries(recounted(with_jobs(entries, [job("J9001", "delete", "done", params)])))
 
 
 def _end_line_that_lies(entries: list[Entry], raw: bytes) -> bytes:
@@ -237,9 +262,9 @@ BROKEN: list[Callable[[list[Entry], bytes], bytes]] = [
 
 
 def test_a_broken_or_tampered_file_is_refused_whole_and_changes_nothing(
-        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
-    daemon, _tree, _good = lab
-    daemon.call("change_session_data_management_state", ["P1", "S1", "raw", "archived"])  # an audit entry
+        lab: Lab, tmp_path: Path) -> None:
+    daemon, _tree, _good, p = lab
+    daemon.call("change_session_data_management_state", [p, "S1", "raw", "archived"])  # an audit entry
     before = database(daemon, tmp_path / "before.ndjson")
     raw = (tmp_path / "before.ndjson").read_bytes()
     for breaking in BROKEN:
@@ -252,40 +277,43 @@ def test_a_broken_or_tampered_file_is_refused_whole_and_changes_nothing(
     assert not list(daemon.state_dir.glob(".restore-upload-*"))  # every upload was removed
 
 
-def test_a_good_round_trip_keeps_finished_jobs_as_history(lab: tuple[Daemon, SessionTree, Path],
-                                                          tmp_path: Path) -> None:
-    daemon, _tree, _good = lab
-    deleted = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
-                                                   "datatype": "particles", "asynchronous": False})
-    assert deleted["state"] == "done"
-    backup_file = tmp_path / "history.ndjson"
-    made = daemon.livedm("--json", "admin", "backup", str(backup_file))
-    assert made.returncode == 0, made.stderr
-    documents = json.loads(made.stdout)["documents"]
-    assert documents == len(backup_file.read_bytes().splitlines()) - 2  # header and end line
-    before = {m: daemon.call(m, p) for m, p in [("list_jobs", {}), ("get_overview", []), ("list_users", [])]}
-    before["get_overview"].pop("as_of")
-
-    fresh = Daemon(tmp_path / "fresh-state").start()
+def test_a_good_round_trip_keeps_finished_jobs_as_history(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state").start()  # its own: the counts below are of a database with one lab
     try:
-        for token in (fresh.token, daemon.token):  # over an empty database, then over the restored one
-            done = restore(fresh, backup_file, token=token)
-            assert done.returncode == 0, done.stderr
-            result = json.loads(done.stdout)
-            assert result["left_out"] == {"queued_or_running_jobs": 0, "job_file_lists": 1,  # the deletion's list
-                                          "hook_tokens": 0}
-            assert sum(result["restored"].values()) == documents - 1
-        fresh.token_file = daemon.token_file  # the backup's tokens are in force now
-        after = {m: fresh.call(m, p) for m, p in [("list_jobs", {}), ("get_overview", []), ("list_users", [])]}
-        after["get_overview"].pop("as_of")
-        assert after == before
-        assert fresh.call("list_projects")[0]["uid"] == "P1"  # the database still serves after two switches
+        make_lab(daemon, tmp_path)
+        deleted = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
+                                                       "datatype": "particles", "asynchronous": False})
+        assert deleted["state"] == "done"
+        backup_file = tmp_path / "history.ndjson"
+        made = daemon.livedm("--json", "admin", "backup", str(backup_file))
+        assert made.returncode == 0, made.stderr
+        documents = json.loads(made.stdout)["documents"]
+        assert documents == len(backup_file.read_bytes().splitlines()) - 2  # header and end line
+        before = {m: daemon.call(m, p) for m, p in [("list_jobs", {}), ("get_overview", []), ("list_users", [])]}
+        before["get_overview"].pop("as_of")
+
+        fresh = Daemon(tmp_path / "fresh-state").start()
+        try:
+            for token in (fresh.token, daemon.token):  # over an empty database, then over the restored one
+                done = restore(fresh, backup_file, token=token)
+                assert done.returncode == 0, done.stderr
+                result = json.loads(done.stdout)
+                assert result["left_out"] == {"queued_or_running_jobs": 0, "job_file_lists": 1,  # the deletion's list
+                                              "hook_tokens": 0}
+                assert sum(result["restored"].values()) == documents - 1
+            fresh.token_file = daemon.token_file  # the backup's tokens are in force now
+            after = {m: fresh.call(m, p) for m, p in [("list_jobs", {}), ("get_overview", []), ("list_users", [])]}
+            after["get_overview"].pop("as_of")
+            assert after == before
+            assert fresh.call("list_projects")[0]["uid"] == "P1"  # the database still serves after two switches
+        finally:
+            fresh.stop()
     finally:
-        fresh.stop()
+        daemon.stop()
 
 
-def test_a_format_1_backup_needs_unverified(lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
-    daemon, _tree, good = lab
+def test_a_format_1_backup_needs_unverified(lab: Lab, tmp_path: Path) -> None:
+    daemon, _tree, good, _p = lab
     entries = [e for e in load_entries(good) if END not in e]
     entries[0] = {"livedm_backup": 1}
     old = tmp_path / "v1.ndjson"
@@ -298,15 +326,15 @@ def test_a_format_1_backup_needs_unverified(lab: tuple[Daemon, SessionTree, Path
     assert done.returncode == 0 and json.loads(done.stdout)["format"] == 1, done.stderr
 
 
-def test_a_scoped_token_may_neither_back_up_nor_restore(lab: tuple[Daemon, SessionTree, Path],
+def test_a_scoped_token_may_neither_back_up_nor_restore(lab: Lab,
                                                         tmp_path: Path) -> None:
-    daemon, _tree, good = lab
+    daemon, _tree, good, p = lab
     scoped = "ldm_" + "s" * 43
     entries = load_entries(good)
     at = max(i for i, e in enumerate(entries) if e.get("collection") == "tokens") + 1
     entries.insert(at, {"collection": "tokens", "doc": {
         "_id": hashlib.sha256(scoped.encode()).hexdigest(), "user": "admin", "created_at": "2026-01-01T00:00:00Z",
-        "expires_at": None, "scope": {"project_uid": "P1", "session_uid": "S1", "datatype": "raw"}}})
+        "expires_at": None, "scope": {"project_uid": p, "session_uid": "S1", "datatype": "raw"}}})
     assert restore(daemon, craft(tmp_path / "scoped.ndjson", entries)).returncode == 0
 
     refused = restore(daemon, good, token=scoped)
@@ -320,24 +348,27 @@ def test_a_scoped_token_may_neither_back_up_nor_restore(lab: tuple[Daemon, Sessi
 # --- registry lines, session maps and tokens livedm never writes (attack pass 2, medium 1) --------------
 
 
+TwoSessions = tuple[Daemon, dict[str, SessionTree], Path, str]  # ..., the project uid, a plain user's name
+
+
 @pytest.fixture
-def two_sessions(daemon: Daemon, tmp_path: Path) -> Iterator[tuple[Daemon, dict[str, SessionTree], Path]]:
+def two_sessions(daemon: Daemon, tmp_path: Path) -> TwoSessions:
     """A project with two completed sessions on disk (S1, S2), a file outside both registered to S2 by
-    API, a plain user, and a good backup of all that."""
+    API, a plain user, and a good backup of the database with all that."""
     project_dir = tmp_path / "data" / "proj"
     trees = {uid: build_session_tree(project_dir, uid, exposures=2) for uid in ("S1", "S2")}
-    daemon.call("create_project", ["p", str(project_dir)])
+    project = daemon.call("create_project", ["p", str(project_dir)])["uid"]
     for uid in trees:
-        daemon.call("create_live_session", ["P1", f"grid {uid}"])
-        daemon.call("mark_session_completed", ["P1", uid])
+        daemon.call("create_live_session", [project, f"grid {uid}"])
+        daemon.call("mark_session_completed", [project, uid])
     shared = project_dir / "shared" / "notes.txt"
     shared.parent.mkdir()
     shared.write_text("S2's notes")
-    daemon.call("register_files", ["P1", "S2", "metadata", [str(shared)]])
-    daemon.call("create_user", {"name": "alice"})
+    daemon.call("register_files", [project, "S2", "metadata", [str(shared)]])
+    daemon.call("create_user", {"name": f"alice-{project.lower()}"})
     good = tmp_path / "good.ndjson"
     assert daemon.livedm("admin", "backup", str(good)).returncode == 0
-    yield daemon, trees, good
+    return daemon, trees, good, project
 
 
 def _file_of(trees: dict[str, SessionTree], uid: str, datatype: str) -> Path:
@@ -360,21 +391,21 @@ STEERING_LINES: dict[str, tuple[Callable[[dict[str, SessionTree]], Path], str]] 
 
 @pytest.mark.parametrize("attack", STEERING_LINES)
 def test_an_api_line_steering_a_deletion_is_refused_and_the_deletion_keeps_to_its_session(
-        two_sessions: tuple[Daemon, dict[str, SessionTree], Path], tmp_path: Path, attack: str) -> None:
-    daemon, trees, good = two_sessions
+        two_sessions: TwoSessions, tmp_path: Path, attack: str) -> None:
+    daemon, trees, good, p = two_sessions
     victim_of, message = STEERING_LINES[attack]
     victim = victim_of(trees)
     rel = str(victim.relative_to(trees["S1"].project_dir))
     victim_bytes = os.readlink(victim) if victim.is_symlink() else victim.read_bytes()
     before = database(daemon, tmp_path / "before.ndjson")
-    line = {"_id": ObjectId(), "key": "P1/S1", "source": "api", "datatype": "metadata", "paths": [rel]}
+    line = {"_id": ObjectId(), "key": f"{p}/S1", "source": "api", "datatype": "metadata", "paths": [rel]}
 
     refused = restore(daemon, craft(tmp_path / "attack.ndjson", with_docs(load_entries(good), "registry", [line])))
 
     assert refused.returncode == 1, refused.stdout
     assert f"{rel!r} {message}" in refused.stderr and "nothing was restored" in refused.stderr
     assert database(daemon, tmp_path / "after.ndjson") == before
-    deleted = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "metadata",
+    deleted = daemon.call("delete_live_datatype", {"project_uid": p, "session_uid": "S1", "datatype": "metadata",
                                                    "asynchronous": False})
     assert deleted["state"] == "done" and deleted["result"]["deleted"] == len(trees["S1"].paths_by_datatype["metadata"])
     assert (os.readlink(victim) if victim.is_symlink() else victim.read_bytes()) == victim_bytes
@@ -384,26 +415,26 @@ def test_an_api_line_steering_a_deletion_is_refused_and_the_deletion_keeps_to_it
 @pytest.mark.parametrize("session_dirs", [{}, {"S1": "S1"}, {"S1": "S1", "S2": "elsewhere"}],
                          ids=["empty", "without S2", "S2 elsewhere"])
 def test_a_project_map_that_frees_a_session_dir_is_refused_and_the_dir_stays_taken(
-        two_sessions: tuple[Daemon, dict[str, SessionTree], Path], tmp_path: Path,
+        two_sessions: TwoSessions, tmp_path: Path,
         session_dirs: dict[str, str]) -> None:
-    daemon, _trees, good = two_sessions
-    alice = daemon.call("issue_token", {"user": "alice"})["token"]
+    daemon, _trees, good, p = two_sessions
+    alice = daemon.call("issue_token", {"user": f"alice-{p.lower()}"})["token"]
     before = database(daemon, tmp_path / "before.ndjson")
     entries = load_entries(good)
-    doc_of(entries, "projects", "P1")["session_dirs"] = session_dirs
+    doc_of(entries, "projects", p)["session_dirs"] = session_dirs
 
     refused = restore(daemon, craft(tmp_path / "attack.ndjson", entries))
 
-    assert refused.returncode == 1 and "project P1's session_dirs" in refused.stderr, refused.stderr
+    assert refused.returncode == 1 and f"project {p}'s session_dirs" in refused.stderr, refused.stderr
     assert "nothing was restored" in refused.stderr
     assert database(daemon, tmp_path / "after.ndjson") == before
-    duplicate = daemon.rpc("create_live_session", ["P1", "dup", "S2"], token=alice)
+    duplicate = daemon.rpc("create_live_session", [p, "dup", "S2"], token=alice)
     assert duplicate["error"]["name"] == "Conflict" and "session S2's directory" in duplicate["error"]["message"]
-    assert [s["uid"] for s in daemon.call("list_sessions", ["P1"])] == ["S1", "S2"]
+    assert [s["uid"] for s in daemon.call("list_sessions", [p])] == ["S1", "S2"]
 
 
-def test_a_token_of_the_hook_user_never_comes_back(lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
-    daemon, tree, good = lab
+def test_a_token_of_the_hook_user_never_comes_back(lab: Lab, tmp_path: Path) -> None:
+    daemon, tree, good, p = lab
     stolen = "ldm_" + "h" * 43
     entries = load_entries(good)
     tokens = sum(1 for e in entries if e.get("collection") == "tokens")
@@ -415,7 +446,7 @@ def test_a_token_of_the_hook_user_never_comes_back(lab: tuple[Daemon, SessionTre
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["left_out"]["hook_tokens"] == 1 and result["restored"]["tokens"] == tokens
-    denied = daemon.rpc("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
+    denied = daemon.rpc("delete_live_datatype", {"project_uid": p, "session_uid": "S1", "datatype": "particles",
                                                   "asynchronous": False}, token=stolen)
     assert denied["error"]["name"] == "Unauthenticated", denied
     assert all(Path(p).exists() for paths in tree.paths_by_datatype.values() for p in paths)
@@ -431,8 +462,8 @@ def _mode(path: Path) -> int:
 
 
 def test_a_link_planted_at_the_partial_file_is_refused_and_its_target_unchanged(
-        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
-    daemon, _tree, _good = lab
+        lab: Lab, tmp_path: Path) -> None:
+    daemon, _tree, _good, _p = lab
     target = tmp_path / "root-only"
     target.write_bytes(b"root's secret")
     target.chmod(0o600)
@@ -450,8 +481,8 @@ def test_a_link_planted_at_the_partial_file_is_refused_and_its_target_unchanged(
 
 
 def test_a_partial_file_someone_created_first_is_refused_and_the_old_backup_kept(
-        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
-    daemon, _tree, good = lab
+        lab: Lab, tmp_path: Path) -> None:
+    daemon, _tree, good, _p = lab
     backup_file = tmp_path / "shared" / "livedm.ndjson"
     backup_file.parent.mkdir()
     backup_file.write_bytes(good.read_bytes())
@@ -467,8 +498,8 @@ def test_a_partial_file_someone_created_first_is_refused_and_the_old_backup_kept
 
 
 def test_a_backup_is_its_owners_alone_and_replaces_a_link_at_its_name(
-        lab: tuple[Daemon, SessionTree, Path], tmp_path: Path) -> None:
-    daemon, _tree, _good = lab
+        lab: Lab, tmp_path: Path) -> None:
+    daemon, _tree, _good, _p = lab
     target = tmp_path / "root-only"
     target.write_bytes(b"root's secret")
     backup_file = tmp_path / "livedm.ndjson"

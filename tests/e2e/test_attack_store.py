@@ -217,6 +217,12 @@ def test_a_state_dir_under_a_directory_others_may_write_is_refused(tmp_path: Pat
             f"(mode {mode:o})") in refused.stderr
     assert f"chmod go-w {shared}" in refused.stderr and f"chmod +t {shared}" in refused.stderr
     assert not (shared / "state").exists()
+
+
+def test_a_state_dir_under_a_sticky_directory_all_may_write_is_accepted(tmp_path: Path) -> None:
+    """The way out the refusal above names (once, not for each mode it refuses)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
     shared.chmod(0o1777)  # sticky, like /tmp: others may add entries, but not rename or remove ours
     daemon = Daemon(shared / "state", env={"LIVEDM_DATA_ROOTS": str(tmp_path)}).start()
     try:

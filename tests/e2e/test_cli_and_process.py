@@ -14,19 +14,22 @@ from testkit.daemon import BIN, Daemon
 from testkit.sessiontree import build_session_tree
 
 
-def test_rtpcli_output_and_exit_codes(daemon: Daemon, tmp_path: Path) -> None:
+def test_rtpcli_output_and_exit_codes(shared_daemon: Daemon, tmp_path: Path) -> None:
+    daemon = shared_daemon
     build_session_tree(tmp_path / "proj", exposures=1)
     made = daemon.livedm("rtpcli", f"create_project(title='p', project_dir='{tmp_path / 'proj'}')")
-    assert made.returncode == 0 and json.loads(made.stdout)["uid"] == "P1"
-    daemon.livedm("rtpcli", "create_live_session('P1', 's')")
-    size = daemon.livedm("rtpcli", "update_session_datatype_sizes('P1', 'S1')")
+    assert made.returncode == 0
+    uid = json.loads(made.stdout)["uid"]
+    assert daemon.call("get_project", [uid])["project_dir"] == str(tmp_path / "proj")
+    daemon.livedm("rtpcli", f"create_live_session('{uid}', 's')")
+    size = daemon.livedm("rtpcli", f"update_session_datatype_sizes('{uid}', 'S1')")
     assert size.returncode == 0 and size.stdout.strip().isdigit()
 
-    bad_string = daemon.livedm("rtpcli", "get_datatype_size(project_uid='P1', project_uid='P2')")
+    bad_string = daemon.livedm("rtpcli", f"get_datatype_size(project_uid='{uid}', project_uid='P2')")
     assert bad_string.returncode == 2 and "repeated" in bad_string.stderr and bad_string.stdout == ""
     unknown = daemon.livedm("rtpcli", "delete_everything()")
     assert unknown.returncode == 1 and "MethodNotFound" in unknown.stderr
-    server_error = daemon.livedm("rtpcli", "get_datatype_size('P1', 'S1', 'movies')")
+    server_error = daemon.livedm("rtpcli", f"get_datatype_size('{uid}', 'S1', 'movies')")
     assert server_error.returncode == 1 and "InvalidParams" in server_error.stderr
     no_token = daemon.livedm("rtpcli", "list_projects()", env={"LIVEDM_TOKEN": "ldm_nope"})
     assert no_token.returncode == 1 and "Unauthenticated" in no_token.stderr
@@ -34,24 +37,27 @@ def test_rtpcli_output_and_exit_codes(daemon: Daemon, tmp_path: Path) -> None:
     assert unreachable.returncode == 3 and "cannot reach livedmd" in unreachable.stderr
 
 
-def test_token_file_and_people_commands(daemon: Daemon, tmp_path: Path) -> None:
+def test_token_file_and_people_commands(shared_daemon: Daemon, tmp_path: Path) -> None:
+    daemon = shared_daemon
     tree = build_session_tree(tmp_path / "proj", exposures=2)
-    daemon.call("create_project", ["Apoferritin", str(tree.project_dir)])
-    daemon.call("create_live_session", ["P1", "grid 1"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
+    uid = daemon.call("create_project", ["Apoferritin", str(tree.project_dir)])["uid"]
+    daemon.call("create_live_session", [uid, "grid 1"])
+    daemon.call("mark_session_completed", [uid, "S1"])
     env = {"LIVEDM_TOKEN": "", "LIVEDM_TOKEN_FILE": str(daemon.state_dir / "admin.token")}
     listing = daemon.livedm("ls", env=env)
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert lines[0].split()[:4] == ["UID", "TITLE", "STATUS", "RAW"]
-    assert any(line.startswith("  S1") and "completed" in line for line in lines)
-    as_json = json.loads(daemon.livedm("--json", "ls", env=env).stdout)
-    assert as_json[0]["sessions"][0]["data_management"]["raw"]["size"] == tree.bytes_by_datatype["raw"]
+    ours = lines.index(next(line for line in lines if line.split()[:2] == [uid, "Apoferritin"]))
+    assert lines[ours + 1].startswith("  S1") and "completed" in lines[ours + 1]
+    as_json = {p["uid"]: p for p in json.loads(daemon.livedm("--json", "ls", env=env).stdout)}
+    assert as_json[uid]["sessions"][0]["data_management"]["raw"]["size"] == tree.bytes_by_datatype["raw"]
     me = daemon.livedm("whoami")
     assert me.returncode == 0 and me.stdout.startswith("admin (admin)")
 
 
-def test_admin_token_is_private(daemon: Daemon) -> None:
+def test_admin_token_is_private(shared_daemon: Daemon) -> None:
+    daemon = shared_daemon
     mode = stat.S_IMODE(os.stat(daemon.state_dir / "admin.token").st_mode)
     assert mode == 0o600
     assert daemon.token.startswith("ldm_") and len(daemon.token) > 40
@@ -97,7 +103,8 @@ def test_kill_9_leaves_no_orphan_store_and_the_next_start_works(tmp_path: Path) 
     assert daemon.stop() == 0
 
 
-def test_icli_gives_a_shell_with_the_servers_methods(daemon: Daemon) -> None:
+def test_icli_gives_a_shell_with_the_servers_methods(shared_daemon: Daemon) -> None:
+    daemon = shared_daemon
     script = "print('me:', cli.whoami()['name'])\nprint('has:', 'get_datatype_size' in dir(cli))\n"
     env = {**os.environ, "LIVEDM_URL": daemon.url, "LIVEDM_TOKEN": daemon.token}
     done = subprocess.run([str(BIN / "livedm"), "icli"], input=script, env=env, capture_output=True, text=True,
@@ -125,22 +132,25 @@ def test_user_and_audit_commands(daemon: Daemon, tmp_path: Path) -> None:
     assert "permission_changed" in daemon.livedm("audit").stdout
 
 
-def test_delete_jobs_and_progress_commands(daemon: Daemon, tmp_path: Path) -> None:
+def test_delete_jobs_and_progress_commands(shared_daemon: Daemon, tmp_path: Path) -> None:
+    daemon = shared_daemon
     tree = build_session_tree(tmp_path / "proj", exposures=3)
-    daemon.call("create_project", ["p", str(tree.project_dir)])
-    daemon.call("create_live_session", ["P1", "s"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
-    dry = daemon.livedm("delete", "P1", "S1", "particles", "--dry-run")
+    p1 = daemon.call("create_project", ["p", str(tree.project_dir)])["uid"]
+    daemon.call("create_live_session", [p1, "s"])
+    daemon.call("mark_session_completed", [p1, "S1"])
+    dry = daemon.livedm("delete", p1, "S1", "particles", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.startswith("would delete 3 files")
-    unconfirmed = daemon.livedm("delete", "P1", "S1", "particles")  # no terminal, no --yes
+    unconfirmed = daemon.livedm("delete", p1, "S1", "particles")  # no terminal, no --yes
     assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
     assert all(Path(p).exists() for p in tree.paths_by_datatype["particles"])
-    done = daemon.livedm("delete", "P1", "S1", "particles", "--yes")
+    assert daemon.call("list_jobs", {"project_uid": p1}) == []
+    done = daemon.livedm("delete", p1, "S1", "particles", "--yes")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("deleted 3 files") and "particles is deleted" in done.stdout
-    assert "J1 delete done 3/3" in done.stderr  # progress shown while it ran
+    [job_id] = [j["id"] for j in daemon.call("list_jobs", {"project_uid": p1})]
+    assert f"{job_id} delete done 3/3" in done.stderr  # progress shown while it ran
     assert not any(Path(p).exists() for p in tree.paths_by_datatype["particles"])
-    listing = daemon.livedm("jobs").stdout.splitlines()
-    assert listing[0].split()[:3] == ["JOB", "KIND", "STATE"] and listing[1].split()[:3] == ["J1", "delete", "done"]
-    job = json.loads(daemon.livedm("--json", "job", "J1", "--wait").stdout)
+    listing = daemon.livedm("jobs", "--project", p1).stdout.splitlines()
+    assert listing[0].split()[:3] == ["JOB", "KIND", "STATE"] and listing[1].split()[:3] == [job_id, "delete", "done"]
+    job = json.loads(daemon.livedm("--json", "job", job_id, "--wait").stdout)
     assert job["result"]["deleted"] == 3

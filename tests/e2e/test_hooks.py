@@ -13,7 +13,7 @@ import pytest
 
 from livedm.server.processes import session_members
 from testkit.daemon import Daemon
-from tests.support.daemon_sessions import completed_session, hook_daemon, status_of
+from tests.support.daemon_sessions import completed_session, finished_job, hook_daemon, status_of, stop_when_idle
 from tests.support.hook_scripts import executable
 from tests.support.waiting import wait_until
 
@@ -25,7 +25,7 @@ SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "cryosparc-live
 def seed_daemon(tmp_path: Path) -> Iterator[Daemon]:
     daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh")
     yield daemon
-    daemon.stop()
+    stop_when_idle(daemon)
 
 
 def seed_script_lines() -> list[str]:
@@ -82,7 +82,7 @@ def test_archiver_copies_verifies_and_marks_archived(tmp_path: Path) -> None:
         daemon.call("change_session_data_management_state", ["P1", "S1", "raw", "archiving"])
         wait_until(lambda: status_of(daemon, "raw") == "archived", what="the archiver")
     finally:
-        daemon.stop()
+        stop_when_idle(daemon)
     destination = archive_root / "P1" / "S1" / "raw"
     manifest = (destination / "MANIFEST.sha256").read_text().splitlines()
     assert len(manifest) == len(tree.paths_by_datatype["raw"])
@@ -138,7 +138,7 @@ def test_trigger_runs_the_hook_now_and_its_overrides_need_an_admin(tmp_path: Pat
     try:
         trigger_as_admin_and_as_a_user(seed_daemon, tmp_path, other)
     finally:
-        seed_daemon.stop()
+        stop_when_idle(seed_daemon)
 
 
 def trigger_as_admin_and_as_a_user(seed_daemon: Daemon, tmp_path: Path, other: Path) -> None:
@@ -157,3 +157,4 @@ def trigger_as_admin_and_as_a_user(seed_daemon: Daemon, tmp_path: Path, other: P
     plain = seed_daemon.livedm("rtpcli", "trigger_live_data_management_script('P1', 'S1', 'metadata')",
                                env={"LIVEDM_TOKEN": user["token"]})
     assert plain.returncode == 0 and plain.stdout.strip().startswith("J")
+    assert finished_job(seed_daemon, plain.stdout.strip())["state"] == "done"

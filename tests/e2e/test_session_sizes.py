@@ -21,34 +21,35 @@ def rtpcli(daemon: Daemon, call: str) -> str:
     return done.stdout.strip()
 
 
-def test_exact_bytes_per_datatype_through_rtpcli_and_cryosparc_tools(daemon: Daemon, tmp_path: Path) -> None:
+def test_exact_bytes_per_datatype_through_rtpcli_and_cryosparc_tools(shared_daemon: Daemon, tmp_path: Path) -> None:
+    daemon = shared_daemon
     tree1 = build_session_tree(tmp_path / "proj", "S1", exposures=6)
     tree2 = build_session_tree(tmp_path / "proj", "S2", exposures=3)
-    rtpcli(daemon, f"create_project(title='Apoferritin', project_dir='{tree1.project_dir}')")
-    rtpcli(daemon, "create_live_session(project_uid='P1', title='grid 1')")
-    rtpcli(daemon, "create_live_session('P1', 'grid 2')")
-    total = rtpcli(daemon, "update_session_datatype_sizes(project_uid='P1', session_uid='S1')")
+    p1 = json.loads(rtpcli(daemon, f"create_project(title='Apoferritin', project_dir='{tree1.project_dir}')"))["uid"]
+    rtpcli(daemon, f"create_live_session(project_uid='{p1}', title='grid 1')")
+    rtpcli(daemon, f"create_live_session('{p1}', 'grid 2')")
+    total = rtpcli(daemon, f"update_session_datatype_sizes(project_uid='{p1}', session_uid='S1')")
     assert int(total) == tree1.total()
     for datatype in DATATYPES:
-        size = rtpcli(daemon, f"get_datatype_size(project_uid = 'P1', session_uid = 'S1', datatype = '{datatype}')")
+        size = rtpcli(daemon, f"get_datatype_size(project_uid = '{p1}', session_uid = 'S1', datatype = '{datatype}')")
         assert int(size) == tree1.bytes_by_datatype[datatype], datatype
-    paths = json.loads(rtpcli(daemon, "get_datatype_file_paths(project_uid='P1', session_uid='S1', datatype='raw')"))
+    paths = json.loads(rtpcli(daemon, f"get_datatype_file_paths(project_uid='{p1}', session_uid='S1', datatype='raw')"))
     assert sorted(paths["raw"]) == sorted(tree1.paths_by_datatype["raw"])  # the movies, not the links
 
     cli = CommandClient(host="127.0.0.1", port=daemon.port, headers={"License-ID": daemon.token}, timeout=30)
-    assert cli.update_session_datatype_sizes(project_uid="P1", session_uid="S2") == tree2.total()
-    stats = cli.get_data_management_stats("P1")
+    assert cli.update_session_datatype_sizes(project_uid=p1, session_uid="S2") == tree2.total()
+    stats = cli.get_data_management_stats(p1)
     for datatype in DATATYPES:
         assert stats["S2"][datatype]["size"] == tree2.bytes_by_datatype[datatype]
-        assert cli.get_datatype_size("P1", "S1", datatype) == tree1.bytes_by_datatype[datatype]
-    files = cli.get_datatype_file_paths(project_uid="P1", session_uid="S2", datatype="particles")
+        assert cli.get_datatype_size(p1, "S1", datatype) == tree1.bytes_by_datatype[datatype]
+    files = cli.get_datatype_file_paths(project_uid=p1, session_uid="S2", datatype="particles")
     assert sorted(files["particles"]) == sorted(tree2.paths_by_datatype["particles"])
-    project_files = cli.get_project_file_paths("P1")
+    project_files = cli.get_project_file_paths(p1)
     assert sorted(project_files["S1"]["metadata"]) == sorted(tree1.paths_by_datatype["metadata"])
-    project = cli.get_project("P1")
+    project = cli.get_project(p1)
     assert project["data_management"]["raw"]["size"] == tree1.bytes_by_datatype["raw"] + tree2.bytes_by_datatype["raw"]
     with pytest.raises(CommandError) as info:
-        cli.get_datatype_size("P1", "S1", "movies")
+        cli.get_datatype_size(p1, "S1", "movies")
     assert info.value.code == -32602
 
 

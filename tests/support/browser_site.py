@@ -23,9 +23,14 @@ class Site:
     daemon: Daemon
     trees: dict[str, SessionTree]
     viewer_token: str
+    root: Path  # where its trees are; failing-hook.sh here is an allowed override of the hook
 
-    def page(self, browser: Browser, token: str | None = None) -> Page:
+    def page(self, browser: Browser, token: str | None = None, fake_clock: bool = False) -> Page:
+        """A new tab on the page, signed in with `token` if given. With fake_clock the page's timers run on
+        Playwright's clock: time flows as usual, and page.clock.fast_forward() jumps ahead."""
         page = browser.new_page(viewport={"width": 1500, "height": 800}, accept_downloads=True)
+        if fake_clock:
+            page.clock.install()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.errors = errors  # type: ignore[attr-defined]
@@ -37,7 +42,7 @@ class Site:
 
 def start_site(tmp_path: Path) -> Site:
     """P1 'Apoferritin' (S1 completed, S2 running) and P2 'TRPV1' (S1 completed), the seed's hook on,
-    a user 'viewer' without the live data management permission."""
+    a user 'viewer' without the live data management permission; a livedmd of its own, in tmp_path."""
     daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh",
                          LIVEDM_HOOK_ALLOWED_SCRIPTS=str(tmp_path / "failing-hook.sh"))
     try:
@@ -57,7 +62,7 @@ def start_site(tmp_path: Path) -> Site:
     except BaseException:
         daemon.stop()
         raise
-    return Site(daemon, trees, viewer["token"])
+    return Site(daemon, trees, viewer["token"], tmp_path)
 
 
 def sign_in(page: Page, token: str) -> None:

@@ -1,8 +1,9 @@
 """A real livedmd in a test: one with the state-change hook on, a project P1 with a completed session
-S1 on disk, the status of one of S1's categories, a job once it has ended."""
+S1 on disk, the status of one of S1's categories, a job once it has ended, stopping once its jobs have."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,13 @@ def finished_job(daemon: Daemon, job_id: str, timeout_s: float = 60) -> dict[str
     """The job once it is done or failed."""
     return dict(wait_until(lambda: (j := daemon.call("get_job", [job_id]))["state"] in ("done", "failed") and j,
                            timeout_s=timeout_s, what=f"job {job_id} to end"))
+
+
+def stop_when_idle(daemon: Daemon, timeout_s: float = 30) -> int:
+    """Stop livedmd once no job is queued or running. A hook still running when livedmd stops cannot call
+    back (the client retries for seconds before it gives up), and livedmd's drain waits for it."""
+    if daemon.process is not None and daemon.process.poll() is None:
+        with contextlib.suppress(AssertionError, OSError):  # a test may have left it unable to answer
+            wait_until(lambda: not any(daemon.call("list_jobs", {"state": state}) for state in ("queued", "running")),
+                       timeout_s=timeout_s, what="its jobs to end")
+    return daemon.stop()

@@ -8,11 +8,11 @@ from typing import Any
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float = 30, what: str = "condition") -> Any:
-    """Call `check` every 0.1 s until it returns something true, and return that; fail after timeout_s."""
+    """Call `check` every 0.05 s until it returns something true, and return that; fail after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
