@@ -12,6 +12,7 @@ from pathlib import Path
 
 from testkit.daemon import BIN, Daemon
 from testkit.sessiontree import build_session_tree
+from tests.support.daemon_sessions import completed_project
 
 
 def test_rtpcli_output_and_exit_codes(shared_daemon: Daemon, tmp_path: Path) -> None:
@@ -39,10 +40,7 @@ def test_rtpcli_output_and_exit_codes(shared_daemon: Daemon, tmp_path: Path) -> 
 
 def test_token_file_and_people_commands(shared_daemon: Daemon, tmp_path: Path) -> None:
     daemon = shared_daemon
-    tree = build_session_tree(tmp_path / "proj", exposures=2)
-    uid = daemon.call("create_project", ["Apoferritin", str(tree.project_dir)])["uid"]
-    daemon.call("create_live_session", [uid, "grid 1"])
-    daemon.call("mark_session_completed", [uid, "S1"])
+    uid, tree = completed_project(daemon, tmp_path / "proj", exposures=2, title="Apoferritin")
     env = {"LIVEDM_TOKEN": "", "LIVEDM_TOKEN_FILE": str(daemon.state_dir / "admin.token")}
     listing = daemon.livedm("ls", env=env)
     assert listing.returncode == 0, listing.stderr
@@ -134,10 +132,7 @@ def test_user_and_audit_commands(daemon: Daemon, tmp_path: Path) -> None:
 
 def test_delete_jobs_and_progress_commands(shared_daemon: Daemon, tmp_path: Path) -> None:
     daemon = shared_daemon
-    tree = build_session_tree(tmp_path / "proj", exposures=3)
-    p1 = daemon.call("create_project", ["p", str(tree.project_dir)])["uid"]
-    daemon.call("create_live_session", [p1, "s"])
-    daemon.call("mark_session_completed", [p1, "S1"])
+    p1, tree = completed_project(daemon, tmp_path / "proj", exposures=3)
     dry = daemon.livedm("delete", p1, "S1", "particles", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.startswith("would delete 3 files")
     unconfirmed = daemon.livedm("delete", p1, "S1", "particles")  # no terminal, no --yes

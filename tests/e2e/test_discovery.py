@@ -14,15 +14,12 @@ from cryosparc.command import CommandClient
 
 from testkit.cryosparc_tree import CryosparcProject, SessionSpec, build_cryosparc_project
 from testkit.daemon import Daemon
+from tests.support.daemon_sessions import idle
 from tests.support.waiting import wait_until
 
 
 def discovery_daemon(tmp_path: Path, root: Path, **env: str) -> Daemon:
     return Daemon(tmp_path / "state", env={"LIVEDM_DATA_ROOTS": str(root), **env}).start()
-
-
-def idle(daemon: Daemon) -> bool:
-    return not any(daemon.call("list_jobs", {"state": state}) for state in ("queued", "running"))
 
 
 def discover(daemon: Daemon, *args: str) -> str:

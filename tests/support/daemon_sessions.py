@@ -1,4 +1,4 @@
-"""A real livedmd in a test: one with the state-change hook on, a project P1 with a completed session
+"""A real livedmd in a test: one with the state-change hook on, a project with a completed session
 S1 on disk, the status of one of S1's categories, a job once it has ended, stopping once its jobs have."""
 
 from __future__ import annotations
@@ -25,12 +25,20 @@ def hook_daemon(tmp_path: Path, script: Path, **env: str) -> Daemon:
     return Daemon(tmp_path / "state", env={**hook_env(script), **env}).start()
 
 
+def completed_project(daemon: Daemon, project_dir: Path, exposures: int = 3,
+                      title: str = "p") -> tuple[str, SessionTree]:
+    """A project at project_dir with its session S1 on disk, marked completed (so measured); the project's uid."""
+    tree = build_session_tree(project_dir, exposures=exposures)
+    uid = daemon.call("create_project", [title, str(tree.project_dir)])["uid"]
+    daemon.call("create_live_session", [uid, "s"])
+    daemon.call("mark_session_completed", [uid, "S1"])
+    return uid, tree
+
+
 def completed_session(daemon: Daemon, tmp_path: Path, exposures: int = 3) -> SessionTree:
-    """P1 (tmp_path/proj) with S1 on disk, marked completed (so measured)."""
-    tree = build_session_tree(tmp_path / "proj", exposures=exposures)
-    daemon.call("create_project", ["p", str(tree.project_dir)])
-    daemon.call("create_live_session", ["P1", "s"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
+    """P1 (tmp_path/proj) with S1 on disk, marked completed, on a livedmd of the test's own."""
+    uid, tree = completed_project(daemon, tmp_path / "proj", exposures)
+    assert uid == "P1", f"{uid}: the livedmd was not new"
     return tree
 
 
@@ -44,11 +52,15 @@ def finished_job(daemon: Daemon, job_id: str, timeout_s: float = 60) -> dict[str
                            timeout_s=timeout_s, what=f"job {job_id} to end"))
 
 
+def idle(daemon: Daemon) -> bool:
+    """No job is queued or running."""
+    return not any(daemon.call("list_jobs", {"state": state}) for state in ("queued", "running"))
+
+
 def stop_when_idle(daemon: Daemon, timeout_s: float = 30) -> int:
     """Stop livedmd once no job is queued or running. A hook still running when livedmd stops cannot call
     back (the client retries for seconds before it gives up), and livedmd's drain waits for it."""
     if daemon.process is not None and daemon.process.poll() is None:
         with contextlib.suppress(AssertionError, OSError):  # a test may have left it unable to answer
-            wait_until(lambda: not any(daemon.call("list_jobs", {"state": state}) for state in ("queued", "running")),
-                       timeout_s=timeout_s, what="its jobs to end")
+            wait_until(lambda: idle(daemon), timeout_s=timeout_s, what="its jobs to end")
     return daemon.stop()
