@@ -24,16 +24,16 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+def site(tmp_path: Path, embedded_uri: str) -> Iterator[Site]:
     """A site of the test's own, for a test that changes what the others look at."""
-    site = start_site(tmp_path)
+    site = start_site(tmp_path, embedded_uri)
     yield site
     stop_when_idle(site.daemon)
 
 
 @pytest.fixture(scope="module")
-def shared_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def shared_site(tmp_path_factory: pytest.TempPathFactory, embedded_uri: str) -> Iterator[Site]:
     """One site for the tests that leave every status, user and token as they found them."""
-    site = start_site(tmp_path_factory.mktemp("site"))
+    site = start_site(tmp_path_factory.mktemp("site"), embedded_uri)
     yield site
     stop_when_idle(site.daemon)

@@ -123,12 +123,12 @@ def test_a_hook_job_written_into_the_database_runs_only_what_the_config_allows(
 
 # --- low: script_log_path_abs and symlinks in the log dir ---------------------------------------
 
-def test_trigger_refuses_scripts_not_allowed_and_logs_outside_the_log_dir(tmp_path: Path) -> None:
+def test_trigger_refuses_scripts_not_allowed_and_logs_outside_the_log_dir(tmp_path: Path, embedded_uri: str) -> None:
     hook_marker, evil_marker, victim = tmp_path / "hook.ran", tmp_path / "evil.ran", tmp_path / "victim.txt"
     victim.write_text("precious\n")
     evil = marker_script(tmp_path / "evil.sh", evil_marker)
     allowed = marker_script(tmp_path / "allowed.sh", tmp_path / "allowed.ran")
-    daemon = hook_daemon(tmp_path, marker_script(tmp_path / "hook.sh", hook_marker),
+    daemon = hook_daemon(tmp_path, marker_script(tmp_path / "hook.sh", hook_marker), store=embedded_uri,
                          LIVEDM_HOOK_ALLOWED_SCRIPTS=str(allowed))
     try:
         completed_session(daemon, tmp_path, exposures=1)
@@ -162,10 +162,10 @@ def test_trigger_refuses_scripts_not_allowed_and_logs_outside_the_log_dir(tmp_pa
     assert victim.read_text() == "precious\n"
 
 
-def test_a_symlink_planted_as_a_sessions_hook_log_is_not_followed(tmp_path: Path) -> None:
+def test_a_symlink_planted_as_a_sessions_hook_log_is_not_followed(tmp_path: Path, embedded_uri: str) -> None:
     hook_marker, victim = tmp_path / "hook.ran", tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    daemon = hook_daemon(tmp_path, marker_script(tmp_path / "hook.sh", hook_marker))
+    daemon = hook_daemon(tmp_path, marker_script(tmp_path / "hook.sh", hook_marker), store=embedded_uri)
     try:
         completed_session(daemon, tmp_path, exposures=1)
         logs = daemon.state_dir / "hook-logs"
@@ -276,7 +276,8 @@ def test_the_hook_sees_only_the_allow_listed_environment(tmp_path: Path) -> None
     assert environment["LIVEDM_URL"] == daemon.url and environment["LIVEDM_TOKEN"] != daemon.token
 
 
-def test_the_hook_token_may_change_only_its_category_and_dies_with_the_run(tmp_path: Path) -> None:
+def test_the_hook_token_may_change_only_its_category_and_dies_with_the_run(tmp_path: Path,
+                                                                           embedded_uri: str) -> None:
     tokens, results = tmp_path / "tokens", tmp_path / "results"
     script = marker_script(tmp_path / "hook.sh", tmp_path / "hook.ran", (
         f"echo \"$LIVEDM_TOKEN\" >> {tokens}\n"
@@ -290,7 +291,7 @@ def test_the_hook_token_may_change_only_its_category_and_dies_with_the_run(tmp_p
         f"echo \"admin=$?\" >> {results}\n"
         "livedm rtpcli \"change_session_data_management_state('P1', 'S1', '$3', 'archived')\"\n"
         f"echo \"own=$?\" >> {results}\n"))
-    daemon = hook_daemon(tmp_path, script)
+    daemon = hook_daemon(tmp_path, script, store=embedded_uri)
     try:
         tree = completed_session(daemon, tmp_path, exposures=1)
         daemon.call("change_session_data_management_state", ["P1", "S1", "micrographs", "archiving"])
@@ -312,11 +313,11 @@ def test_the_hook_token_may_change_only_its_category_and_dies_with_the_run(tmp_p
 
 # --- item 12: the log cap -----------------------------------------------------------------------
 
-def test_a_flooding_hook_keeps_head_and_tail_within_the_cap(tmp_path: Path) -> None:
+def test_a_flooding_hook_keeps_head_and_tail_within_the_cap(tmp_path: Path, embedded_uri: str) -> None:
     cap = 65536
     script = executable(tmp_path / "flood.sh",
                         "#!/bin/sh\necho HEAD-MARK\nhead -c 50000000 /dev/zero | tr '\\0' x\necho\necho TAIL-MARK\n")
-    daemon = hook_daemon(tmp_path, script, LIVEDM_HOOK_LOG_MAX_BYTES=str(cap))
+    daemon = hook_daemon(tmp_path, script, store=embedded_uri, LIVEDM_HOOK_LOG_MAX_BYTES=str(cap))
     try:
         completed_session(daemon, tmp_path, exposures=1)
         job = finished_job(daemon, daemon.call("trigger_live_data_management_script", ["P1", "S1", "raw"]), 120)
@@ -348,9 +349,10 @@ def grandchild_script(tmp_path: Path, session_file: Path) -> Path:
                       "(sleep 300 &)\nsleep 300\n")
 
 
-def test_a_double_forked_grandchild_dies_with_the_timed_out_hook(tmp_path: Path) -> None:
+def test_a_double_forked_grandchild_dies_with_the_timed_out_hook(tmp_path: Path, embedded_uri: str) -> None:
     session_file = tmp_path / "session"
-    daemon = hook_daemon(tmp_path, grandchild_script(tmp_path, session_file), LIVEDM_HOOK_TIMEOUT_S="3")
+    daemon = hook_daemon(tmp_path, grandchild_script(tmp_path, session_file), store=embedded_uri,
+                         LIVEDM_HOOK_TIMEOUT_S="3")
     try:
         completed_session(daemon, tmp_path, exposures=1)
         job_id = daemon.call("trigger_live_data_management_script", ["P1", "S1", "metadata"])

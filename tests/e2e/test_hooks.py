@@ -22,8 +22,8 @@ SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "cryosparc-live
 
 
 @pytest.fixture
-def seed_daemon(tmp_path: Path) -> Iterator[Daemon]:
-    daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh")
+def seed_daemon(tmp_path: Path, embedded_uri: str) -> Iterator[Daemon]:
+    daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh", store=embedded_uri)
     yield daemon
     stop_when_idle(daemon)
 
@@ -74,9 +74,10 @@ def test_seed_example_moves_archiving_to_archived(seed_daemon: Daemon, tmp_path:
     assert len(seed_daemon.call("list_jobs", {"kind": "hook"})) == 2  # archiving, then archived
 
 
-def test_archiver_copies_verifies_and_marks_archived(tmp_path: Path) -> None:
+def test_archiver_copies_verifies_and_marks_archived(tmp_path: Path, embedded_uri: str) -> None:
     archive_root = tmp_path / "archive"
-    daemon = hook_daemon(tmp_path, HOOKS / "archive-copy.py", LIVEDM_ARCHIVE_ROOT=str(archive_root))
+    daemon = hook_daemon(tmp_path, HOOKS / "archive-copy.py", store=embedded_uri,
+                         LIVEDM_ARCHIVE_ROOT=str(archive_root))
     try:
         tree = completed_session(daemon, tmp_path)
         daemon.call("change_session_data_management_state", ["P1", "S1", "raw", "archiving"])
@@ -92,7 +93,7 @@ def test_archiver_copies_verifies_and_marks_archived(tmp_path: Path) -> None:
         assert f"{hashlib.sha256(copy.read_bytes()).hexdigest()}  {movie.lstrip('/')}" in manifest
 
 
-def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path: Path) -> None:
+def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path: Path, embedded_uri: str) -> None:
     script, session_file = tmp_path / "bad-hook.sh", tmp_path / "hung-session"
     script.write_text("#!/bin/sh\n"
                       "case \"$4\" in\n"
@@ -101,7 +102,7 @@ def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path
                       "  active) head -c 50000000 /dev/zero | tr '\\0' x ;;\n"
                       "esac\n")
     script.chmod(0o755)
-    daemon = hook_daemon(tmp_path, script, LIVEDM_HOOK_TIMEOUT_S="3")
+    daemon = hook_daemon(tmp_path, script, store=embedded_uri, LIVEDM_HOOK_TIMEOUT_S="3")
     try:
         completed_session(daemon, tmp_path)
         for status in ("archiving", "archived", "active"):
@@ -132,9 +133,10 @@ def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path
         daemon.stop()
 
 
-def test_trigger_runs_the_hook_now_and_its_overrides_need_an_admin(tmp_path: Path) -> None:
+def test_trigger_runs_the_hook_now_and_its_overrides_need_an_admin(tmp_path: Path, embedded_uri: str) -> None:
     other = executable(tmp_path / "other-hook.sh", "#!/bin/sh\necho \"other hook $*\"\n")
-    seed_daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh", LIVEDM_HOOK_ALLOWED_SCRIPTS=str(other))
+    seed_daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh", store=embedded_uri,
+                              LIVEDM_HOOK_ALLOWED_SCRIPTS=str(other))
     try:
         trigger_as_admin_and_as_a_user(seed_daemon, tmp_path, other)
     finally:

@@ -40,10 +40,11 @@ class Site:
         return page
 
 
-def start_site(tmp_path: Path) -> Site:
+def start_site(tmp_path: Path, store: str) -> Site:
     """P1 'Apoferritin' (S1 completed, S2 running) and P2 'TRPV1' (S1 completed), the seed's hook on,
-    a user 'viewer' without the live data management permission; a livedmd of its own, in tmp_path."""
-    daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh",
+    a user 'viewer' without the live data management permission; a livedmd of its own, in tmp_path, on a
+    new database in `store`."""
+    daemon = hook_daemon(tmp_path, HOOKS / "cryosparc-seed-example.sh", store=store,
                          LIVEDM_HOOK_ALLOWED_SCRIPTS=str(tmp_path / "failing-hook.sh"))
     try:
         trees = {"P1/S1": build_session_tree(tmp_path / "apoferritin", "S1", exposures=4),

@@ -4,6 +4,7 @@ S1 on disk, the status of one of S1's categories, a job once it has ended, stopp
 from __future__ import annotations
 
 import contextlib
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,12 @@ def hook_env(script: Path) -> dict[str, str]:
     return {HOOK_ENABLE: "true", HOOK_PATH: str(script)}
 
 
-def hook_daemon(tmp_path: Path, script: Path, **env: str) -> Daemon:
-    """A started livedmd (state dir tmp_path/state) whose hook is `script`."""
+def hook_daemon(tmp_path: Path, script: Path, store: str | None = None, **env: str) -> Daemon:
+    """A started livedmd (state dir tmp_path/state) whose hook is `script`. With `store` (a MongoDB URI,
+    such as the session's embedded_uri) it keeps a new database there instead of starting an embedded store
+    of its own: half of its start-up, for the tests to which the store makes no difference."""
+    if store is not None:
+        env = {"LIVEDM_MONGO_URI": store, "LIVEDM_MONGO_DB": "t_" + uuid.uuid4().hex[:12], **env}
     return Daemon(tmp_path / "state", env={**hook_env(script), **env}).start()
 
 
