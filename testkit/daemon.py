@@ -46,9 +46,17 @@ class Daemon:
         return self.token_file.read_text().strip()
 
     def start(self, timeout_s: float = 30.0) -> Daemon:
+        return self.spawn().wait_ready(timeout_s)
+
+    def spawn(self) -> Daemon:
+        """Start livedmd and return at once: wait_ready() waits for it (start() is both)."""
         argv = [str(BIN / "livedmd"), "--state-dir", str(self.state_dir), "--port", str(self.port), *self.args]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout_s: float = 30.0) -> Daemon:
+        assert self.process is not None, "spawn() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -107,3 +115,24 @@ class Daemon:
         client_env = {**os.environ, "LIVEDM_URL": self.url, "LIVEDM_TOKEN": self.token, **(env or {})}
         return subprocess.run([str(BIN / "livedm"), *args], env=client_env, capture_output=True, text=True,
                               timeout=120)
+
+
+def start_together(*daemons: Daemon, timeout_s: float = 30.0) -> None:
+    """Start several livedmd at once rather than one after the other. On one database only the first to
+    make the admin user writes its token file: those without one get that daemon's token file."""
+    for daemon in daemons:
+        daemon.spawn()
+    try:
+        for daemon in daemons:
+            daemon.wait_ready(timeout_s)
+    except BaseException:
+        for daemon in daemons:
+            if daemon.process is not None:
+                daemon.process.kill()
+                daemon.process.wait()
+                daemon.process = None
+        raise
+    written = [d.token_file for d in daemons if d.token_file.exists()]
+    for daemon in daemons:
+        if written and not daemon.token_file.exists():
+            daemon.token_file = written[0]

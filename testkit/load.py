@@ -23,7 +23,7 @@ import pymongo
 
 from livedm.server.embedded import EmbeddedStore
 from livedm.server.store import Store
-from testkit.daemon import Daemon
+from testkit.daemon import Daemon, start_together
 from testkit.sessiontree import build_session_tree
 
 SESSIONS = 12
@@ -139,9 +139,8 @@ async def run_load(duration_s: float, clients: int, root: Path) -> dict[str, Any
     store = EmbeddedStore(root / "db")
     uri = store.start()
     env = {"LIVEDM_MONGO_URI": uri, "LIVEDM_DRAIN_S": "10"}
-    first = Daemon(root / "a", env=env).start()
-    second = Daemon(root / "b", env=env).start()
-    second.token_file = first.token_file
+    first, second = Daemon(root / "a", env=env), Daemon(root / "b", env=env)
+    start_together(first, second)  # one database: they share the admin's token file
     report = Report()
     try:
         first.call("create_project", ["load", str(project)])

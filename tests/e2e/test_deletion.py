@@ -47,13 +47,14 @@ def test_deleting_a_category_touches_nothing_else(daemon: Daemon, tmp_path: Path
 
 
 def test_a_deletion_killed_mid_way_finishes_after_restart(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", args=["--job-lease-s", "2"]).spawn()  # starts while the files are made
     tree = build_session_tree(tmp_path / "proj", exposures=2)
     bulk = tree.session_path / "extract" / "bulk"
     bulk.mkdir(parents=True)
     names = [f"p{i:05d}.mrc" for i in range(20_000)]
     for name in names:
         (bulk / name).write_bytes(b"p")
-    daemon = Daemon(tmp_path / "state", args=["--job-lease-s", "2"]).start()
+    daemon.wait_ready()
     daemon.call("create_project", ["p", str(tree.project_dir)])
     daemon.call("create_live_session", ["P1", "s"])
     daemon.call("mark_session_completed", ["P1", "S1"])

@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from livedm.server.embedded import EmbeddedStore
-from testkit.daemon import Daemon
+from testkit.daemon import Daemon, start_together
 from testkit.sessiontree import build_session_tree
 from tests.support.daemon_sessions import hook_env
 from tests.support.hook_scripts import executable
@@ -23,8 +23,8 @@ def test_two_daemons_run_each_of_200_jobs_once(tmp_path: Path) -> None:
     script = executable(tmp_path / "hook.sh", "#!/bin/sh\nexit 0\n")
     env = {"LIVEDM_MONGO_URI": uri, **hook_env(script), "LIVEDM_HOOK_LOG_DIR": str(tmp_path / "logs"),
            "LIVEDM_WORKERS": "3", "LIVEDM_MAX_BATCH_CALLS": str(JOBS)}
-    first = Daemon(tmp_path / "a", env=env).start()
-    second = Daemon(tmp_path / "b", env=env).start()
+    first, second = Daemon(tmp_path / "a", env=env), Daemon(tmp_path / "b", env=env)
+    start_together(first, second)
     try:
         tree = build_session_tree(tmp_path / "proj", exposures=1)
         first.call("create_project", ["p", str(tree.project_dir)])
@@ -57,8 +57,9 @@ def test_two_daemons_run_each_of_200_jobs_once(tmp_path: Path) -> None:
 def test_a_worker_only_process_runs_what_an_api_process_queues(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "db")
     uri = store.start()
-    api = Daemon(tmp_path / "api", env={"LIVEDM_MONGO_URI": uri, "LIVEDM_WORKERS": "0"}).start()
-    worker = Daemon(tmp_path / "worker", env={"LIVEDM_MONGO_URI": uri}, args=["--worker-only"]).start()
+    api = Daemon(tmp_path / "api", env={"LIVEDM_MONGO_URI": uri, "LIVEDM_WORKERS": "0"})
+    worker = Daemon(tmp_path / "worker", env={"LIVEDM_MONGO_URI": uri}, args=["--worker-only"])
+    start_together(api, worker)
     try:
         trees = [build_session_tree(tmp_path / "proj", f"S{i}", exposures=i) for i in (1, 2)]
         api.call("create_project", ["p", str(trees[0].project_dir)])
