@@ -79,26 +79,28 @@ def test_download_project_stats_matches_the_api(shared_site: Site, browser: Brow
     assert json.loads(saved.read_text()) == site.daemon.call("get_project_file_paths", ["P1"])
 
 
-def test_mark_archiving_and_watch_the_hook_archive_it(site: Site, browser: Browser) -> None:
+def test_mark_archiving_and_watch_the_hook_archive_it(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # this test changes P2 S1's micrographs only, which no other test looks at
     page = site.page(browser, site.daemon.token, fake_clock=True)
     right_click_table(page, "Expand all")
-    open_menu(page, "P1-S1", "micrographs")
+    open_menu(page, "P2-S1", "micrographs")
     shot(page, "04-category-menu")
     menu_button(page, "Mark as archiving").click()
     # the hook (the seed's example) marks it archived; the page shows it without a reload, at its next
     # refresh: within 10 s, which the page's clock skips instead of the test waiting them out
-    wait_until(lambda: site.daemon.call("get_session", ["P1", "S1"])["data_management"]["micrographs"]["status"]
+    wait_until(lambda: site.daemon.call("get_session", ["P2", "S1"])["data_management"]["micrographs"]["status"]
                == "archived", what="the hook to archive")
     page.clock.fast_forward(10_000)
-    expect(cell(page, "P1-S1", "micrographs").locator(".badge")).to_have_text("archived", timeout=25_000)
+    expect(cell(page, "P2-S1", "micrographs").locator(".badge")).to_have_text("archived", timeout=25_000)
     shot(page, "05-archived-by-hook")
 
 
-def test_delete_through_the_confirmation(site: Site, browser: Browser) -> None:
-    tree = site.trees["P1/S1"]
+def test_delete_through_the_confirmation(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # this test deletes P2 S1's particles only, which no other test looks at
+    tree = site.trees["P2/S1"]
     page = site.page(browser, site.daemon.token)
     right_click_table(page, "Expand all")
-    open_menu(page, "P1-S1", "particles")
+    open_menu(page, "P2-S1", "particles")
     menu_button(page, "Delete data").click()
     dialog = page.locator("#dialog")
     expect(dialog).to_be_visible()
@@ -112,7 +114,7 @@ def test_delete_through_the_confirmation(site: Site, browser: Browser) -> None:
     shot(page, "06-delete-confirmation")
     ok.click()
     expect(page.locator(".job")).to_be_visible()
-    expect(cell(page, "P1-S1", "particles").locator(".badge")).to_have_text("deleted", timeout=20_000)
+    expect(cell(page, "P2-S1", "particles").locator(".badge")).to_have_text("deleted", timeout=20_000)
     expect(page.locator(".job.done")).to_be_visible()
     shot(page, "07-deleted")
     assert not any(Path(p).exists() for p in tree.paths_by_datatype["particles"])
@@ -148,21 +150,24 @@ def test_actions_are_disabled_with_a_reason(shared_site: Site, browser: Browser)
     shot(viewer, "09-no-permission-menu")
 
 
-def test_admin_toggles_a_users_permission(site: Site, browser: Browser) -> None:
+def test_admin_toggles_a_users_permission(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # with a user of this test's own: 'viewer' stays without the permission
+    operator = site.daemon.call("create_user", {"name": "operator"})["token"]
     page = site.page(browser, site.daemon.token)
     page.click("#users-tab")
-    toggle = page.locator("tr[data-user='viewer'] input[type=checkbox]")
+    toggle = page.locator("tr[data-user='operator'] input[type=checkbox]")
     expect(toggle).not_to_be_checked()
     toggle.check()
-    expect(page.locator("tr[data-user='viewer']")).to_contain_text("allowed")
+    expect(page.locator("tr[data-user='operator']")).to_contain_text("allowed")
     shot(page, "10-users")
     users = {u["name"]: u for u in site.daemon.call("list_users")}
-    assert users["viewer"]["live_data_management"] is True
-    viewer = site.page(browser, site.viewer_token)
-    right_click_table(viewer, "Expand all")
-    open_menu(viewer, "P1-S1", "micrographs")
-    expect(menu_button(viewer, "Mark as archived")).to_be_enabled()
-    assert site.daemon.call("get_audit_log", {"limit": 1})[0]["action"] == "permission_changed"
+    assert users["operator"]["live_data_management"] is True
+    as_operator = site.page(browser, operator)
+    right_click_table(as_operator, "Expand all")
+    open_menu(as_operator, "P1-S1", "micrographs")
+    expect(menu_button(as_operator, "Mark as archived")).to_be_enabled()
+    changes = [e for e in site.daemon.call("get_audit_log", {"limit": 100}) if e["action"] == "permission_changed"]
+    assert [(e["user"], e["live_data_management"]) for e in changes] == [("operator", True)]
 
 
 def test_refresh_a_project_and_mark_a_session_completed(site: Site, browser: Browser) -> None:
@@ -193,17 +198,19 @@ def test_failed_jobs_are_shown(shared_site: Site, browser: Browser) -> None:
     shot(page, "11-jobs")
 
 
-def test_tokens_issued_and_revoked_from_the_admin_view(site: Site, browser: Browser) -> None:
-    viewer = site.page(browser, site.viewer_token)
+def test_tokens_issued_and_revoked_from_the_admin_view(shared_site: Site, browser: Browser) -> None:
+    site = shared_site  # with a user of this test's own: 'viewer' keeps its token
+    guest = site.daemon.call("create_user", {"name": "guest"})["token"]
+    viewer = site.page(browser, guest)
     expect(viewer.locator("tr.project")).to_have_count(2)
     admin = site.page(browser, site.daemon.token)
     admin.click("#users-tab")
-    admin.locator("tr[data-user='viewer'] button", has_text="Issue token").click()
+    admin.locator("tr[data-user='guest'] button", has_text="Issue token").click()
     token = admin.locator("#new-token").inner_text()
     assert token.startswith("ldm_")
     admin.locator("#dialog-ok").click()
-    admin.locator("tr[data-user='viewer'] button", has_text="Revoke tokens").click()
-    expect(admin.locator(".toast", has_text="revoked 2 token(s) of viewer")).to_be_visible()
+    admin.locator("tr[data-user='guest'] button", has_text="Revoke tokens").click()
+    expect(admin.locator(".toast", has_text="revoked 2 token(s) of guest")).to_be_visible()
     right_click_table(viewer, "Refresh table")
     expect(viewer.locator("#sign-in-error")).to_contain_text("not valid")
     expect(viewer.locator("#sign-in")).to_be_visible()
