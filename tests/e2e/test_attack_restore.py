@@ -20,7 +20,7 @@ import pytest
 from bson import json_util
 from bson.objectid import ObjectId
 
-from testkit.daemon import Daemon
+from testkit.daemon import Daemon, start_together
 from testkit.sessiontree import SessionTree, build_session_tree
 from tests.support.daemon_sessions import finished_job
 
@@ -278,7 +278,9 @@ def test_a_broken_or_tampered_file_is_refused_whole_and_changes_nothing(
 
 
 def test_a_good_round_trip_keeps_finished_jobs_as_history(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path / "state").start()  # its own: the counts below are of a database with one lab
+    # its own livedmd (the counts below are of a database with one lab), and a new one to restore into
+    daemon, fresh = Daemon(tmp_path / "state"), Daemon(tmp_path / "fresh-state")
+    start_together(daemon, fresh)  # two databases: each has its own admin token
     try:
         make_lab(daemon, tmp_path)
         deleted = daemon.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
@@ -292,24 +294,21 @@ def test_a_good_round_trip_keeps_finished_jobs_as_history(tmp_path: Path) -> Non
         before = {m: daemon.call(m, p) for m, p in [("list_jobs", {}), ("get_overview", []), ("list_users", [])]}
         before["get_overview"].pop("as_of")
 
-        fresh = Daemon(tmp_path / "fresh-state").start()
-        try:
-            for token in (fresh.token, daemon.token):  # over an empty database, then over the restored one
-                done = restore(fresh, backup_file, token=token)
-                assert done.returncode == 0, done.stderr
-                result = json.loads(done.stdout)
-                assert result["left_out"] == {"queued_or_running_jobs": 0, "job_file_lists": 1,  # the deletion's list
-                                              "hook_tokens": 0}
-                assert sum(result["restored"].values()) == documents - 1
-            fresh.token_file = daemon.token_file  # the backup's tokens are in force now
-            after = {m: fresh.call(m, p) for m, p in [("list_jobs", {}), ("get_overview", []), ("list_users", [])]}
-            after["get_overview"].pop("as_of")
-            assert after == before
-            assert fresh.call("list_projects")[0]["uid"] == "P1"  # the database still serves after two switches
-        finally:
-            fresh.stop()
+        for token in (fresh.token, daemon.token):  # over an empty database, then over the restored one
+            done = restore(fresh, backup_file, token=token)
+            assert done.returncode == 0, done.stderr
+            result = json.loads(done.stdout)
+            assert result["left_out"] == {"queued_or_running_jobs": 0, "job_file_lists": 1,  # the deletion's list
+                                          "hook_tokens": 0}
+            assert sum(result["restored"].values()) == documents - 1
+        fresh.token_file = daemon.token_file  # the backup's tokens are in force now
+        after = {m: fresh.call(m, p) for m, p in [("list_jobs", {}), ("get_overview", []), ("list_users", [])]}
+        after["get_overview"].pop("as_of")
+        assert after == before
+        assert fresh.call("list_projects")[0]["uid"] == "P1"  # the database still serves after two switches
     finally:
         daemon.stop()
+        fresh.stop()
 
 
 def test_a_format_1_backup_needs_unverified(lab: Lab, tmp_path: Path) -> None:

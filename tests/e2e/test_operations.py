@@ -108,23 +108,24 @@ def test_systemd_hears_ready_once_serving_and_stopping_on_sigterm(tmp_path: Path
 
 
 def test_backup_and_restore_round_trip(daemon: Daemon, tmp_path: Path) -> None:
-    tree = build_session_tree(tmp_path / "proj", exposures=2)
-    daemon.call("create_project", ["p", str(tree.project_dir)])
-    daemon.call("create_live_session", ["P1", "s"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
-    daemon.call("change_session_data_management_state", ["P1", "S1", "raw", "archived"])
-    alice = daemon.call("create_user", {"name": "alice"})
-    backup_file = tmp_path / "livedm.ndjson"
-    as_user = daemon.livedm("admin", "backup", str(backup_file), env={"LIVEDM_TOKEN": alice["token"]})
-    assert as_user.returncode == 1 and "need an admin" in as_user.stderr and not backup_file.exists()
-    made = daemon.livedm("admin", "backup", str(backup_file))
-    assert made.returncode == 0 and made.stdout.startswith("backed up "), made.stderr
-    before = {m: daemon.call(m, p) for m, p in [("get_overview", []), ("list_users", []),
-                                               ("get_audit_log", {}), ("get_project_file_paths", ["P1"])]}
-    before["get_overview"].pop("as_of")
-
-    fresh = Daemon(tmp_path / "fresh-state").start()  # a new server with an empty database
+    fresh = Daemon(tmp_path / "fresh-state").spawn()  # a new server with an empty database, starting meanwhile
     try:
+        tree = build_session_tree(tmp_path / "proj", exposures=2)
+        daemon.call("create_project", ["p", str(tree.project_dir)])
+        daemon.call("create_live_session", ["P1", "s"])
+        daemon.call("mark_session_completed", ["P1", "S1"])
+        daemon.call("change_session_data_management_state", ["P1", "S1", "raw", "archived"])
+        alice = daemon.call("create_user", {"name": "alice"})
+        backup_file = tmp_path / "livedm.ndjson"
+        as_user = daemon.livedm("admin", "backup", str(backup_file), env={"LIVEDM_TOKEN": alice["token"]})
+        assert as_user.returncode == 1 and "need an admin" in as_user.stderr and not backup_file.exists()
+        made = daemon.livedm("admin", "backup", str(backup_file))
+        assert made.returncode == 0 and made.stdout.startswith("backed up "), made.stderr
+        before = {m: daemon.call(m, p) for m, p in [("get_overview", []), ("list_users", []),
+                                                   ("get_audit_log", {}), ("get_project_file_paths", ["P1"])]}
+        before["get_overview"].pop("as_of")
+
+        fresh.wait_ready()
         refused = fresh.livedm("admin", "restore", str(backup_file))
         assert refused.returncode == 2 and "--yes" in refused.stderr
         not_admin = fresh.livedm("admin", "restore", str(backup_file), "--yes",
