@@ -16,7 +16,7 @@ import re
 import stat
 import struct
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -139,17 +139,20 @@ def _symlinked_project(path: str) -> Unreadable | None:
                             "in discover_roots")
 
 
-def find_project_dirs(root: str | os.PathLike[str], max_depth: int) -> Iterator[str | Unreadable]:
+def find_project_dirs(root: str | os.PathLike[str], max_depth: int,
+                      known: Iterable[str] = ()) -> Iterator[str | Unreadable]:
     """The directories below `root` (itself depth 0) down to `max_depth` that hold a regular project.json,
     as paths under the root (not resolved), in sorted order; what could not be looked at, as `Unreadable`.
 
-    A project directory is never entered (sessions hold 100k+ files) and symlinks are never followed
-    (a loop must not hang the walk); a symlink that leads to a project is reported. Every other directory,
-    hidden ones included, is walked: one scandir each, using the entries' types without a stat.
+    A project directory is never entered (sessions hold 100k+ files), unless it holds one of the `known`
+    project directories (a project.json planted above them must not hide them), and symlinks are never
+    followed (a loop must not hang the walk); a symlink that leads to a project is reported. Every other
+    directory, hidden ones included, is walked: one scandir each, using the entries' types without a stat.
     Raises Unreadable when the root is missing or not a directory.
     """
     if max_depth < 0:
         raise ValueError(f"max_depth must be 0 or more, not {max_depth}")
+    holders = {parent for path in known for parent in _parents(os.path.normpath(path))}
     top = os.path.normpath(os.path.abspath(os.fspath(root)))
     try:
         top_is_dir = stat.S_ISDIR(os.stat(top).st_mode)
@@ -168,7 +171,8 @@ def find_project_dirs(root: str | os.PathLike[str], max_depth: int) -> Iterator[
         marker = _project_marker(directory)
         if marker is True:
             yield directory
-            continue
+            if directory not in holders:
+                continue
         if isinstance(marker, Unreadable):
             yield marker
             continue
@@ -193,6 +197,14 @@ def find_project_dirs(root: str | os.PathLike[str], max_depth: int) -> Iterator[
             continue
         for name, link in sorted(children, reverse=True):
             stack.append((os.path.join(directory, name), depth + 1, link))
+
+
+def _parents(path: str) -> Iterator[str]:
+    """Every directory above an absolute path, up to and without "/"."""
+    parent = os.path.dirname(path)
+    while parent not in ("/", path):
+        yield parent
+        path, parent = parent, os.path.dirname(parent)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -103,8 +103,9 @@ class Discovery:
         by_real_dir = {os.path.realpath(p["project_dir"]): p for p in projects}
         found: list[Found] = []
         roots = self.config.discovery_roots
+        known_dirs = [p["project_dir"] for p in projects]
         for label, root in roots:
-            found.extend(f for f in self._search_root(survey, label, root, discovered)
+            found.extend(f for f in self._search_root(survey, label, root, discovered, known_dirs)
                          if _innermost_root(f.project_dir, roots) == root)  # a root inside another is its own
         for index, item in enumerate(found):
             if index % 50 == 0:
@@ -127,13 +128,13 @@ class Discovery:
                 survey.gone.append((project, GONE_PROJECT.format(root=root)))
         return survey
 
-    def _search_root(self, survey: Survey, label: str, root: str,
-                     discovered: list[dict[str, Any]]) -> list[Found]:
+    def _search_root(self, survey: Survey, label: str, root: str, discovered: list[dict[str, Any]],
+                     known_dirs: list[str]) -> list[Found]:
         found: list[Found] = []
         state: dict[str, Any] = {"path": root, "label": label, "reached": True, "reason": None, "projects": 0}
         survey.roots.append(state)
         try:
-            for item in cs.find_project_dirs(root, self.config.discover_depth):
+            for item in cs.find_project_dirs(root, self.config.discover_depth, known_dirs):
                 if isinstance(item, cs.Unreadable):
                     survey.unreadable.append({"path": item.path, "reason": item.reason})
                 else:

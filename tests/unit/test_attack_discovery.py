@@ -1,0 +1,219 @@
+"""Attacks on discovery in process (mongomock, the burst worker), as a hostile local user who can write inside
+the data roots (project.json, workspaces.json, exposures.bson, directories and symlinks) or a careless admin
+would try them. Each test shows the attack failing: nothing deleted outside what SPEC §5 allows, no record
+taken over or lost."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from livedm.server.auth import Authenticator
+from livedm.server.domain import DATATYPES
+from livedm.server.errors import ApiError
+from livedm.server.services import Services
+from livedm.server.store import Store
+from testkit.cryosparc_tree import SessionSpec, build_cryosparc_project
+from tests.support.config import make_config
+from tests.support.disk import data_state
+
+ADMIN = {"name": "admin", "role": "admin", "live_data_management": True}
+
+
+def services_for(store: Store, tmp_path: Path, roots: str | None = None, **flags: Any) -> Services:
+    root = tmp_path / "data"
+    root.mkdir(exist_ok=True)
+    config = make_config(tmp_path / "state", data_roots=str(root), discover_roots=roots or "",
+                         discover_interval="0", refresh_interval="0", **flags)
+    return Services.build(store, config, Authenticator(store, 2))
+
+
+async def run_jobs(services: Services) -> None:
+    await services.workers(1).run_until_idle()
+
+
+async def discover(services: Services) -> dict[str, Any]:
+    job_id, _ = services.queue.enqueue_single("discover", {}, "admin")
+    await run_jobs(services)
+    job = services.queue.get(job_id)
+    assert job["state"] == "done", job
+    return dict(job["result"])
+
+
+async def delete_everything(services: Services, project_uid: str) -> list[dict[str, Any]]:
+    """What a retention script would do: every deletable category of every completed session of the project,
+    deleted whole; the finished jobs (a refused request is no job)."""
+    jobs = []
+    for session in services.sessions.list_sessions(project_uid):
+        for datatype in DATATYPES:
+            if datatype == "raw":
+                continue
+            try:
+                job_id = services.deletions.request(ADMIN, project_uid, session["uid"], datatype=datatype,
+                                                    filepaths=None, user_id=None)
+            except ApiError:
+                continue
+            await run_jobs(services)
+            jobs.append(services.queue.get(job_id))
+    return jobs
+
+
+def relative_state(root: Path) -> dict[str, str]:
+    return {os.path.relpath(path, root): digest for path, digest in data_state(root).items()}
+
+
+def reasons(report: dict[str, Any]) -> str:
+    return json.dumps([*report["conflicts"], *report["unreadable"]])
+
+
+@pytest.fixture
+def movies(tmp_path: Path) -> Path:
+    path = tmp_path / "movies"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """Somebody else's files: outside any project, and inside /data too."""
+    path = tmp_path / "data" / "victim"
+    (path / "S1" / "motioncorrected").mkdir(parents=True)
+    (path / "S1" / "motioncorrected" / "precious.mrc").write_bytes(b"x" * 100)
+    (path / "notes.txt").write_text("keep me")
+    return path
+
+
+# --- session_dir pointing anywhere but a directory of its own inside the project ---------------------------
+
+async def test_session_dirs_that_lead_out_of_the_project_are_never_sessions(mock_store: Store, tmp_path: Path,
+                                                                           movies: Path, victim: Path) -> None:
+    services = services_for(mock_store, tmp_path)
+    hostile = build_cryosparc_project(tmp_path / "data" / "evil", "P40", "Hostile", [SessionSpec()],
+                                      movies_dir=movies)
+    other = build_cryosparc_project(tmp_path / "data" / "other", "P41", "Other", [SessionSpec()], movies_dir=movies)
+    project_dir = hostile.project_dir
+    (project_dir / "to_victim").symlink_to(victim)
+    (project_dir / "to_etc").symlink_to("/etc")
+    (project_dir / "to_other_session").symlink_to(other.project_dir / "S1")
+    (project_dir / "to_self").symlink_to(".")
+    (project_dir / "real").mkdir()
+    (project_dir / "real" / "up").symlink_to("../..")
+    escapes = ["../victim", "/etc", str(victim), ".", "./", "S1/../..", "S9/../../victim", "to_victim",
+               "to_victim/S1", "to_etc", "to_other_session", "to_self", "real/up", "real/up/victim", "//etc",
+               "S1/../../../../../../../etc", "\u2025/victim", "S1\x00/../../victim", "~/", "$HOME"]
+    for number, session_dir in enumerate(escapes, start=50):
+        hostile.add_session(SessionSpec(number=number, session_dir=session_dir), session_files=False)
+    before = data_state(tmp_path)
+    report = await discover(services)
+    known = {s["uid"]: s["session_dir"] for s in services.sessions.list_sessions("P40")}
+    allowed = {"S1"} | {uid for uid, d in known.items() if d in ("\u2025/victim", "~", "$HOME")}
+    assert set(known) == allowed, (known, reasons(report))
+    for session in mock_store.list_sessions("P40"):
+        real = os.path.realpath(project_dir / session["session_dir"])
+        assert real.startswith(str(project_dir) + "/"), session
+    for uid in known:
+        mock_store.set_session_fields("P40", uid, {"status": "completed"})
+    jobs = await delete_everything(services, "P40")
+    assert sum(j["result"]["deleted"] for j in jobs) > 0, "the deletions ran (inside the project)"
+    after = data_state(tmp_path)
+    lost = sorted(p for p in set(before) - set(after) if not p.startswith(str(project_dir) + "/"))
+    assert lost == [], lost
+    assert (victim / "notes.txt").read_text() == "keep me"
+    assert (victim / "S1" / "motioncorrected" / "precious.mrc").exists()
+    assert other.sessions["S1"].paths_by_datatype["micrographs"]
+    for rel in other.sessions["S1"].paths_by_datatype["micrographs"]:
+        assert (other.project_dir / rel).exists(), rel
+
+
+# --- project directories that may not be projects ----------------------------------------------------------
+
+def plant(directory: Path, uid: str, sessions: list[dict[str, Any]] | None = None) -> None:
+    """A hand-written project.json (and workspaces.json) in a directory, as a hostile user would."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "project.json").write_text(json.dumps({"uid": uid, "title": f"planted {uid}"}))
+    if sessions is not None:
+        (directory / "workspaces.json").write_text(json.dumps(
+            [{"workspace_type": "live", "status": "completed", **s} for s in sessions]))
+
+
+async def test_the_state_dir_and_dirs_around_it_are_never_projects(mock_store: Store, tmp_path: Path) -> None:
+    """A careless admin put livedm's state dir under the data root; a user plants project.json above it and
+    (had they access) in it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    state = data / "lab" / "livedm-state"
+    roots = f"{data}:inner={state / 'x'}"  # and one root inside the state dir itself
+    config = make_config(state, data_roots=str(data), discover_roots=roots, hook_log_dir=str(data / "logs" / "hooks"))
+    services = Services.build(mock_store, config, Authenticator(mock_store, 2))
+    state.mkdir(parents=True)
+    plant(data / "lab", "P1", [{"session_uid": "S1", "session_dir": "livedm-state"}])
+    plant(state / "x", "P2", [{"session_uid": "S1", "session_dir": "y"}])
+    plant(data / "logs", "P3", [{"session_uid": "S1", "session_dir": "hooks"}])
+    report = await discover(services)
+    assert mock_store.list_projects() == [], reasons(report)
+    assert reasons(report).count("livedm's own state") == 3, reasons(report)
+
+
+async def test_a_symlinked_project_dir_and_a_system_dir_are_not_projects(mock_store: Store, tmp_path: Path,
+                                                                         movies: Path) -> None:
+    """discover_roots = "/" by a careless admin would reach /etc: a project there (as root could plant one)
+    is refused; here /etc is reached through a symlink under the root, and a project dir that is a link."""
+    services = services_for(mock_store, tmp_path)
+    real = build_cryosparc_project(tmp_path / "elsewhere", "P8", "Real", [SessionSpec()], movies_dir=movies)
+    (tmp_path / "data" / "link-to-project").symlink_to(real.project_dir)
+    (tmp_path / "data" / "link-to-etc").symlink_to("/etc")
+    report = await discover(services)
+    assert mock_store.list_projects() == []
+    assert "symlink" in reasons(report)
+    for system in ("/etc", "/usr/lib", "/var/lib/x", "/", "/home", "/tmp"):
+        with pytest.raises(ApiError):
+            services.sessions.add_discovered_project("P9", system, {"source": "cryosparc"})
+    assert mock_store.list_projects() == []
+
+
+# --- nesting: a project.json above another project, or inside one ------------------------------------------
+
+async def test_a_project_json_planted_above_known_projects_neither_hides_nor_takes_them(
+        mock_store: Store, tmp_path: Path, movies: Path) -> None:
+    """A lab member who may write in the lab's shared directory plants project.json there, naming its
+    projects' session dirs as sessions of a completed project of theirs."""
+    services = services_for(mock_store, tmp_path)
+    lab = tmp_path / "data" / "lab"
+    alice = build_cryosparc_project(lab, "P3", "Alice", [SessionSpec()], movies_dir=movies)
+    await discover(services)
+    alice_row = services.sessions.get_session("P3", "S1")
+    plant(lab, "P70", [{"session_uid": "S1", "session_dir": f"{alice.project_dir.name}/S1"}])
+    report = await discover(services)
+    assert mock_store.get_project("P70") is None, "the planted project is refused: it holds P3"
+    assert any("P3" in c["reason"] for c in report["conflicts"]), reasons(report)
+    kept = services.sessions.get_session("P3", "S1")
+    assert {c["status"] for c in kept["data_management"].values()} == {"active"}, "not hidden: not missing"
+    assert kept["data_management"] == alice_row["data_management"]
+    assert mock_store.get_project("P3").get("gone_at") is None
+
+
+async def test_a_project_planted_first_cannot_delete_projects_made_later_inside_it(
+        mock_store: Store, tmp_path: Path, movies: Path) -> None:
+    """The plant comes first: the lab's shared directory is a (hostile, completed) project before anybody's
+    cryoSPARC project is made in it, so the walk never reaches those (it does not enter projects). Its
+    sessions' dirs hold, or lie in, the real projects made there later."""
+    services = services_for(mock_store, tmp_path)
+    lab = tmp_path / "data" / "lab"
+    (lab / "projects").mkdir(parents=True)
+    plant(lab, "P70", [{"session_uid": "S1", "session_dir": "projects"},
+                       {"session_uid": "S2", "session_dir": "later/S1"}])
+    await discover(services)
+    assert sorted(s["uid"] for s in mock_store.list_sessions("P70")) == ["S1", "S2"]
+    alice = build_cryosparc_project(lab / "projects", "P3", "Alice", [SessionSpec()], movies_dir=movies)
+    bob = build_cryosparc_project(lab, "P4", "Bob", [SessionSpec()], movies_dir=movies, dir_name="later")
+    before = {**data_state(alice.project_dir), **data_state(bob.project_dir)}
+    for session in ("S1", "S2"):
+        services.sessions.refresh_session("P70", session)
+    jobs = await delete_everything(services, "P70")
+    assert {**data_state(alice.project_dir), **data_state(bob.project_dir)} == before
+    assert sum(j["result"]["refused"] for j in jobs) > 0, [j["result"] for j in jobs]
+    assert any("cryoSPARC project" in (j["result"]["note"] or "") or j["result"]["refused"] for j in jobs)
