@@ -251,11 +251,12 @@ class Discovery:
         """Record an added or changed project and its sessions; False if it could not be recorded."""
         assert item.record is not None
         record = item.record
+        # no fingerprint until its sessions are recorded too: a pass that dies half-way reads it again
         fields = {"title": _title(record.title, record.uid), "instance": item.label, "cryosparc_uid": record.uid,
                   "created_at": record.created_at or _now(),
                   "owner_user_id": record.owner_user_id, "cryosparc_created_at": record.created_at,
                   "archived": record.archived, "detached": record.detached, "discover_root": item.root,
-                  "fingerprint": record.fingerprint, "seen_at": _now(), "gone_at": None, "gone_reason": None}
+                  "fingerprint": None, "seen_at": _now(), "gone_at": None, "gone_reason": None}
         if item in survey.added:
             try:
                 self.sessions.add_discovered_project(item.uid, item.project_dir, {**fields, "discovered_at": _now()})
@@ -269,6 +270,7 @@ class Discovery:
         else:
             self.store.set_project_fields(item.uid, fields)
         self._sync_sessions(survey, item)
+        self.store.set_project_fields(item.uid, {"fingerprint": record.fingerprint})
         return True
 
     def _sync_sessions(self, survey: Survey, item: Found) -> None:
@@ -295,15 +297,16 @@ class Discovery:
             for uid in new if uid not in refused])
         for session_uid, session in known.items():
             if session_uid not in listed and not session.get("left_cryosparc_at"):
+                self.sessions.mark_missing(item.uid, session_uid, LEFT_WORKSPACES)  # first: a pass may die here
                 self.store.set_session_fields(item.uid, session_uid, {"left_cryosparc_at": _now()})
-                self.sessions.mark_missing(item.uid, session_uid, LEFT_WORKSPACES)
 
     def _gone(self, project: dict[str, Any], why: str) -> None:
         log.warning("discovery: project %s (%s): %s; its sessions show missing", project["uid"],
                     project["project_dir"], why)
-        self.store.set_project_fields(project["uid"], {"gone_at": _now(), "gone_reason": why, "fingerprint": None})
+        self.store.set_project_fields(project["uid"], {"fingerprint": None})
         for session in self.store.list_sessions(project["uid"]):
             self.sessions.mark_missing(project["uid"], session["uid"], why)
+        self.store.set_project_fields(project["uid"], {"gone_at": _now(), "gone_reason": why})  # last: see survey
 
     def _counts_if_changed(self, survey: Survey, project_dir: str, live: cs.LiveSession,
                            known: dict[str, Any] | None) -> dict[str, Any]:

@@ -217,3 +217,61 @@ async def test_a_project_planted_first_cannot_delete_projects_made_later_inside_
     assert {**data_state(alice.project_dir), **data_state(bob.project_dir)} == before
     assert sum(j["result"]["refused"] for j in jobs) > 0, [j["result"] for j in jobs]
     assert any("cryoSPARC project" in (j["result"]["note"] or "") or j["result"]["refused"] for j in jobs)
+
+
+# --- a pass that dies half-way ----------------------------------------------------------------------------
+
+class Killed(BaseException):
+    """livedmd killed (-9) in the middle of a pass: nothing after this point runs."""
+
+
+async def test_a_pass_killed_between_a_project_and_its_sessions_loses_no_session(
+        mock_store: Store, tmp_path: Path, movies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = services_for(mock_store, tmp_path)
+    project = build_cryosparc_project(tmp_path / "data", "P5", "Five", [SessionSpec(), SessionSpec()],
+                                      movies_dir=movies)
+    real_sync = services.discovery._sync_sessions
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise Killed()
+
+    monkeypatch.setattr(services.discovery, "_sync_sessions", die)
+    job_id, _ = services.queue.enqueue_single("discover", {}, "admin")
+    with pytest.raises(Killed):
+        await run_jobs(services)
+    assert mock_store.get_project("P5") is not None and mock_store.list_sessions("P5") == []
+    monkeypatch.setattr(services.discovery, "_sync_sessions", real_sync)
+    mock_store.db.jobs.update_one({"_id": job_id}, {"$set": {"lease_until": 0.0}})  # the lease ran out
+    await run_jobs(services)
+    assert services.queue.get(job_id)["state"] == "done"
+    assert sorted(s["uid"] for s in services.sessions.list_sessions("P5")) == sorted(project.sessions)
+    assert len(mock_store.list_projects()) == 1
+
+
+async def test_a_pass_killed_while_marking_a_project_gone_marks_every_session_next_time(
+        mock_store: Store, tmp_path: Path, movies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = services_for(mock_store, tmp_path)
+    project = build_cryosparc_project(tmp_path / "data" / "a", "P5", "Five", [SessionSpec(), SessionSpec()],
+                                      movies_dir=movies)
+    build_cryosparc_project(tmp_path / "data" / "b", "P6", "Six", [SessionSpec()], movies_dir=movies)
+    await discover(services)
+    project.project_dir.rename(tmp_path / "moved-away")  # out of the root: gone
+    real_mark = services.sessions.mark_missing
+    marked: list[str] = []
+
+    def die_after_one(project_uid: str, session_uid: str, reason: str) -> int:
+        if marked:
+            raise Killed()
+        marked.append(session_uid)
+        return real_mark(project_uid, session_uid, reason)
+
+    monkeypatch.setattr(services.sessions, "mark_missing", die_after_one)
+    job_id, _ = services.queue.enqueue_single("discover", {}, "admin")
+    with pytest.raises(Killed):
+        await run_jobs(services)
+    monkeypatch.undo()
+    mock_store.db.jobs.update_one({"_id": job_id}, {"$set": {"lease_until": 0.0}})
+    await run_jobs(services)
+    statuses = {s["uid"]: {c["status"] for c in s["data_management"].values()}
+                for s in services.sessions.list_sessions("P5")}
+    assert statuses == {"S1": {"missing"}, "S2": {"missing"}}, statuses
