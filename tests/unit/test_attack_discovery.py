@@ -275,3 +275,23 @@ async def test_a_pass_killed_while_marking_a_project_gone_marks_every_session_ne
     statuses = {s["uid"]: {c["status"] for c in s["data_management"].values()}
                 for s in services.sessions.list_sessions("P5")}
     assert statuses == {"S1": {"missing"}, "S2": {"missing"}}, statuses
+
+
+async def test_a_daemon_killed_while_queueing_a_pass_does_not_stop_discovery_for_good(
+        mock_store: Store, tmp_path: Path, movies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after its parked job took the single-pass marker and before it made the job due: every later
+    request (and every scheduled pass) is answered with that job's id; the job must still run."""
+    services = services_for(mock_store, tmp_path)
+    build_cryosparc_project(tmp_path / "data", "P6", "Six", [SessionSpec()], movies_dir=movies)
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise Killed()
+
+    monkeypatch.setattr(mock_store, "set_job_due", die)
+    with pytest.raises(Killed):
+        services.queue.enqueue_single("discover", {}, "admin")
+    monkeypatch.undo()
+    job_id, new = services.queue.enqueue_single("discover", {}, "admin")  # the next request, or the schedule
+    await run_jobs(services)
+    assert services.queue.get(job_id)["state"] == "done", (new, services.queue.get(job_id))
+    assert mock_store.get_project("P6") is not None
