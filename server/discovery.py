@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ MAX_LISTED = 500  # conflicts and unreadable files listed in a report (all are c
 GONE_ROOT = "its discovery root {root} is not reachable ({why})"
 GONE_PROJECT = "its project directory is gone from {root}"
 LEFT_WORKSPACES = "cryoSPARC no longer lists it in workspaces.json"
+SWAPPED = ("the directory was moved or replaced while its files were read, or since (by whom?); nothing of it was "
+           "recorded: it is read again next pass")
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Found:
     project_dir: str
     record: cs.Project | None = None  # None: unchanged since the last pass, not read again
     uid: str = ""
+    pin: dict[str, int] | None = None  # the directory whose files were read (device, inode)
 
 
 @dataclass
@@ -157,10 +161,16 @@ class Discovery:
             item.uid = known["uid"]  # unchanged: not read again
             return
         try:
+            pin = _pin(item.project_dir)
             item.record = cs.read_project(item.project_dir)
         except cs.Unreadable as exc:
             survey.unreadable.append({"path": exc.path, "reason": exc.reason})
             return
+        if pin is None or _pin(item.project_dir) != pin:  # what was read may be another directory's
+            survey.unreadable.append({"path": item.project_dir, "reason": SWAPPED})
+            item.record = None
+            return
+        item.pin = pin
         item.uid = livedm_uid(item.label, item.record.uid)
         survey.unreadable.extend({"path": p.path, "reason": p.reason} for p in item.record.problems)
 
@@ -259,7 +269,8 @@ class Discovery:
                   "fingerprint": None, "seen_at": _now(), "gone_at": None, "gone_reason": None}
         if item in survey.added:
             try:
-                self.sessions.add_discovered_project(item.uid, item.project_dir, {**fields, "discovered_at": _now()})
+                self.sessions.add_discovered_project(item.uid, item.project_dir, {**fields, "discovered_at": _now()},
+                                                     expect_pin=item.pin)
             except ApiError as exc:
                 survey.conflicts.append(_conflict(item.uid, [item.project_dir], exc.message))
                 return False
@@ -268,6 +279,10 @@ class Discovery:
             self.audit.record(LIVEDM, "project_discovered", project_uid=item.uid, project_dir=item.project_dir,
                               cryosparc_uid=record.uid)
         else:
+            project = self.store.get_project(item.uid)
+            if project is None or not item.pin == project.get("dir_pin") == _pin(item.project_dir):  # swapped
+                survey.conflicts.append(_conflict(item.uid, [item.project_dir], SWAPPED))
+                return False
             self.store.set_project_fields(item.uid, fields)
         self._sync_sessions(survey, item)
         self.store.set_project_fields(item.uid, {"fingerprint": record.fingerprint})
@@ -360,6 +375,15 @@ def _counts_row(counts: cs.ExposureCounts, source: str) -> dict[str, Any]:
 
 def _title(title: str, uid: str) -> str:
     return title.strip() or uid
+
+
+def _pin(project_dir: str) -> dict[str, int] | None:
+    """The directory's identity (as a project's dir_pin), None if it is not a plain directory now."""
+    try:
+        st = os.lstat(project_dir)
+    except OSError:
+        return None
+    return {"dev": st.st_dev, "ino": st.st_ino} if stat.S_ISDIR(st.st_mode) else None
 
 
 def _same_dir(a: str, b: str) -> bool:

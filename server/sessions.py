@@ -306,15 +306,20 @@ class Sessions:
 
     # --- discovered projects and sessions (discovery.py decides; the directory rules are these) ------
 
-    def add_discovered_project(self, uid: str, project_dir: str, fields: dict[str, Any]) -> None:
+    def add_discovered_project(self, uid: str, project_dir: str, fields: dict[str, Any],
+                               expect_pin: dict[str, int] | None = None) -> None:
         """A cryoSPARC project discovery found, under the uid it gives: checked, reserved and pinned as
-        create_project does. ApiError (conflict, forbidden) if its directory may not be a project's."""
+        create_project does, and only if it is still the directory whose files were read (`expect_pin`).
+        ApiError (conflict, forbidden) if its directory may not be a project's."""
         check_project_uid(uid)
         project_dir = files.check_project_dir(project_dir)
         self.check_project_location(project_dir)
         real = os.path.realpath(project_dir)
         self._check_project_dir_free(self._project_dirs()[1], real, project_dir)
         pin = files.dir_pin(project_dir)
+        if expect_pin is not None and pin != expect_pin:
+            raise conflict(f"{project_dir} is no longer the directory whose project.json was read (moved or "
+                           "replaced meanwhile); nothing was recorded: it is read again next pass")
         self._reserve_project_dir(uid, real, project_dir)
         project = {"created_at": now_iso(), **fields, "uid": uid, "project_dir": project_dir, "dir_pin": pin,
                    "session_dirs": {}, "dirs_version": 0, "source": DISCOVERED}

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from livedm.server import cryosparc_files
 from livedm.server.auth import Authenticator
 from livedm.server.domain import DATATYPES
 from livedm.server.errors import ApiError
@@ -295,3 +296,60 @@ async def test_a_daemon_killed_while_queueing_a_pass_does_not_stop_discovery_for
     await run_jobs(services)
     assert services.queue.get(job_id)["state"] == "done", (new, services.queue.get(job_id))
     assert mock_store.get_project("P6") is not None
+
+
+# --- races: a directory swapped between the survey and the apply --------------------------------------------
+
+@pytest.mark.parametrize("when", ["while it is read", "after the survey", "after the survey, known"])
+async def test_a_project_dir_swapped_after_it_was_read_is_not_recorded(mock_store: Store, tmp_path: Path,
+                                                                       movies: Path, when: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hostile user's project.json is read; before the pass records it, they rename their directory away
+    and another user's (not yet known) project into its place (both in a directory they may write). Known:
+    their project was recorded by an earlier pass and they changed its workspaces.json."""
+    services = services_for(mock_store, tmp_path)
+    lab = tmp_path / "data" / "lab"
+    plant(lab / "evil", "P70", [{"session_uid": "S1", "session_dir": "S1"}])
+    if when.endswith("known"):
+        await discover(services)
+        plant(lab / "evil", "P70", [{"session_uid": "S1", "session_dir": "S1"},
+                                    {"session_uid": "S2", "session_dir": "S2"}])
+    alice = build_cryosparc_project(lab, "P3", "Alice", [SessionSpec(), SessionSpec()], movies_dir=movies,
+                                    dir_name="alice")
+
+    def swap() -> None:
+        (lab / "evil").rename(lab / "evil-away")
+        (lab / "alice").rename(lab / "evil")
+
+    if when == "while it is read":
+        real_read = cryosparc_files.read_project
+
+        def read_then_swap(project_dir: str) -> Any:
+            record = real_read(project_dir)
+            if project_dir == str(lab / "evil"):
+                swap()
+            return record
+
+        monkeypatch.setattr(cryosparc_files, "read_project", read_then_swap)
+    else:
+        real_survey = services.discovery.survey
+
+        def survey_then_swap(*args: Any, **kwargs: Any) -> Any:
+            survey = real_survey(*args, **kwargs)
+            swap()
+            return survey
+
+        monkeypatch.setattr(services.discovery, "survey", survey_then_swap)
+    before = relative_state(lab / "alice")
+    report = await discover(services)
+    assert "moved or replaced" in reasons(report)
+    for uid in ("P70", "P3"):
+        if mock_store.get_project(uid) is not None:
+            for session in mock_store.list_sessions(uid):
+                mock_store.set_session_fields(uid, session["uid"], {"status": "completed"})
+            await delete_everything(services, uid)
+    assert relative_state(lab / "evil") == before, reasons(report)
+    project = mock_store.get_project("P70")
+    assert project is None or project["dir_pin"]["ino"] == os.lstat(lab / "evil-away").st_ino
+    assert project is None or [s["uid"] for s in mock_store.list_sessions("P70")] == ["S1"]
+    assert alice.sessions["S1"].paths_by_datatype["micrographs"]
