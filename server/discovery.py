@@ -29,6 +29,9 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 MAX_LISTED = 500  # conflicts and unreadable files listed in a report (all are counted)
+# Hand-made projects number above the unlabelled uids discovered, up to this one: a project.json anybody may
+# write saying P999999999 would otherwise leave them no uid (P1000000000 is not one); 900 million stay.
+MAX_NUMBER_FOLLOWED = 99_999_999
 GONE_ROOT = "its discovery root {root} is not reachable ({why})"
 GONE_PROJECT = "its project directory is gone from {root}"
 LEFT_WORKSPACES = "cryoSPARC no longer lists it in workspaces.json"
@@ -274,7 +277,7 @@ class Discovery:
             except ApiError as exc:
                 survey.conflicts.append(_conflict(item.uid, [item.project_dir], exc.message))
                 return False
-            if not item.label:  # hand-made projects take numbers above it
+            if not item.label and int(record.uid[1:]) <= MAX_NUMBER_FOLLOWED:  # hand-made ones take numbers above
                 self.store.raise_counter("projects", int(record.uid[1:]))
             self.audit.record(LIVEDM, "project_discovered", project_uid=item.uid, project_dir=item.project_dir,
                               cryosparc_uid=record.uid)

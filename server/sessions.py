@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -44,6 +45,9 @@ RESERVE_ATTEMPTS = 100  # optimistic reservations of dirs: each loss means anoth
 RESERVE_BACKOFF_S = 0.005
 CALCULATING_STALE_S = 6 * 3600.0  # longer than any measure: a category calculating this long was left so
 LIVEDM = "livedm"  # the actor livedm's own changes are audited as
+
+
+_PROJECT_NUMBER = re.compile(r"P[1-9][0-9]{0,8}")  # what check_project_uid accepts of an unlabelled uid
 
 
 def public_session(session: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +126,8 @@ class Sessions:
             uid = f"P{self.store.next_number('projects')}"
             if self.store.get_project(uid) is None:
                 break
+        if not _PROJECT_NUMBER.fullmatch(uid):
+            raise conflict(f"no project uid is left ({uid} would not be one); nothing was made")
         self._reserve_project_dir(uid, real, project_dir)
         project = {"uid": uid, "title": title, "project_dir": project_dir, "created_at": now_iso(),
                    "dir_pin": pin, "session_dirs": {}, "dirs_version": 0}

@@ -353,3 +353,36 @@ async def test_a_project_dir_swapped_after_it_was_read_is_not_recorded(mock_stor
     assert project is None or project["dir_pin"]["ino"] == os.lstat(lab / "evil-away").st_ino
     assert project is None or [s["uid"] for s in mock_store.list_sessions("P70")] == ["S1"]
     assert alice.sessions["S1"].paths_by_datatype["micrographs"]
+
+
+# --- uids -----------------------------------------------------------------------------------------------
+
+async def test_crafted_uids_neither_take_over_a_project_nor_break_the_numbering(mock_store: Store, tmp_path: Path,
+                                                                               movies: Path) -> None:
+    services = services_for(mock_store, tmp_path)
+    data = tmp_path / "data"
+    (data / "handmade").mkdir()
+    assert services.sessions.create_project("by hand", str(data / "handmade"))["uid"] == "P1"
+    build_cryosparc_project(data / "real", "P12", "Real twelve", [SessionSpec()], movies_dir=movies)
+    await discover(services)
+    for n, uid in enumerate(["P1", "P12", "P0", "P01", "../P1", "P1/../P2", "p5", "P\u0661", "\uff30\uff11",
+                             "P1\n", " P3", "P3 ", "krios-P4", "P99999999999", 12, None, ["P6"], {"$gt": ""}]):
+        plant(data / "evil" / f"u{n}", uid if isinstance(uid, str) else "P1")  # type: ignore[arg-type]
+        if not isinstance(uid, str):
+            (data / "evil" / f"u{n}" / "project.json").write_text(json.dumps({"uid": uid}))
+    plant(data / "evil" / "big", "P999999999")
+    report = await discover(services)
+    assert mock_store.get_project("P1")["project_dir"] == str(data / "handmade"), "the hand-made P1 is kept"
+    assert mock_store.get_project("P12")["title"] == "Real twelve"
+    uids = sorted(p["uid"] for p in mock_store.list_projects())
+    assert uids == ["P1", "P12", "P999999999"], (uids, reasons(report))
+    assert {c["project_uid"] for c in report["conflicts"]} == {"P1", "P12"}
+    (data / "handmade2").mkdir()
+    made = services.sessions.create_project("next by hand", str(data / "handmade2"))
+    assert made["uid"] == "P13", "numbered above the real P12, not above the planted P999999999"
+    assert services.sessions.get_project(made["uid"])["title"] == "next by hand", "a made project can be used"
+    mock_store.raise_counter("projects", 999_999_999)  # however it got there: no unusable uid is ever made
+    (data / "handmade3").mkdir()
+    with pytest.raises(ApiError, match="no project uid is left"):
+        services.sessions.create_project("one too many", str(data / "handmade3"))
+    assert len(mock_store.list_projects()) == 4
