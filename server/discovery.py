@@ -35,6 +35,7 @@ MAX_NUMBER_FOLLOWED = 99_999_999
 GONE_ROOT = "its discovery root {root} is not reachable ({why})"
 GONE_PROJECT = "its project directory is gone from {root}"
 LEFT_WORKSPACES = "cryoSPARC no longer lists it in workspaces.json"
+PATHS_HIDDEN = "the pass failed; why (it names paths) is shown to those with the live data management permission"
 SWAPPED = ("the directory was moved or replaced while its files were read, or since (by whom?); nothing of it was "
            "recorded: it is read again next pass")
 
@@ -74,6 +75,20 @@ class Survey:
                            "projects": len(self.added) + len(self.changed) + len(self.unchanged),
                            "sessions": sum(len(f.record.sessions) for f in (*self.added, *self.changed)
                                            if f.record is not None)}}
+
+
+def shown_job(job: dict[str, Any], with_paths: bool) -> dict[str, Any]:
+    """A job as a caller may see it: a discovery pass's paths (its report's lists, its roots, why it failed)
+    tell who works on what, and are for those who manage the data (get_job and list_jobs show them too)."""
+    if job.get("kind") != "discover" or with_paths:
+        return job
+    report = job.get("result")
+    if isinstance(report, dict):
+        report = {**report, **{key: [] for key in ("added", "changed", "gone", "conflicts", "unreadable")},
+                  "roots": [{k: v for k, v in r.items() if k != "path"} for r in report.get("roots") or []
+                            if isinstance(r, dict)]}
+    error = None if job.get("error") is None else PATHS_HIDDEN
+    return {**job, "result": report, "error": error}
 
 
 def _found_row(found: Found) -> dict[str, Any]:
@@ -214,12 +229,9 @@ class Discovery:
                                                                                           state=state, limit=1)]
         if job is None:
             return {"job_id": None, "state": None, "finished_at": None, "active_job_id": next(iter(active), None)}
-        report = dict(job.get("result") or {})
-        if not with_paths:  # paths tell who works on what: for those who manage the data
-            report.update({key: [] for key in ("added", "changed", "gone", "conflicts", "unreadable")})
-            report["roots"] = [{k: v for k, v in r.items() if k != "path"} for r in report.get("roots", [])]
+        job = shown_job(job, with_paths)
         return {"job_id": job["id"], "state": job["state"], "finished_at": job.get("finished_at"),
-                "error": job.get("error"), "active_job_id": next(iter(active), None), **report}
+                "error": job.get("error"), "active_job_id": next(iter(active), None), **(job.get("result") or {})}
 
     # --- the pass --------------------------------------------------------------------------------
 
