@@ -211,10 +211,12 @@ def _parents(path: str) -> Iterator[str]:
 # Reading files safely
 
 
-def _open_regular(path: str, what: str) -> int:
-    """A read descriptor on a regular file that is not a symlink (a FIFO or device would block or never end)."""
+def _open_regular(path: str, what: str, dir_fd: int | None = None) -> int:
+    """A read descriptor on a regular file that is not a symlink (a FIFO or device would block or never end);
+    with `dir_fd`, the file of that name (path's last part) in that directory."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path if dir_fd is None else os.path.basename(path),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise Unreadable(path, f"{what} is a symlink; not followed (cryoSPARC writes a plain file)") from None
@@ -799,7 +801,30 @@ def _count_exposures_list(stream: _Stream, end: int, counts: list[int]) -> None:
     _end_of_document(stream, end)
 
 
-def read_exposure_counts(path: str | os.PathLike[str]) -> ExposureCounts:
+def open_session_dir(project_dir: str, session_dir: str) -> int:
+    """A descriptor of a session's directory, each directory from the project's down opened without following
+    a symlink (a session dir swapped for a link to somebody else's is not read). Unreadable if it is not
+    there as plain directories."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    shown = os.path.join(project_dir, session_dir)
+    try:
+        fd = os.open(project_dir, flags)
+    except OSError as exc:
+        raise Unreadable(project_dir, f"the project directory cannot be opened as a plain directory "
+                                      f"({exc.strerror})") from None
+    try:
+        for part in session_dir.split("/"):
+            inner = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except OSError as exc:
+        os.close(fd)
+        raise Unreadable(shown, f"the session directory is not there as a plain directory ({exc.strerror}; a "
+                                "symlink is never followed)") from None
+    return fd
+
+
+def read_exposure_counts(path: str | os.PathLike[str], dir_fd: int | None = None) -> ExposureCounts:
     """Counts of the exposures in a session's exposures.bson: one or more BSON documents, each with an
     `exposures` list, concatenated. Streamed: only the four flags of each exposure are read, everything
     else (previews included) is skipped by its declared length. An empty file holds no exposures.
@@ -809,7 +834,7 @@ def read_exposure_counts(path: str | os.PathLike[str]) -> ExposureCounts:
     Raises Unreadable (with the byte offset) on anything that is not well-formed BSON of that shape.
     """
     file_path = os.fspath(path)
-    fd = _open_regular(file_path, "exposures.bson")
+    fd = _open_regular(file_path, "exposures.bson", dir_fd)
     try:
         stream = _Stream(fd, file_path, os.fstat(fd).st_size)
         counts = [0, 0, 0, 0]  # total, accepted (computed last), rejected, failed

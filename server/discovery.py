@@ -344,18 +344,23 @@ class Discovery:
         workspace's stats when there is no file, or it cannot be read: that is reported)."""
         stats = {} if live.stats is None else {"exposures": _counts_row(live.stats, "workspaces.json")}
         path = os.path.join(project_dir, live.session_dir, "exposures.bson")
+        try:  # never through a symlink: a session dir swapped for a link to somebody else's is not read
+            dir_fd = cs.open_session_dir(project_dir, live.session_dir)
+        except cs.Unreadable:
+            return stats
         try:
-            st = os.stat(path)
+            st = os.stat("exposures.bson", dir_fd=dir_fd, follow_symlinks=False)
+            stamp = f"{st.st_mtime_ns}:{st.st_size}"
+            if known is not None and known.get("exposures_stamp") == stamp:
+                return {}
+            counts = cs.read_exposure_counts(path, dir_fd=dir_fd)
         except OSError:
             return stats
-        stamp = f"{st.st_mtime_ns}:{st.st_size}"
-        if known is not None and known.get("exposures_stamp") == stamp:
-            return {}
-        try:
-            counts = cs.read_exposure_counts(path)
         except cs.Unreadable as exc:
             survey.unreadable.append({"path": exc.path, "reason": exc.reason})
             return {**stats, "exposures_stamp": stamp, "exposures_problem": exc.reason}
+        finally:
+            os.close(dir_fd)
         return {"exposures": _counts_row(counts, "exposures.bson"), "exposures_stamp": stamp,
                 "exposures_problem": None}
 

@@ -386,3 +386,30 @@ async def test_crafted_uids_neither_take_over_a_project_nor_break_the_numbering(
     with pytest.raises(ApiError, match="no project uid is left"):
         services.sessions.create_project("one too many", str(data / "handmade3"))
     assert len(mock_store.list_projects()) == 4
+
+
+# --- exposures.bson: never read through a symlink -----------------------------------------------------------
+
+async def test_exposures_bson_is_never_read_through_a_symlinked_session_dir(mock_store: Store, tmp_path: Path,
+                                                                            movies: Path) -> None:
+    """A running session (its exposures.bson is looked at every pass) whose directory is swapped for a link
+    to somebody else's session: its exposure counts (shown to every user) must not become theirs."""
+    services = services_for(mock_store, tmp_path)
+    secret = build_cryosparc_project(tmp_path / "private", "P90", "Not under the roots",
+                                     [SessionSpec(exposures=7, manual_rejected=3)], movies_dir=movies)
+    hostile = build_cryosparc_project(tmp_path / "data", "P40", "Hostile", [SessionSpec(status="running",
+                                                                                        exposures=1)],
+                                      movies_dir=movies)
+    await discover(services)
+    assert services.sessions.get_session("P40", "S1")["exposures"]["total"] == 1
+    (hostile.project_dir / "S1").rename(hostile.project_dir / "S1-away")
+    (hostile.project_dir / "S1").symlink_to(secret.project_dir / "S1")
+    report = await discover(services)
+    exposures = services.sessions.get_session("P40", "S1")["exposures"]
+    assert exposures["total"] != 7 and exposures["rejected"] != 3, (exposures, reasons(report))
+    hostile.add_session(SessionSpec(number=2, session_dir="S2", status="running"), session_files=False)
+    (hostile.project_dir / "S2").symlink_to(secret.project_dir / "S1")  # a new session, read before it is added
+    report = await discover(services)
+    assert str(secret.project_dir) not in json.dumps(report["unreadable"]).replace(
+        "resolves to " + str(secret.project_dir), ""), reasons(report)
+    assert all((s.get("exposures") or {}).get("total") != 7 for s in mock_store.list_sessions("P40"))
