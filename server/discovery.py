@@ -61,6 +61,7 @@ class Survey:
     gone: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (project, why)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     unreadable: list[dict[str, Any]] = field(default_factory=list)
+    held: set[str] = field(default_factory=set)  # projects whose directory is there, giving another uid now
 
     def report(self) -> dict[str, Any]:
         return {"roots": self.roots,
@@ -138,7 +139,8 @@ class Discovery:
         conflicted = {c["project_uid"] for c in survey.conflicts}
         reached = {r["path"]: r for r in survey.roots}
         for project in discovered:
-            if project["uid"] in seen or project["uid"] in conflicted or project.get("gone_at"):
+            if project["uid"] in seen or project["uid"] in conflicted or project["uid"] in survey.held \
+                    or project.get("gone_at"):
                 continue
             root = project.get("discover_root", "")
             state = reached.get(root)
@@ -199,6 +201,10 @@ class Discovery:
             by_found_uid.setdefault(item.uid, []).append(item)
         for uid, items in sorted(by_found_uid.items()):
             known = by_uid.get(uid)
+            for item in items:  # a known directory that gives another uid now is there: never gone
+                holder = by_real_dir.get(os.path.realpath(item.project_dir))
+                if holder is not None and holder["uid"] != uid:
+                    survey.held.add(holder["uid"])
             if len(items) > 1:  # two directories give one uid (two instances sharing the storage?)
                 same = [i for i in items if known is not None and _same_dir(known["project_dir"], i.project_dir)]
                 survey.conflicts.append(_conflict(uid, [i.project_dir for i in items], "two directories hold "

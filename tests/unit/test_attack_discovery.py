@@ -413,3 +413,50 @@ async def test_exposures_bson_is_never_read_through_a_symlinked_session_dir(mock
     assert str(secret.project_dir) not in json.dumps(report["unreadable"]).replace(
         "resolves to " + str(secret.project_dir), ""), reasons(report)
     assert all((s.get("exposures") or {}).get("total") != 7 for s in mock_store.list_sessions("P40"))
+
+
+async def test_a_rewritten_uid_in_a_known_project_neither_moves_nor_hides_it(mock_store: Store, tmp_path: Path,
+                                                                             movies: Path) -> None:
+    """A lab member who may write P12's project.json gives it P13's uid (another real project), or a new one."""
+    services = services_for(mock_store, tmp_path)
+    twelve = build_cryosparc_project(tmp_path / "data", "P12", "Twelve", [SessionSpec()], movies_dir=movies)
+    thirteen = build_cryosparc_project(tmp_path / "data", "P13", "Thirteen", [SessionSpec()], movies_dir=movies)
+    await discover(services)
+    for uid in ("P13", "P77"):
+        twelve.set_project_field("uid", uid)
+        report = await discover(services)
+        assert mock_store.get_project("P12")["project_dir"] == str(twelve.project_dir)
+        assert mock_store.get_project("P13")["project_dir"] == str(thirteen.project_dir)
+        assert mock_store.get_project("P77") is None, reasons(report)
+        for project_uid in ("P12", "P13"):
+            statuses = {c["status"] for s in mock_store.list_sessions(project_uid)
+                        for c in s["data_management"].values()}
+            assert statuses == {"active"}, (uid, project_uid, statuses, report["gone"])
+        assert any(str(twelve.project_dir) in c["paths"] for c in report["conflicts"]), reasons(report)
+
+
+# --- swapped between discovery and a deletion -------------------------------------------------------------
+
+@pytest.mark.parametrize("swap", ["session dir", "project dir", "session dir, never measured"])
+async def test_a_discovered_session_swapped_before_its_deletion_deletes_nothing_elsewhere(
+        mock_store: Store, tmp_path: Path, movies: Path, swap: str) -> None:
+    services = services_for(mock_store, tmp_path)
+    hostile = build_cryosparc_project(tmp_path / "data", "P40", "Hostile", [SessionSpec()], movies_dir=movies)
+    other = build_cryosparc_project(tmp_path / "data", "P41", "Other", [SessionSpec()], movies_dir=movies)
+    if swap.endswith("never measured"):
+        hostile.add_session(SessionSpec(number=2), session_files=False)  # S2 has no directory yet
+    await discover(services)
+    await run_jobs(services)
+    before = data_state(other.project_dir)
+    if swap == "project dir":
+        hostile.project_dir.rename(tmp_path / "data" / "away")
+        hostile.project_dir.symlink_to(other.project_dir)
+    elif swap == "session dir":
+        (hostile.project_dir / "S1").rename(hostile.project_dir / "S1-away")
+        (hostile.project_dir / "S1").symlink_to(other.project_dir / "S1")
+    else:
+        (hostile.project_dir / "S2").symlink_to(other.project_dir / "S1")
+        services.sessions.refresh_session("P40", "S2")
+        assert mock_store.get_session("P40", "S2")["measured_at"] is None, "a link is never measured"
+    await delete_everything(services, "P40")
+    assert data_state(other.project_dir) == before
