@@ -22,9 +22,9 @@ from .audit import Audit
 from .config import Config
 from .domain import DISCOVERED, now_iso, session_status_from_cryosparc
 from .errors import ApiError
-from .jobs import JobFailed, JobRun, Queue
+from .jobs import JobFailed, JobRun, Queue, Released
 from .sessions import LIVEDM, Sessions
-from .store import Store
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +262,15 @@ class Discovery:
         for item in [*survey.added, *survey.changed]:
             run.progress(done=done, total=total, phase="recording projects")
             done += 1
-            if self._apply(survey, item):
-                to_measure.append(item.uid)
+            try:
+                if self._apply(survey, item):
+                    to_measure.append(item.uid)
+            except (StoreUnavailable, Released):
+                raise
+            except Exception as exc:  # one project's files must not stop the pass for every other project
+                log.exception("discovery: project %s (%s) could not be recorded", item.uid, item.project_dir)
+                survey.unreadable.append({"path": item.project_dir, "reason": f"could not be recorded "
+                                          f"({type(exc).__name__}: {str(exc)[:200]}); the pass went on"})
         for project, why in survey.gone:
             run.progress(done=done, total=total, phase="marking what is gone")
             done += 1

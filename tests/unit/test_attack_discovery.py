@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -460,3 +461,103 @@ async def test_a_discovered_session_swapped_before_its_deletion_deletes_nothing_
         assert mock_store.get_session("P40", "S2")["measured_at"] is None, "a link is never measured"
     await delete_everything(services, "P40")
     assert data_state(other.project_dir) == before
+
+
+# --- workspaces.json built to exhaust: memory, CPU, document size -----------------------------------------
+
+def write_workspaces(directory: Path, entries: Any) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "project.json").write_text(json.dumps({"uid": "P5", "title": "bomb"}))
+    (directory / "workspaces.json").write_text(json.dumps(entries))
+
+
+def test_a_workspaces_json_of_junk_entries_keeps_its_problems_few(tmp_path: Path) -> None:
+    """200,000 entries that are not objects (each one a problem), in 600 kB: the project's problems stay
+    bounded (at 64 MB, 32 million records were 15 GB of memory)."""
+    write_workspaces(tmp_path / "p", [0] * 200_000)
+    project = cryosparc_files.read_project(tmp_path / "p")
+    assert len(project.problems) <= cryosparc_files.MAX_PROBLEMS + 1
+    assert "199800 more" in project.problems[-1].reason or "more problem" in project.problems[-1].reason
+
+
+def test_thousands_of_live_sessions_are_read_in_linear_time_and_bounded(tmp_path: Path) -> None:
+    """10,000 live entries (780 kB) took 40 s to read (each checked against all before it); a project is read
+    every pass it changes."""
+    write_workspaces(tmp_path / "p", [{"workspace_type": "live", "session_uid": f"S{i}", "session_dir": f"d/S{i}",
+                                       "exposure_groups": [{"file_engine_watch_path_abs": f"/m/{k}"}
+                                                           for k in range(300)] if i == 1 else []}
+                                      for i in range(1, 10_001)])
+    started = time.perf_counter()
+    project = cryosparc_files.read_project(tmp_path / "p")
+    assert time.perf_counter() - started < 5
+    assert len(project.sessions) == cryosparc_files.MAX_LIVE_SESSIONS
+    assert len(project.sessions[0].raw_dirs) <= cryosparc_files.MAX_RAW_DIRS
+    assert any("more than" in p.reason for p in project.problems)
+    write_workspaces(tmp_path / "q", [{"workspace_type": "live", "session_uid": "S1", "session_dir": "a"},
+                                      {"workspace_type": "live", "session_uid": "S2", "session_dir": "a/b"},
+                                      {"workspace_type": "live", "session_uid": "S3", "session_dir": "c/d"},
+                                      {"workspace_type": "live", "session_uid": "S4", "session_dir": "c"},
+                                      {"workspace_type": "live", "session_uid": "S1", "session_dir": "e"},
+                                      {"workspace_type": "live", "session_uid": "S5", "session_dir": "c/d"},
+                                      {"workspace_type": "live", "session_uid": "S6", "session_dir": "cd"}])
+    assert [(s.session_uid, s.session_dir) for s in cryosparc_files.read_project(tmp_path / "q").sessions] == [
+        ("S1", "a"), ("S3", "c/d"), ("S6", "cd")]
+
+
+async def test_a_session_too_big_to_store_stops_neither_the_pass_nor_other_projects(mock_store: Store,
+                                                                                    tmp_path: Path) -> None:
+    """A live entry with 800,000 paused_at dates (31 MB, under the 64 MB cap) made a 29 MB session document:
+    the store refused it and every pass failed from then on, before the projects after it."""
+    services = services_for(mock_store, tmp_path)
+    dates = [{"$date": "2024-03-01T10:02:03.123Z"}] * 800_000
+    write_workspaces(tmp_path / "data" / "a", [{"workspace_type": "live", "session_uid": "S1", "session_dir": "S1",
+                                                "paused_at": dates}])
+    (tmp_path / "data" / "b").mkdir()
+    (tmp_path / "data" / "b" / "project.json").write_text(json.dumps({"uid": "P6"}))
+    await discover(services)
+    assert mock_store.get_project("P6") is not None
+    session = mock_store.get_session("P5", "S1")
+    assert session is not None and len(session["paused_at"]) <= cryosparc_files.MAX_DATES
+
+
+async def test_a_project_that_cannot_be_recorded_does_not_stop_the_others(mock_store: Store, tmp_path: Path,
+                                                                          movies: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    services = services_for(mock_store, tmp_path)
+    build_cryosparc_project(tmp_path / "data", "P1", "First", [SessionSpec()], movies_dir=movies)
+    build_cryosparc_project(tmp_path / "data", "P2", "Second", [SessionSpec()], movies_dir=movies)
+    real_add = services.sessions.add_discovered_sessions
+
+    def refuse_p1(project_uid: str, new: dict[str, dict[str, Any]]) -> dict[str, str]:
+        if project_uid == "P1":
+            raise ValueError("BSON document too large (as the store says it)")
+        return real_add(project_uid, new)
+
+    monkeypatch.setattr(services.sessions, "add_discovered_sessions", refuse_p1)
+    report = await discover(services)
+    assert [s["uid"] for s in mock_store.list_sessions("P2")] == ["S1"]
+    assert "could not be recorded (ValueError" in reasons(report)
+    monkeypatch.undo()
+    await discover(services)
+    assert [s["uid"] for s in mock_store.list_sessions("P1")] == ["S1"], "read again next pass"
+
+
+@pytest.mark.parametrize("record", ["insert_project", "insert_sessions"])
+async def test_a_pass_killed_between_reserving_a_dir_and_recording_it_loses_nothing(
+        mock_store: Store, tmp_path: Path, movies: Path, monkeypatch: pytest.MonkeyPatch, record: str) -> None:
+    """The directory was reserved (the project's, the session's), the record not written: the next attempt
+    found the reservation in its own way (its directory "inside project P5's"), for good."""
+    services = services_for(mock_store, tmp_path)
+    build_cryosparc_project(tmp_path / "data", "P5", "Five", [SessionSpec()], movies_dir=movies)
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise Killed()
+
+    monkeypatch.setattr(mock_store, record, die)
+    job_id, _ = services.queue.enqueue_single("discover", {}, "admin")
+    with pytest.raises(Killed):
+        await run_jobs(services)
+    monkeypatch.undo()
+    mock_store.db.jobs.update_one({"_id": job_id}, {"$set": {"lease_until": 0.0}})
+    await run_jobs(services)
+    assert [s["uid"] for s in services.sessions.list_sessions("P5")] == ["S1"], services.queue.get(job_id)
