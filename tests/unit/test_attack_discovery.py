@@ -561,3 +561,24 @@ async def test_a_pass_killed_between_reserving_a_dir_and_recording_it_loses_noth
     mock_store.db.jobs.update_one({"_id": job_id}, {"$set": {"lease_until": 0.0}})
     await run_jobs(services)
     assert [s["uid"] for s in services.sessions.list_sessions("P5")] == ["S1"], services.queue.get(job_id)
+
+
+# --- the raw movies' directory named as a session dir ----------------------------------------------------
+
+async def test_a_session_dir_that_is_the_raw_movies_directory_deletes_no_movie(mock_store: Store,
+                                                                               tmp_path: Path) -> None:
+    """The movies sit inside the project (rawdata/); someone who may write workspaces.json adds a completed
+    session whose dir is rawdata: every movie is then its "metadata"."""
+    services = services_for(mock_store, tmp_path)
+    project_dir = tmp_path / "data" / "CS-inside"
+    project = build_cryosparc_project(tmp_path / "data", "P8", "Movies inside", [SessionSpec(exposure_groups=2)],
+                                      movies_dir=project_dir / "rawdata", dir_name="CS-inside")
+    project.add_session(SessionSpec(number=2, session_dir="rawdata"), session_files=False)
+    before = data_state(project_dir / "rawdata")
+    assert len(before) == 3
+    await discover(services)
+    await run_jobs(services)
+    assert mock_store.get_session("P8", "S2")["data_management"]["metadata"]["file_count"] == 3
+    jobs = await delete_everything(services, "P8")
+    assert data_state(project_dir / "rawdata") == before
+    assert sum(j["result"]["refused"] for j in jobs) == 3
