@@ -35,6 +35,8 @@ MAX_NUMBER_FOLLOWED = 99_999_999
 GONE_ROOT = "its discovery root {root} is not reachable ({why})"
 GONE_PROJECT = "its project directory is gone from {root}"
 LEFT_WORKSPACES = "cryoSPARC no longer lists it in workspaces.json"
+NOT_PINNED = ("the directory is not the one livedm recorded for this project (moved or replaced); nothing of it "
+              "was recorded: an admin must check what happened to it")
 PATHS_HIDDEN = "the pass failed; why (it names paths) is shown to those with the live data management permission"
 SWAPPED = ("the directory was moved or replaced while its files were read, or since (by whom?); nothing of it was "
            "recorded: it is read again next pass")
@@ -308,8 +310,11 @@ class Discovery:
                               cryosparc_uid=record.uid)
         else:
             project = self.store.get_project(item.uid)
-            if project is None or not item.pin == project.get("dir_pin") == _pin(item.project_dir):  # swapped
+            if project is None or _pin(item.project_dir) != item.pin:  # swapped since the read
                 survey.conflicts.append(_conflict(item.uid, [item.project_dir], SWAPPED))
+                return False
+            if project.get("dir_pin") not in (None, item.pin):  # None: pinned by its next measure
+                survey.conflicts.append(_conflict(item.uid, [item.project_dir], NOT_PINNED))
                 return False
             self.store.set_project_fields(item.uid, fields)
         self._sync_sessions(survey, item)

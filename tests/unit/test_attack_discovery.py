@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,19 @@ async def test_a_project_json_planted_above_known_projects_neither_hides_nor_tak
     assert {c["status"] for c in kept["data_management"].values()} == {"active"}, "not hidden: not missing"
     assert kept["data_management"] == alice_row["data_management"]
     assert mock_store.get_project("P3").get("gone_at") is None
+
+
+async def test_a_project_json_inside_a_known_projects_session_is_never_a_project(mock_store: Store, tmp_path: Path,
+                                                                                  movies: Path) -> None:
+    """Planted in P12's session dir, found because a careless admin listed a root inside it too."""
+    real = build_cryosparc_project(tmp_path / "data", "P12", "Real", [SessionSpec()], movies_dir=movies)
+    inner = real.project_dir / "S1" / "ctfestimated"
+    services = services_for(mock_store, tmp_path, roots=f"{tmp_path / 'data'}:inner={inner}")
+    plant(inner / "nested", "P99", [{"session_uid": "S1", "session_dir": "x"}])
+    plant(inner, "P98")
+    report = await discover(services)
+    assert sorted(p["uid"] for p in mock_store.list_projects()) == ["P12"], reasons(report)
+    assert "inner-P98" in {c["project_uid"] for c in report["conflicts"]}
 
 
 async def test_a_project_planted_first_cannot_delete_projects_made_later_inside_it(
@@ -582,3 +596,20 @@ async def test_a_session_dir_that_is_the_raw_movies_directory_deletes_no_movie(m
     jobs = await delete_everything(services, "P8")
     assert data_state(project_dir / "rawdata") == before
     assert sum(j["result"]["refused"] for j in jobs) == 3
+
+
+async def test_a_known_project_dir_replaced_between_passes_is_not_followed(mock_store: Store, tmp_path: Path,
+                                                                           movies: Path) -> None:
+    """Between two passes the directory of a known project is replaced (same path, another directory) with
+    a workspaces.json listing a new session: nothing of the new directory is recorded."""
+    services = services_for(mock_store, tmp_path)
+    project = build_cryosparc_project(tmp_path / "data", "P12", "Twelve", [SessionSpec()], movies_dir=movies)
+    await discover(services)
+    copy = tmp_path / "data" / "copy"
+    shutil.copytree(project.project_dir, copy, symlinks=True)
+    project.project_dir.rename(tmp_path / "data-old")
+    copy.rename(project.project_dir)
+    project.add_session(SessionSpec(number=2, session_dir="S2"), session_files=False)
+    report = await discover(services)
+    assert [s["uid"] for s in mock_store.list_sessions("P12")] == ["S1"]
+    assert "an admin must check" in reasons(report)
