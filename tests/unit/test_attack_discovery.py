@@ -149,16 +149,18 @@ async def test_the_state_dir_and_dirs_around_it_are_never_projects(mock_store: S
     data = tmp_path / "data"
     data.mkdir()
     state = data / "lab" / "livedm-state"
-    roots = f"{data}:inner={state / 'x'}"  # and one root inside the state dir itself
+    roots = f"{data}:inner={state / 'x'}:out={tmp_path / 'outside'}"  # a root in the state dir, one outside
     config = make_config(state, data_roots=str(data), discover_roots=roots, hook_log_dir=str(data / "logs" / "hooks"))
     services = Services.build(mock_store, config, Authenticator(mock_store, 2))
     state.mkdir(parents=True)
     plant(data / "lab", "P1", [{"session_uid": "S1", "session_dir": "livedm-state"}])
     plant(state / "x", "P2", [{"session_uid": "S1", "session_dir": "y"}])
     plant(data / "logs", "P3", [{"session_uid": "S1", "session_dir": "hooks"}])
+    plant(tmp_path / "outside" / "p", "P4", [{"session_uid": "S1", "session_dir": "S1"}])
     report = await discover(services)
     assert mock_store.list_projects() == [], reasons(report)
     assert reasons(report).count("livedm's own state") == 3, reasons(report)
+    assert "outside the data roots" in reasons(report)
 
 
 async def test_a_symlinked_project_dir_and_a_system_dir_are_not_projects(mock_store: Store, tmp_path: Path,
