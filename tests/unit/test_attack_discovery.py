@@ -315,6 +315,27 @@ async def test_a_daemon_killed_while_queueing_a_pass_does_not_stop_discovery_for
     assert mock_store.get_project("P6") is not None
 
 
+@pytest.mark.parametrize("record", ["insert_project", "insert_sessions"])
+async def test_a_pass_killed_between_reserving_a_dir_and_recording_it_loses_nothing(
+        mock_store: Store, tmp_path: Path, movies: Path, monkeypatch: pytest.MonkeyPatch, record: str) -> None:
+    """The directory was reserved (the project's, the session's), the record not written: the next attempt
+    found the reservation in its own way (its directory "inside project P5's"), for good."""
+    services = services_for(mock_store, tmp_path)
+    build_cryosparc_project(tmp_path / "data", "P5", "Five", [SessionSpec()], movies_dir=movies)
+
+    def die(*args: Any, **kwargs: Any) -> None:
+        raise Killed()
+
+    monkeypatch.setattr(mock_store, record, die)
+    job_id, _ = services.queue.enqueue_single("discover", {}, "admin")
+    with pytest.raises(Killed):
+        await run_jobs(services)
+    monkeypatch.undo()
+    mock_store.db.jobs.update_one({"_id": job_id}, {"$set": {"lease_until": 0.0}})
+    await run_jobs(services)
+    assert [s["uid"] for s in services.sessions.list_sessions("P5")] == ["S1"], services.queue.get(job_id)
+
+
 # --- races: a directory swapped between the survey and the apply --------------------------------------------
 
 @pytest.mark.parametrize("when", ["while it is read", "after the survey", "after the survey, known"])
@@ -372,6 +393,24 @@ async def test_a_project_dir_swapped_after_it_was_read_is_not_recorded(mock_stor
     assert alice.sessions["S1"].paths_by_datatype["micrographs"]
 
 
+async def test_a_known_project_dir_replaced_between_passes_is_not_followed(mock_store: Store, tmp_path: Path,
+                                                                           movies: Path) -> None:
+    """Between two passes the directory of a known project is replaced (same path, another directory) with
+    a workspaces.json listing a new session: nothing of the new directory is recorded."""
+    services = services_for(mock_store, tmp_path)
+    project = build_cryosparc_project(tmp_path / "data", "P12", "Twelve", [SessionSpec()], movies_dir=movies)
+    await discover(services)
+    copy = tmp_path / "data" / "copy"
+    shutil.copytree(project.project_dir, copy, symlinks=True)
+    project.project_dir.rename(tmp_path / "data-old")
+    copy.rename(project.project_dir)
+    project.add_session(SessionSpec(number=2, session_dir="S2"), session_files=False)
+    report = await discover(services)
+    assert [s["uid"] for s in mock_store.list_sessions("P12")] == ["S1"]
+    assert "an admin must check" in reasons(report)
+
+
+
 # --- uids -----------------------------------------------------------------------------------------------
 
 async def test_crafted_uids_neither_take_over_a_project_nor_break_the_numbering(mock_store: Store, tmp_path: Path,
@@ -405,6 +444,26 @@ async def test_crafted_uids_neither_take_over_a_project_nor_break_the_numbering(
     assert len(mock_store.list_projects()) == 4
 
 
+async def test_a_rewritten_uid_in_a_known_project_neither_moves_nor_hides_it(mock_store: Store, tmp_path: Path,
+                                                                             movies: Path) -> None:
+    """A lab member who may write P12's project.json gives it P13's uid (another real project), or a new one."""
+    services = services_for(mock_store, tmp_path)
+    twelve = build_cryosparc_project(tmp_path / "data", "P12", "Twelve", [SessionSpec()], movies_dir=movies)
+    thirteen = build_cryosparc_project(tmp_path / "data", "P13", "Thirteen", [SessionSpec()], movies_dir=movies)
+    await discover(services)
+    for uid in ("P13", "P77"):
+        twelve.set_project_field("uid", uid)
+        report = await discover(services)
+        assert mock_store.get_project("P12")["project_dir"] == str(twelve.project_dir)
+        assert mock_store.get_project("P13")["project_dir"] == str(thirteen.project_dir)
+        assert mock_store.get_project("P77") is None, reasons(report)
+        for project_uid in ("P12", "P13"):
+            statuses = {c["status"] for s in mock_store.list_sessions(project_uid)
+                        for c in s["data_management"].values()}
+            assert statuses == {"active"}, (uid, project_uid, statuses, report["gone"])
+        assert any(str(twelve.project_dir) in c["paths"] for c in report["conflicts"]), reasons(report)
+
+
 # --- exposures.bson: never read through a symlink -----------------------------------------------------------
 
 async def test_exposures_bson_is_never_read_through_a_symlinked_session_dir(mock_store: Store, tmp_path: Path,
@@ -430,26 +489,6 @@ async def test_exposures_bson_is_never_read_through_a_symlinked_session_dir(mock
     assert str(secret.project_dir) not in json.dumps(report["unreadable"]).replace(
         "resolves to " + str(secret.project_dir), ""), reasons(report)
     assert all((s.get("exposures") or {}).get("total") != 7 for s in mock_store.list_sessions("P40"))
-
-
-async def test_a_rewritten_uid_in_a_known_project_neither_moves_nor_hides_it(mock_store: Store, tmp_path: Path,
-                                                                             movies: Path) -> None:
-    """A lab member who may write P12's project.json gives it P13's uid (another real project), or a new one."""
-    services = services_for(mock_store, tmp_path)
-    twelve = build_cryosparc_project(tmp_path / "data", "P12", "Twelve", [SessionSpec()], movies_dir=movies)
-    thirteen = build_cryosparc_project(tmp_path / "data", "P13", "Thirteen", [SessionSpec()], movies_dir=movies)
-    await discover(services)
-    for uid in ("P13", "P77"):
-        twelve.set_project_field("uid", uid)
-        report = await discover(services)
-        assert mock_store.get_project("P12")["project_dir"] == str(twelve.project_dir)
-        assert mock_store.get_project("P13")["project_dir"] == str(thirteen.project_dir)
-        assert mock_store.get_project("P77") is None, reasons(report)
-        for project_uid in ("P12", "P13"):
-            statuses = {c["status"] for s in mock_store.list_sessions(project_uid)
-                        for c in s["data_management"].values()}
-            assert statuses == {"active"}, (uid, project_uid, statuses, report["gone"])
-        assert any(str(twelve.project_dir) in c["paths"] for c in report["conflicts"]), reasons(report)
 
 
 # --- swapped between discovery and a deletion -------------------------------------------------------------
@@ -558,27 +597,6 @@ async def test_a_project_that_cannot_be_recorded_does_not_stop_the_others(mock_s
     assert [s["uid"] for s in mock_store.list_sessions("P1")] == ["S1"], "read again next pass"
 
 
-@pytest.mark.parametrize("record", ["insert_project", "insert_sessions"])
-async def test_a_pass_killed_between_reserving_a_dir_and_recording_it_loses_nothing(
-        mock_store: Store, tmp_path: Path, movies: Path, monkeypatch: pytest.MonkeyPatch, record: str) -> None:
-    """The directory was reserved (the project's, the session's), the record not written: the next attempt
-    found the reservation in its own way (its directory "inside project P5's"), for good."""
-    services = services_for(mock_store, tmp_path)
-    build_cryosparc_project(tmp_path / "data", "P5", "Five", [SessionSpec()], movies_dir=movies)
-
-    def die(*args: Any, **kwargs: Any) -> None:
-        raise Killed()
-
-    monkeypatch.setattr(mock_store, record, die)
-    job_id, _ = services.queue.enqueue_single("discover", {}, "admin")
-    with pytest.raises(Killed):
-        await run_jobs(services)
-    monkeypatch.undo()
-    mock_store.db.jobs.update_one({"_id": job_id}, {"$set": {"lease_until": 0.0}})
-    await run_jobs(services)
-    assert [s["uid"] for s in services.sessions.list_sessions("P5")] == ["S1"], services.queue.get(job_id)
-
-
 # --- the raw movies' directory named as a session dir ----------------------------------------------------
 
 async def test_a_session_dir_that_is_the_raw_movies_directory_deletes_no_movie(mock_store: Store,
@@ -598,20 +616,3 @@ async def test_a_session_dir_that_is_the_raw_movies_directory_deletes_no_movie(m
     jobs = await delete_everything(services, "P8")
     assert data_state(project_dir / "rawdata") == before
     assert sum(j["result"]["refused"] for j in jobs) == 3
-
-
-async def test_a_known_project_dir_replaced_between_passes_is_not_followed(mock_store: Store, tmp_path: Path,
-                                                                           movies: Path) -> None:
-    """Between two passes the directory of a known project is replaced (same path, another directory) with
-    a workspaces.json listing a new session: nothing of the new directory is recorded."""
-    services = services_for(mock_store, tmp_path)
-    project = build_cryosparc_project(tmp_path / "data", "P12", "Twelve", [SessionSpec()], movies_dir=movies)
-    await discover(services)
-    copy = tmp_path / "data" / "copy"
-    shutil.copytree(project.project_dir, copy, symlinks=True)
-    project.project_dir.rename(tmp_path / "data-old")
-    copy.rename(project.project_dir)
-    project.add_session(SessionSpec(number=2, session_dir="S2"), session_files=False)
-    report = await discover(services)
-    assert [s["uid"] for s in mock_store.list_sessions("P12")] == ["S1"]
-    assert "an admin must check" in reasons(report)
