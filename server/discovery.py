@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .store import Store, StoreUnavailable
 log = logging.getLogger(__name__)
 
 MAX_LISTED = 500  # conflicts and unreadable files listed in a report (all are counted)
+_CRYOSPARC_SESSION_DIR = re.compile(r"S[1-9][0-9]{0,8}")  # cryoSPARC names a Live session's directory so
 # Hand-made projects number above the unlabelled uids discovered, up to this one: a project.json anybody may
 # write saying P999999999 would otherwise leave them no uid (P1000000000 is not one); 900 million stay.
 MAX_NUMBER_FOLLOWED = 99_999_999
@@ -327,6 +329,11 @@ class Discovery:
         listed = {s.session_uid: s for s in item.record.sessions if not s.deleted}
         new: dict[str, dict[str, Any]] = {}
         for session_uid, live in listed.items():
+            if session_uid not in known and not _CRYOSPARC_SESSION_DIR.fullmatch(live.session_dir.rsplit("/", 1)[-1]):
+                survey.unreadable.append({"path": os.path.join(item.project_dir, "workspaces.json"), "reason": (
+                    f"session {session_uid}'s session_dir {live.session_dir!r} does not end in cryoSPARC's own S<n>: "
+                    "not taken (anyone who may write workspaces.json could name any directory of the project)")})
+                continue
             fields = _session_fields(live)
             fields.update(self._counts_if_changed(survey, item.project_dir, live, known.get(session_uid)))
             if session_uid not in known:

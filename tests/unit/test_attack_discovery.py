@@ -224,13 +224,13 @@ async def test_a_project_planted_first_cannot_delete_projects_made_later_inside_
     (lab / "projects").mkdir(parents=True)
     plant(lab, "P70", [{"session_uid": "S1", "session_dir": "projects"},
                        {"session_uid": "S2", "session_dir": "later/S1"}])
-    await discover(services)
-    assert sorted(s["uid"] for s in mock_store.list_sessions("P70")) == ["S1", "S2"]
+    report = await discover(services)
+    assert sorted(s["uid"] for s in mock_store.list_sessions("P70")) == ["S2"], "a dir not named S<n> is not taken"
+    assert "'projects' does not end in cryoSPARC's own S<n>" in reasons(report)
     alice = build_cryosparc_project(lab / "projects", "P3", "Alice", [SessionSpec()], movies_dir=movies)
     bob = build_cryosparc_project(lab, "P4", "Bob", [SessionSpec()], movies_dir=movies, dir_name="later")
     before = {**data_state(alice.project_dir), **data_state(bob.project_dir)}
-    for session in ("S1", "S2"):
-        services.sessions.refresh_session("P70", session)
+    services.sessions.refresh_session("P70", "S2")
     jobs = await delete_everything(services, "P70")
     assert {**data_state(alice.project_dir), **data_state(bob.project_dir)} == before
     assert sum(j["result"]["refused"] for j in jobs) > 0, [j["result"] for j in jobs]
@@ -601,18 +601,18 @@ async def test_a_project_that_cannot_be_recorded_does_not_stop_the_others(mock_s
 
 async def test_a_session_dir_that_is_the_raw_movies_directory_deletes_no_movie(mock_store: Store,
                                                                                tmp_path: Path) -> None:
-    """The movies sit inside the project (rawdata/); someone who may write workspaces.json adds a completed
-    session whose dir is rawdata: every movie is then its "metadata"."""
+    """The movies sit inside the project (in a directory named S2); someone who may write workspaces.json adds
+    a completed session S2 whose dir is that one: every movie is then its "metadata"."""
     services = services_for(mock_store, tmp_path)
     project_dir = tmp_path / "data" / "CS-inside"
     project = build_cryosparc_project(tmp_path / "data", "P8", "Movies inside", [SessionSpec(exposure_groups=2)],
-                                      movies_dir=project_dir / "rawdata", dir_name="CS-inside")
-    project.add_session(SessionSpec(number=2, session_dir="rawdata"), session_files=False)
-    before = data_state(project_dir / "rawdata")
+                                      movies_dir=project_dir / "S2", dir_name="CS-inside")
+    project.add_session(SessionSpec(number=2, session_dir="S2"), session_files=False)
+    before = data_state(project_dir / "S2")
     assert len(before) == 3
     await discover(services)
     await run_jobs(services)
     assert mock_store.get_session("P8", "S2")["data_management"]["metadata"]["file_count"] == 3
     jobs = await delete_everything(services, "P8")
-    assert data_state(project_dir / "rawdata") == before
+    assert data_state(project_dir / "S2") == before
     assert sum(j["result"]["refused"] for j in jobs) == 3
