@@ -258,10 +258,15 @@ async def wait_for_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
 
 
 @api()
-def update_all_sessions_datatype_sizes(ctx: CallContext, project_uid: str) -> str:
-    """Measure every session of the project in a background job; the job id (get_job shows progress)."""
-    ctx.services.sessions.project(project_uid)
-    return ctx.services.queue.enqueue("refresh_sizes", {"project_uid": project_uid}, ctx.actor)
+def update_all_sessions_datatype_sizes(ctx: CallContext, project_uid: str, session_uid: str | None = None) -> str:
+    """Measure every session of the project (or only session_uid) in a background job; the job id
+    (get_job shows progress)."""
+    if session_uid is None:
+        ctx.services.sessions.project(project_uid)
+        return ctx.services.queue.enqueue("refresh_sizes", {"project_uid": project_uid}, ctx.actor)
+    ctx.services.sessions.session(project_uid, session_uid)
+    return ctx.services.queue.enqueue("refresh_sizes", {"project_uid": project_uid, "session_uid": session_uid},
+                                      ctx.actor)
 
 
 @api(access="manage")

@@ -632,9 +632,11 @@ class Sessions:
         progress(force=True, done=len(due), total=len(due))
         return {"due": len(due), "refreshed": refreshed, "failed": failed}
 
-    def refresh_project(self, project_uid: str, progress: Callable[..., None]) -> dict[str, int]:
-        """Refresh every session of the project; {session_uid: total bytes}. Safe to run again."""
-        sessions = self.store.list_sessions(check_project_uid(project_uid))
+    def refresh_project(self, project_uid: str, progress: Callable[..., None],
+                        only: str | None = None) -> dict[str, int]:
+        """Refresh every session of the project (or `only` that one); {session_uid: total bytes}. Safe to
+        run again."""
+        sessions = [s for s in self.store.list_sessions(check_project_uid(project_uid)) if only in (None, s["uid"])]
         totals: dict[str, int] = {}
         for index, session in enumerate(sessions):
             progress(done=index, total=len(sessions))
