@@ -277,7 +277,8 @@ JOB_PARAMS = {
         "script": Field(False, abs_path, "an absolute path"),
         "log_path": Field(False, abs_path, "an absolute path"),
     },
-    "refresh_sizes": {"project_uid": _PROJECT},
+    "refresh_sizes": {"project_uid": _PROJECT, "session_uid": Field(False, _or_none(_matches(_SESSION_UID)),
+                                                                    "a session uid like 'S12' or null")},
     "discover": {},
     "refresh_due": {},
 }

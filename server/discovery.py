@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,16 +23,25 @@ from .audit import Audit
 from .config import Config
 from .domain import DISCOVERED, now_iso, session_status_from_cryosparc
 from .errors import ApiError
-from .jobs import JobFailed, JobRun, Queue
+from .jobs import JobFailed, JobRun, Queue, Released
 from .sessions import LIVEDM, Sessions
-from .store import Store
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 MAX_LISTED = 500  # conflicts and unreadable files listed in a report (all are counted)
+_CRYOSPARC_SESSION_DIR = re.compile(r"S[1-9][0-9]{0,8}")  # cryoSPARC names a Live session's directory so
+# Hand-made projects number above the unlabelled uids discovered, up to this one: a project.json anybody may
+# write saying P999999999 would otherwise leave them no uid (P1000000000 is not one); 900 million stay.
+MAX_NUMBER_FOLLOWED = 99_999_999
 GONE_ROOT = "its discovery root {root} is not reachable ({why})"
 GONE_PROJECT = "its project directory is gone from {root}"
 LEFT_WORKSPACES = "cryoSPARC no longer lists it in workspaces.json"
+NOT_PINNED = ("the directory is not the one livedm recorded for this project (moved or replaced); nothing of it "
+              "was recorded: an admin must check what happened to it")
+PATHS_HIDDEN = "the pass failed; why (it names paths) is shown to those with the live data management permission"
+SWAPPED = ("the directory was moved or replaced while its files were read, or since (by whom?); nothing of it was "
+           "recorded: it is read again next pass")
 
 
 @dataclass
@@ -42,6 +53,7 @@ class Found:
     project_dir: str
     record: cs.Project | None = None  # None: unchanged since the last pass, not read again
     uid: str = ""
+    pin: dict[str, int] | None = None  # the directory whose files were read (device, inode)
 
 
 @dataclass
@@ -53,6 +65,7 @@ class Survey:
     gone: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (project, why)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     unreadable: list[dict[str, Any]] = field(default_factory=list)
+    held: set[str] = field(default_factory=set)  # projects whose directory is there, giving another uid now
 
     def report(self) -> dict[str, Any]:
         return {"roots": self.roots,
@@ -67,6 +80,20 @@ class Survey:
                            "projects": len(self.added) + len(self.changed) + len(self.unchanged),
                            "sessions": sum(len(f.record.sessions) for f in (*self.added, *self.changed)
                                            if f.record is not None)}}
+
+
+def shown_job(job: dict[str, Any], with_paths: bool) -> dict[str, Any]:
+    """A job as a caller may see it: a discovery pass's paths (its report's lists, its roots, why it failed)
+    tell who works on what, and are for those who manage the data (get_job and list_jobs show them too)."""
+    if job.get("kind") != "discover" or with_paths:
+        return job
+    report = job.get("result")
+    if isinstance(report, dict):
+        report = {**report, **{key: [] for key in ("added", "changed", "gone", "conflicts", "unreadable")},
+                  "roots": [{k: v for k, v in r.items() if k != "path"} for r in report.get("roots") or []
+                            if isinstance(r, dict)]}
+    error = None if job.get("error") is None else PATHS_HIDDEN
+    return {**job, "result": report, "error": error}
 
 
 def _found_row(found: Found) -> dict[str, Any]:
@@ -103,8 +130,9 @@ class Discovery:
         by_real_dir = {os.path.realpath(p["project_dir"]): p for p in projects}
         found: list[Found] = []
         roots = self.config.discovery_roots
+        known_dirs = [p["project_dir"] for p in projects]
         for label, root in roots:
-            found.extend(f for f in self._search_root(survey, label, root, discovered)
+            found.extend(f for f in self._search_root(survey, label, root, discovered, known_dirs)
                          if _innermost_root(f.project_dir, roots) == root)  # a root inside another is its own
         for index, item in enumerate(found):
             if index % 50 == 0:
@@ -115,7 +143,8 @@ class Discovery:
         conflicted = {c["project_uid"] for c in survey.conflicts}
         reached = {r["path"]: r for r in survey.roots}
         for project in discovered:
-            if project["uid"] in seen or project["uid"] in conflicted or project.get("gone_at"):
+            if project["uid"] in seen or project["uid"] in conflicted or project["uid"] in survey.held \
+                    or project.get("gone_at"):
                 continue
             root = project.get("discover_root", "")
             state = reached.get(root)
@@ -127,13 +156,13 @@ class Discovery:
                 survey.gone.append((project, GONE_PROJECT.format(root=root)))
         return survey
 
-    def _search_root(self, survey: Survey, label: str, root: str,
-                     discovered: list[dict[str, Any]]) -> list[Found]:
+    def _search_root(self, survey: Survey, label: str, root: str, discovered: list[dict[str, Any]],
+                     known_dirs: list[str]) -> list[Found]:
         found: list[Found] = []
         state: dict[str, Any] = {"path": root, "label": label, "reached": True, "reason": None, "projects": 0}
         survey.roots.append(state)
         try:
-            for item in cs.find_project_dirs(root, self.config.discover_depth):
+            for item in cs.find_project_dirs(root, self.config.discover_depth, known_dirs):
                 if isinstance(item, cs.Unreadable):
                     survey.unreadable.append({"path": item.path, "reason": item.reason})
                 else:
@@ -156,10 +185,16 @@ class Discovery:
             item.uid = known["uid"]  # unchanged: not read again
             return
         try:
+            pin = _pin(item.project_dir)
             item.record = cs.read_project(item.project_dir)
         except cs.Unreadable as exc:
             survey.unreadable.append({"path": exc.path, "reason": exc.reason})
             return
+        if pin is None or _pin(item.project_dir) != pin:  # what was read may be another directory's
+            survey.unreadable.append({"path": item.project_dir, "reason": SWAPPED})
+            item.record = None
+            return
+        item.pin = pin
         item.uid = livedm_uid(item.label, item.record.uid)
         survey.unreadable.extend({"path": p.path, "reason": p.reason} for p in item.record.problems)
 
@@ -170,6 +205,10 @@ class Discovery:
             by_found_uid.setdefault(item.uid, []).append(item)
         for uid, items in sorted(by_found_uid.items()):
             known = by_uid.get(uid)
+            for item in items:  # a known directory that gives another uid now is there: never gone
+                holder = by_real_dir.get(os.path.realpath(item.project_dir))
+                if holder is not None and holder["uid"] != uid:
+                    survey.held.add(holder["uid"])
             if len(items) > 1:  # two directories give one uid (two instances sharing the storage?)
                 same = [i for i in items if known is not None and _same_dir(known["project_dir"], i.project_dir)]
                 survey.conflicts.append(_conflict(uid, [i.project_dir for i in items], "two directories hold "
@@ -200,12 +239,9 @@ class Discovery:
                                                                                           state=state, limit=1)]
         if job is None:
             return {"job_id": None, "state": None, "finished_at": None, "active_job_id": next(iter(active), None)}
-        report = dict(job.get("result") or {})
-        if not with_paths:  # paths tell who works on what: for those who manage the data
-            report.update({key: [] for key in ("added", "changed", "gone", "conflicts", "unreadable")})
-            report["roots"] = [{k: v for k, v in r.items() if k != "path"} for r in report.get("roots", [])]
+        job = shown_job(job, with_paths)
         return {"job_id": job["id"], "state": job["state"], "finished_at": job.get("finished_at"),
-                "error": job.get("error"), "active_job_id": next(iter(active), None), **report}
+                "error": job.get("error"), "active_job_id": next(iter(active), None), **(job.get("result") or {})}
 
     # --- the pass --------------------------------------------------------------------------------
 
@@ -230,8 +266,15 @@ class Discovery:
         for item in [*survey.added, *survey.changed]:
             run.progress(done=done, total=total, phase="recording projects")
             done += 1
-            if self._apply(survey, item):
-                to_measure.append(item.uid)
+            try:
+                if self._apply(survey, item):
+                    to_measure.append(item.uid)
+            except (StoreUnavailable, Released):
+                raise
+            except Exception as exc:  # one project's files must not stop the pass for every other project
+                log.exception("discovery: project %s (%s) could not be recorded", item.uid, item.project_dir)
+                survey.unreadable.append({"path": item.project_dir, "reason": f"could not be recorded "
+                                          f"({type(exc).__name__}: {str(exc)[:200]}); the pass went on"})
         for project, why in survey.gone:
             run.progress(done=done, total=total, phase="marking what is gone")
             done += 1
@@ -250,24 +293,34 @@ class Discovery:
         """Record an added or changed project and its sessions; False if it could not be recorded."""
         assert item.record is not None
         record = item.record
+        # no fingerprint until its sessions are recorded too: a pass that dies half-way reads it again
         fields = {"title": _title(record.title, record.uid), "instance": item.label, "cryosparc_uid": record.uid,
                   "created_at": record.created_at or _now(),
                   "owner_user_id": record.owner_user_id, "cryosparc_created_at": record.created_at,
                   "archived": record.archived, "detached": record.detached, "discover_root": item.root,
-                  "fingerprint": record.fingerprint, "seen_at": _now(), "gone_at": None, "gone_reason": None}
+                  "fingerprint": None, "seen_at": _now(), "gone_at": None, "gone_reason": None}
         if item in survey.added:
             try:
-                self.sessions.add_discovered_project(item.uid, item.project_dir, {**fields, "discovered_at": _now()})
+                self.sessions.add_discovered_project(item.uid, item.project_dir, {**fields, "discovered_at": _now()},
+                                                     expect_pin=item.pin)
             except ApiError as exc:
                 survey.conflicts.append(_conflict(item.uid, [item.project_dir], exc.message))
                 return False
-            if not item.label:  # hand-made projects take numbers above it
+            if not item.label and int(record.uid[1:]) <= MAX_NUMBER_FOLLOWED:  # hand-made ones take numbers above
                 self.store.raise_counter("projects", int(record.uid[1:]))
             self.audit.record(LIVEDM, "project_discovered", project_uid=item.uid, project_dir=item.project_dir,
                               cryosparc_uid=record.uid)
         else:
+            project = self.store.get_project(item.uid)
+            if project is None or _pin(item.project_dir) != item.pin:  # swapped since the read
+                survey.conflicts.append(_conflict(item.uid, [item.project_dir], SWAPPED))
+                return False
+            if project.get("dir_pin") not in (None, item.pin):  # None: pinned by its next measure
+                survey.conflicts.append(_conflict(item.uid, [item.project_dir], NOT_PINNED))
+                return False
             self.store.set_project_fields(item.uid, fields)
         self._sync_sessions(survey, item)
+        self.store.set_project_fields(item.uid, {"fingerprint": record.fingerprint})
         return True
 
     def _sync_sessions(self, survey: Survey, item: Found) -> None:
@@ -276,6 +329,11 @@ class Discovery:
         listed = {s.session_uid: s for s in item.record.sessions if not s.deleted}
         new: dict[str, dict[str, Any]] = {}
         for session_uid, live in listed.items():
+            if session_uid not in known and not _CRYOSPARC_SESSION_DIR.fullmatch(live.session_dir.rsplit("/", 1)[-1]):
+                survey.unreadable.append({"path": os.path.join(item.project_dir, "workspaces.json"), "reason": (
+                    f"session {session_uid}'s session_dir {live.session_dir!r} does not end in cryoSPARC's own S<n>: "
+                    "not taken (anyone who may write workspaces.json could name any directory of the project)")})
+                continue
             fields = _session_fields(live)
             fields.update(self._counts_if_changed(survey, item.project_dir, live, known.get(session_uid)))
             if session_uid not in known:
@@ -294,15 +352,16 @@ class Discovery:
             for uid in new if uid not in refused])
         for session_uid, session in known.items():
             if session_uid not in listed and not session.get("left_cryosparc_at"):
+                self.sessions.mark_missing(item.uid, session_uid, LEFT_WORKSPACES)  # first: a pass may die here
                 self.store.set_session_fields(item.uid, session_uid, {"left_cryosparc_at": _now()})
-                self.sessions.mark_missing(item.uid, session_uid, LEFT_WORKSPACES)
 
     def _gone(self, project: dict[str, Any], why: str) -> None:
         log.warning("discovery: project %s (%s): %s; its sessions show missing", project["uid"],
                     project["project_dir"], why)
-        self.store.set_project_fields(project["uid"], {"gone_at": _now(), "gone_reason": why, "fingerprint": None})
+        self.store.set_project_fields(project["uid"], {"fingerprint": None})
         for session in self.store.list_sessions(project["uid"]):
             self.sessions.mark_missing(project["uid"], session["uid"], why)
+        self.store.set_project_fields(project["uid"], {"gone_at": _now(), "gone_reason": why})  # last: see survey
 
     def _counts_if_changed(self, survey: Survey, project_dir: str, live: cs.LiveSession,
                            known: dict[str, Any] | None) -> dict[str, Any]:
@@ -310,18 +369,23 @@ class Discovery:
         workspace's stats when there is no file, or it cannot be read: that is reported)."""
         stats = {} if live.stats is None else {"exposures": _counts_row(live.stats, "workspaces.json")}
         path = os.path.join(project_dir, live.session_dir, "exposures.bson")
+        try:  # never through a symlink: a session dir swapped for a link to somebody else's is not read
+            dir_fd = cs.open_session_dir(project_dir, live.session_dir)
+        except cs.Unreadable:
+            return stats
         try:
-            st = os.stat(path)
+            st = os.stat("exposures.bson", dir_fd=dir_fd, follow_symlinks=False)
+            stamp = f"{st.st_mtime_ns}:{st.st_size}"
+            if known is not None and known.get("exposures_stamp") == stamp:
+                return {}
+            counts = cs.read_exposure_counts(path, dir_fd=dir_fd)
         except OSError:
             return stats
-        stamp = f"{st.st_mtime_ns}:{st.st_size}"
-        if known is not None and known.get("exposures_stamp") == stamp:
-            return {}
-        try:
-            counts = cs.read_exposure_counts(path)
         except cs.Unreadable as exc:
             survey.unreadable.append({"path": exc.path, "reason": exc.reason})
             return {**stats, "exposures_stamp": stamp, "exposures_problem": exc.reason}
+        finally:
+            os.close(dir_fd)
         return {"exposures": _counts_row(counts, "exposures.bson"), "exposures_stamp": stamp,
                 "exposures_problem": None}
 
@@ -356,6 +420,15 @@ def _counts_row(counts: cs.ExposureCounts, source: str) -> dict[str, Any]:
 
 def _title(title: str, uid: str) -> str:
     return title.strip() or uid
+
+
+def _pin(project_dir: str) -> dict[str, int] | None:
+    """The directory's identity (as a project's dir_pin), None if it is not a plain directory now."""
+    try:
+        st = os.lstat(project_dir)
+    except OSError:
+        return None
+    return {"dev": st.st_dev, "ino": st.st_ino} if stat.S_ISDIR(st.st_mode) else None
 
 
 def _same_dir(a: str, b: str) -> bool:

@@ -17,6 +17,7 @@ from .domain import DATATYPES
 from .errors import forbidden, invalid_params
 
 Layout = Sequence[tuple[str, str]]
+PROJECT_MARKER = "project.json"  # what cryoSPARC writes at the root of every project directory
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 
 @dataclass
@@ -366,6 +367,18 @@ def raw_movies(project_dir: str, raw_links: Iterable[str]) -> frozenset[tuple[in
     return frozenset(found)
 
 
+def _holds_project(dir_fd: int, rel_dir: str) -> str | None:
+    """A directory below the project's own that holds a project.json is another (cryoSPARC) project: its
+    files are never a session's of this one, whatever a session dir says (a project.json planted above it)."""
+    try:
+        os.stat(PROJECT_MARKER, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{rel_dir} cannot be checked for a {PROJECT_MARKER} ({exc.strerror})"
+    return f"{rel_dir} holds a {PROJECT_MARKER}: it is another cryoSPARC project, never a session's files"
+
+
 class UnsafePath(Exception):
     """A registered path that now leads somewhere livedm must not delete (a symlinked directory, '..')."""
 
@@ -414,7 +427,7 @@ class Unlinker:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafePath(f"{rel_dir} is not a plain directory (a symlink?)") from None
             raise
-        why = self._why_refused(rel_dir, dir_id(os.fstat(fd)))
+        why = self._why_refused(rel_dir, dir_id(os.fstat(fd))) or _holds_project(fd, rel_dir)
         if why is not None:
             os.close(fd)
             self._refused_dirs[rel_dir] = why

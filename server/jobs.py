@@ -67,6 +67,8 @@ class Queue:
         holder = self.store.hold_single(kind, job_id)
         if holder is not None:
             self.store.delete_queued_job(job_id)
+            # a holder still parked won the marker, but its daemon died before making it due: it is due now
+            self.store.set_job_due(holder, 0.0, only_if_parked=PARKED)
             return holder, False
         self.store.set_job_due(job_id, 0.0)
         for listener in self.listeners:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
+from .discovery import shown_job
 from .domain import check_datatype, datatype_size
 from .rpc import ApiMethod, CallContext, describe_type
 
@@ -257,10 +258,15 @@ async def wait_for_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
 
 
 @api()
-def update_all_sessions_datatype_sizes(ctx: CallContext, project_uid: str) -> str:
-    """Measure every session of the project in a background job; the job id (get_job shows progress)."""
-    ctx.services.sessions.project(project_uid)
-    return ctx.services.queue.enqueue("refresh_sizes", {"project_uid": project_uid}, ctx.actor)
+def update_all_sessions_datatype_sizes(ctx: CallContext, project_uid: str, session_uid: str | None = None) -> str:
+    """Measure every session of the project (or only session_uid) in a background job; the job id
+    (get_job shows progress)."""
+    if session_uid is None:
+        ctx.services.sessions.project(project_uid)
+        return ctx.services.queue.enqueue("refresh_sizes", {"project_uid": project_uid}, ctx.actor)
+    ctx.services.sessions.session(project_uid, session_uid)
+    return ctx.services.queue.enqueue("refresh_sizes", {"project_uid": project_uid, "session_uid": session_uid},
+                                      ctx.actor)
 
 
 @api(access="manage")
@@ -278,13 +284,14 @@ def trigger_live_data_management_script(ctx: CallContext, project_uid: str, sess
 # --- discovery ---------------------------------------------------------------------------------
 
 @api(access="manage")
-def discover(ctx: CallContext, dry_run: bool = False) -> Any:
+async def discover(ctx: CallContext, dry_run: bool = False) -> Any:
     """Look for cryoSPARC projects and Live sessions under the discovery roots now: the job id (one pass
     runs at a time; asking while one is queued or running gives its id). With dry_run=True, what a pass
     would add, change and mark gone, and its conflicts and unreadable files, changing nothing."""
-    if dry_run:
-        return ctx.services.discovery.dry_run()
-    return ctx.services.queue.enqueue_single("discover", {}, ctx.actor)[0]
+    if dry_run:  # a walk of every root: in the disk threads, and dry runs asked meanwhile share the next one
+        return await ctx.services.disk.run_coalesced("discover-dry-run", ctx.services.discovery.dry_run)
+    job_id, _new = await asyncio.to_thread(ctx.services.queue.enqueue_single, "discover", {}, ctx.actor)
+    return job_id
 
 
 @api()
@@ -304,11 +311,12 @@ def get_all_sessions_in_project(ctx: CallContext, project_uid: str) -> list[dict
 @api()
 def get_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
     """A background job: kind, state (queued/running/done/failed), progress, result, error, times."""
-    return ctx.services.queue.get(job_id)
+    return shown_job(ctx.services.queue.get(job_id), bool(ctx.caller.get("live_data_management")))
 
 
 @api()
 def list_jobs(ctx: CallContext, kind: str | None = None, state: str | None = None, project_uid: str | None = None,
               limit: int = 50) -> list[dict[str, Any]]:
     """Recent jobs, newest first, filtered by kind, state or project."""
-    return ctx.services.queue.list(kind, state, project_uid, limit=limit)
+    with_paths = bool(ctx.caller.get("live_data_management"))
+    return [shown_job(job, with_paths) for job in ctx.services.queue.list(kind, state, project_uid, limit=limit)]

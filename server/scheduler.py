@@ -34,7 +34,8 @@ class Scheduler:
         self.store = store
         self.queue = queue
         self.config = config
-        self.tick_s = tick_s
+        intervals = [s for s in (config.discover_interval, config.refresh_interval) if s > 0]
+        self.tick_s = min([tick_s, *intervals])  # a schedule shorter than the tick is kept
 
     def refresh_check_s(self) -> float:
         return max(MIN_REFRESH_CHECK_S, self.config.refresh_interval / REFRESH_CHECKS_PER_INTERVAL)

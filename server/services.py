@@ -50,10 +50,12 @@ class Services:
 
     def job_handlers(self) -> dict[str, Handler]:
         def refresh_sizes(run: JobRun) -> dict[str, int]:
-            project_uid = run.params.get("project_uid") if isinstance(run.params, dict) else None
-            if not isinstance(project_uid, str) or set(run.params) != {"project_uid"}:
+            params = run.params if isinstance(run.params, dict) else {}
+            project_uid, session_uid = params.get("project_uid"), params.get("session_uid")
+            if not isinstance(project_uid, str) or not set(params) <= {"project_uid", "session_uid"} \
+                    or not isinstance(session_uid, str | None):
                 raise JobFailed("not a valid size refresh job; nothing was done")
-            return self.sessions.refresh_project(project_uid, run.progress)
+            return self.sessions.refresh_project(project_uid, run.progress, only=session_uid)
 
         def refresh_due(run: JobRun) -> dict[str, int]:
             if run.params:

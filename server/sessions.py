@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -44,6 +45,9 @@ RESERVE_ATTEMPTS = 100  # optimistic reservations of dirs: each loss means anoth
 RESERVE_BACKOFF_S = 0.005
 CALCULATING_STALE_S = 6 * 3600.0  # longer than any measure: a category calculating this long was left so
 LIVEDM = "livedm"  # the actor livedm's own changes are audited as
+
+
+_PROJECT_NUMBER = re.compile(r"P[1-9][0-9]{0,8}")  # what check_project_uid accepts of an unlabelled uid
 
 
 def public_session(session: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +126,8 @@ class Sessions:
             uid = f"P{self.store.next_number('projects')}"
             if self.store.get_project(uid) is None:
                 break
+        if not _PROJECT_NUMBER.fullmatch(uid):
+            raise conflict(f"no project uid is left ({uid} would not be one); nothing was made")
         self._reserve_project_dir(uid, real, project_dir)
         project = {"uid": uid, "title": title, "project_dir": project_dir, "created_at": now_iso(),
                    "dir_pin": pin, "session_dirs": {}, "dirs_version": 0}
@@ -131,11 +137,15 @@ class Sessions:
         log.info("created project %s (%s) at %s", uid, title, project_dir)
         return self._project_row(project, [])
 
-    def _project_dirs(self) -> tuple[int | None, dict[str, str]]:
-        """(version, {project uid: real dir}) of the facility's projects."""
+    def _project_dirs(self, adding: tuple[str, str] | None = None) -> tuple[int | None, dict[str, str]]:
+        """(version, {project uid: real dir}) of the facility's projects; without the reservation of `adding`
+        (uid, real dir) when it is that very one and the project was never recorded (a livedmd died between
+        the two: the project is being added again)."""
         version, dirs = self.store.project_dirs()
         if dirs is None:  # projects from before the map was kept
             dirs = {p["uid"]: os.path.realpath(p["project_dir"]) for p in self.store.list_projects()}
+        if adding is not None and dirs.get(adding[0]) == adding[1] and self.store.get_project(adding[0]) is None:
+            dirs = {uid: d for uid, d in dirs.items() if uid != adding[0]}
         return version, dirs
 
     @staticmethod
@@ -148,7 +158,7 @@ class Sessions:
     def _reserve_project_dir(self, uid: str, real: str, shown: str) -> None:
         """Of two projects created at once on overlapping dirs, one wins and the other checks again."""
         for _attempt in range(RESERVE_ATTEMPTS):
-            version, dirs = self._project_dirs()
+            version, dirs = self._project_dirs(adding=(uid, real))
             if uid in dirs:
                 raise conflict(f"project {uid} exists already (at {dirs[uid]})")
             self._check_project_dir_free(dirs, real, shown)
@@ -306,20 +316,24 @@ class Sessions:
 
     # --- discovered projects and sessions (discovery.py decides; the directory rules are these) ------
 
-    def add_discovered_project(self, uid: str, project_dir: str, fields: dict[str, Any]) -> None:
+    def add_discovered_project(self, uid: str, project_dir: str, fields: dict[str, Any],
+                               expect_pin: dict[str, int] | None = None) -> None:
         """A cryoSPARC project discovery found, under the uid it gives: checked, reserved and pinned as
-        create_project does. ApiError (conflict, forbidden) if its directory may not be a project's."""
+        create_project does, and only if it is still the directory whose files were read (`expect_pin`).
+        ApiError (conflict, forbidden) if its directory may not be a project's."""
         check_project_uid(uid)
         project_dir = files.check_project_dir(project_dir)
         self.check_project_location(project_dir)
         real = os.path.realpath(project_dir)
-        self._check_project_dir_free(self._project_dirs()[1], real, project_dir)
+        self._check_project_dir_free(self._project_dirs(adding=(uid, real))[1], real, project_dir)
         pin = files.dir_pin(project_dir)
+        if expect_pin is not None and pin != expect_pin:
+            raise conflict(f"{project_dir} is no longer the directory whose project.json was read (moved or "
+                           "replaced meanwhile); nothing was recorded: it is read again next pass")
         self._reserve_project_dir(uid, real, project_dir)
         project = {"created_at": now_iso(), **fields, "uid": uid, "project_dir": project_dir, "dir_pin": pin,
                    "session_dirs": {}, "dirs_version": 0, "source": DISCOVERED}
-        if not self.store.insert_project(project):
-            self._release_project_dir(uid)
+        if not self.store.insert_project(project):  # recorded meanwhile, reserved as this one was: kept
             raise conflict(f"project {uid} exists already")
 
     def add_discovered_sessions(self, project_uid: str, new: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -329,6 +343,9 @@ class Sessions:
         for _attempt in range(RESERVE_ATTEMPTS):
             project = self.project(project_uid)
             dirs = self.session_dirs(project)
+            stale = [uid for uid in new if uid in dirs and self.store.get_session(project_uid, uid) is None]
+            for uid in stale:  # reserved by a livedmd that died before recording them: added again now
+                del dirs[uid]
             taken: dict[str, tuple[str, dict[str, Any]]] = {}
             for session_uid, fields in new.items():
                 if session_uid in refused:
@@ -357,8 +374,7 @@ class Sessions:
                      "uid": uid, "data_management": new_data_management(), "scan_gen": None, "scan_digest": None,
                      "measured_at": None} for uid, (_, fields) in taken.items()]
         inserted = set(self.store.insert_sessions(sessions))
-        for uid in taken.keys() - inserted:
-            self.store.release_session_dir(project_uid, uid)
+        for uid in taken.keys() - inserted:  # recorded meanwhile: the reservation is that session's, kept
             refused[uid] = f"session {project_uid} {uid} exists already"
         return refused
 
@@ -616,9 +632,11 @@ class Sessions:
         progress(force=True, done=len(due), total=len(due))
         return {"due": len(due), "refreshed": refreshed, "failed": failed}
 
-    def refresh_project(self, project_uid: str, progress: Callable[..., None]) -> dict[str, int]:
-        """Refresh every session of the project; {session_uid: total bytes}. Safe to run again."""
-        sessions = self.store.list_sessions(check_project_uid(project_uid))
+    def refresh_project(self, project_uid: str, progress: Callable[..., None],
+                        only: str | None = None) -> dict[str, int]:
+        """Refresh every session of the project (or `only` that one); {session_uid: total bytes}. Safe to
+        run again."""
+        sessions = [s for s in self.store.list_sessions(check_project_uid(project_uid)) if only in (None, s["uid"])]
         totals: dict[str, int] = {}
         for index, session in enumerate(sessions):
             progress(done=index, total=len(sessions))

@@ -439,8 +439,12 @@ class Store:
                 return None
         raise StoreUnavailable(f"the single-job marker {key} kept changing")
 
-    def set_job_due(self, job_id: str, not_before: float) -> None:
-        self.db.jobs.update_one({"_id": job_id, "state": "queued"}, {"$set": {"not_before": not_before}})
+    def set_job_due(self, job_id: str, not_before: float, *, only_if_parked: float | None = None) -> None:
+        """A queued job's earliest start; with only_if_parked, only if it is parked (not_before at least that)."""
+        query: dict[str, Any] = {"_id": job_id, "state": "queued"}
+        if only_if_parked is not None:
+            query["not_before"] = {"$gte": only_if_parked}
+        self.db.jobs.update_one(query, {"$set": {"not_before": not_before}})
 
     def delete_queued_job(self, job_id: str) -> None:
         self.db.jobs.delete_one({"_id": job_id, "state": "queued"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from pathlib import Path
@@ -174,3 +175,18 @@ async def test_a_single_notification_gets_no_body_and_null_id_is_a_request(popul
     assert response.status == 204 and await response.read() == b""
     reply = await populated.post({"jsonrpc": "2.0", "method": "list_projects", "id": None})
     assert reply["id"] is None and reply["result"][0]["uid"] == "P1"
+
+
+async def test_a_background_refresh_of_one_session_measures_only_it(populated: Api, tmp_path: Path) -> None:
+    await populated.ok("create_live_session", ["P1", "other"])
+    (tmp_path / "proj" / "S2").mkdir()
+    job_id = await populated.ok("update_all_sessions_datatype_sizes", {"project_uid": "P1", "session_uid": "S1"})
+    for _ in range(200):
+        job = await populated.ok("get_job", [job_id])
+        if job["state"] in ("done", "failed"):
+            break
+        await asyncio.sleep(0.05)
+    assert job["state"] == "done" and list(job["result"]) == ["S1"]
+    assert job["params"] == {"project_uid": "P1", "session_uid": "S1"}
+    assert (await populated.ok("get_session", ["P1", "S2"]))["measured_at"] is None
+    assert_error(await populated.call("update_all_sessions_datatype_sizes", ["P1", "S9"]), -32001, "NotFound")
