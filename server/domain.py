@@ -9,6 +9,16 @@ from typing import Any
 from .errors import conflict, invalid_params
 
 DATATYPES: tuple[str, ...] = ("raw", "micrographs", "thumbnails", "particles", "metadata")
+
+# Who acts besides people: livedm itself (refreshes, deletion jobs, repairs, discovery) and the `hook`
+# account whose short-lived, category-scoped tokens hook runs get. Neither is a person: no one signs in as
+# them, the user lists leave them out, and no admin may change, remove or give tokens to them.
+LIVEDM_ACTOR = "livedm"
+HOOK_USER = "hook"
+INTERNAL_ACTORS: dict[str, str] = {
+    LIVEDM_ACTOR: "livedm itself",
+    HOOK_USER: "livedm's hook run",
+}
 CATEGORY_STATUSES = ("active", "archiving", "archived", "deleted", "deleting", "missing", "calculating")
 TRANSIENT_STATUSES = ("deleting", "calculating")
 MARKABLE_STATUSES = ("active", "archiving", "archived", "deleted")

@@ -38,7 +38,7 @@ from typing import Any
 from .audit import Audit
 from .auth import new_token, token_hash
 from .config import Config
-from .domain import CATEGORY_STATUSES, check_datatype, check_project_uid, check_session_uid, now_iso
+from .domain import CATEGORY_STATUSES, HOOK_USER, check_datatype, check_project_uid, check_session_uid, now_iso
 from .errors import ApiError, conflict, forbidden, invalid_params
 from .jobs import JobFailed, JobRun, Queue
 from .processes import die_with_parent, kill_session
@@ -46,7 +46,6 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-HOOK_USER = "hook"
 KILL_GRACE_S = 5.0
 TOKEN_MARGIN_S = 30.0  # the hook token outlives the run's timeout by this much at most
 DRAIN_S = 2.0  # after the run: how long output still held open by an escaped process is read
@@ -73,8 +72,11 @@ class HookFailed(JobFailed):
 
 
 def ensure_hook_user(store: Store) -> None:
-    """The user whose short-lived tokens hook scripts get: may change states, nothing else."""
-    store.insert_user({"name": HOOK_USER, "role": "user", "live_data_management": True, "created_at": now_iso()})
+    """The user whose short-lived tokens hook scripts get: may change states, nothing else. Made at the first
+    start, and put right at every start (an older livedm let an admin deny it, which failed every hook)."""
+    account = {"role": "user", "live_data_management": True}
+    if not store.insert_user({"name": HOOK_USER, **account, "created_at": now_iso()}):
+        store.update_user(HOOK_USER, account)
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,7 @@ def create_user(ctx: CallContext, name: str, role: str = "user") -> dict[str, An
 
 @api(access="admin")
 def list_users(ctx: CallContext) -> list[dict[str, Any]]:
-    """Every user with role and live data management permission."""
+    """Every user with role and live data management permission (not livedm's own hook account)."""
     return ctx.services.users.list_users()
 
 
@@ -211,6 +211,19 @@ def issue_token(ctx: CallContext, user: str) -> dict[str, str]:
 def revoke_token(ctx: CallContext, user: str) -> dict[str, Any]:
     """Revoke every token of the user."""
     return ctx.services.users.revoke_token(ctx.actor, user)
+
+
+@api(access="admin")
+def remove_user(ctx: CallContext, user: str) -> dict[str, Any]:
+    """Remove the user and revoke all of their tokens; the audit log keeps their name. Not yourself, not the
+    last admin who can sign in."""
+    return ctx.services.users.remove_user(ctx.actor, user)
+
+
+@api(access="admin")
+def set_user_role(ctx: CallContext, user: str, role: str) -> dict[str, Any]:
+    """Make the user an admin or a user (never leaving no admin who can sign in)."""
+    return ctx.services.users.set_role(ctx.actor, user, role)
 
 
 @api(access="admin")

@@ -17,6 +17,7 @@ from .config import Config
 from .domain import (
     DATATYPES,
     DISCOVERED,
+    LIVEDM_ACTOR,
     MISSING_FROM,
     TRANSIENT_STATUSES,
     check_datatype,
@@ -43,7 +44,7 @@ _MEASURE_RETRIES = 5
 RESERVE_ATTEMPTS = 100  # optimistic reservations of dirs: each loss means another creation went through
 RESERVE_BACKOFF_S = 0.005
 CALCULATING_STALE_S = 6 * 3600.0  # longer than any measure: a category calculating this long was left so
-LIVEDM = "livedm"  # the actor livedm's own changes are audited as
+LIVEDM = LIVEDM_ACTOR  # the actor livedm's own changes are audited as
 
 
 def public_session(session: dict[str, Any]) -> dict[str, Any]:

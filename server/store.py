@@ -394,6 +394,9 @@ class Store:
     def update_user(self, name: str, fields: dict[str, Any]) -> bool:
         return self.db.users.update_one({"_id": name}, {"$set": fields}).matched_count == 1
 
+    def delete_user(self, name: str) -> bool:
+        return self.db.users.delete_one({"_id": name}).deleted_count == 1
+
     def delete_tokens(self, user: str) -> int:
         return self.db.tokens.delete_many({"user": user}).deleted_count
 

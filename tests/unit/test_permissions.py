@@ -104,7 +104,8 @@ async def test_state_change_rules(populated: Api, tmp_path: Path) -> None:
     dm = await populated.ok("change_session_data_management_state", args)
     assert dm["micrographs"]["status"] == "archiving" and dm["micrographs"]["prev_status"] == "active"
     entries = await populated.ok("get_audit_log", {"project_uid": "P1", "session_uid": "S1"})
-    assert entries[0] | {"at": None} == {"at": None, "actor": "admin", "by": "user", "action": "state_changed",
+    assert entries[0] | {"at": None} == {"at": None, "actor": "admin", "actor_kind": "user", "by": "user",
+                                         "action": "state_changed",
                                          "project_uid": "P1",
                                           "session_uid": "S1", "datatype": "micrographs", "old_status": "active",
                                           "status": "archiving"}
