@@ -198,3 +198,27 @@ def test_tokens_issued_and_revoked_from_the_admin_view(site: Site, browser: Brow
     right_click_table(viewer, "Refresh table")
     expect(viewer.locator("#sign-in-error")).to_contain_text("not valid")
     expect(viewer.locator("#sign-in")).to_be_visible()
+
+
+def test_admin_changes_a_role_and_removes_a_user(site: Site, browser: Browser) -> None:
+    page = site.page(browser, site.daemon.token)
+    page.click("#users-tab")
+    expect(page.locator("#users tbody tr")).to_have_count(2)  # admin and viewer; not livedm's own hook account
+    expect(page.locator("tr[data-user='hook']")).to_have_count(0)
+    expect(page.locator("tr[data-user='admin'] button", has_text="Remove")).to_have_count(0)  # not yourself
+    page.locator("tr[data-user='viewer'] select").select_option("admin")
+    expect(page.locator(".toast", has_text="viewer is an admin")).to_be_visible()
+    assert {u["name"]: u["role"] for u in site.daemon.call("list_users")}["viewer"] == "admin"
+    page.locator("tr[data-user='viewer'] button", has_text="Remove").click()
+    ok = page.locator("#dialog-ok")
+    expect(ok).to_be_disabled()
+    page.fill("#confirm-input", "viewe")
+    expect(ok).to_be_disabled()
+    page.fill("#confirm-input", "viewer")
+    ok.click()
+    expect(page.locator(".toast", has_text="removed viewer (1 token(s) revoked)")).to_be_visible()
+    expect(page.locator("tr[data-user='viewer']")).to_have_count(0)
+    assert [u["name"] for u in site.daemon.call("list_users")] == ["admin"]
+    entry = site.daemon.call("get_audit_log", {"limit": 1})[0]
+    assert (entry["action"], entry["user"], entry["role"]) == ("user_removed", "viewer", "admin")
+    assert not page.errors  # type: ignore[attr-defined]
