@@ -388,7 +388,8 @@ function ask({ title, body, okLabel = "OK", danger = false, confirmText = null }
   $("#dialog-cancel").hidden = okLabel === "Close";
   if (confirmText !== null) {
     const input = el("input", { id: "confirm-input", autocomplete: "off", "aria-label": "confirmation" });
-    input.addEventListener("input", () => { ok.disabled = input.value.trim() !== confirmText; });
+    const typed = () => input.value.trim().split(/\s+/).join(" ");
+    input.addEventListener("input", () => { ok.disabled = typed() !== confirmText; });
     $("#dialog-body").append(el("label", {}, `Type ${confirmText} to confirm: `, input));
     ok.disabled = true;
   }
@@ -405,7 +406,7 @@ async function confirmDelete(project, session, dt) {
     title: `Delete ${LABELS[dt].toLowerCase()} of ${project.uid} ${session.uid}?`,
     body: [el("p", { id: "dry-run" }, `${dry.file_count.toLocaleString()} files, ${humanSize(dry.bytes)} `,
       `(${dry.bytes.toLocaleString()} bytes) will be deleted from disk. This cannot be undone.`)],
-    okLabel: "Delete", danger: true, confirmText: session.uid,
+    okLabel: "Delete", danger: true, confirmText: `${project.uid} ${session.uid}`,  // every project has an S1
   });
   if (!confirmed) return;
   const jobId = await rpc("delete_live_datatype", { ...where, confirm_digest: dry.confirm_digest });

@@ -4,8 +4,10 @@ what they change, and what they say when they cannot."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from testkit.daemon import Daemon
+from testkit.sessiontree import build_session_tree
 from tests.support.terminal import livedm_at_terminal
 
 
@@ -40,3 +42,18 @@ def test_user_role_and_remove(daemon: Daemon) -> None:
     assert again.returncode == 1 and "NotFound" in again.stderr and "livedm user list" in again.stderr
     audit = daemon.livedm("audit").stdout
     assert "user_removed" in audit and "user=hana" in audit and "role_changed" in audit
+
+
+def test_delete_asks_for_the_project_and_the_session(daemon: Daemon, tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "proj", exposures=2)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    only_the_session = livedm_at_terminal(daemon, "delete", "P1", "S1", "particles", typed="S1")
+    assert only_the_session.returncode == 2 and "Type P1 S1 to confirm" in only_the_session.stdout
+    assert "nothing was done" in only_the_session.stderr
+    assert all(Path(p).exists() for p in tree.paths_by_datatype["particles"])
+    done = livedm_at_terminal(daemon, "delete", "P1", "S1", "particles", typed="P1 S1")
+    assert done.returncode == 0, done.stderr
+    assert "deleted 2 files" in done.stdout
+    assert not any(Path(p).exists() for p in tree.paths_by_datatype["particles"])
