@@ -403,9 +403,15 @@ class Sessions:
         return {dt: sorted(set(registry["scan"][dt]) | set(registry["api"][dt])) for dt in DATATYPES}
 
     def file_paths(self, project_uid: str, session_uid: str, datatypes: tuple[str, ...]) -> dict[str, list[str]]:
+        """{datatype: absolute paths}. Raw gives the movies its links lead to, and under "missing" those they
+        should lead to but that are gone: an archiver copies what is there and reports the rest."""
         project_dir = self.project(project_uid)["project_dir"]
         merged = self.registered_paths(project_uid, session_uid)
-        return {dt: files.absolute_paths(project_dir, merged[dt], resolve_links=dt == "raw") for dt in datatypes}
+        listed = {dt: files.absolute_paths(project_dir, merged[dt], resolve_links=False)
+                  for dt in datatypes if dt != "raw"}
+        if "raw" in datatypes:
+            listed["raw"], listed["missing"] = files.movie_paths(project_dir, merged["raw"])
+        return {key: listed[key] for key in (*datatypes, "missing") if key in listed}
 
     def get_datatype_file_paths(self, project_uid: str, session_uid: str, datatype: str) -> dict[str, list[str]]:
         if check_datatype(datatype) == "thumbnails":

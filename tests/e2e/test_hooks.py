@@ -13,7 +13,7 @@ import pytest
 
 from livedm.server.processes import session_members
 from testkit.daemon import Daemon
-from tests.support.daemon_sessions import completed_session, hook_daemon, status_of
+from tests.support.daemon_sessions import completed_session, finished_job, hook_daemon, status_of
 from tests.support.hook_scripts import executable
 from tests.support.waiting import wait_until
 
@@ -90,6 +90,44 @@ def test_archiver_copies_verifies_and_marks_archived(tmp_path: Path) -> None:
         copy = destination / movie.lstrip("/")
         assert copy.read_bytes() == Path(movie).read_bytes()
         assert f"{hashlib.sha256(copy.read_bytes()).hexdigest()}  {movie.lstrip('/')}" in manifest
+
+
+def test_archiver_archives_the_movies_that_are_there_and_reports_the_missing(tmp_path: Path) -> None:
+    archive_root = tmp_path / "archive"
+    daemon = hook_daemon(tmp_path, HOOKS / "archive-copy.py", LIVEDM_ARCHIVE_ROOT=str(archive_root))
+    try:
+        tree = completed_session(daemon, tmp_path, exposures=4)
+        gone, *kept = tree.paths_by_datatype["raw"]  # the first movie has two links: both lead nowhere now
+        Path(gone).unlink()
+        listing = daemon.call("get_datatype_file_paths", ["P1", "S1", "raw"])
+        assert sorted(listing["raw"]) == sorted(kept) and listing["missing"] == [gone]
+        daemon.call("change_session_data_management_state", ["P1", "S1", "raw", "archiving"])
+        wait_until(lambda: status_of(daemon, "raw") == "archived", what="the archiver")
+        job = finished_job(daemon, daemon.call("list_jobs", {"kind": "hook", "limit": 1})[0]["id"])
+    finally:
+        daemon.stop()
+    destination = archive_root / "P1" / "S1" / "raw"
+    assert (destination / "MISSING.txt").read_text() == f"{gone}\n"
+    assert len((destination / "MANIFEST.sha256").read_text().splitlines()) == 3
+    assert all((destination / movie.lstrip("/")).read_bytes() == Path(movie).read_bytes() for movie in kept)
+    assert not (destination / gone.lstrip("/")).exists()
+    assert job["state"] == "done"
+
+
+def test_archiver_marks_nothing_when_every_movie_is_gone(tmp_path: Path) -> None:
+    archive_root = tmp_path / "archive"
+    daemon = hook_daemon(tmp_path, HOOKS / "archive-copy.py", LIVEDM_ARCHIVE_ROOT=str(archive_root))
+    try:
+        tree = completed_session(daemon, tmp_path, exposures=2)
+        for movie in tree.paths_by_datatype["raw"]:
+            Path(movie).unlink()
+        daemon.call("change_session_data_management_state", ["P1", "S1", "raw", "archiving"])
+        job = finished_job(daemon, wait_until(lambda: daemon.call("list_jobs", {"kind": "hook"}))[0]["id"])
+        assert job["state"] == "failed" and "status 1" in job["error"]
+        assert status_of(daemon, "raw") == "archiving"
+    finally:
+        daemon.stop()
+    assert (archive_root / "P1" / "S1" / "raw" / "MISSING.txt").read_text().count("\n") == 2
 
 
 def test_failing_hanging_and_flooding_hooks_never_block_or_change_state(tmp_path: Path) -> None:
