@@ -186,7 +186,7 @@ class Deletions:
         self.sessions.check_session_identity(project, session)
         if session["status"] != "completed":
             raise conflict(f"session {project_uid} {session_uid} is {session['status']}; deleting needs a "
-                           "completed session (mark_session_completed)")
+                           f"completed session (`livedm session complete {project_uid} {session_uid}`)")
         current = session["data_management"][datatype]["status"]
         if current in ("deleting", "calculating"):
             raise conflict(f"{datatype} of {project_uid} {session_uid} is {current} already")
@@ -222,15 +222,15 @@ class Deletions:
         plan = self._plan(user, project_uid, session_uid, datatype=datatype, filepaths=filepaths, user_id=user_id)
         if confirm_digest is not None and confirm_digest != plan.digest:
             raise conflict(f"the files of {datatype} of {project_uid} {session_uid} changed since the dry run "
-                           f"(now {len(plan.paths)} registered); nothing was deleted: preview again (dry run) "
-                           "and confirm what it shows")
+                           f"(now {len(plan.paths)} registered); nothing was deleted: run `livedm delete {project_uid} "
+                           f"{session_uid} {datatype}` again and confirm what it shows")
         job_id = self.queue.new_id()
         changed = self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=datatype,
                                      expect=plan.status, to="deleting", job_id=job_id, note=None, actor=user["name"],
                                      by=BY_USER, session_completed=True)
         if changed is None:
             raise conflict(f"{datatype} of {project_uid} {session_uid} changed while this request was made; "
-                           "get_session() shows its state now")
+                           f"`livedm ls {project_uid}` shows its state now")
         self.sessions.store.save_job_paths(job_id, plan.paths)
         self.queue.enqueue("delete", {"project_uid": project_uid, "session_uid": session_uid, "datatype": datatype,
                                       "whole_category": plan.whole, "file_count": len(plan.paths),

@@ -98,11 +98,12 @@ def check_mark(session: dict[str, Any], datatype: str, status: str) -> str:
         raise invalid_params("thumbnails cannot be marked (as in cryoSPARC): they go with the micrographs")
     if session["status"] != "completed":
         raise conflict(f"session {session['project_uid']} {session['uid']} is {session['status']}; category "
-                       "actions need a completed session (mark_session_completed)")
+                       f"actions need a completed session (`livedm session complete {session['project_uid']} "
+                       f"{session['uid']}`)")
     current = session["data_management"][datatype]["status"]
     if current in TRANSIENT_STATUSES and current != status:
         raise conflict(f"{datatype} of {session['project_uid']} {session['uid']} is {current}; wait for that "
-                       "to finish (list_jobs shows it)")
+                       "to finish (`livedm jobs` shows it)")
     return current
 
 

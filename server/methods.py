@@ -18,11 +18,13 @@ API_VERSION = 1
 METHODS: dict[str, ApiMethod] = {}
 
 
-def api(access: str = "user", name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def api(access: str = "user", name: str | None = None,
+        read_when: dict[str, Any] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register an API method. `read_when`: arguments with which a call only reads (everyone may make it)."""
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         method_name = name or func.__name__
         METHODS[method_name] = ApiMethod(method_name, func, access, inspect.signature(func),
-                                         typing.get_type_hints(func))
+                                         typing.get_type_hints(func), read_when=dict(read_when or {}))
         return func
 
     return register
@@ -37,6 +39,7 @@ def system_describe(ctx: CallContext) -> dict[str, Any]:
                    **({} if p.default is inspect.Parameter.empty else {"default": p.default})}
                   for p in list(method.signature.parameters.values())[1:]]
         procs.append({"name": method.name, "params": params, "access": method.access,
+                      **({"read_when": method.read_when} if method.read_when else {}),
                       "doc": inspect.getdoc(method.func) or ""})
     return {"procs": procs, "server": "livedm", "version": __version__, "api_version": API_VERSION}
 
@@ -238,15 +241,16 @@ WAIT_FIRST_POLL_S = 0.02
 WAIT_MAX_POLL_S = 0.5
 
 
-@api(access="manage")
+@api(access="manage", read_when={"dry_run": True})
 async def delete_live_datatype(ctx: CallContext, project_uid: str, session_uid: str, datatype: str,
                                filepaths_to_delete: dict[str, list[str]] | list[str] | None = None,
                                user_id: str | None = None, asynchronous: bool = True,
                                dry_run: bool = False, confirm_digest: str | None = None) -> Any:
     """Delete the category's files (or the listed subset, all registered to it) in a background job.
     Not raw; completed sessions only. The job id; with asynchronous=False the finished job; with
-    dry_run=True the file count and bytes that would go and a confirm_digest, changing nothing. Given
-    that confirm_digest, the deletion goes ahead only if the list is still exactly the one shown."""
+    dry_run=True the file count and bytes that would go and a confirm_digest, changing nothing (a read: it
+    needs no permission). Given that confirm_digest, the deletion goes ahead only if the list is still
+    exactly the one shown. Deleting needs the live data management permission."""
     deletions = ctx.services.deletions
     if dry_run:
         return await ctx.services.disk.run(deletions.preview, ctx.caller, project_uid, session_uid,

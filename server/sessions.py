@@ -91,7 +91,7 @@ class Sessions:
     def project(self, project_uid: str) -> dict[str, Any]:
         project = self.store.get_project(check_project_uid(project_uid))
         if project is None:
-            raise not_found(f"project {project_uid} does not exist; list_projects() shows the projects")
+            raise not_found(f"project {project_uid} does not exist; `livedm ls` shows the projects")
         return project
 
     def session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class Sessions:
         session = self.store.get_session(project_uid, check_session_uid(session_uid))
         if session is None:
             raise not_found(f"session {project_uid} {session_uid} does not exist; "
-                            f"list_sessions('{project_uid}') shows its sessions")
+                            f"`livedm ls {project_uid}` shows its sessions")
         return session
 
     # --- projects --------------------------------------------------------------------------------
