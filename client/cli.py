@@ -169,9 +169,13 @@ def add_job_commands(commands: Commands) -> None:
     p.add_argument("--state", choices=["queued", "running", "done", "failed"])
     p.add_argument("--project")
     p.add_argument("--limit", type=int, default=30)
-    p = commands.add("job", "one job; --wait follows its progress until it ends", cmd_job)
+    p = commands.add("job", "one job; --wait follows its progress until it ends; --log shows a hook run's log",
+                     cmd_job)
     p.add_argument("job_id")
-    p.add_argument("--wait", action="store_true")
+    p.add_argument("--wait", action="store_true", help="follow its progress until it ends")
+    p.add_argument("--log", action="store_true", help="a hook run: the end of its log (needs the live data "
+                   "management permission)")
+    p.add_argument("--full-log", action="store_true", help="a hook run: all of its log (e.g. > J12.log)")
     p = commands.add("admin", "admins: backup FILE / restore FILE --yes of livedm's own database", cmd_admin)
     p.add_argument("action", choices=["backup", "restore"])
     p.add_argument("file")

@@ -48,10 +48,19 @@ class Times:
         return f"{self.short(iso)} {self.zone}" if iso else "-"
 
 
+ALERT_WORDS = {"hook_failed": "hook {job} failed", "deletion_failed": "deletion {job} failed",
+               "deletion_stuck": "stuck"}
+
+
 def category_cell(category: dict) -> str:
+    """'310.4 GiB', with the status unless active and what went wrong: '1.2 TiB [archiving; hook J12 failed]'."""
     text = human_size(category.get("size"))
     status = category.get("status")
-    return text if status in (None, "active") else f"{text} [{status}]"
+    marks = [] if status in (None, "active") else [status]
+    alert = category.get("alert")
+    if alert:
+        marks.append(ALERT_WORDS.get(alert["kind"], alert["kind"]).format(job=alert.get("job_id") or "?"))
+    return f"{text} [{'; '.join(marks)}]" if marks else text
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

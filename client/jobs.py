@@ -12,6 +12,8 @@ from .output import EXIT_OK, EXIT_SERVER_ERROR, print_json
 from .rpc import CommandClient
 
 WHAT_PARAMS = ("project_uid", "session_uid", "datatype", "status")
+TAIL_BYTES = 1 << 16  # `--log`: the end of a hook run's log
+PIECE_BYTES = 1 << 20  # `--full-log` reads the whole in pieces of this size (the API's most)
 
 
 def describe_progress(job: dict[str, Any]) -> str:
@@ -40,9 +42,42 @@ def follow_job(client: CommandClient, job_id: str, quiet: bool, *, poll_s: float
         time.sleep(poll_s)
 
 
+def print_log(client: CommandClient, job_id: str, *, whole: bool, as_json: bool) -> None:
+    """A hook run's log: its tail, or (whole) all of it, read in pieces."""
+    if not whole:
+        piece = client.call("get_job_log", job_id=job_id, offset=None, limit=TAIL_BYTES)
+        if as_json:
+            print_json(piece)
+            return
+        if not piece["exists"]:
+            print(f"{job_id} has no log yet (it has not run)", file=sys.stderr)
+            return
+        if piece["offset"] > 0:
+            print(f"[the last {piece['size'] - piece['offset']} of {piece['size']} bytes of {piece['log']}; "
+                  f"livedm job {job_id} --full-log prints all of it]", file=sys.stderr)
+        sys.stdout.write(piece["text"])
+        return
+    offset, parts, size, name = 0, [], 0, ""
+    while True:
+        piece = client.call("get_job_log", job_id=job_id, offset=offset, limit=PIECE_BYTES)
+        size, name = piece["size"], piece["log"]
+        parts.append(piece["text"])
+        if not as_json:
+            sys.stdout.write(piece["text"])
+        if piece["next_offset"] >= size or piece["next_offset"] == offset:
+            break
+        offset = piece["next_offset"]
+    if as_json:
+        print_json({"job_id": job_id, "log": name, "size": size, "text": "".join(parts)})
+
+
 def cmd_job(client: CommandClient, args: argparse.Namespace) -> int:
     job = follow_job(client, args.job_id, args.json) if args.wait else client.call("get_job", args.job_id)
-    if args.json:
+    if args.log or args.full_log:
+        if not args.json:
+            print(describe_progress(job) + (f": {job['error']}" if job.get("error") else ""), file=sys.stderr)
+        print_log(client, args.job_id, whole=args.full_log, as_json=args.json)
+    elif args.json:
         print_json(job)
     else:
         print(describe_progress(job) + (f": {job['error']}" if job.get("error") else ""))

@@ -324,6 +324,14 @@ def get_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
     return ctx.services.queue.get(job_id)
 
 
+@api(access="manage")
+def get_job_log(ctx: CallContext, job_id: str, offset: int | None = None, limit: int = 65536) -> dict[str, Any]:
+    """A piece of a hook run's log: `limit` bytes (at most 1 MiB) from byte `offset`, or its last `limit` bytes
+    (offset null), as text of whole UTF-8 characters, with `size` and `next_offset` to read on from. Needs the
+    live data management permission: a log holds paths and whatever the script printed."""
+    return ctx.services.hooks.read_log(ctx.services.queue.get(job_id), offset=offset, limit=limit)
+
+
 @api()
 def list_jobs(ctx: CallContext, kind: str | None = None, state: str | None = None, project_uid: str | None = None,
               limit: int = 50) -> list[dict[str, Any]]:

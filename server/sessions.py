@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import files
+from .alerts import category_alert
 from .coalesce import Coalescer
 from .config import Config
 from .domain import (
@@ -206,9 +207,23 @@ class Sessions:
         for session in self.store.list_sessions():
             by_project.setdefault(session["project_uid"], []).append(session)
         projects = [{**self._project_row(p, by_project.get(p["uid"], [])),
-                     "sessions": [public_session(s) for s in by_project.get(p["uid"], [])]}
+                     "sessions": self._with_alerts(by_project.get(p["uid"], []))}
                     for p in self.store.list_projects()]
         return {"projects": projects, "as_of": now_iso()}
+
+    def _with_alerts(self, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The sessions as the API shows them, each category with its `alert` (null when all is well)."""
+        jobs = self.store.get_jobs([c["job_id"] for s in sessions for c in s["data_management"].values()
+                                    if c.get("status") == "deleting" and c.get("job_id")])
+        now_s = time.time()
+        shown = []
+        for session in sessions:
+            public = public_session(session)
+            public["data_management"] = {
+                dt: {**c, "alert": category_alert(c, jobs.get(c.get("job_id") or ""), now_s)}
+                for dt, c in session["data_management"].items()}
+            shown.append(public)
+        return shown
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -286,11 +301,11 @@ class Sessions:
         return [cryosparc_session(s) for s in self.store.list_sessions(project_uid)]
 
     def get_session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
-        return public_session(self.session(project_uid, session_uid))
+        return self._with_alerts([self.session(project_uid, session_uid)])[0]
 
     def list_sessions(self, project_uid: str) -> list[dict[str, Any]]:
         self.project(project_uid)
-        return [public_session(s) for s in self.store.list_sessions(project_uid)]
+        return self._with_alerts(self.store.list_sessions(project_uid))
 
     def change_session_status(self, project_uid: str, session_uid: str, action: str) -> dict[str, Any]:
         _refuse_if_discovered(self.project(project_uid), "cryoSPARC sets its sessions' status: discovery follows it")

@@ -162,7 +162,7 @@ def test_a_symlink_planted_as_the_log_is_refused_not_followed(mock_store: Store,
     victim.write_text("precious\n")
     hooks = hooks_for(mock_store, tmp_path, site)
     hooks.config.hook_logs.mkdir(parents=True)
-    (hooks.config.hook_logs / "P1_S1.log").symlink_to(victim)
+    (hooks.config.hook_logs / "P1_S1_particles_J900.log").symlink_to(victim)
     with pytest.raises(HookFailed, match="is a symbolic link"):
         run_crafted(hooks, dict(GOOD))
     assert victim.read_text() == "precious\n"
@@ -172,7 +172,7 @@ def test_a_symlink_planted_as_the_log_is_refused_not_followed(mock_store: Store,
 def test_logs_are_created_private(mock_store: Store, tmp_path: Path, site: dict[str, Path]) -> None:
     hooks = hooks_for(mock_store, tmp_path, site)
     run_crafted(hooks, dict(GOOD))
-    assert (hooks.config.hook_logs / "P1_S1.log").stat().st_mode & 0o777 == 0o600
+    assert (hooks.config.hook_logs / "P1_S1_particles_J900.log").stat().st_mode & 0o777 == 0o600
 
 
 # --- finding 3: an allow-listed environment -------------------------------------------------------
@@ -385,7 +385,7 @@ def test_a_hook_another_user_could_change_fails_the_job_runs_nothing_and_says_so
     assert nothing_ran(site)
     assert mock_store.db.tokens.count_documents({}) == 0
     assert [e for e in mock_store.find_audit(limit=10) if e["action"] == "hook_ran"] == []
-    header, line = (hooks.config.hook_logs / "P1_S1.log").read_text().splitlines()
+    header, line = (hooks.config.hook_logs / "P1_S1_particles_J900.log").read_text().splitlines()
     assert header.startswith("=== ") and header.endswith(f" job J900 attempt 1: {script} P1 S1 particles archiving")
     assert line == f"=== refused, nothing was run: {refusal}"
 

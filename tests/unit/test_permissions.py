@@ -19,6 +19,7 @@ PERMITTED_OUTCOME: dict[str, int | None] = {
     "change_session_data_management_state": None,
     "delete_live_datatype": None,  # the job id
     "trigger_live_data_management_script": -32003,  # the hook is not enabled in these tests
+    "get_job_log": -32001,  # there is no job J1 (a read, but a log holds paths: it needs the permission)
 }
 ADMIN = sorted(name for name, m in METHODS.items() if m.access == "admin")
 
@@ -38,7 +39,7 @@ def _params_for(method: str, tmp_path: Path | None = None) -> dict[str, Any]:
     sample = {"project_uid": "P1", "session_uid": "S1", "datatype": "micrographs", "status": "archiving",
               "name": "someone", "role": "user", "user": "admin", "enabled": False, "dry_run": True,
               "title": "another", "project_dir": str(base / "another"),
-              "paths": [str(base / "proj" / "shared_gain.mrc")]}
+              "paths": [str(base / "proj" / "shared_gain.mrc")], "job_id": "J1"}
     params = {p: sample[p] for p in METHODS[method].param_names if p in sample}
     if method == "delete_live_datatype":
         params["dry_run"] = False  # the deletion itself: its dry run is a read (test_a_delete_dry_run_is_a_read)
