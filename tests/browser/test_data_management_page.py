@@ -9,7 +9,6 @@ from pathlib import Path
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.support.browser_site import Site, shot, sign_in
-from tests.support.hook_scripts import executable
 
 CELL = "tr[data-uid='{row}'] td.category[data-datatype='{datatype}']"
 
@@ -30,6 +29,12 @@ def open_menu(page: Page, row: str, datatype: str) -> None:
 
 def menu_button(page: Page, label: str) -> Locator:
     return page.locator("#menu button", has_text=label)
+
+
+def row_action(page: Page, row: str, label: str) -> None:
+    """An action from a row's menu (its ⋯ button)."""
+    page.locator(f"tr[data-uid='{row}'] button.row-menu").click()
+    menu_button(page, label).click()
 
 
 def test_sign_in_with_a_bad_token_then_a_good_one(site: Site, browser: Browser) -> None:
@@ -67,7 +72,7 @@ def test_expand_all_and_collapse_all_by_right_click(site: Site, browser: Browser
 def test_download_project_stats_matches_the_api(site: Site, browser: Browser, tmp_path: Path) -> None:
     page = site.page(browser, site.daemon.token)
     with page.expect_download() as info:
-        page.locator("tr[data-uid='P1'] button", has_text="Download stats").click()
+        row_action(page, "P1", "Download project stats")
     download = info.value
     assert download.suggested_filename == "P1_project_stats.json"
     saved = tmp_path / "stats.json"
@@ -161,29 +166,17 @@ def test_admin_toggles_a_users_permission(site: Site, browser: Browser) -> None:
 
 def test_refresh_a_project_and_mark_a_session_completed(site: Site, browser: Browser) -> None:
     page = site.page(browser, site.daemon.token)
-    page.locator("tr[data-uid='P2'] button", has_text="Refresh").click()
+    row_action(page, "P2", "Refresh project stats")
     job = page.locator(".job", has_text="Refreshing P2")
     expect(job).to_be_visible()
     expect(job.locator(".job-state")).to_contain_text("done — 1/1")
     right_click_table(page, "Expand all")
-    page.locator("tr[data-uid='P1-S2'] button", has_text="Mark completed").click()
+    row_action(page, "P1-S2", "Mark completed")
     page.locator("#dialog-ok").click()
     expect(page.locator("tr[data-uid='P1-S2'] td.status-completed")).to_be_visible()
     assert site.daemon.call("get_session", ["P1", "S2"])["status"] == "completed"
     open_menu(page, "P1-S2", "micrographs")
     expect(menu_button(page, "Mark as archiving")).to_be_enabled()
-
-
-def test_failed_jobs_are_shown(site: Site, browser: Browser, tmp_path: Path) -> None:
-    failing = executable(tmp_path / "failing-hook.sh", "#!/bin/sh\necho broken >&2\nexit 7\n")
-    job_id = site.daemon.call("trigger_live_data_management_script", {
-        "project_uid": "P2", "session_uid": "S1", "datatype": "metadata", "script_location": str(failing)})
-    page = site.page(browser, site.daemon.token)
-    page.locator("nav .tab", has_text="Jobs").click()
-    row = page.locator("#jobs tr", has_text=job_id)
-    expect(row).to_contain_text("failed", timeout=15_000)
-    expect(row).to_contain_text("exited with status 7")
-    shot(page, "11-jobs")
 
 
 def test_tokens_issued_and_revoked_from_the_admin_view(site: Site, browser: Browser) -> None:

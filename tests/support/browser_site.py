@@ -24,8 +24,9 @@ class Site:
     trees: dict[str, SessionTree]
     viewer_token: str
 
-    def page(self, browser: Browser, token: str | None = None) -> Page:
-        page = browser.new_page(viewport={"width": 1500, "height": 800}, accept_downloads=True)
+    def page(self, browser: Browser, token: str | None = None, width: int = 1280, height: int = 800) -> Page:
+        """A page of the site at a laptop's 1280x800 unless told otherwise, signed in with `token` if given."""
+        page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.errors = errors  # type: ignore[attr-defined]
@@ -63,6 +64,21 @@ def start_site(tmp_path: Path) -> Site:
 def sign_in(page: Page, token: str) -> None:
     page.fill("#token", token)
     page.click("#sign-in-form button[type=submit]")
+
+
+def fits_the_screen(page: Page) -> dict[str, object]:
+    """What a test of the layout checks: the page's and the table's width against the screen's, and every
+    figure (sizes, dates, times, badges) shown whole (a cut one ends in an ellipsis: its text is wider than
+    its box)."""
+    return page.evaluate("""() => {
+        const screen = document.documentElement.clientWidth;
+        const cut = [...document.querySelectorAll('#overview .figure, #overview .badges > *, #overview td.dates .line,'
+            + ' #overview td.dates .sub, #overview td.measured .line, #overview td.measured .sub, #overview th')]
+            .filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent);
+        return {screen, page: document.documentElement.scrollWidth, table: document.querySelector('#overview')
+            .getBoundingClientRect().right, header: document.querySelector('header').getBoundingClientRect().width,
+            cut};
+    }""")
 
 
 def shot(page: Page, name: str) -> None:
