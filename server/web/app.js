@@ -434,6 +434,10 @@ function categoryActions(project, session, dt) {
       notCompleted, noPermission, busy),
     run: () => confirmDelete(project, session, dt),
   });
+  const deletable = !blocked(dt === "raw", notCompleted, busy);
+  if (noPermission && deletable) {  // the preview is a read: anyone may see what a deletion would take
+    actions.push({ label: "Preview deletion…", why: null, run: () => previewDelete(project, session, dt) });
+  }
   return actions;
 }
 
@@ -504,6 +508,18 @@ async function confirmDelete(project, session, dt) {
   const jobId = await rpc("delete_live_datatype", { ...where, confirm_digest: dry.confirm_digest });
   await loadOverview();
   trackJob(jobId, `Deleting ${LABELS[dt].toLowerCase()} of ${project.uid} ${session.uid}`);
+}
+
+async function previewDelete(project, session, dt) {
+  const dry = await rpc("delete_live_datatype", { project_uid: project.uid, session_uid: session.uid, datatype: dt,
+    dry_run: true });
+  return ask({
+    title: `Deleting ${LABELS[dt].toLowerCase()} of ${project.uid} ${session.uid} would take`,
+    body: [el("p", { id: "dry-run" }, `${dry.file_count.toLocaleString()} files, ${humanSize(dry.bytes)} `,
+      `(${dry.bytes.toLocaleString()} bytes). Deleting needs the live data management permission: an admin grants `,
+      "it (", el("code", {}, `livedm user allow ${state.me.name}`), ")."),],
+    okLabel: "Close",
+  });
 }
 
 // A deletion that failed or is stuck: what the category's alert says, and its job as it stands.

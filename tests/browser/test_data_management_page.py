@@ -145,6 +145,13 @@ def test_actions_are_disabled_with_a_reason(site: Site, browser: Browser) -> Non
     expect(menu_button(viewer, "Download file list")).to_be_enabled()
     expect(viewer.locator("#users-tab")).to_be_hidden()
     shot(viewer, "09-no-permission-menu")
+    menu_button(viewer, "Preview deletion").click()  # a dry run is a read: no permission needed
+    micrographs = len(site.trees["P1/S1"].paths_by_datatype["micrographs"])
+    expect(viewer.locator("#dry-run")).to_contain_text(f"{micrographs} files")
+    expect(viewer.locator("#dry-run")).to_contain_text("livedm user allow viewer")
+    expect(viewer.locator("#dialog-ok")).to_have_text("Close")
+    viewer.locator("#dialog-ok").click()
+    assert not viewer.errors  # type: ignore[attr-defined]
 
 
 def test_admin_toggles_a_users_permission(site: Site, browser: Browser) -> None:
