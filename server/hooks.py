@@ -51,7 +51,7 @@ from .hook_logs import (
 )
 from .jobs import JobFailed, JobRun, Queue
 from .processes import die_with_parent, kill_session
-from .store import Store
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -348,9 +348,13 @@ class Hooks:
             checked = hook_params(params)
         except ApiError:
             return  # not a category's hook (a crafted job): nothing to show it on
-        self.store.set_category_hook(checked.project_uid, checked.session_uid, checked.datatype, {
-            "job_id": run.job["id"], "status": checked.status, "state": state, "error": error,
-            "finished_at": now_iso(), **extra})
+        try:
+            self.store.set_category_hook(checked.project_uid, checked.session_uid, checked.datatype, {
+                "job_id": run.job["id"], "status": checked.status, "state": state, "error": error,
+                "finished_at": now_iso(), **extra})
+        except StoreUnavailable as exc:  # the run is over: it is not run again for want of its record
+            log.warning("hook job %s: its outcome is not shown on %s %s %s: %s", run.job["id"],
+                        checked.project_uid, checked.session_uid, checked.datatype, exc)
 
     def read_log(self, job: dict[str, Any], *, offset: int | None, limit: int) -> dict[str, Any]:
         """A piece of a hook job's log (get_job_log): from `offset`, or its last `limit` bytes."""

@@ -5,6 +5,7 @@ thread, so they may block; the few `async` ones are hot reads that use the batch
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import typing
 from collections.abc import Callable
@@ -33,6 +34,13 @@ def api(access: str = "user", name: str | None = None,
 @api(name="system.describe")
 def system_describe(ctx: CallContext) -> dict[str, Any]:
     """The methods this server offers (cryosparc-tools' CommandClient asks for this first)."""
+    return {"procs": _procs(), "server": "livedm", "version": __version__, "api_version": API_VERSION}
+
+
+@functools.cache
+def _procs() -> list[dict[str, Any]]:
+    """The methods described, once: the table does not change while livedmd runs, and a batch of describes
+    must not cost a walk of it each."""
     procs = []
     for method in METHODS.values():
         params = [{"name": p.name, "type": describe_type(method.hints.get(p.name, Any)),
@@ -41,7 +49,7 @@ def system_describe(ctx: CallContext) -> dict[str, Any]:
         procs.append({"name": method.name, "params": params, "access": method.access,
                       **({"read_when": method.read_when} if method.read_when else {}),
                       "doc": inspect.getdoc(method.func) or ""})
-    return {"procs": procs, "server": "livedm", "version": __version__, "api_version": API_VERSION}
+    return procs
 
 
 @api()
