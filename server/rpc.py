@@ -164,7 +164,8 @@ def _library_error_message(code: int, detail: Any) -> str:
         return ('not a JSON-RPC 2.0 request: send {"jsonrpc": "2.0", "method": NAME, "params": {...} or [...], '
                 '"id": ID}' + f" ({detail})")
     if code == METHOD_NOT_FOUND:  # the name is cut short: a reply never echoes megabytes back
-        return f"method {_short(detail)} does not exist; system.describe lists the methods"
+        return (f"method {_short(detail)} does not exist; `livedm icli` lists the methods (dir(cli)), as "
+                "system.describe does")
     if code == INVALID_PARAMS:
         return f"invalid params: {_short(detail, 200)}"
     return detail if isinstance(detail, str) and len(detail) <= 200 else _short(detail, 200)
