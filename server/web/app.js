@@ -550,11 +550,10 @@ async function downloadProjectStats(project) {
 }
 
 async function refreshSession(project, session) {
-  await guarded(async () => {
-    const total = await rpc("update_session_datatype_sizes", { project_uid: project.uid, session_uid: session.uid });
-    toast(`${project.uid} ${session.uid}: ${humanSize(total)}`);
-    await loadOverview();
-  });
+  // a background job, like a project's: a big session takes its time, and the job panel shows it
+  const jobId = await guarded(() => rpc("update_all_sessions_datatype_sizes",
+    { project_uid: project.uid, session_uid: session.uid }));
+  if (jobId) trackJob(jobId, `Refreshing ${project.uid} ${session.uid}`);
 }
 
 async function markCompleted(project, session) {

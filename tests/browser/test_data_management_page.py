@@ -191,6 +191,9 @@ def test_refresh_a_project_and_mark_a_session_completed(site: Site, browser: Bro
     expect(job).to_be_visible()
     expect(job.locator(".job-state")).to_contain_text("done — 1/1")
     right_click_table(page, "Expand all")
+    row_action(page, "P1-S1", "Refresh session stats")  # a job too, with its progress
+    session_job = page.locator(".job", has_text="Refreshing P1 S1")
+    expect(session_job.locator(".job-state")).to_contain_text("done — 1/1")
     row_action(page, "P1-S2", "Mark completed")
     page.locator("#dialog-ok").click()
     expect(page.locator("tr[data-uid='P1-S2'] td.status-completed")).to_be_visible()
