@@ -242,6 +242,17 @@ async def test_a_project_planted_first_cannot_delete_projects_made_later_inside_
 class Killed(BaseException):
     """livedmd killed (-9) in the middle of a pass: nothing after this point runs."""
 
+async def kill_a_pass_then_run_it_again(services: Services, store: Store, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A pass dies (Killed) where the test made it; its lease runs out; the next worker runs it again."""
+    job_id, _ = services.queue.enqueue_single("discover", {}, "admin")
+    with pytest.raises(Killed):
+        await run_jobs(services)
+    monkeypatch.undo()
+    store.db.jobs.update_one({"_id": job_id}, {"$set": {"lease_until": 0.0}})
+    await run_jobs(services)
+    return job_id
+
+
 
 async def test_a_pass_killed_between_a_project_and_its_sessions_loses_no_session(
         mock_store: Store, tmp_path: Path, movies: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -284,12 +295,7 @@ async def test_a_pass_killed_while_marking_a_project_gone_marks_every_session_ne
         return real_mark(project_uid, session_uid, reason)
 
     monkeypatch.setattr(services.sessions, "mark_missing", die_after_one)
-    job_id, _ = services.queue.enqueue_single("discover", {}, "admin")
-    with pytest.raises(Killed):
-        await run_jobs(services)
-    monkeypatch.undo()
-    mock_store.db.jobs.update_one({"_id": job_id}, {"$set": {"lease_until": 0.0}})
-    await run_jobs(services)
+    await kill_a_pass_then_run_it_again(services, mock_store, monkeypatch)
     statuses = {s["uid"]: {c["status"] for c in s["data_management"].values()}
                 for s in services.sessions.list_sessions("P5")}
     assert statuses == {"S1": {"missing"}, "S2": {"missing"}}, statuses
@@ -327,12 +333,7 @@ async def test_a_pass_killed_between_reserving_a_dir_and_recording_it_loses_noth
         raise Killed()
 
     monkeypatch.setattr(mock_store, record, die)
-    job_id, _ = services.queue.enqueue_single("discover", {}, "admin")
-    with pytest.raises(Killed):
-        await run_jobs(services)
-    monkeypatch.undo()
-    mock_store.db.jobs.update_one({"_id": job_id}, {"$set": {"lease_until": 0.0}})
-    await run_jobs(services)
+    job_id = await kill_a_pass_then_run_it_again(services, mock_store, monkeypatch)
     assert [s["uid"] for s in services.sessions.list_sessions("P5")] == ["S1"], services.queue.get(job_id)
 
 
