@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 DATATYPE_COLUMNS = (("raw", "RAW"), ("micrographs", "MICROGRAPHS"), ("thumbnails", "THUMBNAILS"),
                     ("particles", "PARTICLES"), ("metadata", "METADATA"))
@@ -20,17 +21,46 @@ def human_size(nbytes: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-def short_time(iso: str | None) -> str:
-    """'2026-11-25T18:59:12.006Z' → '2026-11-25 18:59'"""
-    if not iso:
-        return "-"
-    return iso.replace("T", " ")[:16]
+class Times:
+    """Times for people, to the minute: in UTC as livedmd stores them, or with `local` in this machine's time
+    zone. Whichever it is, it is said: in table headers (`CREATED (UTC)`) or after a lone time (`stamped`)."""
+
+    def __init__(self, local: bool = False) -> None:
+        self.local = local
+
+    @property
+    def zone(self) -> str:
+        return (datetime.now().astimezone().strftime("%Z") or "local") if self.local else "UTC"
+
+    def short(self, iso: str | None, *, seconds: bool = False) -> str:
+        """'2026-11-25T18:59:12.006Z' → '2026-11-25 18:59' (in UTC, or the local zone; `seconds`: ':12' too)"""
+        if not iso:
+            return "-"
+        if not self.local:
+            return iso.replace("T", " ")[:19 if seconds else 16]
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
+        return moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+    def header(self, name: str) -> str:
+        return f"{name} ({self.zone})"
+
+    def stamped(self, iso: str | None) -> str:
+        return f"{self.short(iso)} {self.zone}" if iso else "-"
+
+
+ALERT_WORDS = {"hook_failed": "hook {job} failed", "deletion_failed": "deletion {job} failed",
+               "deletion_stuck": "stuck"}
 
 
 def category_cell(category: dict) -> str:
+    """'310.4 GiB', with the status unless active and what went wrong: '1.2 TiB [archiving; hook J12 failed]'."""
     text = human_size(category.get("size"))
     status = category.get("status")
-    return text if status in (None, "active") else f"{text} [{status}]"
+    marks = [] if status in (None, "active") else [status]
+    alert = category.get("alert")
+    if alert:
+        marks.append(ALERT_WORDS.get(alert["kind"], alert["kind"]).format(job=alert.get("job_id") or "?"))
+    return f"{text} [{'; '.join(marks)}]" if marks else text
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

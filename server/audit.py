@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .domain import check_project_uid, check_session_uid, now_iso
+from .domain import INTERNAL_ACTORS, check_project_uid, check_session_uid, now_iso
 from .errors import invalid_params
 from .store import Store
 
@@ -21,6 +21,9 @@ ACTIONS: dict[str, str] = {
     "token_issued": "an admin issued a token: user",
     "tokens_revoked": "an admin revoked a user's tokens: user, count",
     "permission_changed": "an admin allowed or forbade live data management: user, live_data_management",
+    "role_changed": "an admin made a user an admin or a user: user, old_role, role",
+    "user_removed": "an admin removed a user and their tokens (their name stays in the log): user, role, "
+                    "tokens_revoked",
     "project_discovered": "discovery added a cryoSPARC project: project_uid, project_dir, cryosparc_uid",
     "session_discovered": "discovery added a cryoSPARC Live session: project_uid, session_uid, session_dir",
     "discovery_pass": "a discovery pass ended: added, changed, gone, conflicts, unreadable",
@@ -53,4 +56,12 @@ class Audit:
             if project_uid is None:
                 raise invalid_params("session_uid needs project_uid")
             check_session_uid(session_uid)
-        return self.store.find_audit(project_uid=project_uid, session_uid=session_uid, limit=limit)
+        return [labelled(entry) for entry in self.store.find_audit(project_uid=project_uid, session_uid=session_uid,
+                                                                   limit=limit)]
+
+
+def labelled(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry as read: `actor_kind` says whether a person made it ("user") or livedm ("livedm": itself, or a
+    hook run with its `hook` account), and `actor_label` says it in words for livedm's own."""
+    label = INTERNAL_ACTORS.get(entry.get("actor", ""))
+    return {**entry, "actor_kind": "user" if label is None else "livedm", **({"actor_label": label} if label else {})}

@@ -19,7 +19,7 @@ from typing import Any
 from bson import json_util
 
 from . import __version__
-from .domain import CATEGORY_STATUSES, TRANSIENT_STATUSES, now_iso
+from .domain import CATEGORY_STATUSES, HOOK_USER, TRANSIENT_STATUSES, now_iso
 from .errors import INVALID_REQUEST, ApiError
 from .store import COLLECTIONS, Store
 
@@ -31,7 +31,7 @@ END_KEY = "livedm_backup_end"
 UNVERIFIED_VERSIONS = (1,)  # no end line: restored only when the admin vouches the file is whole
 _JSON_OPTIONS = json_util.CANONICAL_JSON_OPTIONS
 
-HOOK_USER = "hook"  # hooks.HOOK_USER: its tokens are a hook run's, never an admin's, and never restored
+# the hook user's tokens are a hook run's, never an admin's, and never restored
 LEFT_OUT = {"jobs": "queued_or_running_jobs", "registry": "job_file_lists", "tokens": "hook_tokens"}
 KEPT_JOB_STATES = ("done", "failed")
 STABLE_STATUSES = tuple(s for s in CATEGORY_STATUSES if s not in TRANSIENT_STATUSES)

@@ -131,6 +131,14 @@ def _scope(value: Any) -> bool:
             and _one_of(DATATYPES)(value["datatype"]))
 
 
+def _hook_run(value: Any) -> bool:
+    """A category's last hook run, as hooks.py records it (more fields, plain, are tolerated)."""
+    return (isinstance(value, dict) and plain(value) and _matches(_JOB_ID)(value.get("job_id"))
+            and count(value.get("job_n")) and value.get("state") in ("done", "failed")
+            and value.get("status") in CATEGORY_STATUSES and _or_none(_text)(value.get("error"))
+            and _matches(_TIMESTAMP)(value.get("finished_at")))
+
+
 def plain(value: Any, depth: int = 0) -> bool:
     """A JSON value as livedm stores it: no BSON-only types, no '$' or '.' in keys, not nested deeper
     than _MAX_PLAIN_DEPTH. What a tolerated extra field may hold."""
@@ -206,6 +214,11 @@ CATEGORY_FIELDS = {
     "job_id": Field(False, _or_none(_matches(_JOB_ID)), "a job id like 'J12' or null"),
     "status_changed_at": Field(False, _or_none(_matches(_TIMESTAMP)), "an ISO 8601 time or null"),
     "status_changed_by": Field(False, _or_none(_text), "a name or null"),
+    # what went wrong, for the table: a deletion's note and its job; the last hook run (hooks.py)
+    "note": Field(False, _or_none(_text), "a text or null"),
+    "note_job_id": Field(False, _or_none(_matches(_JOB_ID)), "a job id like 'J12' or null"),
+    "hook": Field(False, _hook_run, '{"job_id", "job_n", "status", "state" (done or failed), '
+                  '"error", "finished_at", ...}'),
 }
 REGISTRY_FIELDS = {
     "_id": Field(True, _object_id, "an ObjectId"),

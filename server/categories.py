@@ -29,5 +29,5 @@ class Categories:
                                      expect=current, to=status, actor=actor, by=BY_USER, session_completed=True)
         if updated is None:
             raise conflict(f"{datatype} of {project_uid} {session_uid} changed while this request was made; "
-                           "get_session() shows its state now")
+                           f"`livedm ls {project_uid}` shows its state now")
         return updated["data_management"], True

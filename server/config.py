@@ -234,10 +234,12 @@ SETTINGS: tuple[Setting, ...] = (
             "datatype status`.", _parse_optional_path, ("CRYOSPARC_LIVE_DATA_MANAGEMENT_SCRIPT_PATH",)),
     Setting("hook_timeout_s", "1h", "A hook run longer than this is killed (with every process of its session).",
             _parse_positive_duration),
-    Setting("hook_log_dir", "", "Where hook logs go, one file per session. Default: <state_dir>/hook-logs.",
-            _parse_optional_path),
+    Setting("hook_log_dir", "", "Where hook logs go, one file per run named by its job "
+            "(`<project>_<session>_<datatype>_<job>.log`). Default: <state_dir>/hook-logs.", _parse_optional_path),
     Setting("hook_log_max_bytes", "10485760", "Most bytes of a hook run's output kept in its log (the head and "
             "the tail; the middle is cut with a note).", _parse_positive_int),
+    Setting("hook_log_keep_s", "90d", "How long a hook run's log is kept after its last write (30s, 10m, 12h, 7d); "
+            "older ones are removed. 0: kept for ever.", _parse_interval),
     Setting("hook_allowed_scripts", "", "Scripts, separated by ':', that an admin may run instead of hook_path "
             "through trigger_live_data_management_script(script_location=...). Empty: only hook_path.",
             _parse_path_list),
@@ -284,6 +286,7 @@ class Config:
     hook_timeout_s: float
     hook_log_dir: str
     hook_log_max_bytes: int
+    hook_log_keep_s: float
     hook_allowed_scripts: tuple[str, ...]
     url: str
 

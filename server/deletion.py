@@ -186,7 +186,7 @@ class Deletions:
         self.sessions.check_session_identity(project, session)
         if session["status"] != "completed":
             raise conflict(f"session {project_uid} {session_uid} is {session['status']}; deleting needs a "
-                           "completed session (mark_session_completed)")
+                           f"completed session (`livedm session complete {project_uid} {session_uid}`)")
         current = session["data_management"][datatype]["status"]
         if current in ("deleting", "calculating"):
             raise conflict(f"{datatype} of {project_uid} {session_uid} is {current} already")
@@ -222,15 +222,15 @@ class Deletions:
         plan = self._plan(user, project_uid, session_uid, datatype=datatype, filepaths=filepaths, user_id=user_id)
         if confirm_digest is not None and confirm_digest != plan.digest:
             raise conflict(f"the files of {datatype} of {project_uid} {session_uid} changed since the dry run "
-                           f"(now {len(plan.paths)} registered); nothing was deleted: preview again (dry run) "
-                           "and confirm what it shows")
+                           f"(now {len(plan.paths)} registered); nothing was deleted: run `livedm delete {project_uid} "
+                           f"{session_uid} {datatype}` again and confirm what it shows")
         job_id = self.queue.new_id()
         changed = self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=datatype,
-                                     expect=plan.status, to="deleting", job_id=job_id, note=None, actor=user["name"],
-                                     by=BY_USER, session_completed=True)
+                                     expect=plan.status, to="deleting", job_id=job_id, note=None, note_job_id=None,
+                                     actor=user["name"], by=BY_USER, session_completed=True)
         if changed is None:
             raise conflict(f"{datatype} of {project_uid} {session_uid} changed while this request was made; "
-                           "get_session() shows its state now")
+                           f"`livedm ls {project_uid}` shows its state now")
         self.sessions.store.save_job_paths(job_id, plan.paths)
         self.queue.enqueue("delete", {"project_uid": project_uid, "session_uid": session_uid, "datatype": datatype,
                                       "whole_category": plan.whole, "file_count": len(plan.paths),
@@ -258,7 +258,7 @@ class Deletions:
             unlinker = self._unlinker(project)
         except (ApiError, files.ProjectDirChanged) as exc:
             message = exc.message if isinstance(exc, ApiError) else str(exc)
-            self._settle(run, category, "deleting stopped: " + message)
+            self._settle(run, category, message)
             raise JobFailed(message + "; nothing was deleted") from None
         confirmed = self.sessions.store.read_job_paths(run.job["id"])
         registered = set(self.sessions.registered_paths(project_uid, session_uid)[datatype])
@@ -280,7 +280,8 @@ class Deletions:
         note = tally.note(run.job["id"], remaining if p["whole_category"] else 0)
         settled = self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=datatype,
                                      expect="deleting", to=final, job_id=None, expect_job_id=run.job["id"], note=note,
-                                     actor=run.job["created_by"], by=BY_DELETION, deletion_job=run.job["id"])
+                                     note_job_id=run.job["id"] if note else None, actor=run.job["created_by"],
+                                     by=BY_DELETION, deletion_job=run.job["id"])
         result = {**tally.result(), "no_longer_registered": len(confirmed) - len(targets), "status": final,
                   "note": note}
         if settled is not None:
@@ -312,12 +313,13 @@ class Deletions:
             links.extend(registry["scan"]["raw"] + registry["api"]["raw"])
         return files.raw_movies(project["project_dir"], links)
 
-    def _settle(self, run: JobRun, category: dict[str, Any], reason: str) -> None:
-        """Give a category whose deletion cannot go on back its previous status."""
-        p = run.params
+    def _settle(self, run: JobRun, category: dict[str, Any], message: str) -> None:
+        """Give a category whose deletion cannot go on back its previous status, saying why."""
+        p, reason = run.params, f"deleting stopped: {message}"
         self.states.change(project_uid=p["project_uid"], session_uid=p["session_uid"], datatype=p["datatype"],
                            expect="deleting", to=_back(category), job_id=None, expect_job_id=run.job["id"],
-                           note=reason, actor=LIVEDM, by=BY_DELETION, deletion_job=run.job["id"])
+                           note=f"deletion {run.job['id']} stopped: {message}", note_job_id=run.job["id"], actor=LIVEDM,
+                           by=BY_DELETION, deletion_job=run.job["id"])
         self.audit.record("livedm", "deletion_abandoned", project_uid=p["project_uid"], session_uid=p["session_uid"],
                           datatype=p["datatype"], job_id=run.job["id"], reason=reason)
 
@@ -342,7 +344,8 @@ class Deletions:
                 if self.states.change(project_uid=session["project_uid"], session_uid=session["uid"],
                                       datatype=datatype, expect="deleting", to=back, job_id=None,
                                       expect_job_id=category.get("job_id"), actor=LIVEDM, by=BY_REPAIR,
-                                      reason=why) is not None:
+                                      note=f"deletion {category.get('job_id')} was given up: {why}; nothing more "
+                                           "was deleted", note_job_id=category.get("job_id"), reason=why) is not None:
                     repaired += 1
                     self.audit.record("livedm", "deletion_abandoned", project_uid=session["project_uid"],
                                       session_uid=session["uid"], datatype=datatype, job_id=category.get("job_id"),

@@ -9,6 +9,16 @@ from typing import Any
 from .errors import conflict, invalid_params
 
 DATATYPES: tuple[str, ...] = ("raw", "micrographs", "thumbnails", "particles", "metadata")
+
+# Who acts besides people: livedm itself (refreshes, deletion jobs, repairs, discovery) and the `hook`
+# account whose short-lived, category-scoped tokens hook runs get. Neither is a person: no one signs in as
+# them, the user lists leave them out, and no admin may change, remove or give tokens to them.
+LIVEDM_ACTOR = "livedm"
+HOOK_USER = "hook"
+INTERNAL_ACTORS: dict[str, str] = {
+    LIVEDM_ACTOR: "livedm itself",
+    HOOK_USER: "livedm's hook run",
+}
 CATEGORY_STATUSES = ("active", "archiving", "archived", "deleted", "deleting", "missing", "calculating")
 TRANSIENT_STATUSES = ("deleting", "calculating")
 MARKABLE_STATUSES = ("active", "archiving", "archived", "deleted")
@@ -88,11 +98,12 @@ def check_mark(session: dict[str, Any], datatype: str, status: str) -> str:
         raise invalid_params("thumbnails cannot be marked (as in cryoSPARC): they go with the micrographs")
     if session["status"] != "completed":
         raise conflict(f"session {session['project_uid']} {session['uid']} is {session['status']}; category "
-                       "actions need a completed session (mark_session_completed)")
+                       f"actions need a completed session (`livedm session complete {session['project_uid']} "
+                       f"{session['uid']}`)")
     current = session["data_management"][datatype]["status"]
     if current in TRANSIENT_STATUSES and current != status:
         raise conflict(f"{datatype} of {session['project_uid']} {session['uid']} is {current}; wait for that "
-                       "to finish (list_jobs shows it)")
+                       "to finish (`livedm jobs` shows it)")
     return current
 
 

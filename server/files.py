@@ -356,6 +356,16 @@ def absolute_paths(project_dir: str, rel_paths: Iterable[str], resolve_links: bo
     return out
 
 
+def movie_paths(project_dir: str, raw_links: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(movies, missing): the absolute paths of the movies raw links lead to, each once, and of those they
+    should lead to but that are gone (a broken link, a movie deleted or unmounted)."""
+    movies: list[str] = []
+    missing: list[str] = []
+    for path in absolute_paths(project_dir, raw_links, resolve_links=True):
+        (movies if os.path.isfile(path) else missing).append(path)
+    return movies, missing
+
+
 def raw_movies(project_dir: str, raw_links: Iterable[str]) -> frozenset[tuple[int, int]]:
     """(dev, inode) of the movies that raw links point at: whatever category another session's scan
     put them in, they are raw data, which livedm never deletes."""

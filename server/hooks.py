@@ -38,22 +38,28 @@ from typing import Any
 from .audit import Audit
 from .auth import new_token, token_hash
 from .config import Config
-from .domain import CATEGORY_STATUSES, check_datatype, check_project_uid, check_session_uid, now_iso
-from .errors import ApiError, conflict, forbidden, invalid_params
+from .domain import CATEGORY_STATUSES, HOOK_USER, check_datatype, check_project_uid, check_session_uid, now_iso
+from .errors import ApiError, conflict, forbidden, invalid_params, not_found
+from .hook_logs import (
+    LOG_DIR_MODE,
+    CappedLog,
+    LogRefused,
+    open_for_append,
+    override_name,
+    read_piece,
+    run_log_name,
+)
 from .jobs import JobFailed, JobRun, Queue
 from .processes import die_with_parent, kill_session
-from .store import Store
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-HOOK_USER = "hook"
 KILL_GRACE_S = 5.0
 TOKEN_MARGIN_S = 30.0  # the hook token outlives the run's timeout by this much at most
 DRAIN_S = 2.0  # after the run: how long output still held open by an escaped process is read
 POLL_S = 0.2
 READ_BYTES = 65536
-LOG_DIR_MODE = 0o700
-LOG_FILE_MODE = 0o600
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_SYMLINKS = 40  # as the kernel: more links on the way to a script is a loop
 
@@ -73,8 +79,11 @@ class HookFailed(JobFailed):
 
 
 def ensure_hook_user(store: Store) -> None:
-    """The user whose short-lived tokens hook scripts get: may change states, nothing else."""
-    store.insert_user({"name": HOOK_USER, "role": "user", "live_data_management": True, "created_at": now_iso()})
+    """The user whose short-lived tokens hook scripts get: may change states, nothing else. Made at the first
+    start, and put right at every start (an older livedm let an admin deny it, which failed every hook)."""
+    account = {"role": "user", "live_data_management": True}
+    if not store.insert_user({"name": HOOK_USER, **account, "created_at": now_iso()}):
+        store.update_user(HOOK_USER, account)
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,13 @@ def hook_params(params: Any) -> HookParams:
     if params["status"] not in CATEGORY_STATUSES:
         raise invalid_params(f"status {params['status']!r} is not one of {', '.join(CATEGORY_STATUSES)}")
     return HookParams(**params)
+
+
+def log_name(config: Config, params: HookParams, job_id: str) -> str:
+    """The run's log in the hook log dir: its own, named by the job, or the one an admin's override names."""
+    if params.log_path is not None:
+        return override_name(config, params.log_path)
+    return run_log_name(params.project_uid, params.session_uid, params.datatype, job_id)
 
 
 def hook_environment(environ: Mapping[str, str], url: str, token: str) -> dict[str, str]:
@@ -204,68 +220,6 @@ def _exited(pid: int) -> bool:
         return True
 
 
-class CappedLog:
-    """A run's output into its log: the first half of `max_bytes` at once, the last half at the end,
-    and one line saying how many bytes were cut between them. No temporary file: the tail waits in a
-    bounded buffer. A failed write (a full disk) stops the logging, never the hook."""
-
-    def __init__(self, fd: int, max_bytes: int) -> None:
-        self.fd = fd
-        self.max_bytes = max_bytes
-        self.head_left = max_bytes - max_bytes // 2
-        self.tail_max = max_bytes // 2
-        self.tail: deque[bytes] = deque()
-        self.tail_bytes = 0
-        self.cut_bytes = 0
-        self.error: str | None = None
-        self._at_line_start = True
-
-    def feed(self, chunk: bytes) -> None:
-        if self.head_left > 0:
-            head, chunk = chunk[:self.head_left], chunk[self.head_left:]
-            self.head_left -= len(head)
-            self._write(head)
-        if not chunk:
-            return
-        self.tail.append(chunk)
-        self.tail_bytes += len(chunk)
-        while self.tail and self.tail_bytes - len(self.tail[0]) >= self.tail_max:
-            dropped = self.tail.popleft()
-            self.tail_bytes -= len(dropped)
-            self.cut_bytes += len(dropped)
-
-    def finish(self) -> None:
-        """Write the cut note and the tail kept back."""
-        excess = self.tail_bytes - self.tail_max
-        if excess > 0:
-            self.tail[0] = self.tail[0][excess:]
-            self.tail_bytes -= excess
-            self.cut_bytes += excess
-        if self.cut_bytes:
-            self.line(f"=== [{self.cut_bytes} bytes of output cut here: a run keeps its first and last "
-                      f"{self.max_bytes} bytes in all (hook_log_max_bytes)]")
-        while self.tail:
-            self._write(self.tail.popleft())
-        self.tail_bytes = 0
-
-    def line(self, text: str) -> None:
-        """A line of livedm's own (header, note, footer), on a line of its own."""
-        self._write(("" if self._at_line_start else "\n").encode() + text.encode(errors="replace") + b"\n")
-
-    def _write(self, data: bytes) -> None:
-        if self.error is not None or not data:
-            return
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self.fd, view):]
-        except OSError as exc:
-            self.error = exc.strerror or str(exc)
-            log.warning("hook log write failed (%s); the rest of this run's output is not logged", self.error)
-            return
-        self._at_line_start = data.endswith(b"\n")
-
-
 class _OutputPipe:
     """The read end of the pipe the hook writes its stdout and stderr to."""
 
@@ -334,7 +288,7 @@ class Hooks:
             if script != self.config.hook_path:
                 params["script"] = script
         if script_log_path_abs is not None:
-            if os.path.islink(self.config.hook_logs / self._log_name(script_log_path_abs, project_uid, session_uid)):
+            if os.path.islink(self.config.hook_logs / override_name(self.config, script_log_path_abs)):
                 raise forbidden(f"script_log_path_abs {script_log_path_abs} is a symbolic link; livedmd never writes "
                                 "through a link: name a plain file")
             params["log_path"] = script_log_path_abs
@@ -363,19 +317,6 @@ class Hooks:
         raise forbidden(f"the script {requested} is neither hook_path nor listed in the hook_allowed_scripts "
                         "setting (LIVEDM_HOOK_ALLOWED_SCRIPTS); an admin adds it there and restarts livedmd")
 
-    def _log_name(self, requested: str | None, project_uid: str, session_uid: str) -> str:
-        """The log's file name in the hook log dir: the session's, or the one script_log_path_abs names there."""
-        if requested is None:
-            return f"{project_uid}_{session_uid}.log"
-        if "\0" in requested or not os.path.isabs(requested):
-            raise invalid_params("script_log_path_abs must be an absolute path")
-        name = os.path.basename(requested)
-        inside = os.path.realpath(os.path.dirname(requested)) == os.path.realpath(self.config.hook_logs)
-        if name in ("", ".", "..") or not inside:
-            raise forbidden(f"script_log_path_abs must name a file directly in the hook log dir "
-                            f"{self.config.hook_logs} (the hook_log_dir setting)")
-        return name
-
     # --- the job ---------------------------------------------------------------------------------
 
     def run(self, run: JobRun) -> dict[str, Any]:
@@ -383,39 +324,47 @@ class Hooks:
             self._check_enabled()
             params = hook_params(run.params)
             script = self._script_for(params.script)
-            log_name = self._log_name(params.log_path, params.project_uid, params.session_uid)
+            name = log_name(self.config, params, run.job["id"])
         except ApiError as exc:
             log.warning("hook job %s refused, nothing was run: %s", run.job.get("id"), exc.message)
+            self._record(run, run.params, "failed", f"refused, nothing was run: {exc.message}")
             raise HookFailed(f"refused, nothing was run: {exc.message}") from None
-        log_fd = self._open_log(log_name)
         argv = [script, params.project_uid, params.session_uid, params.datatype, params.status]
         try:
-            return self._run_logged(run, params, argv, log_fd=log_fd, log_path=self.config.hook_logs / log_name)
-        finally:
-            os.close(log_fd)
+            log_fd = open_for_append(self.config, name)
+            try:
+                outcome = self._run_logged(run, params, argv, log_fd=log_fd, log_path=self.config.hook_logs / name)
+            finally:
+                os.close(log_fd)
+        except (HookFailed, LogRefused) as exc:
+            self._record(run, run.params, "failed", str(exc))
+            raise HookFailed(str(exc)) from None
+        self._record(run, run.params, "done", None, exit_status=outcome["exit_status"])
+        return outcome
 
-    def _open_log(self, name: str) -> int:
-        """The hook log, opened to append without following a symlink: a link planted there is refused."""
-        directory = self.config.hook_logs
-        directory.mkdir(parents=True, exist_ok=True, mode=LOG_DIR_MODE)
-        path = directory / name
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    def _record(self, run: JobRun, params: Any, state: str, error: str | None, **extra: Any) -> None:
+        """The category's last hook run, for the table: which job, for which status, and how it ended."""
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                         LOG_FILE_MODE, dir_fd=dir_fd)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise HookFailed(f"refused, nothing was run: the hook log {path} is a symbolic link; remove it "
-                                 "(livedmd never writes through a link)") from None
-            raise HookFailed(f"nothing was run: cannot open the hook log {path}: {exc.strerror}") from None
-        finally:
-            os.close(dir_fd)
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            os.close(fd)
-            raise HookFailed(f"refused, nothing was run: the hook log {path} is not a plain file with one link; "
-                             "remove it")
-        return fd
+            checked = hook_params(params)
+        except ApiError:
+            return  # not a category's hook (a crafted job): nothing to show it on
+        try:
+            self.store.set_category_hook(checked.project_uid, checked.session_uid, checked.datatype, {
+                "job_id": run.job["id"], "status": checked.status, "state": state, "error": error,
+                "finished_at": now_iso(), **extra})
+        except StoreUnavailable as exc:  # the run is over: it is not run again for want of its record
+            log.warning("hook job %s: its outcome is not shown on %s %s %s: %s", run.job["id"],
+                        checked.project_uid, checked.session_uid, checked.datatype, exc)
+
+    def read_log(self, job: dict[str, Any], *, offset: int | None, limit: int) -> dict[str, Any]:
+        """A piece of a hook job's log (get_job_log): from `offset`, or its last `limit` bytes."""
+        if job.get("kind") != "hook":
+            raise not_found(f"job {job['id']} is a {job.get('kind')} job: only hook runs have a log")
+        try:
+            name = log_name(self.config, hook_params(job.get("params")), job["id"])
+        except ApiError as exc:
+            raise not_found(f"job {job['id']} names no log livedm would write ({exc.message})") from None
+        return read_piece(self.config, name, offset=offset, limit=limit).public(job["id"])
 
     def _run_logged(self, run: JobRun, params: HookParams, argv: list[str], *, log_fd: int,
                     log_path: Path) -> dict[str, Any]:
@@ -441,11 +390,11 @@ class Hooks:
         self.audit.record(run.job.get("created_by", "?"), "hook_ran", project_uid=params.project_uid,
                           session_uid=params.session_uid, datatype=params.datatype, status=params.status,
                           job_id=run.job["id"], exit_status=outcome["exit_status"], timed_out=outcome["timed_out"])
+        see = f"its log: `livedm job {run.job['id']} --log` ({log_path.name} in the hook log dir)"
         if outcome["timed_out"]:
-            raise HookFailed(f"hook timed out after {self.config.hook_timeout_s:.0f} s and was killed; "
-                             f"see {outcome['log_path']}")
+            raise HookFailed(f"hook timed out after {self.config.hook_timeout_s:.0f} s and was killed; {see}")
         if outcome["exit_status"] != 0:
-            raise HookFailed(f"hook exited with status {outcome['exit_status']}; see {outcome['log_path']}")
+            raise HookFailed(f"hook exited with status {outcome['exit_status']}; {see}")
         return outcome
 
     def _execute(self, run: JobRun, argv: list[str], output: CappedLog, *, token: str) -> dict[str, Any]:

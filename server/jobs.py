@@ -116,7 +116,7 @@ class Queue:
             raise invalid_params(f"job_id {job_id!r} is not a job id like 'J12'")
         job = self.store.get_job(job_id)
         if job is None:
-            raise not_found(f"job {job_id} does not exist; list_jobs() shows recent jobs")
+            raise not_found(f"job {job_id} does not exist; `livedm jobs` shows recent jobs")
         return public_job(job)
 
     def list(self, kind: str | None, state: str | None, project_uid: str | None, *, limit: int) -> list[dict[str, Any]]:

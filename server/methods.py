@@ -5,6 +5,7 @@ thread, so they may block; the few `async` ones are hot reads that use the batch
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import typing
 from collections.abc import Callable
@@ -19,11 +20,13 @@ API_VERSION = 1
 METHODS: dict[str, ApiMethod] = {}
 
 
-def api(access: str = "user", name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def api(access: str = "user", name: str | None = None,
+        read_when: dict[str, Any] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register an API method. `read_when`: arguments with which a call only reads (everyone may make it)."""
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         method_name = name or func.__name__
         METHODS[method_name] = ApiMethod(method_name, func, access, inspect.signature(func),
-                                         typing.get_type_hints(func))
+                                         typing.get_type_hints(func), read_when=dict(read_when or {}))
         return func
 
     return register
@@ -32,14 +35,22 @@ def api(access: str = "user", name: str | None = None) -> Callable[[Callable[...
 @api(name="system.describe")
 def system_describe(ctx: CallContext) -> dict[str, Any]:
     """The methods this server offers (cryosparc-tools' CommandClient asks for this first)."""
+    return {"procs": _procs(), "server": "livedm", "version": __version__, "api_version": API_VERSION}
+
+
+@functools.cache
+def _procs() -> list[dict[str, Any]]:
+    """The methods described, once: the table does not change while livedmd runs, and a batch of describes
+    must not cost a walk of it each."""
     procs = []
     for method in METHODS.values():
         params = [{"name": p.name, "type": describe_type(method.hints.get(p.name, Any)),
                    **({} if p.default is inspect.Parameter.empty else {"default": p.default})}
                   for p in list(method.signature.parameters.values())[1:]]
         procs.append({"name": method.name, "params": params, "access": method.access,
+                      **({"read_when": method.read_when} if method.read_when else {}),
                       "doc": inspect.getdoc(method.func) or ""})
-    return {"procs": procs, "server": "livedm", "version": __version__, "api_version": API_VERSION}
+    return procs
 
 
 @api()
@@ -198,7 +209,7 @@ def create_user(ctx: CallContext, name: str, role: str = "user") -> dict[str, An
 
 @api(access="admin")
 def list_users(ctx: CallContext) -> list[dict[str, Any]]:
-    """Every user with role and live data management permission."""
+    """Every user with role and live data management permission (not livedm's own hook account)."""
     return ctx.services.users.list_users()
 
 
@@ -215,6 +226,19 @@ def revoke_token(ctx: CallContext, user: str) -> dict[str, Any]:
 
 
 @api(access="admin")
+def remove_user(ctx: CallContext, user: str) -> dict[str, Any]:
+    """Remove the user and revoke all of their tokens; the audit log keeps their name. Not yourself, not the
+    last admin who can sign in."""
+    return ctx.services.users.remove_user(ctx.actor, user)
+
+
+@api(access="admin")
+def set_user_role(ctx: CallContext, user: str, role: str) -> dict[str, Any]:
+    """Make the user an admin or a user (never leaving no admin who can sign in)."""
+    return ctx.services.users.set_role(ctx.actor, user, role)
+
+
+@api(access="admin")
 def set_user_data_management_permission(ctx: CallContext, user: str, enabled: bool) -> dict[str, Any]:
     """Allow or forbid the user to mark and delete live session data."""
     return ctx.services.users.set_permission(ctx.actor, user, enabled)
@@ -226,15 +250,16 @@ WAIT_FIRST_POLL_S = 0.02
 WAIT_MAX_POLL_S = 0.5
 
 
-@api(access="manage")
+@api(access="manage", read_when={"dry_run": True})
 async def delete_live_datatype(ctx: CallContext, project_uid: str, session_uid: str, datatype: str,
                                filepaths_to_delete: dict[str, list[str]] | list[str] | None = None,
                                user_id: str | None = None, asynchronous: bool = True,
                                dry_run: bool = False, confirm_digest: str | None = None) -> Any:
     """Delete the category's files (or the listed subset, all registered to it) in a background job.
     Not raw; completed sessions only. The job id; with asynchronous=False the finished job; with
-    dry_run=True the file count and bytes that would go and a confirm_digest, changing nothing. Given
-    that confirm_digest, the deletion goes ahead only if the list is still exactly the one shown."""
+    dry_run=True the file count and bytes that would go and a confirm_digest, changing nothing (a read: it
+    needs no permission). Given that confirm_digest, the deletion goes ahead only if the list is still
+    exactly the one shown. Deleting needs the live data management permission."""
     deletions = ctx.services.deletions
     if dry_run:
         return await ctx.services.disk.run(deletions.preview, ctx.caller, project_uid, session_uid,
@@ -312,6 +337,14 @@ def get_all_sessions_in_project(ctx: CallContext, project_uid: str) -> list[dict
 def get_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
     """A background job: kind, state (queued/running/done/failed), progress, result, error, times."""
     return shown_job(ctx.services.queue.get(job_id), bool(ctx.caller.get("live_data_management")))
+
+
+@api(access="manage")
+def get_job_log(ctx: CallContext, job_id: str, offset: int | None = None, limit: int = 65536) -> dict[str, Any]:
+    """A piece of a hook run's log: `limit` bytes (at most 1 MiB) from byte `offset`, or its last `limit` bytes
+    (offset null), as text of whole UTF-8 characters, with `size` and `next_offset` to read on from. Needs the
+    live data management permission: a log holds paths and whatever the script printed."""
+    return ctx.services.hooks.read_log(ctx.services.queue.get(job_id), offset=offset, limit=limit)
 
 
 @api()

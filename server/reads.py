@@ -32,9 +32,9 @@ class SessionReader:
         session = await future
         if session is None:
             if await asyncio.to_thread(self.store.get_project, project_uid) is None:
-                raise not_found(f"project {project_uid} does not exist; list_projects() shows the projects")
+                raise not_found(f"project {project_uid} does not exist; `livedm ls` shows the projects")
             raise not_found(f"session {project_uid} {session_uid} does not exist; "
-                            f"list_sessions('{project_uid}') shows its sessions")
+                            f"`livedm ls {project_uid}` shows its sessions")
         return session
 
     async def _drain(self) -> None:

@@ -55,6 +55,13 @@ class ApiMethod:
     access: str  # "user" (everyone), "manage" (needs the live data management permission), "admin"
     signature: inspect.Signature
     hints: dict[str, Any]
+    read_when: dict[str, Any] = field(default_factory=dict)  # arguments that make a call a read (dry_run=True)
+
+    def access_for(self, arguments: dict[str, Any]) -> str:
+        """The access this call needs: a read ("user") when its arguments say so, else the method's."""
+        if self.read_when and all(arguments.get(k) == v for k, v in self.read_when.items()):
+            return "user"
+        return self.access
 
     @property
     def param_names(self) -> list[str]:
@@ -157,7 +164,8 @@ def _library_error_message(code: int, detail: Any) -> str:
         return ('not a JSON-RPC 2.0 request: send {"jsonrpc": "2.0", "method": NAME, "params": {...} or [...], '
                 '"id": ID}' + f" ({detail})")
     if code == METHOD_NOT_FOUND:  # the name is cut short: a reply never echoes megabytes back
-        return f"method {_short(detail)} does not exist; system.describe lists the methods"
+        return (f"method {_short(detail)} does not exist; `livedm icli` lists the methods (dir(cli)), as "
+                "system.describe does")
     if code == INVALID_PARAMS:
         return f"invalid params: {_short(detail, 200)}"
     return detail if isinstance(detail, str) and len(detail) <= 200 else _short(detail, 200)
@@ -226,9 +234,10 @@ def check_scope(method: ApiMethod, user: dict[str, Any], arguments: dict[str, An
 
 def check_access(method: ApiMethod, user: dict[str, Any], arguments: dict[str, Any] | None = None) -> None:
     check_scope(method, user, arguments or {})
-    if method.access == "admin" and user.get("role") != "admin":
+    access = method.access_for(arguments or {})
+    if access == "admin" and user.get("role") != "admin":
         raise forbidden(f"{method.name} needs an admin")
-    if method.access == "manage" and not user.get("live_data_management"):
+    if access == "manage" and not user.get("live_data_management"):
         raise forbidden(f"{method.name} needs the live data management permission, which {user.get('name')!r} "
                         "does not have; an admin grants it: livedm user allow NAME")
 

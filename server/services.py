@@ -11,6 +11,7 @@ from .config import Config
 from .deletion import Deletions
 from .discovery import Discovery
 from .diskpool import DiskPool
+from .hook_logs import Pruner
 from .hooks import Hooks
 from .jobs import JobFailed, JobRun, Queue
 from .reads import SessionReader
@@ -66,7 +67,10 @@ class Services:
                 "discover": self.discovery.run, "refresh_due": refresh_due}
 
     def workers(self, count: int) -> Workers:
+        prune_hook_logs = Pruner(self.config)  # at most hourly
+
         def maintenance() -> int:
+            prune_hook_logs()
             return self.deletions.repair_stuck() + self.sessions.repair_calculating()
 
         return Workers(self.queue, self.job_handlers(), count, maintenance=maintenance)

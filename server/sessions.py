@@ -13,11 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import files
+from .alerts import category_alert
 from .coalesce import Coalescer
 from .config import Config
 from .domain import (
     DATATYPES,
     DISCOVERED,
+    LIVEDM_ACTOR,
     MISSING_FROM,
     TRANSIENT_STATUSES,
     check_datatype,
@@ -44,7 +46,7 @@ _MEASURE_RETRIES = 5
 RESERVE_ATTEMPTS = 100  # optimistic reservations of dirs: each loss means another creation went through
 RESERVE_BACKOFF_S = 0.005
 CALCULATING_STALE_S = 6 * 3600.0  # longer than any measure: a category calculating this long was left so
-LIVEDM = "livedm"  # the actor livedm's own changes are audited as
+LIVEDM = LIVEDM_ACTOR  # the actor livedm's own changes are audited as
 
 
 _PROJECT_NUMBER = re.compile(r"P[1-9][0-9]{0,8}")  # what check_project_uid accepts of an unlabelled uid
@@ -94,7 +96,7 @@ class Sessions:
     def project(self, project_uid: str) -> dict[str, Any]:
         project = self.store.get_project(check_project_uid(project_uid))
         if project is None:
-            raise not_found(f"project {project_uid} does not exist; list_projects() shows the projects")
+            raise not_found(f"project {project_uid} does not exist; `livedm ls` shows the projects")
         return project
 
     def session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
@@ -102,7 +104,7 @@ class Sessions:
         session = self.store.get_session(project_uid, check_session_uid(session_uid))
         if session is None:
             raise not_found(f"session {project_uid} {session_uid} does not exist; "
-                            f"list_sessions('{project_uid}') shows its sessions")
+                            f"`livedm ls {project_uid}` shows its sessions")
         return session
 
     # --- projects --------------------------------------------------------------------------------
@@ -215,9 +217,23 @@ class Sessions:
         for session in self.store.list_sessions():
             by_project.setdefault(session["project_uid"], []).append(session)
         projects = [{**self._project_row(p, by_project.get(p["uid"], [])),
-                     "sessions": [public_session(s) for s in by_project.get(p["uid"], [])]}
+                     "sessions": self._with_alerts(by_project.get(p["uid"], []))}
                     for p in self.store.list_projects()]
         return {"projects": projects, "as_of": now_iso()}
+
+    def _with_alerts(self, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The sessions as the API shows them, each category with its `alert` (null when all is well)."""
+        jobs = self.store.get_jobs([c["job_id"] for s in sessions for c in s["data_management"].values()
+                                    if c.get("status") == "deleting" and c.get("job_id")])
+        now_s = time.time()
+        shown = []
+        for session in sessions:
+            public = public_session(session)
+            public["data_management"] = {
+                dt: {**c, "alert": category_alert(c, jobs.get(c.get("job_id") or ""), now_s)}
+                for dt, c in session["data_management"].items()}
+            shown.append(public)
+        return shown
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -295,11 +311,11 @@ class Sessions:
         return [cryosparc_session(s) for s in self.store.list_sessions(project_uid)]
 
     def get_session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
-        return public_session(self.session(project_uid, session_uid))
+        return self._with_alerts([self.session(project_uid, session_uid)])[0]
 
     def list_sessions(self, project_uid: str) -> list[dict[str, Any]]:
         self.project(project_uid)
-        return [public_session(s) for s in self.store.list_sessions(project_uid)]
+        return self._with_alerts(self.store.list_sessions(project_uid))
 
     def change_session_status(self, project_uid: str, session_uid: str, action: str) -> dict[str, Any]:
         _refuse_if_discovered(self.project(project_uid), "cryoSPARC sets its sessions' status: discovery follows it")
@@ -443,9 +459,15 @@ class Sessions:
         return {dt: sorted(set(registry["scan"][dt]) | set(registry["api"][dt])) for dt in DATATYPES}
 
     def file_paths(self, project_uid: str, session_uid: str, datatypes: tuple[str, ...]) -> dict[str, list[str]]:
+        """{datatype: absolute paths}. Raw gives the movies its links lead to, and under "missing" those they
+        should lead to but that are gone: an archiver copies what is there and reports the rest."""
         project_dir = self.project(project_uid)["project_dir"]
         merged = self.registered_paths(project_uid, session_uid)
-        return {dt: files.absolute_paths(project_dir, merged[dt], resolve_links=dt == "raw") for dt in datatypes}
+        listed = {dt: files.absolute_paths(project_dir, merged[dt], resolve_links=False)
+                  for dt in datatypes if dt != "raw"}
+        if "raw" in datatypes:
+            listed["raw"], listed["missing"] = files.movie_paths(project_dir, merged["raw"])
+        return {key: listed[key] for key in (*datatypes, "missing") if key in listed}
 
     def get_datatype_file_paths(self, project_uid: str, session_uid: str, datatype: str) -> dict[str, list[str]]:
         if check_datatype(datatype) == "thumbnails":

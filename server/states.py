@@ -58,14 +58,15 @@ class CategoryStates:
 
     def change(self, *, project_uid: str, session_uid: str, datatype: str, expect: str, to: str, actor: str,
                by: str, prev_status: Any = _UNSET, job_id: Any = _UNSET, expect_job_id: Any = _UNSET,
-               note: Any = _UNSET, session_completed: bool = False, quiet: bool = False,
+               note: Any = _UNSET, note_job_id: Any = _UNSET, session_completed: bool = False, quiet: bool = False,
                **details: Any) -> dict[str, Any] | None:
         """Change the category from `expect` to `to`; the session after it, or None when the category
         was no longer `expect` (or the job, or the session's completion, no longer as expected).
 
-        prev_status defaults to `expect` (the status a transitional one returns to); job_id and note are
-        set when given; expect_job_id and session_completed narrow the condition. `quiet`: a refresh's
-        round trip through calculating back to the status it had is neither audited nor hooked."""
+        prev_status defaults to `expect` (the status a transitional one returns to); job_id, note (what went
+        wrong, for the table) and note_job_id (the job it went wrong in) are set when given; expect_job_id
+        and session_completed narrow the condition. `quiet`: a refresh's round trip through calculating back
+        to the status it had is neither audited nor hooked."""
         if to not in TRANSITIONS.get(expect, ()):
             raise IllegalTransition(f"a category cannot go from {expect} to {to}")
         fields: dict[str, Any] = {"status": to, "prev_status": expect if prev_status is _UNSET else prev_status,
@@ -74,6 +75,8 @@ class CategoryStates:
             fields["job_id"] = job_id
         if note is not _UNSET:
             fields["note"] = note
+        if note_job_id is not _UNSET:
+            fields["note_job_id"] = note_job_id
         updated = self.store.set_category_status(
             project_uid, session_uid, datatype, expect_status=expect, fields=fields,
             expect_job_id=None if expect_job_id is _UNSET else expect_job_id,

@@ -262,6 +262,17 @@ class Store:
         update[f"{prefix}.status_changed_at"] = now_iso()
         return self._update_session(project_uid, session_uid, expect, {"$set": update}, writes_category_status=True)
 
+    def set_category_hook(self, project_uid: str, session_uid: str, datatype: str, hook: dict[str, Any]) -> bool:
+        """Record a category's last hook run (`hook`, with its job_id); never its status. A run of an earlier
+        job that ends after a later one's (runs overlap) is not recorded over it. False: not recorded."""
+        field = f"data_management.{datatype}.hook"
+        number = int(hook["job_id"][1:])
+        result = self.db.sessions.update_one(
+            {"_id": session_key(project_uid, session_uid),
+             "$or": [{f"{field}.job_n": None}, {f"{field}.job_n": {"$lte": number}}]},
+            {"$set": {field: {**hook, "job_n": number}}})
+        return result.matched_count == 1
+
     def pin_session_dir(self, project_uid: str, session_uid: str, identity: str) -> None:
         self._update_session(project_uid, session_uid, {"dir_id": None}, {"$set": {"dir_id": identity}})
 
@@ -410,6 +421,9 @@ class Store:
     def update_user(self, name: str, fields: dict[str, Any]) -> bool:
         return self.db.users.update_one({"_id": name}, {"$set": fields}).matched_count == 1
 
+    def delete_user(self, name: str) -> bool:
+        return self.db.users.delete_one({"_id": name}).deleted_count == 1
+
     def delete_tokens(self, user: str) -> int:
         return self.db.tokens.delete_many({"user": user}).deleted_count
 
@@ -460,6 +474,10 @@ class Store:
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         return self.db.jobs.find_one({"_id": job_id}, NO_ID)
+
+    def get_jobs(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """{job id: job} for those of the ids that exist, in one query."""
+        return {job["id"]: job for job in self.db.jobs.find({"_id": {"$in": job_ids}}, NO_ID)} if job_ids else {}
 
     def list_jobs(self, *, kind: str | None = None, state: str | None = None, project_uid: str | None = None,
                   limit: int) -> list[dict[str, Any]]:

@@ -72,11 +72,29 @@ function humanSize(bytes) {
   return unit === 0 ? `${size} B` : `${size.toFixed(1)} ${units[unit]}`;
 }
 
+// Times on the page are the browser's local time; the page says so (zoneName) where it shows them.
 function shortTime(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
   const pad = (n) => String(n).padStart(2, "0");
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+function zoneName() {
+  const minutes = -new Date().getTimezoneOffset();
+  const sign = minutes < 0 ? "-" : "+";
+  const offset = `UTC${sign}${String(Math.floor(Math.abs(minutes) / 60)).padStart(2, "0")}:` +
+    String(Math.abs(minutes) % 60).padStart(2, "0");
+  const name = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  return name && name !== "UTC" ? `${name}, ${offset}` : offset;
+}
+
+function age(iso) {
+  const seconds = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+  if (seconds < 90) return "just now";
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 129600) return `${Math.round(seconds / 3600)} h ago`;
+  return `${Math.round(seconds / 86400)} d ago`;
 }
 
 function toast(message, isError = false) {
@@ -90,7 +108,15 @@ async function guarded(action) {
 }
 
 function download(filename, data) {
-  const url = URL.createObjectURL(new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }));
+  downloadBlob(filename, new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }));
+}
+
+function downloadText(filename, text) {
+  downloadBlob(filename, new Blob([text], { type: "text/plain;charset=utf-8" }));
+}
+
+function downloadBlob(filename, blob) {
+  const url = URL.createObjectURL(blob);
   const link = el("a", { href: url, download: filename });
   document.body.append(link);
   link.click();
@@ -178,17 +204,68 @@ function mixBar(dataManagement) {
       el("span", { class: `seg-${dt}`, style: { width: `${(100 * dataManagement[dt].size) / total}%` } })));
 }
 
-function sizeCell(category, attrs = {}, neverMeasured = false) {
+// What went wrong with a category (the server's `alert`): one red badge in place of the status badge,
+// the reason on hover; a click shows the hook run's log, or the deletion's job.
+const ALERT_LABELS = { hook_failed: "hook failed", deletion_failed: "deletion failed", deletion_stuck: "stuck" };
+
+function alertBadge(category, where) {
+  const alert = category.alert;
+  const label = category.status === "active" ? ALERT_LABELS[alert.kind] : `${category.status} · ${ALERT_LABELS[alert.kind]}`;
+  const next = alert.kind === "hook_failed" ? "Click for the run's log." : "Click for the deletion job.";
+  return el("button", {
+    type: "button", class: `badge alert ${alert.kind}`, dataset: { alert: alert.kind, job: alert.job_id || "" },
+    title: `${category.status}: ${alert.message}. ${next}`,
+    onclick: (event) => {
+      event.stopPropagation();
+      if (alert.kind === "hook_failed") guarded(() => showLog(alert.job_id, where));
+      else guarded(() => showDeletion(alert, where));
+    },
+  }, `⚠ ${label}`);
+}
+
+function statusBadge(category, where) {
+  if (category.alert) return alertBadge(category, where);
+  const status = category.status;
+  return status && status !== "active" ? el("span", { class: `badge ${status}` }, status) : null;
+}
+
+function sizeCell(category, attrs = {}, neverMeasured = false, where = "") {
   const status = category.status;
   if (neverMeasured) {
     return el("td", { class: "num never", title: "never measured: its directory has not been there yet", ...attrs },
-      "never measured");
+      el("div", { class: "figure" }, "–"),
+      el("div", { class: "badges" }, statusBadge(category, where) || el("span", { class: "never-measured" }, "never measured")));
   }
-  const age = category.updated_at ? `measured ${shortTime(category.updated_at)}` : "not measured yet";
+  const measured = category.updated_at ? `measured ${shortTime(category.updated_at)}` : "not measured yet";
   const stale = status === "missing" ? "; missing: these are the last figures" : "";
-  return el("td", { class: "num", title: `${category.size.toLocaleString()} bytes, ${age}${stale}`, ...attrs },
-    humanSize(category.size),
-    status && status !== "active" ? el("span", { class: `badge ${status}` }, status) : null);
+  return el("td", { class: "num", title: `${category.size.toLocaleString()} bytes, ${measured}${stale}`, ...attrs },
+    el("div", { class: "figure" }, humanSize(category.size)), el("div", { class: "badges" }, statusBadge(category, where)));
+}
+
+// Two lines per cell: rows are ROW_PX high.
+function twoLines(first, second, attrs = {}) {
+  return el("td", attrs, el("div", { class: "line" }, first), el("div", { class: "sub" }, second));
+}
+
+function titleCell(title, dataManagement) {
+  return el("td", { class: "title", title }, el("div", { class: "line" }, title), mixBar(dataManagement));
+}
+
+function latestDate(session) {
+  const paused = session.paused_at.length ? session.paused_at[session.paused_at.length - 1] : null;
+  const events = [["created", session.created_at], ["started", session.started_at], ["paused", paused],
+    ["completed", session.completed_at]].filter(([, iso]) => iso);
+  const [what, iso] = events.reduce((last, event) => (event[1] > last[1] ? event : last));
+  const all = `Created ${shortTime(session.created_at)}\nLast paused ${shortTime(paused)}\n` +
+    `Completed ${shortTime(session.completed_at)}\n(local time, ${zoneName()})`;
+  return twoLines(shortTime(iso), what, { class: "dates", title: all });
+}
+
+function rowMenuButton(label, actions) {
+  return el("td", { class: "actions" }, el("button", {
+    type: "button", class: "row-menu", "aria-label": label, title: label,
+    onclick: (event) => openMenu(event, label, actions),
+  }, "⋯"));
 }
 
 function projectRow(project) {
@@ -198,45 +275,45 @@ function projectRow(project) {
       type: "button", "aria-label": open ? "collapse" : "expand", "aria-expanded": String(open),
       onclick: () => { open ? state.expanded.delete(project.uid) : state.expanded.add(project.uid); renderOverview(); },
     }, open ? "▾" : "▸")),
-    el("td", {}, project.uid), el("td", { title: project.title }, project.title),
+    el("td", { title: project.uid }, project.uid), titleCell(project.title, project.data_management),
     el("td", {}, `${project.session_count} session${project.session_count === 1 ? "" : "s"}`),
     DATATYPES.map((dt) => sizeCell(project.data_management[dt])),
-    el("td", {}, mixBar(project.data_management)),
-    el("td", {}, shortTime(project.created_at)), el("td", {}), el("td", {}), el("td", {}),
-    el("td", { class: "actions" },
-      el("button", { type: "button", title: "Refresh project stats: measure every session now",
-        onclick: () => refreshProject(project) }, "Refresh"),
-      el("button", { type: "button", title: "Download project stats: every session's file lists (JSON)",
-        onclick: () => downloadProjectStats(project) }, "Download stats")),
+    twoLines(shortTime(project.created_at), "created", { class: "dates", title: `Created ${shortTime(project.created_at)} (local time, ${zoneName()})` }),
+    el("td", {}),
+    rowMenuButton(`${project.uid}: actions`, [
+      { label: "Refresh project stats", why: null, run: () => refreshProject(project) },
+      { label: "Download project stats (JSON)", why: null, run: () => downloadProjectStats(project) },
+    ]),
   );
 }
 
 function sessionRow(project, session) {
-  const paused = session.paused_at.length ? session.paused_at[session.paused_at.length - 1] : null;
+  const where = (dt) => `${project.uid} ${session.uid} ${dt}`;
   return el("tr", { class: "session", dataset: { uid: `${project.uid}-${session.uid}` } },
-    el("td", {}), el("td", {}, session.uid), el("td", { title: session.title }, session.title),
+    el("td", {}), el("td", { title: session.uid }, session.uid), titleCell(session.title, session.data_management),
     el("td", { class: `status-${session.status}`, title: session.cryosparc_status
       ? `cryoSPARC: ${session.cryosparc_status}${session.left_cryosparc_at ? " (no longer listed by cryoSPARC)" : ""}`
       : session.status }, session.cryosparc_status || session.status),
     DATATYPES.map((dt) => sizeCell(session.data_management[dt], {
       class: "num category", dataset: { datatype: dt }, tabindex: "0",
       onclick: (event) => openCategoryMenu(project, session, dt, event),
-    }, !session.measured_at && !session.data_management[dt].updated_at)),
-    el("td", {}, mixBar(session.data_management)),
-    el("td", {}, shortTime(session.created_at)), el("td", {}, shortTime(paused)),
-    el("td", {}, shortTime(session.completed_at)),
-    el("td", { class: "measured" }, session.measured_at ? shortTime(session.measured_at) : "never"),
-    el("td", { class: "actions" },
-      el("button", { type: "button", title: "Refresh session stats: measure it now",
-        onclick: () => refreshSession(project, session) }, "Refresh"),
-      session.status === "completed" ? null
-        : el("button", { type: "button", onclick: () => markCompleted(project, session) }, "Mark completed")),
+    }, !session.measured_at && !session.data_management[dt].updated_at, where(dt))),
+    latestDate(session),
+    session.measured_at
+      ? twoLines(age(session.measured_at), shortTime(session.measured_at),
+        { class: "measured", title: `measured ${shortTime(session.measured_at)} (local time, ${zoneName()})` })
+      : twoLines("never", "", { class: "measured never" }),
+    rowMenuButton(`${project.uid} ${session.uid}: actions`, [
+      { label: "Refresh session stats", why: null, run: () => refreshSession(project, session) },
+      { label: "Mark completed…", run: () => markCompleted(project, session),
+        why: session.status === "completed" ? "it is completed already" : null },
+    ]),
   );
 }
 
 // Only the rows near the viewport are in the DOM (5,000 sessions would make every frame slow);
 // spacer rows of the right height stand for the others, so the page scrolls as if all were there.
-const ROW_PX = 32;  // the height style.css gives every row
+const ROW_PX = 40;  // the height style.css gives every row (two lines)
 const BUFFER_ROWS = 40;
 
 function renderOverview() {
@@ -250,13 +327,13 @@ function renderOverview() {
   state.window = null;
   renderWindow();
   $("#empty").hidden = projects.length > 0;
-  $("#as-of").textContent = `Table read ${shortTime(state.overview.as_of)}; each session shows when it was measured.`;
+  $("#as-of").textContent = `Table read ${shortTime(state.overview.as_of)}; times are local (${zoneName()}).`;
   renderDiscovery(state.discovery);
 }
 
 function spacer(rows) {
   return el("tr", { class: "spacer", "aria-hidden": "true" },
-    el("td", { colspan: "15", style: { height: `${rows * ROW_PX}px` } }));
+    el("td", { colspan: "12", style: { height: `${rows * ROW_PX}px` } }));
 }
 
 // The last discovery pass: when, and (for those who may change data) what it could not take in.
@@ -341,21 +418,39 @@ function categoryActions(project, session, dt) {
       },
     });
   }
+  const about = `${project.uid} ${session.uid} ${dt}`;
+  if (category.hook) {
+    actions.push({ label: `Last hook run's log (${category.hook.job_id}, ${category.hook.state})`,
+      why: blocked(!state.me.live_data_management && "hook logs need the live data management permission"),
+      run: () => showLog(category.hook.job_id, about) });
+  }
+  if (category.alert && category.alert.kind !== "hook_failed") {
+    actions.push({ label: `Deletion ${category.alert.job_id || ""}: what went wrong`, why: null,
+      run: () => showDeletion(category.alert, about) });
+  }
   actions.push({
     label: "Delete data…", danger: true,
     why: blocked(dt === "raw" && "raw data is never deleted by livedm: archive it, then mark it deleted",
       notCompleted, noPermission, busy),
     run: () => confirmDelete(project, session, dt),
   });
+  const deletable = !blocked(dt === "raw", notCompleted, busy);
+  if (noPermission && deletable) {  // the preview is a read: anyone may see what a deletion would take
+    actions.push({ label: "Preview deletion…", why: null, run: () => previewDelete(project, session, dt) });
+  }
   return actions;
 }
 
 function openCategoryMenu(project, session, dt, event) {
+  openMenu(event, `${project.uid} ${session.uid} · ${LABELS[dt]}`, categoryActions(project, session, dt));
+}
+
+function openMenu(event, heading, actions) {
   event.stopPropagation();
   closeMenus();
   const menu = $("#menu");
-  menu.replaceChildren(el("h3", {}, `${project.uid} ${session.uid} · ${LABELS[dt]}`),
-    ...categoryActions(project, session, dt).map((action) => el("button", {
+  menu.replaceChildren(el("h3", {}, heading),
+    ...actions.map((action) => el("button", {
       type: "button", disabled: action.why !== null, title: action.why || "", class: action.danger ? "danger" : "",
       onclick: () => { closeMenus(); guarded(action.run); },
     }, action.label, action.why ? el("span", { class: "why" }, action.why) : null)));
@@ -377,8 +472,9 @@ function closeMenus() {
 
 // --- dialogs --------------------------------------------------------------------------------------
 
-function ask({ title, body, okLabel = "OK", danger = false, confirmText = null }) {
+function ask({ title, body, okLabel = "OK", danger = false, confirmText = null, wide = false }) {
   const dialog = $("#dialog");
+  dialog.classList.toggle("wide", wide);
   $("#dialog-title").textContent = title;
   $("#dialog-body").replaceChildren(...body);
   const ok = $("#dialog-ok");
@@ -388,7 +484,8 @@ function ask({ title, body, okLabel = "OK", danger = false, confirmText = null }
   $("#dialog-cancel").hidden = okLabel === "Close";
   if (confirmText !== null) {
     const input = el("input", { id: "confirm-input", autocomplete: "off", "aria-label": "confirmation" });
-    input.addEventListener("input", () => { ok.disabled = input.value.trim() !== confirmText; });
+    const typed = () => input.value.trim().split(/\s+/).join(" ");
+    input.addEventListener("input", () => { ok.disabled = typed() !== confirmText; });
     $("#dialog-body").append(el("label", {}, `Type ${confirmText} to confirm: `, input));
     ok.disabled = true;
   }
@@ -405,7 +502,7 @@ async function confirmDelete(project, session, dt) {
     title: `Delete ${LABELS[dt].toLowerCase()} of ${project.uid} ${session.uid}?`,
     body: [el("p", { id: "dry-run" }, `${dry.file_count.toLocaleString()} files, ${humanSize(dry.bytes)} `,
       `(${dry.bytes.toLocaleString()} bytes) will be deleted from disk. This cannot be undone.`)],
-    okLabel: "Delete", danger: true, confirmText: session.uid,
+    okLabel: "Delete", danger: true, confirmText: `${project.uid} ${session.uid}`,  // every project has an S1
   });
   if (!confirmed) return;
   const jobId = await rpc("delete_live_datatype", { ...where, confirm_digest: dry.confirm_digest });
@@ -413,36 +510,34 @@ async function confirmDelete(project, session, dt) {
   trackJob(jobId, `Deleting ${LABELS[dt].toLowerCase()} of ${project.uid} ${session.uid}`);
 }
 
-// --- background jobs ------------------------------------------------------------------------------
-
-function trackJob(jobId, label) {
-  const bar = el("progress", { max: 1, value: 0 });
-  const text = el("div", { class: "job-state" }, "queued");
-  const card = el("div", { class: "job", dataset: { job: jobId } }, el("strong", {}, label), bar, text);
-  $("#job-panel").append(card);
-  const poll = async () => {
-    let job;
-    try { job = await rpc("get_job", { job_id: jobId }); } catch (err) { text.textContent = err.message; return; }
-    const progress = job.progress || {};
-    if (progress.total) { bar.max = progress.total; bar.value = progress.done || 0; }
-    text.textContent = `${job.state}${progress.total ? ` — ${progress.done}/${progress.total}` : ""}` +
-      `${progress.bytes_freed ? `, ${humanSize(progress.bytes_freed)} freed` : ""}`;
-    if (job.state === "done") {
-      bar.max = 1; bar.value = 1;
-      card.classList.add("done");
-      guarded(loadOverview);
-      setTimeout(() => card.remove(), 8000);
-    } else if (job.state === "failed") {
-      card.classList.add("failed");
-      text.textContent = `failed: ${job.error}`;
-      card.append(el("button", { type: "button", onclick: () => card.remove() }, "Dismiss"));
-      guarded(loadOverview);
-    } else {
-      setTimeout(poll, 500);
-    }
-  };
-  poll();
+async function previewDelete(project, session, dt) {
+  const dry = await rpc("delete_live_datatype", { project_uid: project.uid, session_uid: session.uid, datatype: dt,
+    dry_run: true });
+  return ask({
+    title: `Deleting ${LABELS[dt].toLowerCase()} of ${project.uid} ${session.uid} would take`,
+    body: [el("p", { id: "dry-run" }, `${dry.file_count.toLocaleString()} files, ${humanSize(dry.bytes)} `,
+      `(${dry.bytes.toLocaleString()} bytes). Deleting needs the live data management permission: an admin grants `,
+      "it (", el("code", {}, `livedm user allow ${state.me.name}`), ")."),],
+    okLabel: "Close",
+  });
 }
+
+// A deletion that failed or is stuck: what the category's alert says, and its job as it stands.
+async function showDeletion(alert, where) {
+  const body = [el("p", { class: "alert-message" }, alert.message)];
+  if (alert.job_id) {
+    const job = await rpc("get_job", { job_id: alert.job_id }).catch(() => null);
+    if (job) {
+      body.push(el("p", {}, `Job ${job.id}: ${job.state}${job.error ? ` — ${job.error}` : ""}`));
+      if (job.result && job.result.failed_paths && job.result.failed_paths.length) {
+        body.push(el("ul", { class: "problems" }, job.result.failed_paths.map((line) => el("li", {}, el("code", {}, line)))));
+      }
+    }
+  }
+  return ask({ title: `Deletion of ${where}`, body, okLabel: "Close" });
+}
+
+// --- row actions -------------------------------------------------------------------------------------
 
 async function refreshProject(project) {
   const jobId = await guarded(() => rpc("update_all_sessions_datatype_sizes", { project_uid: project.uid }));
@@ -471,47 +566,6 @@ async function markCompleted(project, session) {
       await loadOverview();
     });
   }
-}
-
-async function loadJobs() {
-  const jobs = await rpc("list_jobs", { limit: 100 });
-  $("#jobs tbody").replaceChildren(...jobs.map((job) => {
-    const p = job.params;
-    const progress = job.progress || {};
-    return el("tr", {}, el("td", {}, job.id), el("td", {}, job.kind), el("td", {}, job.state),
-      el("td", {}, [p.project_uid, p.session_uid, p.datatype, p.status].filter(Boolean).join(" ")),
-      el("td", {}, progress.total ? `${progress.done}/${progress.total}` : "–"),
-      el("td", {}, shortTime(job.created_at)), el("td", { class: "error" }, job.error || ""));
-  }));
-}
-
-// --- users (admins) -------------------------------------------------------------------------------
-
-async function loadUsers() {
-  const users = await rpc("list_users");
-  $("#users tbody").replaceChildren(...users.map((user) => el("tr", { dataset: { user: user.name } },
-    el("td", {}, user.name), el("td", {}, user.role),
-    el("td", {}, el("label", {}, el("input", {
-      type: "checkbox", checked: user.live_data_management, "aria-label": `live data management for ${user.name}`,
-      onchange: (event) => guarded(async () => {
-        await rpc("set_user_data_management_permission", { user: user.name, enabled: event.target.checked });
-        toast(`${user.name} ${event.target.checked ? "may" : "may not"} change live data`);
-        await loadUsers();
-      }),
-    }), user.live_data_management ? " allowed" : " not allowed")),
-    el("td", {}, shortTime(user.created_at)),
-    el("td", {},
-      el("button", { type: "button", onclick: () => guarded(async () => showToken(await rpc("issue_token", { user: user.name }))) },
-        "Issue token"),
-      el("button", { type: "button", onclick: () => guarded(async () => {
-        const { revoked } = await rpc("revoke_token", { user: user.name });
-        toast(`revoked ${revoked} token(s) of ${user.name}`);
-      }) }, "Revoke tokens")))));
-}
-
-function showToken({ user, name, token }) {
-  return ask({ title: `API token for ${user || name}`, okLabel: "Close",
-    body: [el("p", {}, "Shown this once: give it to them now."), el("code", { id: "new-token" }, token)] });
 }
 
 // --- wiring ---------------------------------------------------------------------------------------

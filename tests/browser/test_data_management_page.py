@@ -9,7 +9,6 @@ from pathlib import Path
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.support.browser_site import Site, shot, sign_in
-from tests.support.hook_scripts import executable
 from tests.support.waiting import wait_until
 
 CELL = "tr[data-uid='{row}'] td.category[data-datatype='{datatype}']"
@@ -31,6 +30,12 @@ def open_menu(page: Page, row: str, datatype: str) -> None:
 
 def menu_button(page: Page, label: str) -> Locator:
     return page.locator("#menu button", has_text=label)
+
+
+def row_action(page: Page, row: str, label: str) -> None:
+    """An action from a row's menu (its ⋯ button)."""
+    page.locator(f"tr[data-uid='{row}'] button.row-menu").click()
+    menu_button(page, label).click()
 
 
 def test_sign_in_with_a_bad_token_then_a_good_one(shared_site: Site, browser: Browser) -> None:
@@ -71,7 +76,7 @@ def test_download_project_stats_matches_the_api(shared_site: Site, browser: Brow
     site = shared_site  # this test changes no status, user or token
     page = site.page(browser, site.daemon.token)
     with page.expect_download() as info:
-        page.locator("tr[data-uid='P1'] button", has_text="Download stats").click()
+        row_action(page, "P1", "Download project stats")
     download = info.value
     assert download.suggested_filename == "P1_project_stats.json"
     saved = tmp_path / "stats.json"
@@ -107,9 +112,11 @@ def test_delete_through_the_confirmation(shared_site: Site, browser: Browser) ->
     expect(page.locator("#dry-run")).to_contain_text(f"{len(tree.paths_by_datatype['particles'])} files")
     ok = page.locator("#dialog-ok")
     expect(ok).to_be_disabled()
-    page.fill("#confirm-input", "S2")
-    expect(ok).to_be_disabled()
-    page.fill("#confirm-input", "S1")
+    expect(dialog).to_contain_text("Type P2 S1 to confirm")
+    for not_it in ("S1", "P1 S1", "P2 S2"):  # every project has an S1: the session alone is not enough
+        page.fill("#confirm-input", not_it)
+        expect(ok).to_be_disabled()
+    page.fill("#confirm-input", " P2  S1 ")
     expect(ok).to_be_enabled()
     shot(page, "06-delete-confirmation")
     ok.click()
@@ -148,6 +155,13 @@ def test_actions_are_disabled_with_a_reason(shared_site: Site, browser: Browser)
     expect(menu_button(viewer, "Download file list")).to_be_enabled()
     expect(viewer.locator("#users-tab")).to_be_hidden()
     shot(viewer, "09-no-permission-menu")
+    menu_button(viewer, "Preview deletion").click()  # a dry run is a read: no permission needed
+    micrographs = len(site.trees["P1/S1"].paths_by_datatype["micrographs"])
+    expect(viewer.locator("#dry-run")).to_contain_text(f"{micrographs} files")
+    expect(viewer.locator("#dry-run")).to_contain_text("livedm user allow viewer")
+    expect(viewer.locator("#dialog-ok")).to_have_text("Close")
+    viewer.locator("#dialog-ok").click()
+    assert not viewer.errors  # type: ignore[attr-defined]
 
 
 def test_admin_toggles_a_users_permission(shared_site: Site, browser: Browser) -> None:
@@ -172,12 +186,12 @@ def test_admin_toggles_a_users_permission(shared_site: Site, browser: Browser) -
 
 def test_refresh_a_project_and_mark_a_session_completed(site: Site, browser: Browser) -> None:
     page = site.page(browser, site.daemon.token)
-    page.locator("tr[data-uid='P2'] button", has_text="Refresh").click()
+    row_action(page, "P2", "Refresh project stats")
     job = page.locator(".job", has_text="Refreshing P2")
     expect(job).to_be_visible()
     expect(job.locator(".job-state")).to_contain_text("done — 1/1")
     right_click_table(page, "Expand all")
-    page.locator("tr[data-uid='P1-S2'] button", has_text="Mark completed").click()
+    row_action(page, "P1-S2", "Mark completed")
     page.locator("#dialog-ok").click()
     expect(page.locator("tr[data-uid='P1-S2'] td.status-completed")).to_be_visible()
     assert site.daemon.call("get_session", ["P1", "S2"])["status"] == "completed"
@@ -185,32 +199,41 @@ def test_refresh_a_project_and_mark_a_session_completed(site: Site, browser: Bro
     expect(menu_button(page, "Mark as archiving")).to_be_enabled()
 
 
-def test_failed_jobs_are_shown(shared_site: Site, browser: Browser) -> None:
-    site = shared_site  # this test changes no status, user or token
-    failing = executable(site.root / "failing-hook.sh", "#!/bin/sh\necho broken >&2\nexit 7\n")
-    job_id = site.daemon.call("trigger_live_data_management_script", {
-        "project_uid": "P2", "session_uid": "S1", "datatype": "metadata", "script_location": str(failing)})
-    page = site.page(browser, site.daemon.token)
-    page.locator("nav .tab", has_text="Jobs").click()
-    row = page.locator("#jobs tr", has_text=job_id)
-    expect(row).to_contain_text("failed", timeout=15_000)
-    expect(row).to_contain_text("exited with status 7")
-    shot(page, "11-jobs")
-
-
-def test_tokens_issued_and_revoked_from_the_admin_view(shared_site: Site, browser: Browser) -> None:
-    site = shared_site  # with a user of this test's own: 'viewer' keeps its token
-    guest = site.daemon.call("create_user", {"name": "guest"})["token"]
-    viewer = site.page(browser, guest)
+def test_tokens_issued_and_revoked_from_the_admin_view(site: Site, browser: Browser) -> None:
+    viewer = site.page(browser, site.viewer_token)
     expect(viewer.locator("tr.project")).to_have_count(2)
     admin = site.page(browser, site.daemon.token)
     admin.click("#users-tab")
-    admin.locator("tr[data-user='guest'] button", has_text="Issue token").click()
+    admin.locator("tr[data-user='viewer'] button", has_text="Issue token").click()
     token = admin.locator("#new-token").inner_text()
     assert token.startswith("ldm_")
     admin.locator("#dialog-ok").click()
-    admin.locator("tr[data-user='guest'] button", has_text="Revoke tokens").click()
-    expect(admin.locator(".toast", has_text="revoked 2 token(s) of guest")).to_be_visible()
+    admin.locator("tr[data-user='viewer'] button", has_text="Revoke tokens").click()
+    expect(admin.locator(".toast", has_text="revoked 2 token(s) of viewer")).to_be_visible()
     right_click_table(viewer, "Refresh table")
     expect(viewer.locator("#sign-in-error")).to_contain_text("not valid")
     expect(viewer.locator("#sign-in")).to_be_visible()
+
+
+def test_admin_changes_a_role_and_removes_a_user(site: Site, browser: Browser) -> None:
+    page = site.page(browser, site.daemon.token)
+    page.click("#users-tab")
+    expect(page.locator("#users tbody tr")).to_have_count(2)  # admin and viewer; not livedm's own hook account
+    expect(page.locator("tr[data-user='hook']")).to_have_count(0)
+    expect(page.locator("tr[data-user='admin'] button", has_text="Remove")).to_have_count(0)  # not yourself
+    page.locator("tr[data-user='viewer'] select").select_option("admin")
+    expect(page.locator(".toast", has_text="viewer is an admin")).to_be_visible()
+    assert {u["name"]: u["role"] for u in site.daemon.call("list_users")}["viewer"] == "admin"
+    page.locator("tr[data-user='viewer'] button", has_text="Remove").click()
+    ok = page.locator("#dialog-ok")
+    expect(ok).to_be_disabled()
+    page.fill("#confirm-input", "viewe")
+    expect(ok).to_be_disabled()
+    page.fill("#confirm-input", "viewer")
+    ok.click()
+    expect(page.locator(".toast", has_text="removed viewer (1 token(s) revoked)")).to_be_visible()
+    expect(page.locator("tr[data-user='viewer']")).to_have_count(0)
+    assert [u["name"] for u in site.daemon.call("list_users")] == ["admin"]
+    entry = site.daemon.call("get_audit_log", {"limit": 1})[0]
+    assert (entry["action"], entry["user"], entry["role"]) == ("user_removed", "viewer", "admin")
+    assert not page.errors  # type: ignore[attr-defined]

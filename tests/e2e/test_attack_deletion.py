@@ -108,7 +108,8 @@ def test_a_swap_between_the_request_and_the_job_is_refused_by_the_job(tmp_path: 
         assert len(list(moved.iterdir())) == len(p3.paths_by_datatype["micrographs"])
         settled = category(worker, "P1", "S1", "micrographs")
         assert settled["status"] == "active"
-        assert settled["note"].startswith("deleting stopped:") and "not the one it was measured in" in settled["note"]
+        assert settled["note"].startswith(f"deletion {job_id} stopped:") and settled["note_job_id"] == job_id
+        assert "not the one it was measured in" in settled["note"]
 
 
 def test_a_project_dir_that_is_a_symlink_is_refused(daemon: Daemon, tmp_path: Path) -> None:

@@ -170,7 +170,8 @@ def test_a_symlink_planted_as_a_sessions_hook_log_is_not_followed(tmp_path: Path
         completed_session(daemon, tmp_path, exposures=1)
         logs = daemon.state_dir / "hook-logs"
         logs.mkdir(exist_ok=True)
-        (logs / "P1_S1.log").symlink_to(victim)
+        for number in (1, 2, 3):  # the run's log, named by its job (the first jobs of this daemon)
+            (logs / f"P1_S1_particles_J{number}.log").symlink_to(victim)
         daemon.call("change_session_data_management_state", ["P1", "S1", "particles", "archiving"])
         [job] = wait_until(lambda: [j for j in daemon.call("list_jobs", {"kind": "hook"})
                                     if j["state"] in ("done", "failed")], what="the hook job")
@@ -179,7 +180,7 @@ def test_a_symlink_planted_as_a_sessions_hook_log_is_not_followed(tmp_path: Path
     assert job["state"] == "failed" and "is a symbolic link" in job["error"], job
     assert victim.read_text() == "precious\n"
     assert not hook_marker.exists()
-    assert (logs / "P1_S1.log").is_symlink()
+    assert (logs / f"P1_S1_particles_{job['id']}.log").is_symlink()
 
 
 # --- medium: a hook script another user could change (OpenSSH's StrictModes) ---------------------
@@ -233,8 +234,8 @@ def test_a_hook_script_another_user_could_change_is_refused_and_runs_nothing(tmp
     assert {name: marker.exists() and marker.read_text() for name, marker in markers.items()} == {
         "nobodys": False, "mode-0777": False, "open-dir": False,
         "good": "P1 S1 particles archiving\n", "under-tmp": "P1 S1 particles archiving\n"}
-    log = (daemon.state_dir / "hook-logs" / "P1_S1.log").read_text().splitlines()
-    assert sorted(line for line in log if "refused" in line) == sorted(
+    log = "".join(p.read_text() for p in (daemon.state_dir / "hook-logs").glob("P1_S1_particles_J*.log"))
+    assert sorted(line for line in log.splitlines() if "refused" in line) == sorted(
         f"=== refused, nothing was run: {refusal}" for refusal in refusals.values())
 
 
@@ -328,7 +329,7 @@ def test_a_flooding_hook_keeps_head_and_tail_within_the_cap(tmp_path: Path, embe
     assert job["state"] == "done" and job["result"]["exit_status"] == 0
     assert job["result"]["log_bytes_cut"] == output_bytes - cap
     assert [(e["exit_status"], e["timed_out"]) for e in runs] == [(0, False)]
-    log = (daemon.state_dir / "hook-logs" / "P1_S1.log").read_bytes()
+    log = (daemon.state_dir / "hook-logs" / f"P1_S1_raw_{job['id']}.log").read_bytes()
     assert cap < len(log) <= cap + 400
     header, rest = log.split(b"\n", 1)
     assert header.startswith(b"=== ") and f"job {job['id']} attempt 1: {script} P1 S1 raw active".encode() in header

@@ -91,8 +91,9 @@ def test_a_hook_killed_with_its_daemon_runs_again_after_restart(tmp_path: Path) 
     daemon = Daemon(tmp_path / "state", env=hook_env(script), args=["--job-lease-s", "2"]).start()
     completed_session(daemon, tmp_path, exposures=1)
     daemon.call("change_session_data_management_state", ["P1", "S1", "metadata", "archived"])
-    log = daemon.state_dir / "hook-logs" / "P1_S1.log"
-    wait_until(lambda: log.exists() and "start archived" in log.read_text(), what="the hook to start")
+    log = wait_until(lambda: next((daemon.state_dir / "hook-logs").glob("P1_S1_metadata_J*.log"), None),
+                     what="the hook's log")
+    wait_until(lambda: "start archived" in log.read_text(), what="the hook to start")
     daemon.stop(signal.SIGKILL)
     daemon.start()
     job = wait_until(lambda: (js := daemon.call("list_jobs", {"kind": "hook"})) and js[0]["state"] == "done" and js[0],

@@ -93,9 +93,12 @@ def test_cryosparc_tools_can_call_every_method(daemon: Daemon, tmp_path: Path) -
         "issue_token": lambda: cli.issue_token("operator"),
         "set_user_data_management_permission": lambda: cli.set_user_data_management_permission("operator", True),
         "revoke_token": lambda: cli.revoke_token(user="operator"),
+        "set_user_role": lambda: cli.set_user_role(user="operator", role="admin"),
+        "remove_user": lambda: cli.remove_user("operator"),
         "delete_live_datatype": lambda: cli.delete_live_datatype("P1", "S1", "particles", None, None, False),
         "update_all_sessions_datatype_sizes": lambda: cli.update_all_sessions_datatype_sizes("P1"),
         "get_job": lambda: cli.get_job("J1"),
+        "get_job_log": lambda: error_of(lambda: cli.get_job_log("J1")),  # J1 deletes: only hook runs have a log
         "list_jobs": lambda: cli.list_jobs(),
         "discover": lambda: cli.discover(dry_run=True),
         "get_discovery_report": lambda: cli.get_discovery_report(),
@@ -112,9 +115,12 @@ def test_cryosparc_tools_can_call_every_method(daemon: Daemon, tmp_path: Path) -
     assert results["update_session_datatype_sizes"] == tree.total() + 999
     assert results["change_session_data_management_state"]["particles"]["status"] == "archiving"
     assert results["revoke_token"]["revoked"] == 2
+    assert results["set_user_role"]["role"] == "admin"
+    assert results["remove_user"] == {"user": "operator", "removed": True, "tokens_revoked": 0}
     assert results["delete_live_datatype"]["state"] == "done"
     assert results["delete_live_datatype"]["result"]["bytes_freed"] == tree.bytes_by_datatype["particles"]
     assert "hook is disabled" in str(results["trigger_live_data_management_script"])
+    assert "only hook runs have a log" in str(results["get_job_log"])
 
 
 def test_restart_on_the_same_state_dir_keeps_everything(daemon: Daemon, tmp_path: Path) -> None:

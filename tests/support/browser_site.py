@@ -25,10 +25,12 @@ class Site:
     viewer_token: str
     root: Path  # where its trees are; failing-hook.sh here is an allowed override of the hook
 
-    def page(self, browser: Browser, token: str | None = None, fake_clock: bool = False) -> Page:
-        """A new tab on the page, signed in with `token` if given. With fake_clock the page's timers run on
-        Playwright's clock: time flows as usual, and page.clock.fast_forward() jumps ahead."""
-        page = browser.new_page(viewport={"width": 1500, "height": 800}, accept_downloads=True)
+    def page(self, browser: Browser, token: str | None = None, fake_clock: bool = False, width: int = 1280,
+             height: int = 800) -> Page:
+        """A new tab on the page at a laptop's 1280x800 unless told otherwise, signed in with `token` if given.
+        With fake_clock the page's timers run on Playwright's clock: time flows as usual, and
+        page.clock.fast_forward() jumps ahead."""
+        page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
         if fake_clock:
             page.clock.install()
         errors: list[str] = []
@@ -69,6 +71,21 @@ def start_site(tmp_path: Path, store: str) -> Site:
 def sign_in(page: Page, token: str) -> None:
     page.fill("#token", token)
     page.click("#sign-in-form button[type=submit]")
+
+
+def fits_the_screen(page: Page) -> dict[str, object]:
+    """What a test of the layout checks: the page's and the table's width against the screen's, and every
+    figure (sizes, dates, times, badges) shown whole (a cut one ends in an ellipsis: its text is wider than
+    its box)."""
+    return page.evaluate("""() => {
+        const screen = document.documentElement.clientWidth;
+        const cut = [...document.querySelectorAll('#overview .figure, #overview .badges > *, #overview td.dates .line,'
+            + ' #overview td.dates .sub, #overview td.measured .line, #overview td.measured .sub, #overview th')]
+            .filter((e) => e.scrollWidth > e.clientWidth + 1).map((e) => e.textContent);
+        return {screen, page: document.documentElement.scrollWidth, table: document.querySelector('#overview')
+            .getBoundingClientRect().right, header: document.querySelector('header').getBoundingClientRect().width,
+            cut};
+    }""")
 
 
 def shot(page: Page, name: str) -> None:

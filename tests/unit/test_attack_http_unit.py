@@ -44,6 +44,7 @@ EXPECTED = {
     "trigger_live_data_management_script": FORBIDDEN, "discover": FORBIDDEN, "create_user": FORBIDDEN,
     "list_users": FORBIDDEN,
     "issue_token": FORBIDDEN, "revoke_token": FORBIDDEN, "set_user_data_management_permission": FORBIDDEN,
+    "remove_user": FORBIDDEN, "set_user_role": FORBIDDEN, "get_job_log": FORBIDDEN,
 }
 
 

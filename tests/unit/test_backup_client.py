@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from livedm.client import cli
-from livedm.client.cli import BackupNotWritten, end_line_documents, write_backup
+from livedm.client.backup_file import BackupNotWritten, end_line_documents, write_backup
 from livedm.client.rpc import LivedmError
 
 HEADER = b'{"livedm_backup": 2}\n'

@@ -31,7 +31,7 @@ from livedm.server.hooks import (
     trusted_owners,
 )
 from livedm.server.jobs import JobRun, Queue
-from livedm.server.store import Store
+from livedm.server.store import Store, StoreUnavailable
 from tests.support.config import make_config
 from tests.support.hook_scripts import (
     OTHER,
@@ -141,6 +141,38 @@ def test_hook_params_accept_exactly_the_api_shapes() -> None:
     assert hook_params(dict(GOOD)).log_path is None
 
 
+def test_a_run_records_its_outcome_on_its_category(mock_store: Store, tmp_path: Path,
+                                                   site: dict[str, Path]) -> None:
+    mock_store.insert_session({"project_uid": "P1", "uid": "S1", "data_management": {
+        "particles": {"status": "archiving", "prev_status": "active", "size": 1, "file_count": 1, "updated_at": None}}})
+    hooks = hooks_for(mock_store, tmp_path, site)
+    run_crafted(hooks, dict(GOOD))
+    hook = mock_store.get_session("P1", "S1")["data_management"]["particles"]["hook"]
+    assert {k: hook[k] for k in ("job_id", "status", "state", "error", "exit_status")} == {
+        "job_id": "J900", "status": "archiving", "state": "done", "error": None, "exit_status": 0}
+    mock_store.db.jobs.delete_many({})
+    site["hook_script"].write_text("#!/bin/sh\nexit 4\n")
+    with pytest.raises(HookFailed, match="exited with status 4"):
+        run_crafted(hooks, dict(GOOD))
+    hook = mock_store.get_session("P1", "S1")["data_management"]["particles"]["hook"]
+    assert hook["state"] == "failed" and "exited with status 4" in hook["error"]
+
+
+def test_a_run_whose_outcome_cannot_be_recorded_is_not_run_again(mock_store: Store, tmp_path: Path,
+                                                                  site: dict[str, Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(*args: Any, **kwargs: Any) -> bool:
+        raise StoreUnavailable("the database does not answer")
+
+    monkeypatch.setattr(mock_store, "set_category_hook", unavailable)
+    hooks = hooks_for(mock_store, tmp_path, site)
+    assert run_crafted(hooks, dict(GOOD))["exit_status"] == 0  # done, not a Retry
+    mock_store.db.jobs.delete_many({})
+    site["hook_script"].write_text("#!/bin/sh\nexit 4\n")
+    with pytest.raises(HookFailed):  # failed, not a Retry
+        run_crafted(hooks, dict(GOOD))
+
+
 # --- finding 2: the log stays a plain file in the log dir -----------------------------------------
 
 def test_a_job_naming_a_log_outside_the_log_dir_is_refused(mock_store: Store, tmp_path: Path,
@@ -162,7 +194,7 @@ def test_a_symlink_planted_as_the_log_is_refused_not_followed(mock_store: Store,
     victim.write_text("precious\n")
     hooks = hooks_for(mock_store, tmp_path, site)
     hooks.config.hook_logs.mkdir(parents=True)
-    (hooks.config.hook_logs / "P1_S1.log").symlink_to(victim)
+    (hooks.config.hook_logs / "P1_S1_particles_J900.log").symlink_to(victim)
     with pytest.raises(HookFailed, match="is a symbolic link"):
         run_crafted(hooks, dict(GOOD))
     assert victim.read_text() == "precious\n"
@@ -172,7 +204,7 @@ def test_a_symlink_planted_as_the_log_is_refused_not_followed(mock_store: Store,
 def test_logs_are_created_private(mock_store: Store, tmp_path: Path, site: dict[str, Path]) -> None:
     hooks = hooks_for(mock_store, tmp_path, site)
     run_crafted(hooks, dict(GOOD))
-    assert (hooks.config.hook_logs / "P1_S1.log").stat().st_mode & 0o777 == 0o600
+    assert (hooks.config.hook_logs / "P1_S1_particles_J900.log").stat().st_mode & 0o777 == 0o600
 
 
 # --- finding 3: an allow-listed environment -------------------------------------------------------
@@ -385,7 +417,7 @@ def test_a_hook_another_user_could_change_fails_the_job_runs_nothing_and_says_so
     assert nothing_ran(site)
     assert mock_store.db.tokens.count_documents({}) == 0
     assert [e for e in mock_store.find_audit(limit=10) if e["action"] == "hook_ran"] == []
-    header, line = (hooks.config.hook_logs / "P1_S1.log").read_text().splitlines()
+    header, line = (hooks.config.hook_logs / "P1_S1_particles_J900.log").read_text().splitlines()
     assert header.startswith("=== ") and header.endswith(f" job J900 attempt 1: {script} P1 S1 particles archiving")
     assert line == f"=== refused, nothing was run: {refusal}"
 

@@ -17,8 +17,9 @@ PERMITTED_OUTCOME: dict[str, int | None] = {
     "discover": None,  # a dry run
     "register_files": None,
     "change_session_data_management_state": None,
-    "delete_live_datatype": None,  # a dry run
+    "delete_live_datatype": None,  # the job id
     "trigger_live_data_management_script": -32003,  # the hook is not enabled in these tests
+    "get_job_log": -32001,  # there is no job J1 (a read, but a log holds paths: it needs the permission)
 }
 ADMIN = sorted(name for name, m in METHODS.items() if m.access == "admin")
 
@@ -38,8 +39,11 @@ def _params_for(method: str, tmp_path: Path | None = None) -> dict[str, Any]:
     sample = {"project_uid": "P1", "session_uid": "S1", "datatype": "micrographs", "status": "archiving",
               "name": "someone", "role": "user", "user": "admin", "enabled": False, "dry_run": True,
               "title": "another", "project_dir": str(base / "another"),
-              "paths": [str(base / "proj" / "shared_gain.mrc")]}
-    return {p: sample[p] for p in METHODS[method].param_names if p in sample}
+              "paths": [str(base / "proj" / "shared_gain.mrc")], "job_id": "J1"}
+    params = {p: sample[p] for p in METHODS[method].param_names if p in sample}
+    if method == "delete_live_datatype":
+        params["dry_run"] = False  # the deletion itself: its dry run is a read (test_a_delete_dry_run_is_a_read)
+    return params
 
 
 def test_every_method_that_needs_the_permission_has_its_expected_outcome() -> None:
@@ -67,6 +71,24 @@ async def test_modifying_methods_need_the_permission(completed: Api, method: str
     changes = [e for e in await completed.ok("get_audit_log", {}) if e["action"] == "permission_changed"]
     assert [(e["user"], e["live_data_management"], e["actor"]) for e in changes] == [
         ("alice", False, "admin"), ("alice", True, "admin")]
+
+
+async def test_a_delete_dry_run_is_a_read(completed: Api) -> None:
+    token = await make_user(completed, "dave")  # without the permission
+    where = {"project_uid": "P1", "session_uid": "S1", "datatype": "particles"}
+    before = completed.snapshot()
+    for params in ({**where, "dry_run": True}, ["P1", "S1", "particles", None, None, True, True]):
+        dry = (await completed.call("delete_live_datatype", params, token=token))["result"]
+        assert dry["dry_run"] is True and dry["file_count"] == 2 and len(dry["confirm_digest"]) == 64
+    assert completed.snapshot() == before
+    for refused in ({**where, "confirm_digest": dry["confirm_digest"]}, {**where, "dry_run": False},
+                    ["P1", "S1", "particles", None, None, True, False]):
+        error = assert_error(await completed.call("delete_live_datatype", refused, token=token), -32002, "Forbidden")
+        assert "livedm user allow NAME" in error["message"]
+    assert completed.snapshot() == before
+    # on behalf of another user it is an admin's, dry run or not
+    assert_error(await completed.call("delete_live_datatype", {**where, "dry_run": True, "user_id": "admin"},
+                                      token=token), -32002, "Forbidden")
 
 
 @pytest.mark.parametrize("method", ADMIN)
@@ -99,12 +121,13 @@ async def test_state_change_rules(populated: Api, tmp_path: Path) -> None:
     call = populated.call
     args = {"project_uid": "P1", "session_uid": "S1", "datatype": "micrographs", "status": "archiving"}
     error = assert_error(await call("change_session_data_management_state", args), -32003, "Conflict")
-    assert "mark_session_completed" in error["message"]
+    assert "`livedm session complete P1 S1`" in error["message"]
     await populated.ok("mark_session_completed", ["P1", "S1"])
     dm = await populated.ok("change_session_data_management_state", args)
     assert dm["micrographs"]["status"] == "archiving" and dm["micrographs"]["prev_status"] == "active"
     entries = await populated.ok("get_audit_log", {"project_uid": "P1", "session_uid": "S1"})
-    assert entries[0] | {"at": None} == {"at": None, "actor": "admin", "by": "user", "action": "state_changed",
+    assert entries[0] | {"at": None} == {"at": None, "actor": "admin", "actor_kind": "user", "by": "user",
+                                         "action": "state_changed",
                                          "project_uid": "P1",
                                           "session_uid": "S1", "datatype": "micrographs", "old_status": "active",
                                           "status": "archiving"}

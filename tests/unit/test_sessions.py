@@ -68,6 +68,23 @@ def test_file_paths_are_absolute_and_raw_gives_movie_targets(mock_service: Sessi
     assert code_of(mock_service.get_datatype_file_paths, "P1", "S1", "thumbnails") == INVALID_PARAMS
     everything = mock_service.get_project_file_paths("P1")
     assert sorted(everything["S1"]["thumbnails"]) == sorted(tree.paths_by_datatype["thumbnails"])
+    assert mock_service.get_datatype_file_paths("P1", "S1", "raw")["missing"] == []
+    assert set(mock_service.get_datatype_file_paths("P1", "S1", "particles")) == {"particles"}
+
+
+def test_raw_lists_leave_out_movies_that_are_gone_and_name_them(mock_service: Sessions, tmp_path: Path) -> None:
+    tree = session_on_disk(mock_service, tmp_path, exposures=3)
+    mock_service.update_session_datatype_sizes("P1", "S1")
+    first, second, third = tree.paths_by_datatype["raw"]
+    Path(second).unlink()  # a movie deleted under its link
+    (tree.session_path / "import_movies" / "stray.tiff").symlink_to(tmp_path / "never-there.tiff")
+    mock_service.update_session_datatype_sizes("P1", "S1")
+    listing = mock_service.get_datatype_file_paths("P1", "S1", "raw")
+    assert set(listing) == {"raw", "missing"}
+    assert sorted(listing["raw"]) == sorted([first, third])
+    assert sorted(listing["missing"]) == sorted([second, str(tmp_path / "never-there.tiff")])
+    assert mock_service.get_project_file_paths("P1")["S1"]["missing"] == listing["missing"]
+    assert mock_service.get_session("P1", "S1")["data_management"]["raw"]["status"] == "active"  # not all gone
 
 
 def test_rescan_follows_the_disk_and_all_gone_is_missing(mock_service: Sessions, tmp_path: Path) -> None:
