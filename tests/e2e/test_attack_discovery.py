@@ -236,7 +236,9 @@ def test_two_daemons_run_one_pass_at_a_time_and_a_kill_mid_pass_loses_nothing(tm
             thread.start()
         for thread in callers:
             thread.join()
-        jobs = discover_jobs(first)
+        # the pass each daemon queues at start may have ended before the calls came (a loaded machine, or a
+        # quick one): it is left out here, and the intervals checked at the end keep it to its turn
+        jobs = [j for j in discover_jobs(first) if j["id"] in asked or j["state"] in ("queued", "running")]
         assert len(jobs) == 1 and set(asked) == {jobs[0]["id"]}, (asked, jobs)
         running = wait_until(lambda: (j := first.call("get_job", [jobs[0]["id"]]))["state"] == "running" and
                              j["progress"].get("phase") == "recording projects" and

@@ -607,7 +607,9 @@ def test_a_reply_the_client_does_not_take_is_cut_after_request_timeout_s(tmp_pat
             time.sleep(0.1)
         assert time.monotonic() - sent_at >= 2
         for sock in attackers:
-            received, ended = drain(sock)
+            # on a loaded machine a reply may still be being made when another one's cut frees a slot: its own
+            # cut comes request_timeout_s after it begins to be written
+            received, ended = drain(sock, limit_s=answered_s + 2 + 5)
             assert received < whole and ended in ("reset", "eof")  # the rest was dropped
             sock.close()
         assert rpc(daemon, "whoami")["result"]["name"] == "admin"
