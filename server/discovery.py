@@ -295,13 +295,13 @@ class Discovery:
         record = item.record
         # no fingerprint until its sessions are recorded too: a pass that dies half-way reads it again
         fields = {"title": _title(record.title, record.uid), "instance": item.label, "cryosparc_uid": record.uid,
-                  "created_at": record.created_at or _now(),
+                  "created_at": record.created_at or now_iso(),
                   "owner_user_id": record.owner_user_id, "cryosparc_created_at": record.created_at,
                   "archived": record.archived, "detached": record.detached, "discover_root": item.root,
-                  "fingerprint": None, "seen_at": _now(), "gone_at": None, "gone_reason": None}
+                  "fingerprint": None, "seen_at": now_iso(), "gone_at": None, "gone_reason": None}
         if item in survey.added:
             try:
-                self.sessions.add_discovered_project(item.uid, item.project_dir, {**fields, "discovered_at": _now()},
+                self.sessions.add_discovered_project(item.uid, item.project_dir, {**fields, "discovered_at": now_iso()},
                                                      expect_pin=item.pin)
             except ApiError as exc:
                 survey.conflicts.append(_conflict(item.uid, [item.project_dir], exc.message))
@@ -353,7 +353,7 @@ class Discovery:
         for session_uid, session in known.items():
             if session_uid not in listed and not session.get("left_cryosparc_at"):
                 self.sessions.mark_missing(item.uid, session_uid, LEFT_WORKSPACES)  # first: a pass may die here
-                self.store.set_session_fields(item.uid, session_uid, {"left_cryosparc_at": _now()})
+                self.store.set_session_fields(item.uid, session_uid, {"left_cryosparc_at": now_iso()})
 
     def _gone(self, project: dict[str, Any], why: str) -> None:
         log.warning("discovery: project %s (%s): %s; its sessions show missing", project["uid"],
@@ -361,7 +361,7 @@ class Discovery:
         self.store.set_project_fields(project["uid"], {"fingerprint": None})
         for session in self.store.list_sessions(project["uid"]):
             self.sessions.mark_missing(project["uid"], session["uid"], why)
-        self.store.set_project_fields(project["uid"], {"gone_at": _now(), "gone_reason": why})  # last: see survey
+        self.store.set_project_fields(project["uid"], {"gone_at": now_iso(), "gone_reason": why})  # last: see survey
 
     def _counts_if_changed(self, survey: Survey, project_dir: str, live: cs.LiveSession,
                            known: dict[str, Any] | None) -> dict[str, Any]:
@@ -409,7 +409,7 @@ def _session_fields(live: cs.LiveSession) -> dict[str, Any]:
     return {"title": _title(live.title, live.session_uid), "session_dir": live.session_dir,
             "status": session_status_from_cryosparc(live.status), "cryosparc_status": live.status,
             "workspace_uid": live.workspace_uid, "created_by_user_id": live.created_by_user_id,
-            "created_at": live.created_at or _now(), "started_at": None, "paused_at": list(live.paused_at),
+            "created_at": live.created_at or now_iso(), "started_at": None, "paused_at": list(live.paused_at),
             "completed_at": live.completed_at, "raw_data_dirs": list(live.raw_dirs)}
 
 
@@ -437,7 +437,3 @@ def _same_dir(a: str, b: str) -> bool:
 
 def _conflict(uid: str, paths: list[str], reason: str) -> dict[str, Any]:
     return {"project_uid": uid, "paths": sorted(set(paths)), "reason": reason}
-
-
-def _now() -> str:
-    return now_iso()

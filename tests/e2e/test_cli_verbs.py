@@ -12,6 +12,7 @@ from pathlib import Path
 
 from testkit.daemon import BIN, Daemon
 from testkit.sessiontree import build_session_tree
+from tests.support.daemon_sessions import completed_session
 from tests.support.terminal import livedm_at_terminal
 
 
@@ -49,10 +50,7 @@ def test_user_role_and_remove(daemon: Daemon) -> None:
 
 
 def test_delete_asks_for_the_project_and_the_session(daemon: Daemon, tmp_path: Path) -> None:
-    tree = build_session_tree(tmp_path / "proj", exposures=2)
-    daemon.call("create_project", ["p", str(tree.project_dir)])
-    daemon.call("create_live_session", ["P1", "s"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
+    tree = completed_session(daemon, tmp_path, exposures=2)
     only_the_session = livedm_at_terminal(daemon, "delete", "P1", "S1", "particles", typed="S1")
     assert only_the_session.returncode == 2 and "Type P1 S1 to confirm" in only_the_session.stdout
     assert "nothing was done" in only_the_session.stderr
@@ -97,10 +95,7 @@ def test_project_and_session_verbs(daemon: Daemon, tmp_path: Path) -> None:
 
 
 def test_mark_and_files(daemon: Daemon, tmp_path: Path) -> None:
-    tree = build_session_tree(tmp_path / "proj", exposures=3)
-    daemon.call("create_project", ["p", str(tree.project_dir)])
-    daemon.call("create_live_session", ["P1", "s"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
+    tree = completed_session(daemon, tmp_path, exposures=3)
     marked = daemon.livedm("mark", "P1", "S1", "micrographs", "archiving")
     assert marked.returncode == 0 and marked.stdout.strip() == "micrographs of P1 S1 is archiving"
     assert daemon.call("get_session", ["P1", "S1"])["data_management"]["micrographs"]["status"] == "archiving"
@@ -130,10 +125,7 @@ def test_mark_and_files(daemon: Daemon, tmp_path: Path) -> None:
 
 
 def test_a_delete_dry_run_needs_no_permission(daemon: Daemon, tmp_path: Path) -> None:
-    tree = build_session_tree(tmp_path / "proj", exposures=2)
-    daemon.call("create_project", ["p", str(tree.project_dir)])
-    daemon.call("create_live_session", ["P1", "s"])
-    daemon.call("mark_session_completed", ["P1", "S1"])
+    tree = completed_session(daemon, tmp_path, exposures=2)
     viewer = {"LIVEDM_TOKEN": daemon.call("create_user", {"name": "viewer"})["token"]}
     dry = daemon.livedm("delete", "P1", "S1", "particles", "--dry-run", env=viewer)
     assert dry.returncode == 0, dry.stderr
