@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 CHROMIUM ?= /usr/bin/chromium
+WRK ?= /usr/bin/wrk
 
 .PHONY: run test lint bench clean
 
@@ -38,7 +39,15 @@ $(CHROMIUM):
 test: lint $(CHROMIUM)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-test
+# The throughput benchmark drives livedmd with wrk: a Python client saturates before livedmd does.
+$(WRK):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; \
+	else \
+		echo "The throughput benchmark needs Debian's wrk: sudo apt-get install wrk" >&2; exit 1; \
+	fi
+
+bench: $(VENV)/.installed-test $(WRK)
 	$(BIN)/python -m bench $(BENCH)
 
 clean:

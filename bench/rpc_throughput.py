@@ -1,9 +1,14 @@
-"""`get_datatype_size` requests/s over HTTP at 16 concurrent connections: a real livedmd on the embedded
-store vs a bare aiohttp handler returning a constant JSON-RPC result, same load generator, same run."""
+"""`get_datatype_size` requests/s at 16 connections, wrk as the load generator: a real livedmd on the embedded
+store vs a bare aiohttp handler (bench/bare_server.py) in the same run, rounds interleaved (ours, bare, ours,
+bare, ...) so that a noisy moment on a shared machine hits both alike; medians.
+
+Every reply is checked (bench/rpc_post.lua): a livedmd reply that is not a 200 carrying the measured size
+fails the benchmark, so a fast error path cannot pass for throughput.
+
+BENCH_ROUNDS, BENCH_ROUND_S and BENCH_LOG_LEVEL (livedmd's log_level, default info) change the run."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics
@@ -14,44 +19,19 @@ import time
 import urllib.request
 from pathlib import Path
 
-import aiohttp
-
+from bench.bare_server import RESULT as BARE_RESULT
+from bench.wrk_load import WrkRun, run_wrk, wrk_binary, wrk_threads
 from livedm.server.embedded import free_port
 from testkit.daemon import Daemon
 from testkit.sessiontree import build_session_tree
 
-CONCURRENCY = 16
-BENCH_ENV = {"LIVEDM_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info")}
-DURATION_S = 4.0
-ROUNDS = 5
+CONNECTIONS = 16
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+ROUND_S = float(os.environ.get("BENCH_ROUND_S", "5"))
+WARMUP_S = 2.0
+TARGET_RATIO = 0.5
 BODY = json.dumps({"jsonrpc": "2.0", "method": "get_datatype_size",
                    "params": {"project_uid": "P1", "session_uid": "S1", "datatype": "micrographs"}, "id": 1})
-
-
-async def load(url: str, token: str) -> tuple[float, int]:
-    """Requests/s and errors, 16 connections for DURATION_S (after a short warm-up)."""
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        done = errors = 0
-        stop_at = 0.0
-
-        async def worker() -> None:
-            nonlocal done, errors
-            while time.perf_counter() < stop_at:
-                async with session.post(url, data=BODY, headers=headers) as response:
-                    reply = await response.json()
-                    if "result" not in reply:
-                        errors += 1
-                done += 1
-
-        stop_at = time.perf_counter() + 0.5
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        done = errors = 0
-        started = time.perf_counter()
-        stop_at = started + DURATION_S
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        return done / (time.perf_counter() - started), errors
 
 
 def wait_http(url: str) -> None:
@@ -64,32 +44,53 @@ def wait_http(url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def checked(run: WrkRun, who: str) -> WrkRun:
+    if run.bad or run.socket_errors or run.good != run.requests:
+        raise SystemExit(f"throughput: {who} answered {run.bad} of {run.requests} requests with something else "
+                         f"than a 200 carrying the expected result ({run.socket_errors} socket errors): "
+                         "the figures would not be throughput")
+    return run
+
+
 def main() -> None:
+    wrk_binary()  # fails with what to install before anything starts
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_session_tree(root / "proj", exposures=3)
-        daemon = Daemon(root / "state", env=BENCH_ENV).start()
+        daemon = Daemon(root / "state", env={"LIVEDM_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info")}).start()
         port = free_port()
-        bare = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(port)])
+        bare_server = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(port)])
         try:
             daemon.call("create_project", ["bench", str(root / "proj")])
             daemon.call("create_live_session", ["P1", "bench"])
             daemon.call("update_session_datatype_sizes", ["P1", "S1"])
-            wait_http(f"http://127.0.0.1:{port}/api")
-            runs = []  # interleaved, so a noisy moment on this shared machine hits both sides alike
-            for _ in range(ROUNDS):
-                baseline_rps, _ = asyncio.run(load(f"http://127.0.0.1:{port}/api", "none"))
-                ours_rps, errors = asyncio.run(load(daemon.url + "/api", daemon.token))
-                runs.append((ours_rps / baseline_rps, ours_rps, baseline_rps, errors))
+            size = daemon.call("get_datatype_size", ["P1", "S1", "micrographs"])
+            assert isinstance(size, int) and size > 0, size
+            bare_url = f"http://127.0.0.1:{port}/api"
+            wait_http(bare_url)
+
+            def ours(duration_s: float) -> WrkRun:
+                return checked(run_wrk(daemon.url + "/api", token=daemon.token, body=BODY, expected_result=size,
+                                       duration_s=duration_s, connections=CONNECTIONS), "livedmd")
+
+            def bare(duration_s: float) -> WrkRun:
+                return checked(run_wrk(bare_url, token="none", body=BODY, expected_result=BARE_RESULT,
+                                       duration_s=duration_s, connections=CONNECTIONS), "the bare handler")
+
+            ours(WARMUP_S)
+            bare(WARMUP_S)
+            rounds = [(ours(ROUND_S).rps, bare(ROUND_S).rps) for _ in range(ROUNDS)]
         finally:
-            bare.terminate()
-            bare.wait()
+            bare_server.terminate()
+            bare_server.wait()
             daemon.stop()
-    ratio, ours, baseline, _ = statistics.median_low(runs)
-    errors = sum(run[3] for run in runs)
-    print(f"throughput: bare aiohttp handler {baseline:.0f} req/s | livedm get_datatype_size {ours:.0f} req/s "
-          f"({errors} errors) = {ratio:.2f}x (median of {ROUNDS} interleaved rounds: "
-          f"{', '.join(f'{r[0]:.2f}' for r in runs)}; target >= 0.4), {CONCURRENCY} connections")
+    ours_rps = statistics.median(r[0] for r in rounds)
+    bare_rps = statistics.median(r[1] for r in rounds)
+    ratio = ours_rps / bare_rps
+    print(f"throughput: livedm get_datatype_size {ours_rps:.0f} req/s | bare aiohttp handler {bare_rps:.0f} req/s "
+          f"= {ratio:.2f}x (target >= {TARGET_RATIO}); medians of {ROUNDS} interleaved {ROUND_S:g} s rounds of wrk, "
+          f"{CONNECTIONS} connections, {wrk_threads()} thread(s); per round: "
+          f"{', '.join(f'{o:.0f}/{b:.0f}' for o, b in rounds)}")
 
 
 if __name__ == "__main__":
