@@ -67,6 +67,7 @@ class Metrics:
         self.errors = Counter("livedm_errors", "JSON-RPC errors answered, by code", ["code"], registry=self.registry)
         self.renders = Counter("livedm_metrics_renders", "Renders of /metrics (scrapes within "
                                f"{RENDER_REUSE_S:g} s of a render share it)", registry=self.registry)
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}  # (method, outcome): (calls, latency) children
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
         self._rendering: asyncio.Future[bytes] | None = None
         self._rendered: tuple[float, bytes] | None = None  # (monotonic time it finished, body)
@@ -75,11 +76,17 @@ class Metrics:
         self.registry.register(StoreCollector(store))
 
     def observe_call(self, method: str, outcome: str, seconds: float) -> None:
-        self.calls.labels(method, outcome).inc()
-        self.latency.labels(method).observe(seconds)
+        children = self._children.get((method, outcome))
+        if children is None:  # labels() validates and locks each time: look each pair up once
+            children = self._children[method, outcome] = (self.calls.labels(method, outcome),
+                                                           self.latency.labels(method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_response(self, response: dict[str, Any] | list[dict[str, Any]] | None) -> list[int]:
         """Count the errors of a reply; their codes."""
+        if isinstance(response, dict) and "error" not in response:
+            return []
         items = response if isinstance(response, list) else [response] if response else []
         codes = [item["error"]["code"] for item in items if "error" in item]
         for code in codes:
