@@ -19,7 +19,7 @@ from .backup import backup_lines
 from .connections import received
 from .errors import CONFLICT, FORBIDDEN, INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, UNAUTHENTICATED, ApiError
 from .restore import BATCH_DOCS, restore
-from .rpc import CallContext, error_object, error_response
+from .rpc import READ_METHODS, CallContext, error_object, error_response
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,22 @@ async def api(request: web.Request) -> web.Response:
     return web.json_response(response)
 
 
+SLOW_REQUEST_S = 1.0
+
+
 def log_request(request: web.Request, ctx: CallContext, error_codes: list[int], *, seconds: float) -> None:
+    """A line per request at info, but for reads that went well and fast: those at debug (they are counted in
+    /metrics; a line each cost more than the read)."""
+    routine = not error_codes and seconds < SLOW_REQUEST_S and ctx.calls and all(
+        outcome == "ok" and name in READ_METHODS for name, outcome in ctx.calls)
+    level = logging.DEBUG if routine else logging.INFO
+    if not request_log.isEnabledFor(level):
+        return
     who = (ctx.user or {}).get("name", "-")
     methods = ",".join(sorted({name for name, _ in ctx.calls})) or "-"
     errors = f" errors={','.join(map(str, error_codes))}" if error_codes else ""
-    request_log.info("%s user=%s calls=%d methods=%s%s %.1fms", request.remote, who, len(ctx.calls), methods,
-                     errors, seconds * 1000)
+    request_log.log(level, "%s user=%s calls=%d methods=%s%s %.1fms", request.remote, who, len(ctx.calls), methods,
+                    errors, seconds * 1000)
 
 
 async def _caller(request: web.Request) -> dict[str, Any]:
