@@ -196,6 +196,9 @@ SETTINGS: tuple[Setting, ...] = (
             "the state dir while it is checked, so the state dir needs that much free space.", _parse_positive_int),
     Setting("auth_cache_s", "2s", "How long a checked token is trusted before the database is asked again.",
             _parse_positive_duration),
+    Setting("session_cache_s", "1s", "How long a session read for get_datatype_size may answer later calls: this "
+            "livedmd's own writes end it at once, another livedmd's show within this long. 0: every call reads.",
+            _parse_interval),
     Setting("log_level", "info", "debug, info, warning or error.", _parse_log_level),
     Setting("log_format", "plain", "plain (for a terminal) or json (one object per line, for a log shipper).",
             _parse_log_format),
@@ -266,6 +269,7 @@ class Config:
     keepalive_timeout_s: float
     request_timeout_s: float
     auth_cache_s: float
+    session_cache_s: float
     log_level: str
     log_format: str
     data_roots: tuple[str, ...]

@@ -43,7 +43,8 @@ class Services:
         hooks = Hooks(config, store, queue, audit=audit)
         states = CategoryStates(store, audit, hooks)
         sessions = Sessions(store, config, states)
-        return cls(sessions=sessions, reader=SessionReader(store), categories=Categories(sessions, states),
+        return cls(sessions=sessions, reader=SessionReader(store, config.session_cache_s),
+                   categories=Categories(sessions, states),
                    users=Users(store, audit, changed=authenticator.forget), audit=audit, queue=queue, hooks=hooks,
                    deletions=Deletions(sessions, queue, audit, states=states),
                    discovery=Discovery(sessions, store, queue, audit, config), disk=DiskPool(config.disk_threads),

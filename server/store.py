@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 import re
 import uuid
@@ -34,23 +35,39 @@ class StoreUnavailable(Exception):
     """The database does not answer (the embedded store died, MongoDB is unreachable)."""
 
 
-def _unavailable_as_store_error(method: Callable[..., Any]) -> Callable[..., Any]:
+# Store methods that only read. Every other one counts as a write (write_mark), a method added later too.
+READ_METHODS = frozenset({
+    "ping", "get_project", "list_projects", "project_dirs", "api_registrations", "get_session", "get_sessions",
+    "list_sessions", "sessions_in_progress", "session_with_dir_id", "movie_dirs", "read_registry",
+    "api_path_owners", "read_job_paths", "get_user", "user_for_token", "list_users", "last_finished_job", "get_job",
+    "get_jobs", "list_jobs", "count_jobs", "job_counts", "oldest_queued_job_time", "bytes_by_datatype",
+    "sessions_with_status", "dump", "find_audit", "users_with_live_tokens"})
+
+_write_marks = itertools.count(1)
+
+
+def _unavailable_as_store_error(method: Callable[..., Any], *, writes: bool) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
+        if writes:  # before and after: a read cached meanwhile may predate the write (reads.py)
+            args[0].write_mark = next(_write_marks)
         try:
             return method(*args, **kwargs)
         except pymongo.errors.ConnectionFailure as exc:
             raise StoreUnavailable(f"the database does not answer ({exc.__class__.__name__}: {exc})") from exc
+        finally:
+            if writes:
+                args[0].write_mark = next(_write_marks)
 
     return call
 
 
 def _translating_errors(cls: type) -> type:
     """Callers see StoreUnavailable, never pymongo's connection errors: nothing outside this module
-    needs to know pymongo."""
+    needs to know pymongo. And every method that may write leaves a new write_mark."""
     for name, member in list(vars(cls).items()):
         if callable(member) and not name.startswith("__"):
-            setattr(cls, name, _unavailable_as_store_error(member))
+            setattr(cls, name, _unavailable_as_store_error(member, writes=name not in READ_METHODS))
     return cls
 
 
@@ -88,6 +105,10 @@ class Store:
     def __init__(self, client: pymongo.MongoClient, db_name: str) -> None:
         self.client = client
         self.db: Database = client[db_name]
+        # A new, never repeated, value whenever a method that may write begins and ends, whichever thread calls
+        # it (itertools.count is atomic): a reader that sees the same mark before and after a read knows that
+        # no write of this process began or ended meanwhile.
+        self.write_mark = 0
 
     @classmethod
     def connect(cls, uri: str, db_name: str, selection_timeout_s: float) -> Store:
