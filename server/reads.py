@@ -14,6 +14,7 @@ under. Another livedmd's writes on a shared database show within `cache_s`.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from .domain import check_project_uid, check_session_uid
@@ -30,17 +31,17 @@ class SessionReader:
         self._waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._draining = False
         self._drainer: asyncio.Task[None] | None = None
-        self._kept: dict[str, tuple[float, int, dict[str, Any]]] = {}  # key: (loop time its read began, mark, doc)
+        self._kept: dict[str, tuple[float, int, dict[str, Any]]] = {}  # key: (monotonic time its read began, mark, doc)
 
     async def session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
         """The session's document (shared with other callers: read it, never change it)."""
         check_project_uid(project_uid)
         check_session_uid(session_uid)
         key = session_key(project_uid, session_uid)
-        loop = asyncio.get_running_loop()
         kept = self._kept.get(key)
-        if kept is not None and kept[1] == self.store.write_mark and loop.time() - kept[0] < self.cache_s:
+        if kept is not None and kept[1] == self.store.write_mark and time.monotonic() - kept[0] < self.cache_s:
             return kept[2]
+        loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
         self._waiting.setdefault(key, []).append(future)
         if not self._draining:
@@ -55,12 +56,11 @@ class SessionReader:
         return session
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             await asyncio.sleep(0)  # let requests already read off the sockets join this batch
             while self._waiting:
                 batch, self._waiting = self._waiting, {}
-                began, mark = loop.time(), self.store.write_mark
+                began, mark = time.monotonic(), self.store.write_mark
                 try:
                     found = await asyncio.to_thread(self.store.get_sessions, list(batch))
                 except Exception as exc:  # every waiter of this batch gets the failure
