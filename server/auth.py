@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import secrets
@@ -49,6 +50,9 @@ class Authenticator:
         self.store = store
         self.cache_s = cache_s
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        # a new value at every forget: a lookup that began before one does not fill the cache after it
+        self._forgets = itertools.count(1)
+        self._forgotten = 0
 
     def cached_user(self, token: str | None) -> dict[str, Any] | None:
         """The user of a recently checked token, without asking the database (None: ask user_for)."""
@@ -68,18 +72,26 @@ class Authenticator:
         if cached is not None:
             return cached
         digest = token_hash(token)
-        now = time.monotonic()
+        now, forgotten = time.monotonic(), self._forgotten
         user = self.store.user_for_token(digest, time.time())
         if user is None:
             self._cache.pop(digest, None)
             raise unauthenticated("the API token is not valid (revoked or mistyped); ask an admin for a new one")
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (now, user)
+        if self._forgotten == forgotten:
+            self._cache[digest] = (now, user)
         return user
 
     def forget(self) -> None:
+        """Users or tokens changed in this process: every cached sign-in is checked again."""
+        self._forgotten = next(self._forgets)
         self._cache.clear()
+
+    def forget_token(self, digest: str) -> None:
+        """A token this process revoked stops working here at once (elsewhere within cache_s)."""
+        self._forgotten = next(self._forgets)
+        self._cache.pop(digest, None)
 
 
 def write_secret(path: Path, text: str) -> None:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,11 +250,13 @@ class _OutputPipe:
 
 
 class Hooks:
-    def __init__(self, config: Config, store: Store, queue: Queue, *, audit: Audit) -> None:
+    def __init__(self, config: Config, store: Store, queue: Queue, *, audit: Audit,
+                 token_revoked: Callable[[str], None] = lambda _digest: None) -> None:
         self.config = config
         self.store = store
         self.queue = queue
         self.audit = audit
+        self.token_revoked = token_revoked  # a run's token, gone, must stop working here at once (auth's cache)
 
     @property
     def enabled(self) -> bool:
@@ -386,6 +388,7 @@ class Hooks:
             outcome = self._execute(run, argv, output, token=token)
         finally:
             self.store.delete_token(token_hash(token))
+            self.token_revoked(token_hash(token))
         outcome["log_path"] = str(log_path)
         self.audit.record(run.job.get("created_by", "?"), "hook_ran", project_uid=params.project_uid,
                           session_uid=params.session_uid, datatype=params.datatype, status=params.status,

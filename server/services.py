@@ -40,7 +40,7 @@ class Services:
     def build(cls, store: Store, config: Config, authenticator: Authenticator) -> Services:
         audit = Audit(store)
         queue = Queue(store, lease_s=config.job_lease_s, max_attempts=config.job_max_attempts)
-        hooks = Hooks(config, store, queue, audit=audit)
+        hooks = Hooks(config, store, queue, audit=audit, token_revoked=authenticator.forget_token)
         states = CategoryStates(store, audit, hooks)
         sessions = Sessions(store, config, states)
         return cls(sessions=sessions, reader=SessionReader(store, config.session_cache_s),

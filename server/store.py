@@ -44,20 +44,21 @@ READ_METHODS = frozenset({
     "sessions_with_status", "dump", "find_audit", "users_with_live_tokens"})
 
 _write_marks = itertools.count(1)
+_write_mark = [0]  # the latest mark of this process, whichever Store instance or thread wrote
 
 
 def _unavailable_as_store_error(method: Callable[..., Any], *, writes: bool) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
-        if writes:  # before and after: a read cached meanwhile may predate the write (reads.py)
-            args[0].write_mark = next(_write_marks)
+        if writes:  # before and after: a read kept meanwhile may predate the write (reads.py)
+            _write_mark[0] = next(_write_marks)
         try:
             return method(*args, **kwargs)
         except pymongo.errors.ConnectionFailure as exc:
             raise StoreUnavailable(f"the database does not answer ({exc.__class__.__name__}: {exc})") from exc
         finally:
             if writes:
-                args[0].write_mark = next(_write_marks)
+                _write_mark[0] = next(_write_marks)
 
     return call
 
@@ -105,10 +106,13 @@ class Store:
     def __init__(self, client: pymongo.MongoClient, db_name: str) -> None:
         self.client = client
         self.db: Database = client[db_name]
-        # A new, never repeated, value whenever a method that may write begins and ends, whichever thread calls
-        # it (itertools.count is atomic): a reader that sees the same mark before and after a read knows that
-        # no write of this process began or ended meanwhile.
-        self.write_mark = 0
+
+    @property
+    def write_mark(self) -> int:
+        """A new, never repeated, value whenever a Store method that may write begins or ends in this process,
+        in any thread (itertools.count is atomic): a reader that sees the same mark before and after a read knows
+        that no write of this process began or ended meanwhile."""
+        return _write_mark[0]
 
     @classmethod
     def connect(cls, uri: str, db_name: str, selection_timeout_s: float) -> Store:
