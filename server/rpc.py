@@ -13,18 +13,19 @@ import reprlib
 import time
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from jsonrpcserver import Success
-from jsonrpcserver.async_dispatcher import call as call_method
 from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.async_dispatcher import logger as library_log
 from jsonrpcserver.async_main import dispatch_to_response
 from jsonrpcserver.dispatcher import create_request, to_response
 from jsonrpcserver.exceptions import JsonRpcError
 from jsonrpcserver.main import default_validator
 from jsonrpcserver.request import Request
+from jsonrpcserver.result import ErrorResult, InternalErrorResult
 from jsonrpcserver.sentinels import NOID
 from oslash.either import Left
 
@@ -249,16 +250,21 @@ def check_access(method: ApiMethod, user: dict[str, Any], arguments: dict[str, A
 Observer = Callable[[str, str, float], None]  # (method, outcome, seconds)
 
 
-def _wrap(method: ApiMethod, observe: Observer) -> Callable[..., Any]:
+Checked = Callable[[CallContext, list[Any], dict[str, Any]], Awaitable[Any]]
+
+
+def _wrap(method: ApiMethod, observe: Observer) -> tuple[Checked, Callable[..., Any]]:
+    """The method behind every check: `checked(ctx, args, kwargs)` returns its result or raises JsonRpcError (the
+    fast path calls it), and the same as jsonrpcserver calls it (the method's signature; a Result back)."""
     names, is_async = method.param_names, method.is_async
 
-    async def call(ctx: CallContext, *args: Any, **kwargs: Any) -> Any:
+    async def checked(ctx: CallContext, args: list[Any], kwargs: dict[str, Any]) -> Any:
         started = time.perf_counter()
         outcome = "ok"
         try:
             if ctx.user is None:
                 raise ctx.auth_error or ApiError(INTERNAL_ERROR, "no caller")
-            # jsonrpcserver has bound the params against the signature already: no missing or extra ones
+            # the params were bound against the signature already: no missing or extra ones
             arguments = dict(zip(names, args, strict=False))
             arguments.update(kwargs)
             check_arguments(method, arguments)
@@ -266,9 +272,8 @@ def _wrap(method: ApiMethod, observe: Observer) -> Callable[..., Any]:
                 check_text(method, arguments)
             check_access(method, ctx.user, arguments)
             if is_async:
-                result = await method.func(ctx, **arguments)
-            else:
-                result = await asyncio.to_thread(method.func, ctx, **arguments)
+                return await method.func(ctx, **arguments)
+            return await asyncio.to_thread(method.func, ctx, **arguments)
         except ApiError as exc:
             outcome = str(exc.code)
             raise JsonRpcError(exc.code, exc.message, {"name": exc.name, **exc.data}) from None
@@ -286,10 +291,12 @@ def _wrap(method: ApiMethod, observe: Observer) -> Callable[..., Any]:
         finally:
             ctx.calls.append((method.name, outcome))
             observe(method.name, outcome, time.perf_counter() - started)
-        return Success(result)
+
+    async def call(ctx: CallContext, *args: Any, **kwargs: Any) -> Any:
+        return Success(await checked(ctx, list(args), kwargs))
 
     call.__signature__ = method.signature  # type: ignore[attr-defined]  # jsonrpcserver binds against it
-    return call
+    return checked, call
 
 
 _REQUEST_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
@@ -373,17 +380,19 @@ class _Binding:
 
 
 class Dispatcher:
-    """jsonrpcserver dispatches; `fast_path` lets one well-formed request whose method exists and whose params
-    bind skip the library's lookup and signature binding (the rest, calling the method and turning its outcome
-    into a reply, is the library's either way). Everything else takes the library's whole path."""
+    """jsonrpcserver dispatches. With `fast_path`, one well-formed request whose method exists and whose params bind
+    (nearly every call) skips the library's lookup, inspect's binding and the Result objects; an error it meets
+    is still turned into a reply by the library's own to_response. Everything else takes the library's path."""
 
     def __init__(self, methods: dict[str, ApiMethod], observe: Observer = lambda *_: None,
                  max_batch_calls: int = 100, *, fast_path: bool = True) -> None:
         self.methods = methods
         self.max_batch_calls = max_batch_calls
         self.fast_path = fast_path
-        self._callables = {name: _wrap(m, observe) for name, m in methods.items()}
-        self._bindings = {name: binding for name, m in methods.items() if (binding := _Binding.of(m)) is not None}
+        wrapped = {name: _wrap(m, observe) for name, m in methods.items()}
+        self._callables = {name: call for name, (_checked, call) in wrapped.items()}
+        self._fast = {name: (checked, binding) for name, (checked, _call) in wrapped.items()
+                      if (binding := _Binding.of(methods[name])) is not None}
 
     def _check_batch(self, parsed: Any) -> None:
         if isinstance(parsed, list) and len(parsed) > self.max_batch_calls:
@@ -398,27 +407,53 @@ class Dispatcher:
             raise ApiError(INVALID_REQUEST, f"a JSON-RPC id may be at most {MAX_ID_CHARS} characters (a string) or "
                            "digits (a number): nothing ran; use a short id, such as a counter or a UUID")
 
+    def _fast_call(self, parsed: Any) -> tuple[Checked, list[Any] | dict[str, Any]] | None:
+        """The method and params of one well-formed request (not a notification, a short id, a method that exists,
+        params that bind) that the fast path answers; None for anything else."""
+        if not (is_plain_request(parsed) and "id" in parsed) or _id_too_long(parsed):
+            return None
+        fast = self._fast.get(parsed["method"])
+        params = parsed.get("params", [])
+        if fast is None or not fast[1].binds(params):
+            return None
+        return fast[0], params
+
     async def dispatch(self, body: str, ctx: CallContext) -> dict[str, Any] | list[dict[str, Any]] | None:
-        # One well-formed request (nearly every call) goes straight to jsonrpcserver's dispatch_request;
-        # batches and anything malformed take the library's whole path, which answers them to the letter.
         try:
             parsed = parse_json(body)
+        except ApiError as exc:
+            return error_response(exc.code, exc.message)
+        ctx.may_hold_surrogates = SURROGATE_ESCAPE.search(body) is not None
+        fast = self._fast_call(parsed) if self.fast_path else None
+        if fast is not None:
+            return await self._answer_fast(*fast, parsed, ctx)
+        try:
             self._check_batch(parsed)
             self._check_ids(parsed)
         except ApiError as exc:
             return error_response(exc.code, exc.message)
-        ctx.may_hold_surrogates = SURROGATE_ESCAPE.search(body) is not None
-        if self.fast_path and is_plain_request(parsed) and "id" in parsed:
-            binding = self._bindings.get(parsed["method"])
-            params = parsed.get("params", [])
-            if binding is not None and binding.binds(params):
-                request = Request(parsed["method"], params, parsed["id"])
-                return _post_process(to_response(request, await call_method(request, ctx,
-                                                                            self._callables[request.method])))
-        if is_plain_request(parsed):
+        if is_plain_request(parsed):  # one request: straight to jsonrpcserver's dispatch_request
             request = create_request(parsed)
             _request, result = await dispatch_request(self._callables, ctx, request)
             return None if request.id is NOID else _post_process(to_response(request, result))
+        # batches and anything malformed take the library's whole path, which answers them to the letter
         response = await dispatch_to_response(body, self._callables, context=ctx, deserializer=lambda _body: parsed,
                                               validator=validate_request, post_process=_post_process)
         return cast(dict[str, Any] | list[dict[str, Any]] | None, response)
+
+    @staticmethod
+    async def _answer_fast(checked: Checked, params: list[Any] | dict[str, Any], parsed: dict[str, Any],
+                           ctx: CallContext) -> dict[str, Any]:
+        """What jsonrpcserver's call() and to_response() make of the method's outcome, without their Result objects
+        on success."""
+        args, kwargs = (params, {}) if isinstance(params, list) else ([], params)
+        try:
+            result = await checked(ctx, args, kwargs)
+        except JsonRpcError as exc:
+            outcome = Left(ErrorResult(code=exc.code, message=exc.message, data=exc.data))
+        except Exception as exc:
+            library_log.exception(exc)
+            outcome = Left(InternalErrorResult(str(exc)))
+        else:
+            return {"jsonrpc": "2.0", "result": result, "id": parsed["id"]}
+        return _post_process(to_response(Request(parsed["method"], params, parsed["id"]), outcome))
