@@ -10,10 +10,13 @@ takes a thread from API calls.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import copy
+import itertools
 import json
 import logging
 import logging.handlers
+import math
 import queue
 import re
 import time
@@ -21,9 +24,10 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .domain import DATATYPES
 from .jobs import KINDS, STATES
@@ -56,18 +60,52 @@ class StoreCollector(Collector):
         yield sizes
 
 
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
+
+
+class CallStats(Collector):
+    """JSON-RPC calls counted in plain dicts as they happen, on the event loop (no lock, no label lookup: a
+    prometheus-client Counter and Histogram cost more than the call they count), turned into Prometheus families
+    when /metrics is scraped. The scrape's thread copies the dicts and lists first: each copy is one step of the
+    interpreter, so the loop's counting never changes one under it."""
+
+    def __init__(self) -> None:
+        self._calls: dict[tuple[str, str], int] = {}
+        self._latency: dict[str, list[float]] = {}  # method: [calls per bucket..., calls above the last, seconds]
+
+    def observe(self, method: str, outcome: str, seconds: float) -> None:
+        key = (method, outcome)
+        self._calls[key] = self._calls.get(key, 0) + 1
+        counts = self._latency.get(method)
+        if counts is None:
+            counts = self._latency[method] = [0.0] * (len(LATENCY_BUCKETS_S) + 2)
+        counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1  # the first bucket whose bound >= seconds
+        counts[-1] += seconds
+
+    def collect(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:
+        calls = CounterMetricFamily("livedm_requests", "JSON-RPC calls by method and outcome",
+                                    labels=["method", "outcome"])
+        for (method, outcome), count in self._calls.copy().items():
+            calls.add_metric([method, outcome], count)
+        yield calls
+        latency = HistogramMetricFamily("livedm_request_seconds", "JSON-RPC call latency by method",
+                                        labels=["method"])
+        for method, counts in self._latency.copy().items():
+            kept = counts.copy()
+            cumulative = list(itertools.accumulate(kept[:-1]))
+            bounds = [floatToGoString(bound) for bound in (*LATENCY_BUCKETS_S, math.inf)]
+            latency.add_metric([method], list(zip(bounds, cumulative, strict=True)), sum_value=kept[-1])
+        yield latency
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.calls = Counter("livedm_requests", "JSON-RPC calls by method and outcome", ["method", "outcome"],
-                             registry=self.registry)
-        self.latency = Histogram("livedm_request_seconds", "JSON-RPC call latency by method", ["method"],
-                                 registry=self.registry,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
+        self.call_stats = CallStats()
+        self.registry.register(self.call_stats)
         self.errors = Counter("livedm_errors", "JSON-RPC errors answered, by code", ["code"], registry=self.registry)
         self.renders = Counter("livedm_metrics_renders", "Renders of /metrics (scrapes within "
                                f"{RENDER_REUSE_S:g} s of a render share it)", registry=self.registry)
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}  # (method, outcome): (calls, latency) children
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
         self._rendering: asyncio.Future[bytes] | None = None
         self._rendered: tuple[float, bytes] | None = None  # (monotonic time it finished, body)
@@ -76,12 +114,7 @@ class Metrics:
         self.registry.register(StoreCollector(store))
 
     def observe_call(self, method: str, outcome: str, seconds: float) -> None:
-        children = self._children.get((method, outcome))
-        if children is None:  # labels() validates and locks each time: look each pair up once
-            children = self._children[method, outcome] = (self.calls.labels(method, outcome),
-                                                           self.latency.labels(method))
-        children[0].inc()
-        children[1].observe(seconds)
+        self.call_stats.observe(method, outcome, seconds)
 
     def observe_response(self, response: dict[str, Any] | list[dict[str, Any]] | None) -> list[int]:
         """Count the errors of a reply; their codes."""

@@ -111,8 +111,8 @@ class Daemon:
         """Calls and errors counted; with `latency`, the latency histogram's counts too (slower to collect)."""
         metrics = self.client.app[METRICS]
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for metric in (metrics.calls, metrics.errors, *([metrics.latency] if latency else []))
-                for family in metric.collect() for s in family.samples if s.name in METRIC_NAMES}
+                for metric in (metrics.call_stats, metrics.errors) for family in metric.collect()
+                for s in family.samples if s.name in METRIC_NAMES and (latency or "seconds" not in s.name)}
 
 
 def _comparable(value: Any) -> Any:
