@@ -14,7 +14,8 @@ from typing import Any
 from . import __version__
 from .discovery import shown_job
 from .domain import check_datatype, datatype_size
-from .rpc import ApiMethod, CallContext, describe_type
+from .params import describe_type
+from .rpc import ApiMethod, CallContext
 
 API_VERSION = 1
 METHODS: dict[str, ApiMethod] = {}

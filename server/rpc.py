@@ -1,5 +1,5 @@
-"""JSON-RPC 2.0 dispatch: parameters checked against each method's signature and type hints before
-it runs, errors turned into the wire shape in one place (`error_object`)."""
+"""JSON-RPC 2.0 dispatch: each call authenticated, bound to its method's signature, checked (params.py) and
+allowed before it runs; errors turned into the wire shape in one place (`error_object`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,7 @@ import inspect
 import json
 import logging
 import math
-import re
-import reprlib
 import time
-import types
-import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -38,18 +34,14 @@ from .errors import (
     PARSE_ERROR,
     ApiError,
     forbidden,
-    invalid_params,
 )
+from .params import SURROGATE_ESCAPE, check_arguments, check_text, short
 from .store import StoreUnavailable
 
 if TYPE_CHECKING:  # the methods get the services; the services never import the API
     from .services import Services
 
 log = logging.getLogger(__name__)
-
-_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-               list: "a list", dict: "an object", type(None): "null"}
-
 
 @dataclass(frozen=True)
 class ApiMethod:
@@ -75,82 +67,6 @@ class ApiMethod:
         return inspect.iscoroutinefunction(self.func)
 
 
-def describe_type(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(describe_type(arg) for arg in typing.get_args(hint))
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        return "a list" if item is Any else f"a list of {describe_type(item).split(' ', 1)[-1]}s"
-    if origin is dict:
-        return "an object"
-    return _TYPE_WORDS.get(hint, "anything")
-
-
-def matches(value: Any, hint: Any) -> bool:
-    if hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(matches(value, arg) for arg in typing.get_args(hint))
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list) and all(matches(v, item) for v in value)
-    if origin is dict:
-        key_type, value_type = typing.get_args(hint) or (Any, Any)
-        return isinstance(value, dict) and all(matches(k, key_type) and matches(v, value_type)
-                                               for k, v in value.items())
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is type(None) or hint is None:
-        return value is None
-    return isinstance(value, hint)
-
-
-def check_arguments(method: ApiMethod, arguments: dict[str, Any]) -> None:
-    for name, value in arguments.items():
-        hint = method.hints.get(name, Any)
-        if hint is str and isinstance(value, str):  # most arguments: no need for matches' typing calls
-            continue
-        if not matches(value, hint):
-            raise invalid_params(f"{method.name}: argument {name!r} must be {describe_type(hint)}, "
-                                 f"got {type(value).__name__} {_short(value)}", argument=name)
-
-
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-# A lone surrogate can only arrive as a JSON escape (a UTF-8 encoded one fails decoding the body).
-SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
-
-
-def check_text(method: ApiMethod, arguments: dict[str, Any]) -> None:
-    """Every string (and key) must be Unicode text: a lone surrogate cannot be stored, logged or encoded.
-    Iterative: arguments may be nested as deep as the JSON parser allows."""
-    pending: list[tuple[str, Any]] = list(arguments.items())
-    while pending:
-        name, value = pending.pop()
-        if isinstance(value, str):
-            if not value.isascii() and _SURROGATE.search(value):
-                raise invalid_params(f"{method.name}: argument {name!r} holds a lone UTF-16 surrogate "
-                                     f"({_short(value)}); send Unicode text (UTF-8, or \\u escapes of whole "
-                                     "characters)", argument=name)
-        elif isinstance(value, list):
-            pending.extend((name, item) for item in value)
-        elif isinstance(value, dict):
-            pending.extend((name, key) for key in value)
-            pending.extend((name, item) for item in value.values())
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = _REPR.repr(value)  # bounded depth: a value nested 900 levels must not exhaust the stack
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def error_object(code: int, message: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
     """The one shape of every error livedm sends: name at the top (cryosparc-tools reads it) and in data."""
     name = NAME_BY_CODE.get(code, "Error")
@@ -169,11 +85,11 @@ def _library_error_message(code: int, detail: Any) -> str:
         return ('not a JSON-RPC 2.0 request: send {"jsonrpc": "2.0", "method": NAME, "params": {...} or [...], '
                 '"id": ID}' + f" ({detail})")
     if code == METHOD_NOT_FOUND:  # the name is cut short: a reply never echoes megabytes back
-        return (f"method {_short(detail)} does not exist; `livedm icli` lists the methods (dir(cli)), as "
+        return (f"method {short(detail)} does not exist; `livedm icli` lists the methods (dir(cli)), as "
                 "system.describe does")
     if code == INVALID_PARAMS:
-        return f"invalid params: {_short(detail, 200)}"
-    return detail if isinstance(detail, str) and len(detail) <= 200 else _short(detail, 200)
+        return f"invalid params: {short(detail, 200)}"
+    return detail if isinstance(detail, str) and len(detail) <= 200 else short(detail, 200)
 
 
 def _post_process(response: Any) -> dict[str, Any]:
@@ -267,9 +183,9 @@ def _wrap(method: ApiMethod, observe: Observer) -> tuple[Checked, Callable[..., 
             # the params were bound against the signature already: no missing or extra ones
             arguments = dict(zip(names, args, strict=False))
             arguments.update(kwargs)
-            check_arguments(method, arguments)
+            check_arguments(method.name, method.hints, arguments)
             if ctx.may_hold_surrogates:
-                check_text(method, arguments)
+                check_text(method.name, arguments)
             check_access(method, ctx.user, arguments)
             if is_async:
                 return await method.func(ctx, **arguments)
@@ -325,7 +241,7 @@ def _finite_float(text: str) -> float:
     """A number too large for a float (1e400) would become Infinity, which is no JSON value to answer with."""
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"the number {_short(text)} is out of range (it would be Infinity, which is not a JSON "
+        raise ValueError(f"the number {short(text)} is out of range (it would be Infinity, which is not a JSON "
                          "value); send numbers within ±1.8e308")
     return value
 

@@ -19,7 +19,8 @@ from livedm.server import rpc
 from livedm.server.app import create_app
 from livedm.server.appkeys import CONFIG, DISPATCHER, METRICS
 from livedm.server.methods import METHODS
-from livedm.server.rpc import Dispatcher, matches
+from livedm.server.params import matches
+from livedm.server.rpc import Dispatcher
 from testkit.sessiontree import build_session_tree
 from tests.support import mock_mongo
 from tests.support.config import make_config
