@@ -103,6 +103,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.call_stats = CallStats()
         self.registry.register(self.call_stats)
+        self.observe_call = self.call_stats.observe  # (method, outcome, seconds), once per call
         self.errors = Counter("livedm_errors", "JSON-RPC errors answered, by code", ["code"], registry=self.registry)
         self.renders = Counter("livedm_metrics_renders", "Renders of /metrics (scrapes within "
                                f"{RENDER_REUSE_S:g} s of a render share it)", registry=self.registry)
@@ -112,9 +113,6 @@ class Metrics:
 
     def watch_store(self, store: Store) -> None:
         self.registry.register(StoreCollector(store))
-
-    def observe_call(self, method: str, outcome: str, seconds: float) -> None:
-        self.call_stats.observe(method, outcome, seconds)
 
     def observe_response(self, response: dict[str, Any] | list[dict[str, Any]] | None) -> list[int]:
         """Count the errors of a reply; their codes."""
