@@ -295,6 +295,43 @@ class _Binding:
         return params.keys() <= self.names and self.required <= params.keys()
 
 
+KNOWN_BODY_CHARS = 1024  # a request body this short, of plain values, is remembered with what it parsed to ...
+KNOWN_BODIES = 1024  # ... up to this many (then forgotten all at once): a client polling sends the same bytes
+
+
+@dataclass(frozen=True)
+class _FastCall:
+    """A well-formed request as the fast path answers it. Parsing is a function of the body's text alone, so a
+    body seen before is not parsed again; its params are then shared, hence only plain values (`flat`)."""
+
+    checked: Checked
+    method: str
+    params: list[Any] | dict[str, Any]
+    request_id: Any
+    may_hold_surrogates: bool
+
+    @property
+    def flat(self) -> bool:
+        values = self.params if isinstance(self.params, list) else self.params.values()
+        return all(value is None or isinstance(value, (str, int, float)) for value in values)
+
+    async def answer(self, ctx: CallContext) -> dict[str, Any]:
+        """What jsonrpcserver's call() and to_response() make of the method's outcome, without their Result objects
+        on success."""
+        ctx.may_hold_surrogates = self.may_hold_surrogates
+        args, kwargs = (self.params, {}) if isinstance(self.params, list) else ([], self.params)
+        try:
+            result = await self.checked(ctx, args, kwargs)
+        except JsonRpcError as exc:
+            outcome = Left(ErrorResult(code=exc.code, message=exc.message, data=exc.data))
+        except Exception as exc:
+            library_log.exception(exc)
+            outcome = Left(InternalErrorResult(str(exc)))
+        else:
+            return {"jsonrpc": "2.0", "result": result, "id": self.request_id}
+        return _post_process(to_response(Request(self.method, self.params, self.request_id), outcome))
+
+
 class Dispatcher:
     """jsonrpcserver dispatches. With `fast_path`, one well-formed request whose method exists and whose params bind
     (nearly every call) skips the library's lookup, inspect's binding and the Result objects; an error it meets
@@ -309,6 +346,7 @@ class Dispatcher:
         self._callables = {name: call for name, (_checked, call) in wrapped.items()}
         self._fast = {name: (checked, binding) for name, (checked, _call) in wrapped.items()
                       if (binding := _Binding.of(methods[name])) is not None}
+        self._known: dict[str, _FastCall] = {}  # body text: what it parsed to
 
     def _check_batch(self, parsed: Any) -> None:
         if isinstance(parsed, list) and len(parsed) > self.max_batch_calls:
@@ -323,26 +361,33 @@ class Dispatcher:
             raise ApiError(INVALID_REQUEST, f"a JSON-RPC id may be at most {MAX_ID_CHARS} characters (a string) or "
                            "digits (a number): nothing ran; use a short id, such as a counter or a UUID")
 
-    def _fast_call(self, parsed: Any) -> tuple[Checked, list[Any] | dict[str, Any]] | None:
-        """The method and params of one well-formed request (not a notification, a short id, a method that exists,
-        params that bind) that the fast path answers; None for anything else."""
+    def _fast_call(self, parsed: Any, body: str) -> _FastCall | None:
+        """One well-formed request (not a notification, a short id, a method that exists, params that bind) that
+        the fast path answers; None for anything else."""
         if not (is_plain_request(parsed) and "id" in parsed) or _id_too_long(parsed):
             return None
         fast = self._fast.get(parsed["method"])
         params = parsed.get("params", [])
         if fast is None or not fast[1].binds(params):
             return None
-        return fast[0], params
+        return _FastCall(fast[0], parsed["method"], params, parsed["id"],
+                         may_hold_surrogates=SURROGATE_ESCAPE.search(body) is not None)
 
     async def dispatch(self, body: str, ctx: CallContext) -> dict[str, Any] | list[dict[str, Any]] | None:
+        if self.fast_path and (known := self._known.get(body)) is not None:
+            return await known.answer(ctx)
         try:
             parsed = parse_json(body)
         except ApiError as exc:
             return error_response(exc.code, exc.message)
-        ctx.may_hold_surrogates = SURROGATE_ESCAPE.search(body) is not None
-        fast = self._fast_call(parsed) if self.fast_path else None
+        fast = self._fast_call(parsed, body) if self.fast_path else None
         if fast is not None:
-            return await self._answer_fast(*fast, parsed, ctx)
+            if len(body) <= KNOWN_BODY_CHARS and fast.flat:
+                if len(self._known) >= KNOWN_BODIES:
+                    self._known.clear()
+                self._known[body] = fast
+            return await fast.answer(ctx)
+        ctx.may_hold_surrogates = SURROGATE_ESCAPE.search(body) is not None
         try:
             self._check_batch(parsed)
             self._check_ids(parsed)
@@ -356,20 +401,3 @@ class Dispatcher:
         response = await dispatch_to_response(body, self._callables, context=ctx, deserializer=lambda _body: parsed,
                                               validator=validate_request, post_process=_post_process)
         return cast(dict[str, Any] | list[dict[str, Any]] | None, response)
-
-    @staticmethod
-    async def _answer_fast(checked: Checked, params: list[Any] | dict[str, Any], parsed: dict[str, Any],
-                           ctx: CallContext) -> dict[str, Any]:
-        """What jsonrpcserver's call() and to_response() make of the method's outcome, without their Result objects
-        on success."""
-        args, kwargs = (params, {}) if isinstance(params, list) else ([], params)
-        try:
-            result = await checked(ctx, args, kwargs)
-        except JsonRpcError as exc:
-            outcome = Left(ErrorResult(code=exc.code, message=exc.message, data=exc.data))
-        except Exception as exc:
-            library_log.exception(exc)
-            outcome = Left(InternalErrorResult(str(exc)))
-        else:
-            return {"jsonrpc": "2.0", "result": result, "id": parsed["id"]}
-        return _post_process(to_response(Request(parsed["method"], params, parsed["id"]), outcome))

@@ -210,3 +210,27 @@ async def test_well_formed_requests_take_the_fast_path(pair: dict[str, Any]) -> 
     assert pair["library_calls"]["count"] == before + 1  # the plain daemon's call only
     await _same_answer(pair, json.dumps({**SIZE, "params": ["P1", "S1"]}).encode(), "admin")
     assert pair["library_calls"]["count"] == before + 3  # params that do not bind: both take the library's path
+
+
+async def test_a_body_seen_before_is_answered_without_parsing_it_again(pair: dict[str, Any],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    parses = {"count": 0}
+    parse = rpc.parse_json
+
+    def counted(body: str) -> Any:
+        parses["count"] += 1
+        return parse(body)
+
+    monkeypatch.setattr(rpc, "parse_json", counted)
+    for body, token in [(json.dumps({**SIZE, "id": "poll"}).encode(), "admin"),
+                        (json.dumps(_call("get_datatype_size", ["P1", "S1", "\ud800"])).encode(), "admin"),
+                        (json.dumps(_call("whoami", [])).encode(), "alice")]:
+        before = parses["count"]
+        first = await _same_answer(pair, body, token)
+        assert await _same_answer(pair, body, token) == first, body
+        assert parses["count"] == before + 3, body  # the plain daemon's two, the fast one's first
+    nested = json.dumps(_call("register_files", ["P1", "S1", "metadata", ["S1/a"]])).encode()
+    before = parses["count"]
+    for _ in range(2):
+        await _same_answer(pair, nested, "admin")
+    assert parses["count"] == before + 4  # params holding a list are never shared between requests
