@@ -334,8 +334,9 @@ class _FastCall:
 
 class Dispatcher:
     """jsonrpcserver dispatches. With `fast_path`, one well-formed request whose method exists and whose params bind
-    (nearly every call) skips the library's lookup, inspect's binding and the Result objects; an error it meets
-    is still turned into a reply by the library's own to_response. Everything else takes the library's path."""
+    (nearly every call) skips the library's lookup, inspect's binding and the Result objects, and a body seen
+    before is not parsed again (_FastCall); an error it meets is still turned into a reply by the library's own
+    to_response. Everything else takes the library's path (tests/unit/test_fast_path.py holds the two equal)."""
 
     def __init__(self, methods: dict[str, ApiMethod], observe: Observer = lambda *_: None,
                  max_batch_calls: int = 100, *, fast_path: bool = True) -> None:
