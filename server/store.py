@@ -107,6 +107,7 @@ class Store:
         self.db.audit.create_index([("at", 1)])
         self.db.jobs.create_index([("state", 1)])
         self.db.audit.create_index([("project_uid", 1), ("session_uid", 1)])
+        self.db.walks.create_index([("key", 1), ("kind", 1)])
 
     def ping(self, timeout_s: float | None = None) -> None:
         """Raises StoreUnavailable when the database does not answer (within timeout_s, if given)."""
@@ -385,6 +386,68 @@ class Store:
         if docs:
             self.db.registry.insert_many(docs, ordered=True)
 
+    # --- what the last walk of each session saw (a cache: never backed up, cleared by a restore) ----
+    # Per session: one "session" document (the walk's signature, refreshes since the last full one, and
+    # `dirty` while a refresh writes), one "dir" header per directory, and "chunk" documents of files that
+    # headers list by id. A header is replaced only if it still holds the generation the writer read.
+
+    def load_walk(self, key: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        session = self.db.walks.find_one({"_id": key})
+        return session, list(self.db.walks.find({"key": key, "kind": "dir"}))
+
+    def load_walk_chunks(self, chunk_ids: list[str]) -> list[dict[str, Any]] | None:
+        """The chunks in the order given; None when one is gone (replaced by a concurrent walk)."""
+        found = {doc["_id"]: doc for doc in self.db.walks.find({"_id": {"$in": chunk_ids}})}
+        return [found[i] for i in chunk_ids] if all(i in found for i in chunk_ids) else None
+
+    def begin_walk_write(self, key: str, sig: str) -> None:
+        self.db.walks.update_one({"_id": key}, {"$set": {"kind": "session", "sig": sig, "dirty": True}},
+                                 upsert=True)
+
+    def finish_walk_write(self, key: str, *, since_full: int, movie_dirs: list[Any], movie_stamp: str) -> None:
+        self.db.walks.update_one({"_id": key}, {"$set": {"dirty": False, "since_full": since_full,
+                                                         "movie_dirs": movie_dirs, "movie_stamp": movie_stamp}})
+
+    def clear_walk(self, key: str) -> None:
+        self.db.walks.delete_many({"key": key})
+        self.db.walks.delete_one({"_id": key})
+
+    def insert_walk_chunks(self, docs: list[dict[str, Any]]) -> None:
+        if docs:
+            self.db.walks.insert_many(docs, ordered=False)
+
+    def delete_walk_chunks(self, chunk_ids: list[str]) -> None:
+        if chunk_ids:
+            self.db.walks.delete_many({"_id": {"$in": chunk_ids}, "kind": "chunk"})
+
+    def replace_walk_dir(self, header: dict[str, Any], *, expect_gen: str | None) -> bool:
+        """Write a directory's header if the stored one still has `expect_gen` (None: there is none)."""
+        if expect_gen is None:
+            try:
+                self.db.walks.insert_one(header)
+            except DuplicateKeyError:
+                return False
+            return True
+        return self.db.walks.replace_one({"_id": header["_id"], "gen": expect_gen}, header).matched_count == 1
+
+    def delete_walk_dir(self, header_id: str, *, expect_gen: str) -> bool:
+        return self.db.walks.delete_one({"_id": header_id, "gen": expect_gen}).deleted_count == 1
+
+    def append_scan_paths(self, project_uid: str, session_uid: str, scan_gen: str | None,
+                          *, paths_by_datatype: dict[str, list[str]]) -> bool:
+        """Add paths to the current scanned registry (files new since the last walk); False (nothing added)
+        when the registry was replaced meanwhile."""
+        key = session_key(project_uid, session_uid)
+        docs = list(_chunks(key, "scan", paths_by_datatype, gen=scan_gen))
+        if not docs:
+            return True
+        self.db.registry.insert_many(docs, ordered=False)
+        if self.db.sessions.count_documents({"_id": key, "scan_gen": scan_gen}) == 0:
+            self.db.registry.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
+            return False
+        self.db.sessions.update_one({"_id": key}, {"$set": {"scan_digest": None}})
+        return True
+
     # --- users and tokens ------------------------------------------------------------------------
 
     def insert_user(self, user: dict[str, Any]) -> bool:
@@ -635,6 +698,7 @@ class Store:
         for collection in COLLECTIONS:
             if self._staging(collection, owner) in self.db.list_collection_names():
                 self._rename_over(self._staging(collection, owner), collection)
+        self.db.walks.delete_many({})  # what walks saw does not match the restored registry: walk again in full
         self.ensure_indexes()  # the staging twins were made without them
         self.db[self.RESTORE_JOURNAL].delete_one({"_id": self._JOURNAL_ID})
 

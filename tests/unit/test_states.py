@@ -118,13 +118,13 @@ def _one_session(store: Store, tmp_path: Path) -> Services:
 def test_a_refresh_shows_calculating_and_goes_back_without_audit_or_hook(mock_store: Store, tmp_path: Path) -> None:
     services = _one_session(mock_store, tmp_path)
     seen: list[str] = []
-    walk = services.sessions._walk
+    walk = services.sessions.walks.measure
 
-    def watching_walk(*args: Any) -> Any:
+    def watching_walk(*args: Any, **kwargs: Any) -> Any:
         seen.append(services.sessions.get_session("P1", "S1")["data_management"]["micrographs"]["status"])
-        return walk(*args)
+        return walk(*args, **kwargs)
 
-    services.sessions._walk = watching_walk  # type: ignore[method-assign]
+    services.sessions.walks.measure = watching_walk  # type: ignore[method-assign]
     audit_before = len(mock_store.find_audit(limit=1000))
     services.sessions.refresh_session("P1", "S1")
     assert seen == ["calculating"]
@@ -138,10 +138,10 @@ def test_a_refresh_shows_calculating_and_goes_back_without_audit_or_hook(mock_st
 def test_a_measure_that_fails_puts_the_statuses_back(mock_store: Store, tmp_path: Path) -> None:
     services = _one_session(mock_store, tmp_path)
 
-    def broken_walk(*args: Any) -> Any:
+    def broken_walk(*args: Any, **kwargs: Any) -> Any:
         raise OSError("disk went away")
 
-    services.sessions._walk = broken_walk  # type: ignore[method-assign]
+    services.sessions.walks.measure = broken_walk  # type: ignore[method-assign]
     with pytest.raises(OSError):
         services.sessions.refresh_session("P1", "S1")
     assert {c["status"] for c in services.sessions.get_session("P1", "S1")["data_management"].values()} == {"active"}
