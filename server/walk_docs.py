@@ -1,6 +1,7 @@
 """What a walk saw, as store documents: one small header per directory (read on every refresh) and its files
-in chunks of packed arrays (read only when the directory changed). File names are bytes on Linux, so they
-are packed as raw bytes, NUL-separated (no name holds a NUL or a '/')."""
+in chunks of packed arrays (read only when the directory changed). File names are bytes on Linux: chunks
+(only ever inserted) pack them as raw bytes, NUL-separated (no name holds a NUL or a '/'); headers (replaced
+in place, where the embedded store keeps no binary) hold them as hex."""
 
 from __future__ import annotations
 
@@ -25,19 +26,19 @@ def _unpack_names(blob: bytes) -> list[str]:
     return [os.fsdecode(name) for name in bytes(blob).split(b"\0")] if blob else []
 
 
-def pack_paths(paths: list[str]) -> list[Binary]:
-    """Absolute paths to store (bytes: a name need not be UTF-8)."""
-    return [Binary(os.fsencode(path)) for path in paths]
+def pack_paths(paths: list[str]) -> list[str]:
+    """Paths or names as hex of their bytes."""
+    return [os.fsencode(path).hex() for path in paths]
 
 
-def unpack_paths(values: list[bytes] | None) -> list[str]:
-    return [os.fsdecode(bytes(value)) for value in values or ()]
+def unpack_paths(values: list[str] | None) -> list[str]:
+    return [os.fsdecode(bytes.fromhex(value)) for value in values or ()]
 
 
 def header_doc(key: str, state: DirState, *, chunk_ids: list[str], gen: str) -> dict[str, Any]:
-    return {"_id": header_id(key, state.rel), "key": key, "kind": "dir", "rel": Binary(os.fsencode(state.rel)),
+    return {"_id": header_id(key, state.rel), "key": key, "kind": "dir", "rel": os.fsencode(state.rel).hex(),
             "datatype": state.datatype, "ino": state.ino, "mtime_ns": state.mtime_ns, "ctime_ns": state.ctime_ns,
-            "subdirs": _pack_names(state.subdirs), "files": state.files, "present": state.present,
+            "subdirs": pack_paths(state.subdirs), "files": state.files, "present": state.present,
             "plain_bytes": state.plain_bytes, "keyed_bytes": state.keyed_bytes, "keyed": state.keyed,
             "chunks": chunk_ids, "gen": gen}
 
@@ -47,9 +48,9 @@ def header_id(key: str, rel: str) -> str:
 
 
 def state_from_header(doc: dict[str, Any]) -> DirState:
-    return DirState(rel=os.fsdecode(bytes(doc["rel"])), datatype=doc["datatype"], ino=int(doc["ino"]),
+    return DirState(rel=os.fsdecode(bytes.fromhex(doc["rel"])), datatype=doc["datatype"], ino=int(doc["ino"]),
                     mtime_ns=int(doc["mtime_ns"]), ctime_ns=int(doc["ctime_ns"]),
-                    subdirs=_unpack_names(doc["subdirs"]), files=int(doc["files"]), present=int(doc["present"]),
+                    subdirs=unpack_paths(doc["subdirs"]), files=int(doc["files"]), present=int(doc["present"]),
                     plain_bytes=int(doc["plain_bytes"]), keyed_bytes=int(doc["keyed_bytes"]), keyed=bool(doc["keyed"]))
 
 
