@@ -26,7 +26,6 @@ from .domain import DATATYPES
 Layout = Sequence[tuple[str, str]]
 STAT_BATCH = 2000  # names stat'ed per task: large enough to amortise a task, small enough to spread a flat dir
 DIRS_PER_ROUND = 256  # directories held open at once
-Measured = tuple[int, tuple[int, int] | None]  # a file's size (-1: not there) and key (None: counted by itself)
 
 
 @dataclass
@@ -48,17 +47,20 @@ class Entries:
             return None
         return self.keys[2 * index], self.keys[2 * index + 1]
 
-    def append(self, name: str, ino: int, size: int, key: tuple[int, int] | None) -> None:
-        if key is not None and self.keys is None:
+    def extend(self, names: list[str], inos: list[int], sizes: list[int], keys: list[tuple[int, int] | None]) -> None:
+        if self.keys is None and any(key is not None for key in keys):
             self.keys = array("Q", bytes(16 * len(self.names)))
-        self.names.append(name)
-        self.inos.append(ino)
-        self.sizes.append(size)
+        self.names += names
+        self.inos.extend(inos)
+        self.sizes.extend(sizes)
         if self.keys is not None:
-            self.keys.extend(key or (0, 0))
+            self.keys.extend([part for key in keys for part in (key or (0, 0))])
 
-    def by_name(self) -> dict[str, int]:
-        return {name: index for index, name in enumerate(self.names)}
+    def known(self) -> dict[str, tuple[int, int, tuple[int, int] | None]]:
+        """{name: (inode, size, key)}."""
+        keys = (map(self.key, range(len(self.names))) if self.keys is not None
+                else (None for _ in range(len(self.names))))
+        return dict(zip(self.names, zip(self.inos, self.sizes, keys, strict=True), strict=True))
 
 
 @dataclass
@@ -87,8 +89,15 @@ class DirState:
     def total_up(self) -> None:
         assert self.entries is not None
         entries = self.entries
+        missing = entries.sizes.count(-1)
         self.files = len(entries)
-        self.present = self.plain_bytes = self.keyed_bytes = 0
+        self.present = self.files - missing
+        self.plain_bytes = self.keyed_bytes = 0
+        if entries.keys is None:  # nothing counted elsewhere too: a sum in C
+            self.plain_bytes = sum(entries.sizes) + missing
+            self.keyed = False
+            return
+        self.present = 0
         seen: set[tuple[int, int]] = set()
         for index, size in enumerate(entries.sizes):
             if size < 0:
@@ -141,10 +150,11 @@ def _target_stat(name: str, dir_fd: int) -> os.stat_result | None:
 
 
 def _stat_batch(dir_fd: int, dir_path: str, names: list[str], follow_links: list[bool],
-                raw: bool) -> tuple[list[Measured], set[str]]:
-    """(size or -1, key or None) for each name, and the directories followed links point into. Raw files
-    are always keyed (links often share a movie); others only when hard-linked."""
-    out: list[Measured] = []
+                raw: bool) -> tuple[list[int], list[tuple[int, int] | None], set[str]]:
+    """Sizes (-1: not there) and keys (None: counted by itself) of the names, and the directories followed
+    links point into. Raw files are always keyed (links often share a movie); others only when hard-linked."""
+    sizes: list[int] = []
+    keys: list[tuple[int, int] | None] = []
     movie_dirs: set[str] = set()
     for name, follow in zip(names, follow_links, strict=True):
         try:
@@ -155,12 +165,12 @@ def _stat_batch(dir_fd: int, dir_path: str, names: list[str], follow_links: list
         except OSError:
             st = None
         if st is None:
-            out.append((-1, None))
-        elif raw or st.st_nlink > 1:
-            out.append((st.st_size, (st.st_dev, st.st_ino)))
+            sizes.append(-1)
+            keys.append(None)
         else:
-            out.append((st.st_size, None))
-    return out, movie_dirs
+            sizes.append(st.st_size)
+            keys.append((st.st_dev, st.st_ino) if raw or st.st_nlink > 1 else None)
+    return sizes, keys, movie_dirs
 
 
 @dataclass
@@ -231,10 +241,12 @@ class SessionWalk:
                     jobs.append((item, part, pool.submit(
                         _stat_batch, item.fd, os.path.join(self.project_dir, item.rel), [p[0] for p in part],
                         [p[2] for p in part], item.datatype == "raw")))
-            measured: dict[str, list[Measured]] = {}
+            measured: dict[str, tuple[list[int], list[tuple[int, int] | None]]] = {}
             for item, _, future in jobs:
-                sizes, movie_dirs = future.result()
-                measured.setdefault(item.rel, []).extend(sizes)
+                sizes, keys, movie_dirs = future.result()
+                columns = measured.setdefault(item.rel, ([], []))
+                columns[0].extend(sizes)
+                columns[1].extend(keys)
                 self.movie_dirs |= movie_dirs
         finally:
             for item in listed:
@@ -245,8 +257,8 @@ class SessionWalk:
                 continue
             assert item.state.entries is not None
             item.state.fresh_from = len(item.state.entries) + item.known_pending
-            for (name, ino, _), (size, key) in zip(item.pending, measured.get(item.rel, []), strict=True):
-                item.state.entries.append(name, ino, size, key)
+            sizes, keys = measured.get(item.rel, ([], []))
+            item.state.entries.extend([p[0] for p in item.pending], [p[1] for p in item.pending], sizes, keys)
             self.stats += len(item.pending)
             item.state.total_up()
             if item.rel in self.previous:
@@ -269,11 +281,11 @@ class SessionWalk:
                     raw and self.restat_raw):
                 return _Listed(rel, datatype, fd, previous, [], reused=True)
             before = self._before(previous)
-            known = ({name: (before.inos[i], before.sizes[i], before.key(i)) for i, name in enumerate(before.names)}
-                     if before is not None else None)
+            known = before.known() if before is not None else None
             state = DirState(rel, datatype, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, [], entries=Entries())
             pending: list[tuple[str, int, bool]] = []
             again: list[tuple[str, int, bool]] = []
+            reused: tuple[list[str], list[int], list[int], list[tuple[int, int] | None]] = ([], [], [], [])
             assert state.entries is not None
             with os.scandir(fd) as listing:
                 for entry in listing:
@@ -286,10 +298,14 @@ class SessionWalk:
                     ino = entry.inode()
                     old = known.get(name) if known else None
                     if old is not None and old[0] == ino and not (raw and self.restat_raw):
-                        state.entries.append(name, ino, old[1], old[2])
+                        reused[0].append(name)
+                        reused[1].append(ino)
+                        reused[2].append(old[1])
+                        reused[3].append(old[2])
                     else:
                         (again if old is not None and old[0] == ino else pending).append(
                             (name, ino, raw and entry.is_symlink()))
+            state.entries.extend(*reused)
             state.restated = bool(again)
             return _Listed(rel, datatype, fd, state, again + pending, known_pending=len(again), before=before)
         except BaseException:

@@ -6,6 +6,7 @@ in place, where the embedded store keeps no binary) hold them as hex."""
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from array import array
 from collections.abc import Iterator
@@ -18,12 +19,15 @@ from .dirwalk import DirState, Entries
 ENTRIES_PER_CHUNK = 20_000  # ~1 MB per document with its arrays, far under MongoDB's 16 MB
 
 
+_FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+
+
 def _pack_names(names: list[str]) -> Binary:
-    return Binary(b"\0".join(os.fsencode(name) for name in names))
+    return Binary("\0".join(names).encode(*_FS_ENCODING))  # os.fsencode of each, in one call
 
 
 def _unpack_names(blob: bytes) -> list[str]:
-    return [os.fsdecode(name) for name in bytes(blob).split(b"\0")] if blob else []
+    return bytes(blob).decode(*_FS_ENCODING).split("\0") if blob else []
 
 
 def pack_paths(paths: list[str]) -> list[str]:
