@@ -192,7 +192,8 @@ class SessionWalk:
 
     def __init__(self, project_dir: str, session_dir: str, layout: Layout, *, previous: dict[str, DirState],
                  load_entries: Callable[[DirState], Entries | None], skip: frozenset[str] = frozenset(),
-                 threads: int = 1, restat_raw: bool = True) -> None:
+                 threads: int = 1, restat_raw: bool = True,
+                 movie_inodes: frozenset[tuple[int, int]] | None = None) -> None:
         self.project_dir = project_dir
         self.session_dir = session_dir
         self.layout = layout
@@ -204,6 +205,9 @@ class SessionWalk:
         self.compared: dict[str, Entries | None] = {}
         self.restat_raw = restat_raw  # raw targets live outside the session: its directories' times say nothing
         self.movie_dirs: set[str] = set()
+        # with restat_raw: the (dev, inode) of every file now in the movie directories; a known link whose
+        # target is among them keeps its size, the others are stat'ed again (None: all are)
+        self.movie_inodes = movie_inodes
 
     def run(self) -> WalkResult:
         dirs: dict[str, DirState] = {}
@@ -297,7 +301,8 @@ class SessionWalk:
                         continue
                     ino = entry.inode()
                     old = known.get(name) if known else None
-                    if old is not None and old[0] == ino and not (raw and self.restat_raw):
+                    if old is not None and old[0] == ino and not (raw and self.restat_raw and not (
+                            self.movie_inodes is not None and old[2] in self.movie_inodes)):
                         reused[0].append(name)
                         reused[1].append(ino)
                         reused[2].append(old[1])

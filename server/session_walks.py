@@ -59,6 +59,20 @@ def movie_dirs_stamp(paths: list[str]) -> str:
     return digest.hexdigest()
 
 
+def movie_inodes(paths: list[str]) -> frozenset[tuple[int, int]] | None:
+    """(dev, inode) of every entry in the movie directories, listed without a stat each; None when one
+    cannot be listed (then every raw target is stat'ed)."""
+    found: set[tuple[int, int]] = set()
+    for path in paths:
+        try:
+            dev = os.stat(path).st_dev
+            with os.scandir(path) as listing:
+                found.update((dev, entry.inode()) for entry in listing)
+        except OSError:
+            return None
+    return frozenset(found)
+
+
 class SessionWalks:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
@@ -109,9 +123,10 @@ class SessionWalks:
         restat_raw = walk_full or (walk_doc or {}).get("movie_stamp") != movie_stamp
         walk = SessionWalk(project_dir, session["session_dir"], self.config.layout, previous=previous,
                            load_entries=load_entries, skip=skip, threads=self.config.walk_threads,
-                           restat_raw=restat_raw)
+                           restat_raw=restat_raw,
+                           movie_inodes=movie_inodes(movie_dirs) if restat_raw and not walk_full else None)
         result = walk.run()
-        if not restat_raw:
+        if not walk_full:
             result.movie_dirs |= set(movie_dirs)
         totals = result.totals
         self.store.begin_walk_write(key, sig)
@@ -205,17 +220,17 @@ class SessionWalks:
     # --- the saved states ------------------------------------------------------------------------
 
     def _save_all(self, key: str, result: WalkResult) -> bool:
-        """After a full walk: every directory's state anew (the old ones were cleared)."""
-        ok = True
+        """After a full walk: every directory's state anew (the old ones were cleared), in two writes. False:
+        another walk saved some meanwhile (the next refresh walks in full and clears what is left)."""
+        chunks: list[dict[str, Any]] = []
+        headers: list[dict[str, Any]] = []
         for state in result.dirs.values():
             assert state.entries is not None
-            chunks = list(walk_docs.chunk_docs(key, state.entries))
-            self.store.insert_walk_chunks(chunks)
-            header = walk_docs.header_doc(key, state, chunk_ids=[c["_id"] for c in chunks], gen=uuid.uuid4().hex)
-            if not self.store.replace_walk_dir(header, expect_gen=None):
-                self.store.delete_walk_chunks([c["_id"] for c in chunks])
-                ok = False  # another walk saved this directory meanwhile
-        return ok
+            own = list(walk_docs.chunk_docs(key, state.entries))
+            chunks += own
+            headers.append(walk_docs.header_doc(key, state, chunk_ids=[c["_id"] for c in own], gen=uuid.uuid4().hex))
+        self.store.insert_walk_chunks(chunks)
+        return self.store.insert_walk_headers(headers)
 
     def _save_changes(self, key: str, result: WalkResult, *, saved: dict[str, _Saved]) -> bool:
         """After an incremental walk: changed directories (new files appended as a chunk of their own where

@@ -416,6 +416,16 @@ class Store:
         if docs:
             self.db.walks.insert_many(docs, ordered=False)
 
+    def insert_walk_headers(self, headers: list[dict[str, Any]]) -> bool:
+        """False when one was there already (another walk's)."""
+        if not headers:
+            return True
+        try:
+            self.db.walks.insert_many(headers, ordered=False)
+        except pymongo.errors.BulkWriteError:
+            return False
+        return True
+
     def delete_walk_chunks(self, chunk_ids: list[str]) -> None:
         if chunk_ids:
             self.db.walks.delete_many({"_id": {"$in": chunk_ids}, "kind": "chunk"})

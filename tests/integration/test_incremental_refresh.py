@@ -226,3 +226,15 @@ def test_a_hard_link_to_a_measured_file_is_counted_once_by_a_full_refresh(
     assert sizes["micrographs"] == _truth(tree)["micrographs"][0] + linked
     service.refresh_session("P1", "S1", full=True)
     assert {dt: m[:2] for dt, m in _snapshot(service)["measures"].items()} == _truth(tree)
+
+
+def test_a_new_movie_costs_one_stat_and_a_movie_gone_is_seen(measured: tuple[Sessions, SessionTree]) -> None:
+    """The movie directory changed: it is listed (no stat per movie); only links whose movie is not there
+    under the same inode, and new links, are stat'ed."""
+    service, tree = measured
+    _new_movie_linked(tree)
+    grown = service.walks.measure("P1", "S1", service.session("P1", "S1"), str(tree.project_dir), full=False)
+    assert (grown.full, grown.stats) == (False, 1)
+    _movie_gone(tree)
+    shrunk = service.walks.measure("P1", "S1", service.session("P1", "S1"), str(tree.project_dir), full=False)
+    assert shrunk.stats == 1 and shrunk.totals["raw"].present == grown.totals["raw"].present - 1
