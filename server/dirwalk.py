@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 import stat
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from .domain import DATATYPES
 
@@ -58,9 +59,10 @@ class Entries:
 
     def known(self) -> dict[str, tuple[int, int, tuple[int, int] | None]]:
         """{name: (inode, size, key)}."""
-        keys = (map(self.key, range(len(self.names))) if self.keys is not None
-                else (None for _ in range(len(self.names))))
-        return dict(zip(self.names, zip(self.inos, self.sizes, keys, strict=True), strict=True))
+        keys: Iterable[tuple[int, int] | None] = repeat(None)
+        if self.keys is not None:
+            keys = (None if key == (0, 0) else key for key in zip(self.keys[0::2], self.keys[1::2], strict=True))
+        return dict(zip(self.names, zip(self.inos, self.sizes, keys, strict=False), strict=True))
 
 
 @dataclass
@@ -291,18 +293,21 @@ class SessionWalk:
             again: list[tuple[str, int, bool]] = []
             reused: tuple[list[str], list[int], list[int], list[tuple[int, int] | None]] = ([], [], [], [])
             assert state.entries is not None
+            # raw targets live elsewhere: a known link keeps its size only if its movie is still there
+            keep_all = not (raw and self.restat_raw)
+            movies = self.movie_inodes if self.movie_inodes is not None else frozenset()
+            skip, prefix, subdirs, known_get = self.skip, rel + "/", state.subdirs, (known or {}).get
             with os.scandir(fd) as listing:
                 for entry in listing:
-                    name = entry.name
                     if entry.is_dir(follow_symlinks=False):
-                        state.subdirs.append(name)
+                        subdirs.append(entry.name)
                         continue
-                    if f"{rel}/{name}" in self.skip:
+                    name = entry.name
+                    if skip and prefix + name in skip:
                         continue
                     ino = entry.inode()
-                    old = known.get(name) if known else None
-                    if old is not None and old[0] == ino and not (raw and self.restat_raw and not (
-                            self.movie_inodes is not None and old[2] in self.movie_inodes)):
+                    old = known_get(name)
+                    if old is not None and old[0] == ino and (keep_all or old[2] in movies):
                         reused[0].append(name)
                         reused[1].append(ino)
                         reused[2].append(old[1])

@@ -59,6 +59,13 @@ def movie_dirs_stamp(paths: list[str]) -> str:
     return digest.hexdigest()
 
 
+def _dir_identity(path: str) -> str | None:
+    try:
+        return files.dir_id(os.stat(path))
+    except OSError:
+        return None
+
+
 def movie_inodes(paths: list[str]) -> frozenset[tuple[int, int]] | None:
     """(dev, inode) of every entry in the movie directories, listed without a stat each; None when one
     cannot be listed (then every raw target is stat'ed)."""
@@ -176,7 +183,6 @@ class SessionWalks:
                 if before is None or state.fresh_from < len(before) or not set(before.names).isdisjoint(fresh):
                     rewrite = True  # a file went, another took an old name, or what was there is unknown
             added[state.datatype] += [f"{rel}/{name}" for name in fresh]
-        raw_links: list[str] | None
         if rewrite:
             paths = self._paths(result, load_entries, DATATYPES)
             if paths is None:
@@ -187,20 +193,16 @@ class SessionWalks:
             ok = digest == session.get("scan_digest") or self.store.replace_scan(
                 project_uid, session_uid, session.get("scan_gen"),
                 paths_by_datatype={dt: sorted(p) for dt, p in paths.items()}, digest=digest)
-            raw_links = paths["raw"]
         else:
             ok = self.store.append_scan_paths(project_uid, session_uid, session.get("scan_gen"),
                                               paths_by_datatype={dt: p for dt, p in added.items() if p})
-            raw_links = added["raw"]
-        known_dirs = session.get("raw_dirs")
-        if ok and (rewrite or known_dirs is None or raw_links):
-            if not rewrite and known_dirs is None:
-                raw_links = (self._paths(result, load_entries, ("raw",)) or {}).get("raw")
-            # where new links point joins what is known; after a rewrite (links may be gone) it starts again
-            movie_dirs = files.raw_movie_dirs(project_dir, [*(raw_links or ()), *api_raw])
-            if not rewrite and known_dirs is not None:
-                movie_dirs |= set(known_dirs)
-            self.store.set_raw_dirs(project_uid, session_uid, sorted(movie_dirs))
+        if ok:  # where the links point (found by the walk's readlinks): no deletion may take a file there. One
+            # no link points into any more stays protected until a full walk (or the last link goes).
+            linked = result.movie_dirs if result.totals["raw"].registered else set()
+            movie_dirs = files.raw_movie_dirs(project_dir, api_raw) | {
+                identity for identity in map(_dir_identity, linked) if identity is not None}
+            if sorted(movie_dirs) != sorted(session.get("raw_dirs") or ()):
+                self.store.set_raw_dirs(project_uid, session_uid, sorted(movie_dirs))
         return ok
 
     @staticmethod
