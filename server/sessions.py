@@ -557,10 +557,15 @@ class Sessions:
 
     def _begin_measure(self, project_uid: str, session_uid: str, session: dict[str, Any]) -> dict[str, str]:
         """The categories being measured show calculating (as cryoSPARC's do); {datatype: status before}."""
-        before: dict[str, str] = {}
-        for dt, category in session["data_management"].items():
+        before = {dt: c["status"] for dt, c in session["data_management"].items()
+                  if c["status"] not in TRANSIENT_STATUSES}  # a deletion's keeps its status
+        if self.states.change_quietly(project_uid=project_uid, session_uid=session_uid, actor=LIVEDM,
+                                      changes={dt: (status, "calculating", status) for dt, status in before.items()}):
+            return before
+        before = {}
+        for dt, category in self.session(project_uid, session_uid)["data_management"].items():
             if category["status"] in TRANSIENT_STATUSES:
-                continue  # a deletion's: it keeps its status
+                continue
             if self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
                                   expect=category["status"], to="calculating", actor=LIVEDM, by=BY_REFRESH,
                                   quiet=True) is not None:
@@ -573,15 +578,23 @@ class Sessions:
         its files went (or came back). A status changed by someone meanwhile wins."""
         now = now_iso()
         updated = self.store.set_measures(project_uid, session_uid, {
-            dt: {"size": m.size, "file_count": m.present, "updated_at": now} for dt, m in measures.items()})
-        self.store.set_session_fields(project_uid, session_uid, {
-            "measured_at": now, "dir_stamp": files.dir_stamp(self.project(project_uid)["project_dir"],
-                                                             session["session_dir"])})
+            dt: {"size": m.size, "file_count": m.present, "updated_at": now} for dt, m in measures.items()},
+            session_fields={"measured_at": now, "dir_stamp": files.dir_stamp(
+                self.project(project_uid)["project_dir"], session["session_dir"])})
+        after: dict[str, tuple[str, str | None]] = {}
         for dt, m in measures.items():
             category = updated["data_management"][dt]
             measuring = dt in before and category["status"] == "calculating"
             was = {**category, "status": before[dt]} if measuring else category
-            status, prev = status_after_measure(was, m.registered, m.present)
+            after[dt] = status_after_measure(was, m.registered, m.present)
+        back = {dt: ("calculating", status, prev) for dt, (status, prev) in after.items()
+                if dt in before and updated["data_management"][dt]["status"] == "calculating" and status == before[dt]}
+        if back and self.states.change_quietly(project_uid=project_uid, session_uid=session_uid, changes=back,
+                                               actor=LIVEDM):
+            after = {dt: change for dt, change in after.items() if dt not in back}
+        for dt, (status, prev) in after.items():
+            category = updated["data_management"][dt]
+            measuring = dt in before and category["status"] == "calculating"
             if measuring:
                 self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
                                    expect="calculating", to=status, prev_status=prev, actor=LIVEDM,

@@ -249,18 +249,24 @@ class Store:
 
     def set_category_status(self, project_uid: str, session_uid: str, datatype: str, *, expect_status: str,
                             fields: dict[str, Any], expect_job_id: str | None = None, check_job_id: bool = False,
-                            session_completed: bool = False) -> dict[str, Any] | None:
+                            session_completed: bool = False,
+                            also: dict[str, tuple[str, dict[str, Any]]] | None = None) -> dict[str, Any] | None:
         """The only write of a category's status (states.py calls it): `fields` of the category set at
         once, if its status is still `expect_status` (and its job_id, and the session completed, when
-        asked). The session after it, or None."""
-        prefix = f"data_management.{datatype}"
-        expect: dict[str, Any] = {f"{prefix}.status": expect_status}
+        asked); `also` changes more categories in the same write ({datatype: (expect_status, fields)}), all
+        or none. The session after it, or None."""
+        expect: dict[str, Any] = {}
+        update: dict[str, Any] = {}
+        at = now_iso()
+        for name, (status, changes) in {datatype: (expect_status, fields), **(also or {})}.items():
+            prefix = f"data_management.{name}"
+            expect[f"{prefix}.status"] = status
+            update.update({f"{prefix}.{field}": value for field, value in changes.items()})
+            update[f"{prefix}.status_changed_at"] = at
         if check_job_id:
-            expect[f"{prefix}.job_id"] = expect_job_id
+            expect[f"data_management.{datatype}.job_id"] = expect_job_id
         if session_completed:
             expect["status"] = "completed"
-        update = {f"{prefix}.{name}": value for name, value in fields.items()}
-        update[f"{prefix}.status_changed_at"] = now_iso()
         return self._update_session(project_uid, session_uid, expect, {"$set": update}, writes_category_status=True)
 
     def set_category_hook(self, project_uid: str, session_uid: str, datatype: str, hook: dict[str, Any]) -> bool:
@@ -292,10 +298,15 @@ class Store:
             found.update(doc.get("raw_dirs") or ())
         return frozenset(found)
 
-    def set_measures(self, project_uid: str, session_uid: str, measures: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """Sizes and counts per category ({datatype: {size, file_count, updated_at}}), never a status."""
+    def set_measures(self, project_uid: str, session_uid: str, measures: dict[str, dict[str, Any]],
+                     *, session_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Sizes and counts per category ({datatype: {size, file_count, updated_at}}), never a status; and
+        top-level fields of the session (when it was measured) in the same write."""
         update = {f"data_management.{dt}.{name}": value for dt, fields in measures.items()
                   for name, value in fields.items() if name != "status"}
+        if any(name == "data_management" or name.startswith("data_management.") for name in session_fields or {}):
+            raise AssertionError("session_fields are top-level fields")
+        update.update(session_fields or {})
         updated = self._update_session(project_uid, session_uid, {}, {"$set": update})
         if updated is None:
             raise KeyError(f"{project_uid} {session_uid}")
