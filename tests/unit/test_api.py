@@ -89,7 +89,7 @@ def _valid_params(tmp_path: Path) -> dict[str, Any]:
             "name": "newuser", "role": "user", "user": "admin", "enabled": True, "limit": 10,
             "filepaths_to_delete": None, "user_id": None, "asynchronous": True, "dry_run": True, "job_id": "J1",
             "kind": None, "state": None, "script_location": None, "script_log_path_abs": None,
-            "confirm_digest": None, "offset": None}
+            "confirm_digest": None, "offset": None, "full": False}
 
 
 def _wrong_value(hint: Any) -> Any:
