@@ -30,7 +30,7 @@ VALID = {"project_uid": "P1", "session_uid": "S1", "datatype": "micrographs", "s
          "name": "mallory", "role": "user", "user": "nobody", "enabled": True, "limit": 10, "job_id": "J404",
          "filepaths_to_delete": None, "user_id": None, "asynchronous": True, "dry_run": True, "kind": None,
          "state": None, "script_location": None, "script_log_path_abs": None, "confirm_digest": None,
-         "offset": None, "dry_run_only": True}
+         "offset": None, "full": False}
 WRONG_CANDIDATES: list[Any] = [12345, "text", 1.5, True, [1], {"k": 1}, None]
 METRIC_NAMES = ("livedm_requests_total", "livedm_errors_total", "livedm_request_seconds_count")
 
@@ -51,6 +51,8 @@ def _method_cases() -> list[dict[str, Any]]:
         if name in ("create_user", "issue_token"):  # their replies carry a new random token
             continue
         params = list(method.signature.parameters.values())[1:]
+        unknown = [p.name for p in params if p.name not in VALID]
+        assert not unknown, f"{name}: give {unknown} a valid value in VALID, so the corpus calls it well-formed too"
         named = {p.name: VALID[p.name] for p in params}
         cases += [_call(name, named), _call(name, list(named.values())), _call(name, {**named, "bogus": 1}),
                   _call(name, [*named.values(), "one too many"]), _call(name, {**named, "ctx": 1})]
