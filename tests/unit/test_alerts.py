@@ -103,3 +103,14 @@ def test_sessions_carry_their_alerts_and_a_stuck_deletion_is_found(mock_service:
         assert stuck["kind"] == "deletion_stuck" and "waited 60 min" in stuck["message"]
         assert dm["micrographs"]["alert"]["kind"] == "hook_failed"
         assert dm["raw"]["alert"] is None
+
+
+@pytest.mark.slow
+def test_a_hook_run_is_recorded_on_its_own_session_on_the_embedded_store(real_store: Store) -> None:
+    """nx-27017 applied {"_id": X, "$or": [...]} updates to the first session meeting the $or."""
+    for uid in ("S1", "S2"):
+        real_store.insert_session({"project_uid": "P1", "uid": uid, "data_management": {"raw": category()}})
+    assert real_store.set_category_hook("P1", "S1", "raw", failed_hook(job_id="J8"))
+    assert real_store.set_category_hook("P1", "S2", "raw", failed_hook(job_id="J9"))
+    assert real_store.get_session("P1", "S1")["data_management"]["raw"]["hook"]["job_id"] == "J8"
+    assert real_store.get_session("P1", "S2")["data_management"]["raw"]["hook"]["job_id"] == "J9"
