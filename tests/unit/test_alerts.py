@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from livedm.server.alerts import STUCK_QUEUED_S, category_alert
+from livedm.server.overview import Overview, overview_query
+from livedm.server.overview_index import OverviewIndex
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
 from testkit.sessiontree import build_session_tree
@@ -96,7 +98,8 @@ def test_sessions_carry_their_alerts_and_a_stuck_deletion_is_found(mock_service:
     mock_service.states.change(project_uid="P1", session_uid="S1", datatype="particles", expect="active",
                                to="deleting", job_id="J3", actor="admin", by="user")
     store.set_category_hook("P1", "S1", "micrographs", failed_hook("active", "J2"))
-    for sessions in (mock_service.list_sessions("P1"), mock_service.get_overview()["projects"][0]["sessions"],
+    overview = Overview(store, mock_service, OverviewIndex(store)).get(overview_query())
+    for sessions in (mock_service.list_sessions("P1"), overview["projects"][0]["sessions"],
                      [mock_service.get_session("P1", "S1")]):
         dm = sessions[0]["data_management"]
         stuck = dm["particles"]["alert"]
