@@ -92,6 +92,8 @@ class Overview:
 
     def _sessions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """{key: the session as the API shows it} for these sessions, fresh from the store."""
+        if not keys:
+            return {}
         if len(keys) > MAX_KEYS_READ_BY_ID:
             wanted = set(keys)
             docs = [s for s in self.store.list_sessions() if session_key(s["project_uid"], s["uid"]) in wanted]

@@ -23,7 +23,7 @@ from .store import Store, empty_totals
 
 log = logging.getLogger(__name__)
 
-SYNC_LAG_S = 30.0
+SYNC_LAG_S = 10.0
 FULL_RELOAD_S = 3600.0
 _NUMBER = re.compile(r"(\d+)")
 

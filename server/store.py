@@ -248,8 +248,9 @@ class Store:
         return self.db.sessions.find_one({"_id": session_key(project_uid, session_uid)}, NO_ID)
 
     def get_sessions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """{session key: document} for the keys that exist, in one query."""
-        return {doc.pop("_id"): doc for doc in self.db.sessions.find({"_id": {"$in": keys}})}
+        """{session key: document} for the keys that exist, in one query (none for no keys: nx-27017 scans the
+        whole collection for an empty $in)."""
+        return {doc.pop("_id"): doc for doc in self.db.sessions.find({"_id": {"$in": keys}})} if keys else {}
 
     def list_sessions(self, project_uid: str | None = None) -> list[dict[str, Any]]:
         query = {} if project_uid is None else {"project_uid": project_uid}
