@@ -116,6 +116,8 @@ class Store:
     def ensure_indexes(self) -> None:
         self.db.sessions.create_index([("project_uid", 1), ("created_at", 1)])
         self.db.sessions.create_index([("changed_s", 1)])  # the overview's index reads what changed since
+        for datatype in DATATYPES:  # the repairs look every 30 s for categories left deleting or calculating
+            self.db.sessions.create_index([(f"data_management.{datatype}.status", 1)])
         self.db.projects.create_index([("changed_s", 1)])
         self.db.registry.create_index([("key", 1), ("source", 1)])
         self.db.tokens.create_index([("user", 1)])
