@@ -32,8 +32,8 @@ class OverviewQuery:
 
     def window(self) -> Window:
         first = 0 if self.page_size is None else (self.page - 1) * self.page_size
-        return Window(first=first, count=self.page_size, expand_all=self.expand_all, expanded=self.expanded,
-                      collapsed=self.collapsed)
+        return Window(first_row=first, row_count=self.page_size, expand_all=self.expand_all,
+                      expanded=self.expanded, collapsed=self.collapsed)
 
 
 def _statuses(name: str, value: str | list[str] | None, allowed: tuple[str, ...]) -> frozenset[str]:

@@ -88,10 +88,10 @@ class Filters:
 @dataclass(frozen=True)
 class Window:
     """Which rows of the table: a project's row, then (when it is expanded) one row per matching session.
-    `first` counts from 0; `count` None: all from there."""
+    `first_row` counts from 0; `row_count` None: all from there."""
 
-    first: int = 0
-    count: int | None = None
+    first_row: int = 0
+    row_count: int | None = None
     expand_all: bool = True
     expanded: frozenset[str] = frozenset()
     collapsed: frozenset[str] = frozenset()
@@ -239,8 +239,8 @@ class OverviewIndex:
 
 
 def _match(snapshot: _Snapshot, filters: Filters, window: Window) -> Match:
-    start = window.first
-    stop = float("inf") if window.count is None else window.first + window.count
+    start = window.first_row
+    stop = float("inf") if window.row_count is None else window.first_row + window.row_count
     filtering = bool(filters.search or filters.statuses or filters.category_statuses)
     slices: list[ProjectSlice] = []
     rows = matched_projects = matched_sessions = 0
