@@ -113,6 +113,8 @@ def add_data_commands(commands: Commands) -> None:
     p = commands.add("refresh", "measure sizes now (a session, or every session of a project)", cmd_refresh)
     p.add_argument("project")
     p.add_argument("session", nargs="?")
+    p.add_argument("--full", action="store_true", help="stat every file, not only what changed since the last "
+                   "walk (catches files rewritten in place)")
     p = commands.add("discover", "find cryoSPARC projects and Live sessions under the discovery roots now "
                      "(--dry-run: only show what would change)", cmd_discover)
     p.add_argument("--dry-run", action="store_true")

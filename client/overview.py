@@ -64,7 +64,8 @@ def cmd_refresh(client: CommandClient, args: argparse.Namespace) -> int:
     for index, session_uid in enumerate(sessions, 1):
         if not args.json:
             print(f"[{index}/{len(sessions)}] measuring {args.project} {session_uid} ...", file=sys.stderr)
-        totals[session_uid] = client.call("update_session_datatype_sizes", args.project, session_uid)
+        totals[session_uid] = client.call("update_session_datatype_sizes", args.project, session_uid,
+                                          *([True] if args.full else []))
     if args.json:
         print_json(totals)
         return EXIT_OK

@@ -310,7 +310,8 @@ JOB_PARAMS = {
         "log_path": Field(False, abs_path, "an absolute path"),
     },
     "refresh_sizes": {"project_uid": _PROJECT, "session_uid": Field(False, _or_none(_matches(_SESSION_UID)),
-                                                                    "a session uid like 'S12' or null")},
+                                                                    "a session uid like 'S12' or null"),
+                      "full": Field(False, lambda v: isinstance(v, bool), "true or false")},
     "discover": {},
     "refresh_due": {},
 }

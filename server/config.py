@@ -36,6 +36,12 @@ def _parse_positive_int(text: str) -> int:
     return value
 
 
+def _parse_walk_threads(text: str) -> int:
+    if text.strip() == "auto":
+        return min(16, 4 * (os.cpu_count() or 1))
+    return _parse_positive_int(text)
+
+
 def _parse_non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -212,6 +218,12 @@ SETTINGS: tuple[Setting, ...] = (
             "(`livedm discover`).", _parse_interval),
     Setting("refresh_interval", "30m", "How often running and paused sessions are measured again; completed ones "
             "only when asked or when their directory changed. 0: only when asked.", _parse_interval),
+    Setting("full_refresh_every", "12", "Every Nth scheduled refresh of a session walks it in full, stat'ing every "
+            "file; the others re-read only directories that changed. A full one also catches files rewritten in "
+            "place and raw movies changed behind their links. 1: always full; 0: full only when asked.",
+            _parse_non_negative_int),
+    Setting("walk_threads", "auto", "Threads that walk and stat a session's files; more keep a cold disk or a "
+            "network file system busy. auto: four per core, at most 16.", _parse_walk_threads),
     Setting("trial", "false", "Allow running without data_roots (a trial on a laptop: projects may then be "
             "anywhere but system and state dirs). Never on a shared server.", _parse_bool),
     Setting("disk_threads", "4", "Threads for disk work (walking, sizing) requested by API calls; other calls and "
@@ -273,6 +285,8 @@ class Config:
     discover_depth: int
     discover_interval: float
     refresh_interval: float
+    full_refresh_every: int
+    walk_threads: int
     trial: bool
     disk_threads: int
     state_min_free_bytes: int

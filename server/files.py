@@ -13,10 +13,10 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .dirwalk import Layout, SessionWalk, paths_of
 from .domain import DATATYPES
 from .errors import forbidden, invalid_params
 
-Layout = Sequence[tuple[str, str]]
 PROJECT_MARKER = "project.json"  # what cryoSPARC writes at the root of every project directory
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
 
@@ -52,13 +52,6 @@ def shown(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def datatype_of(top_dir: str, layout: Layout) -> str:
-    for directory, datatype in layout:
-        if top_dir == directory:
-            return datatype
-    return "metadata"
-
-
 def _target_stat(name: str, dir_fd: int | None = None) -> os.stat_result | None:
     """A raw file counts with its symlink target's size; a link to a directory or nothing counts 0."""
     try:
@@ -68,66 +61,28 @@ def _target_stat(name: str, dir_fd: int | None = None) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-def _walk_into(tally: Tally, root: str, rel_root: str, *, raw: bool, skip: frozenset[str]) -> None:
-    """Every file below `root` into `tally`; directories by file descriptor (fstatat on short names
-    instead of resolving long paths: the hot loop of sizing 100k-file sessions)."""
-    stack = [(root, rel_root)]
-    add = tally.add
-    while stack:
-        directory, rel_dir = stack.pop()
-        try:
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append((f"{directory}/{name}", f"{rel_dir}/{name}"))
-                        continue
-                    rel = f"{rel_dir}/{name}"
-                    if rel in skip:
-                        continue
-                    try:
-                        st = _target_stat(name, fd) if raw and entry.is_symlink() else entry.stat(
-                            follow_symlinks=False)
-                    except OSError:
-                        st = None
-                    add(rel, st, raw)
-        finally:
-            os.close(fd)
-
-
 def walk_session(project_dir: str, session_dir: str, layout: Layout,
-                 *, skip: frozenset[str] = frozenset()) -> dict[str, Tally]:
-    """All files under the session dir, sorted into datatypes by the layout rules, and measured.
+                 *, skip: frozenset[str] = frozenset(), threads: int = 1) -> dict[str, Tally]:
+    """All files under the session dir, sorted into datatypes by the layout rules, and measured: a full
+    walk (dirwalk.SessionWalk) with nothing known before.
 
     Directories are walked without following symlinks; a symlink is a file of its category (raw
     ones are measured by their target). Paths in `skip` (registered by API elsewhere) are left out.
     """
-    found = {datatype: Tally() for datatype in DATATYPES}
     check_session_root(project_dir, session_dir)
-    session_root = os.path.join(project_dir, session_dir)
-    try:
-        if stat.S_ISLNK(os.lstat(session_root).st_mode):
-            return found  # a session dir swapped for a link (to another session?) is not walked
-        top_entries = list(os.scandir(session_root))
-    except (FileNotFoundError, NotADirectoryError):
-        return found
-    for entry in top_entries:
-        rel = f"{session_dir}/{entry.name}"
-        if entry.is_dir(follow_symlinks=False):
-            datatype = datatype_of(entry.name, layout)
-            _walk_into(found[datatype], entry.path, rel, raw=datatype == "raw", skip=skip)
-            continue
-        if rel in skip:
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        found["metadata"].add(rel, st, False)
+    walked = SessionWalk(project_dir, session_dir, layout, previous={}, load_entries=lambda _: None, skip=skip,
+                         threads=threads).run()
+    found = {datatype: Tally() for datatype in DATATYPES}
+    for state in walked.dirs.values():
+        tally = found[state.datatype]
+        assert state.entries is not None
+        tally.paths += paths_of(state, state.entries)
+        for index in range(len(state.entries)):
+            key = state.entries.key(index)
+            if key is not None:
+                tally.seen.add(key)
+    for datatype, totals in walked.totals.items():
+        found[datatype].size, found[datatype].present = totals.size, totals.present
     return found
 
 

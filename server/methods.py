@@ -172,11 +172,13 @@ async def get_datatype_size(ctx: CallContext, project_uid: str, session_uid: str
 
 
 @api()
-async def update_session_datatype_sizes(ctx: CallContext, project_uid: str, session_uid: str) -> int:
-    """Measure every datatype of the session now; the session's total bytes."""
-    return await ctx.services.disk.run_coalesced(("sizes", project_uid, session_uid),
+async def update_session_datatype_sizes(ctx: CallContext, project_uid: str, session_uid: str,
+                                       full: bool = False) -> int:
+    """Measure every datatype of the session now; the session's total bytes. Only directories that changed
+    since the last walk are read again; full=true stats every file (catches files rewritten in place)."""
+    return await ctx.services.disk.run_coalesced(("sizes", project_uid, session_uid, full),
                                                  ctx.services.sessions.update_session_datatype_sizes, project_uid,
-                                                 session_uid)
+                                                 session_uid, full=full)
 
 
 @api()
@@ -294,15 +296,19 @@ async def wait_for_job(ctx: CallContext, job_id: str) -> dict[str, Any]:
 
 
 @api()
-def update_all_sessions_datatype_sizes(ctx: CallContext, project_uid: str, session_uid: str | None = None) -> str:
+def update_all_sessions_datatype_sizes(ctx: CallContext, project_uid: str, session_uid: str | None = None,
+                                       full: bool = False) -> str:
     """Measure every session of the project (or only session_uid) in a background job; the job id
-    (get_job shows progress)."""
+    (get_job shows progress). full=true stats every file instead of re-reading what changed."""
+    params: dict[str, Any] = {"project_uid": project_uid}
     if session_uid is None:
         ctx.services.sessions.project(project_uid)
-        return ctx.services.queue.enqueue("refresh_sizes", {"project_uid": project_uid}, ctx.actor)
-    ctx.services.sessions.session(project_uid, session_uid)
-    return ctx.services.queue.enqueue("refresh_sizes", {"project_uid": project_uid, "session_uid": session_uid},
-                                      ctx.actor)
+    else:
+        ctx.services.sessions.session(project_uid, session_uid)
+        params["session_uid"] = session_uid
+    if full:
+        params["full"] = True
+    return ctx.services.queue.enqueue("refresh_sizes", params, ctx.actor)
 
 
 @api(access="manage")

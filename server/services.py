@@ -77,10 +77,11 @@ class Services:
         def refresh_sizes(run: JobRun) -> dict[str, int]:
             params = run.params if isinstance(run.params, dict) else {}
             project_uid, session_uid = params.get("project_uid"), params.get("session_uid")
-            if not isinstance(project_uid, str) or not set(params) <= {"project_uid", "session_uid"} \
-                    or not isinstance(session_uid, str | None):
+            full = params.get("full", False)
+            if not isinstance(project_uid, str) or not set(params) <= {"project_uid", "session_uid", "full"} \
+                    or not isinstance(session_uid, str | None) or not isinstance(full, bool):
                 raise JobFailed("not a valid size refresh job; nothing was done")
-            return self.sessions.refresh_project(project_uid, run.progress, only=session_uid)
+            return self.sessions.refresh_project(project_uid, run.progress, only=session_uid, full=full)
 
         def refresh_due(run: JobRun) -> dict[str, int]:
             if run.params:

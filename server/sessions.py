@@ -16,6 +16,7 @@ from . import files
 from .alerts import category_alert
 from .coalesce import Coalescer
 from .config import Config
+from .dirwalk import Totals
 from .domain import (
     DATATYPES,
     DISCOVERED,
@@ -32,8 +33,9 @@ from .domain import (
     status_after_measure,
 )
 from .errors import ApiError, conflict, invalid_params, not_found
+from .session_walks import SessionWalks
 from .states import BY_REFRESH, BY_REPAIR, VISIBLE, CategoryStates
-from .store import Store, empty_totals, scan_digest
+from .store import Store, empty_totals
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class Sessions:
         self.config = config
         self.states = states
         self._refreshes = Coalescer()
+        self.walks = SessionWalks(store, config)
 
     # --- lookups ---------------------------------------------------------------------------------
 
@@ -466,12 +469,15 @@ class Sessions:
 
     # --- sizes -----------------------------------------------------------------------------------
 
-    def refresh_session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
+    def refresh_session(self, project_uid: str, session_uid: str, *, full: bool | None = False) -> dict[str, Any]:
         """Scan the session dir by the layout rules, measure every datatype, store it; the new
-        data_management. Refreshes of one session asked at once share their walks."""
-        return self._refreshes.run((project_uid, session_uid), lambda: self._refresh(project_uid, session_uid))
+        data_management. `full`: stat every file (True), only what changed since the last walk (False), or
+        as the schedule says (None; session_walks.py). Refreshes of one session asked at once share their
+        walks."""
+        return self._refreshes.run((project_uid, session_uid, full),
+                                   lambda: self._refresh(project_uid, session_uid, full=full))
 
-    def _refresh(self, project_uid: str, session_uid: str) -> dict[str, Any]:
+    def _refresh(self, project_uid: str, session_uid: str, *, full: bool | None) -> dict[str, Any]:
         project = self.project(project_uid)
         self.check_project_identity(project)
         project_dir = project["project_dir"]
@@ -488,7 +494,7 @@ class Sessions:
             self._pin_session_dir(project_uid, session_uid, session["session_dir"], identity=current_id)
         before = self._begin_measure(project_uid, session_uid, session)
         try:
-            walked = self._walk(project_uid, session_uid, session, project_dir)
+            walked = self.walks.measure(project_uid, session_uid, session, project_dir, full=full).totals
         except BaseException:
             self._end_measure(project_uid, session_uid, before)
             raise
@@ -499,23 +505,6 @@ class Sessions:
         for dt, status in before.items():
             self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt, expect="calculating",
                                to=status, actor=LIVEDM, by=BY_REFRESH, quiet=True)
-
-    def _walk(self, project_uid: str, session_uid: str, session: dict[str, Any],
-              project_dir: str) -> dict[str, files.Tally]:
-        api = self.store.read_registry(project_uid, session_uid, None, sources=("api",))["api"]
-        api_paths = frozenset(p for paths in api.values() for p in paths)
-        walked = files.walk_session(project_dir, session["session_dir"], self.config.layout, skip=api_paths)
-        digest = scan_digest({dt: walked[dt].paths for dt in DATATYPES})
-        if digest != session.get("scan_digest"):
-            self.store.replace_scan(project_uid, session_uid, session.get("scan_gen"),
-                                    paths_by_datatype={dt: sorted(walked[dt].paths) for dt in DATATYPES},
-                                    digest=digest)
-        if digest != session.get("scan_digest") or session.get("raw_dirs") is None:
-            movie_dirs = files.raw_movie_dirs(project_dir, [*walked["raw"].paths, *api["raw"]])
-            self.store.set_raw_dirs(project_uid, session_uid, sorted(movie_dirs))
-        for dt in DATATYPES:  # then the files registered by API join the measure (not the scanned registry)
-            files.add_registered(walked[dt], project_dir, api[dt], follow_links=dt == "raw")
-        return walked
 
     def check_session_identity(self, project: dict[str, Any], session: dict[str, Any]) -> None:
         """Refuse to act on a session whose directory is not the one it was measured in (or is another
@@ -553,10 +542,15 @@ class Sessions:
 
     def _begin_measure(self, project_uid: str, session_uid: str, session: dict[str, Any]) -> dict[str, str]:
         """The categories being measured show calculating (as cryoSPARC's do); {datatype: status before}."""
-        before: dict[str, str] = {}
-        for dt, category in session["data_management"].items():
+        before = {dt: c["status"] for dt, c in session["data_management"].items()
+                  if c["status"] not in TRANSIENT_STATUSES}  # a deletion's keeps its status
+        if self.states.change_quietly(project_uid=project_uid, session_uid=session_uid, actor=LIVEDM,
+                                      changes={dt: (status, "calculating", status) for dt, status in before.items()}):
+            return before
+        before = {}
+        for dt, category in self.session(project_uid, session_uid)["data_management"].items():
             if category["status"] in TRANSIENT_STATUSES:
-                continue  # a deletion's: it keeps its status
+                continue
             if self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
                                   expect=category["status"], to="calculating", actor=LIVEDM, by=BY_REFRESH,
                                   quiet=True) is not None:
@@ -564,20 +558,28 @@ class Sessions:
         return before
 
     def _store_measures(self, project_uid: str, session_uid: str, session: dict[str, Any],
-                        *, measures: dict[str, files.Tally], before: dict[str, str]) -> dict[str, Any]:
+                        *, measures: dict[str, Totals], before: dict[str, str]) -> dict[str, Any]:
         """Sizes first; then each category goes back from calculating, or to or from missing when all
         its files went (or came back). A status changed by someone meanwhile wins."""
         now = now_iso()
         updated = self.store.set_measures(project_uid, session_uid, {
-            dt: {"size": m.size, "file_count": m.present, "updated_at": now} for dt, m in measures.items()})
-        self.store.set_session_fields(project_uid, session_uid, {
-            "measured_at": now, "dir_stamp": files.dir_stamp(self.project(project_uid)["project_dir"],
-                                                             session["session_dir"])})
+            dt: {"size": m.size, "file_count": m.present, "updated_at": now} for dt, m in measures.items()},
+            session_fields={"measured_at": now, "dir_stamp": files.dir_stamp(
+                self.project(project_uid)["project_dir"], session["session_dir"])})
+        after: dict[str, tuple[str, str | None]] = {}
         for dt, m in measures.items():
             category = updated["data_management"][dt]
             measuring = dt in before and category["status"] == "calculating"
             was = {**category, "status": before[dt]} if measuring else category
-            status, prev = status_after_measure(was, m.registered, m.present)
+            after[dt] = status_after_measure(was, m.registered, m.present)
+        back = {dt: ("calculating", status, prev) for dt, (status, prev) in after.items()
+                if dt in before and updated["data_management"][dt]["status"] == "calculating" and status == before[dt]}
+        if back and self.states.change_quietly(project_uid=project_uid, session_uid=session_uid, changes=back,
+                                               actor=LIVEDM):
+            after = {dt: change for dt, change in after.items() if dt not in back}
+        for dt, (status, prev) in after.items():
+            category = updated["data_management"][dt]
+            measuring = dt in before and category["status"] == "calculating"
             if measuring:
                 self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=dt,
                                    expect="calculating", to=status, prev_status=prev, actor=LIVEDM,
@@ -631,7 +633,7 @@ class Sessions:
         for index, (project_uid, session_uid) in enumerate(due):
             progress(done=index, total=len(due))
             try:
-                self.refresh_session(project_uid, session_uid)
+                self.refresh_session(project_uid, session_uid, full=None)
                 refreshed += 1
             except ApiError as exc:
                 failed += 1
@@ -640,20 +642,20 @@ class Sessions:
         return {"due": len(due), "refreshed": refreshed, "failed": failed}
 
     def refresh_project(self, project_uid: str, progress: Callable[..., None],
-                        only: str | None = None) -> dict[str, int]:
+                        only: str | None = None, *, full: bool = False) -> dict[str, int]:
         """Refresh every session of the project (or `only` that one); {session_uid: total bytes}. Safe to
         run again."""
         sessions = [s for s in self.store.list_sessions(check_project_uid(project_uid)) if only in (None, s["uid"])]
         totals: dict[str, int] = {}
         for index, session in enumerate(sessions):
             progress(done=index, total=len(sessions))
-            data_management = self.refresh_session(project_uid, session["uid"])
+            data_management = self.refresh_session(project_uid, session["uid"], full=full)
             totals[session["uid"]] = sum(int(c["size"]) for c in data_management.values())
         progress(force=True, done=len(sessions), total=len(sessions))
         return totals
 
-    def update_session_datatype_sizes(self, project_uid: str, session_uid: str) -> int:
-        data_management = self.refresh_session(project_uid, session_uid)
+    def update_session_datatype_sizes(self, project_uid: str, session_uid: str, *, full: bool = False) -> int:
+        data_management = self.refresh_session(project_uid, session_uid, full=full)
         return sum(int(category["size"]) for category in data_management.values())
 
     def get_data_management_stats(self, project_uid: str) -> dict[str, dict[str, Any]]:

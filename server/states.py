@@ -56,6 +56,22 @@ class CategoryStates:
         self.audit = audit
         self.hooks = hooks
 
+    def change_quietly(self, *, project_uid: str, session_uid: str, changes: dict[str, tuple[str, str, str | None]],
+                       actor: str) -> dict[str, Any] | None:
+        """A refresh's round trip through calculating for several categories in one write, all or none:
+        {datatype: (expect, to, prev_status)}; neither audited nor hooked. None: one was no longer `expect`
+        (the caller then changes them one by one)."""
+        for expect, to, _ in changes.values():
+            if to not in TRANSITIONS.get(expect, ()):
+                raise IllegalTransition(f"a category cannot go from {expect} to {to}")
+        if not changes:
+            return None
+        items = [(dt, (expect, {"status": to, "prev_status": prev, "status_changed_by": actor}))
+                 for dt, (expect, to, prev) in changes.items()]
+        first, (expect_status, fields) = items[0]
+        return self.store.set_category_status(project_uid, session_uid, first, expect_status=expect_status,
+                                              fields=fields, also=dict(items[1:]))
+
     def change(self, *, project_uid: str, session_uid: str, datatype: str, expect: str, to: str, actor: str,
                by: str, prev_status: Any = _UNSET, job_id: Any = _UNSET, expect_job_id: Any = _UNSET,
                note: Any = _UNSET, note_job_id: Any = _UNSET, session_completed: bool = False, quiet: bool = False,

@@ -124,6 +124,7 @@ class Store:
         self.db.audit.create_index([("at", 1)])
         self.db.jobs.create_index([("state", 1)])
         self.db.audit.create_index([("project_uid", 1), ("session_uid", 1)])
+        self.db.walks.create_index([("key", 1), ("kind", 1)])
 
     def ping(self, timeout_s: float | None = None) -> None:
         """Raises StoreUnavailable when the database does not answer (within timeout_s, if given)."""
@@ -278,18 +279,24 @@ class Store:
 
     def set_category_status(self, project_uid: str, session_uid: str, datatype: str, *, expect_status: str,
                             fields: dict[str, Any], expect_job_id: str | None = None, check_job_id: bool = False,
-                            session_completed: bool = False) -> dict[str, Any] | None:
+                            session_completed: bool = False,
+                            also: dict[str, tuple[str, dict[str, Any]]] | None = None) -> dict[str, Any] | None:
         """The only write of a category's status (states.py calls it): `fields` of the category set at
         once, if its status is still `expect_status` (and its job_id, and the session completed, when
-        asked). The session after it, or None."""
-        prefix = f"data_management.{datatype}"
-        expect: dict[str, Any] = {f"{prefix}.status": expect_status}
+        asked); `also` changes more categories in the same write ({datatype: (expect_status, fields)}), all
+        or none. The session after it, or None."""
+        expect: dict[str, Any] = {}
+        update: dict[str, Any] = {}
+        at = now_iso()
+        for name, (status, changes) in {datatype: (expect_status, fields), **(also or {})}.items():
+            prefix = f"data_management.{name}"
+            expect[f"{prefix}.status"] = status
+            update.update({f"{prefix}.{field}": value for field, value in changes.items()})
+            update[f"{prefix}.status_changed_at"] = at
         if check_job_id:
-            expect[f"{prefix}.job_id"] = expect_job_id
+            expect[f"data_management.{datatype}.job_id"] = expect_job_id
         if session_completed:
             expect["status"] = "completed"
-        update = {f"{prefix}.{name}": value for name, value in fields.items()}
-        update[f"{prefix}.status_changed_at"] = now_iso()
         return self._update_session(project_uid, session_uid, expect, {"$set": update}, writes_category_status=True)
 
     def set_category_hook(self, project_uid: str, session_uid: str, datatype: str, hook: dict[str, Any]) -> bool:
@@ -321,10 +328,15 @@ class Store:
             found.update(doc.get("raw_dirs") or ())
         return frozenset(found)
 
-    def set_measures(self, project_uid: str, session_uid: str, measures: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """Sizes and counts per category ({datatype: {size, file_count, updated_at}}), never a status."""
+    def set_measures(self, project_uid: str, session_uid: str, measures: dict[str, dict[str, Any]],
+                     *, session_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Sizes and counts per category ({datatype: {size, file_count, updated_at}}), never a status; and
+        top-level fields of the session (when it was measured) in the same write."""
         update = {f"data_management.{dt}.{name}": value for dt, fields in measures.items()
                   for name, value in fields.items() if name != "status"}
+        if any(name == "data_management" or name.startswith("data_management.") for name in session_fields or {}):
+            raise AssertionError("session_fields are top-level fields")
+        update.update(session_fields or {})
         updated = self._update_session(project_uid, session_uid, {}, {"$set": update})
         if updated is None:
             raise KeyError(f"{project_uid} {session_uid}")
@@ -479,6 +491,78 @@ class Store:
         docs = list(_chunks(session_key(project_uid, session_uid), "api", {datatype: list(paths)}))
         if docs:
             self.db.registry.insert_many(docs, ordered=True)
+
+    # --- what the last walk of each session saw (a cache: never backed up, cleared by a restore) ----
+    # Per session: one "session" document (the walk's signature, refreshes since the last full one, and
+    # `dirty` while a refresh writes), one "dir" header per directory, and "chunk" documents of files that
+    # headers list by id. A header is replaced only if it still holds the generation the writer read.
+
+    def load_walk(self, key: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        session = self.db.walks.find_one({"_id": key})
+        return session, list(self.db.walks.find({"key": key, "kind": "dir"}))
+
+    def load_walk_chunks(self, chunk_ids: list[str]) -> list[dict[str, Any]] | None:
+        """The chunks in the order given; None when one is gone (replaced by a concurrent walk)."""
+        found = {doc["_id"]: doc for doc in self.db.walks.find({"_id": {"$in": chunk_ids}})}
+        return [found[i] for i in chunk_ids] if all(i in found for i in chunk_ids) else None
+
+    def begin_walk_write(self, key: str, sig: str) -> None:
+        self.db.walks.update_one({"_id": key}, {"$set": {"kind": "session", "sig": sig, "dirty": True}},
+                                 upsert=True)
+
+    def finish_walk_write(self, key: str, *, since_full: int, movie_dirs: list[Any], movie_stamp: str) -> None:
+        self.db.walks.update_one({"_id": key}, {"$set": {"dirty": False, "since_full": since_full,
+                                                         "movie_dirs": movie_dirs, "movie_stamp": movie_stamp}})
+
+    def clear_walk(self, key: str) -> None:
+        self.db.walks.delete_many({"key": key})
+        self.db.walks.delete_one({"_id": key})
+
+    def insert_walk_chunks(self, docs: list[dict[str, Any]]) -> None:
+        if docs:
+            self.db.walks.insert_many(docs, ordered=False)
+
+    def insert_walk_headers(self, headers: list[dict[str, Any]]) -> bool:
+        """False when one was there already (another walk's)."""
+        if not headers:
+            return True
+        try:
+            self.db.walks.insert_many(headers, ordered=False)
+        except pymongo.errors.BulkWriteError:
+            return False
+        return True
+
+    def delete_walk_chunks(self, chunk_ids: list[str]) -> None:
+        if chunk_ids:
+            self.db.walks.delete_many({"_id": {"$in": chunk_ids}, "kind": "chunk"})
+
+    def replace_walk_dir(self, header: dict[str, Any], *, expect_gen: str | None) -> bool:
+        """Write a directory's header if the stored one still has `expect_gen` (None: there is none)."""
+        if expect_gen is None:
+            try:
+                self.db.walks.insert_one(header)
+            except DuplicateKeyError:
+                return False
+            return True
+        return self.db.walks.replace_one({"_id": header["_id"], "gen": expect_gen}, header).matched_count == 1
+
+    def delete_walk_dir(self, header_id: str, *, expect_gen: str) -> bool:
+        return self.db.walks.delete_one({"_id": header_id, "gen": expect_gen}).deleted_count == 1
+
+    def append_scan_paths(self, project_uid: str, session_uid: str, scan_gen: str | None,
+                          *, paths_by_datatype: dict[str, list[str]]) -> bool:
+        """Add paths to the current scanned registry (files new since the last walk); False (nothing added)
+        when the registry was replaced meanwhile."""
+        key = session_key(project_uid, session_uid)
+        docs = list(_chunks(key, "scan", paths_by_datatype, gen=scan_gen))
+        if not docs:
+            return True
+        self.db.registry.insert_many(docs, ordered=False)
+        if self.db.sessions.count_documents({"_id": key, "scan_gen": scan_gen}) == 0:
+            self.db.registry.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
+            return False
+        self.db.sessions.update_one({"_id": key}, {"$set": {"scan_digest": None}})
+        return True
 
     # --- users and tokens ------------------------------------------------------------------------
 
@@ -731,6 +815,7 @@ class Store:
         for collection in COLLECTIONS:
             if self._staging(collection, owner) in self.db.list_collection_names():
                 self._rename_over(self._staging(collection, owner), collection)
+        self.db.walks.delete_many({})  # what walks saw does not match the restored registry: walk again in full
         self.ensure_indexes()  # the staging twins were made without them
         self.reconcile_totals()  # a backup's totals are put right against its sessions
         self.db[self.RESTORES_SWITCHED].update_one({"_id": "count"}, {"$inc": {"n": 1}}, upsert=True)

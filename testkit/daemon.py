@@ -103,9 +103,9 @@ class Daemon:
             except ValueError:
                 raise exc from None
 
-    def call(self, method: str, params: Any = None) -> Any:
+    def call(self, method: str, params: Any = None, *, timeout_s: float = 60) -> Any:
         """The result of a call as the admin; an AssertionError naming the error if it failed."""
-        reply = self.rpc(method, params, timeout_s=60)
+        reply = self.rpc(method, params, timeout_s=timeout_s)
         if "error" in reply:
             raise AssertionError(f"{method} failed: {reply['error']}")
         return reply["result"]

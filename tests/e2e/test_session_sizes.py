@@ -137,3 +137,27 @@ def test_restart_on_the_same_state_dir_keeps_everything(daemon: Daemon, tmp_path
     assert daemon.call("get_datatype_size", ["P1", "S1", "particles"]) == tree.bytes_by_datatype["particles"]
     (tmp_path / "proj2").mkdir()
     assert daemon.call("create_project", ["q", str(tmp_path / "proj2")])["uid"] == "P2"
+
+
+def test_livedm_refresh_full_sees_a_file_rewritten_in_place(shared_daemon: Daemon, tmp_path: Path) -> None:
+    """An incremental refresh reuses unchanged directories; `livedm refresh --full` stats every file."""
+    daemon = shared_daemon
+    tree = build_session_tree(tmp_path / "proj", "S1", exposures=3)
+    project_uid = daemon.call("create_project", ["in place", str(tree.project_dir)])["uid"]
+    daemon.call("create_live_session", [project_uid, "s"])
+    daemon.call("update_session_datatype_sizes", [project_uid, "S1"])
+    micrograph = Path(tree.paths_by_datatype["micrographs"][0])
+    with open(micrograph, "ab") as fh:
+        fh.write(b"a" * 1234)
+    expected = tree.bytes_by_datatype["micrographs"] + 1234
+
+    def refreshed(*flags: str) -> int:
+        done = daemon.livedm("refresh", project_uid, "S1", *flags, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"S1": tree.total() + (1234 if flags else 0)}
+        return int(daemon.call("get_datatype_size", [project_uid, "S1", "micrographs"]))
+
+    assert refreshed() == expected - 1234
+    assert refreshed("--full") == expected
+    assert daemon.call("update_session_datatype_sizes", {"project_uid": project_uid, "session_uid": "S1",
+                                                         "full": True}) == tree.total() + 1234

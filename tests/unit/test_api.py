@@ -90,8 +90,8 @@ def _valid_params(tmp_path: Path) -> dict[str, Any]:
             "name": "newuser", "role": "user", "user": "admin", "enabled": True, "limit": 10,
             "filepaths_to_delete": None, "user_id": None, "asynchronous": True, "dry_run": True, "job_id": "J1",
             "kind": None, "state": None, "script_location": None, "script_log_path_abs": None,
-            "confirm_digest": None, "offset": None, "search": "p", "session_status": None, "category_status": None,
-            "expand": True, "collapse": None, "page": 1, "page_size": None}
+            "confirm_digest": None, "offset": None, "full": False, "search": "p", "session_status": None,
+            "category_status": None, "expand": True, "collapse": None, "page": 1, "page_size": None}
 
 
 def _wrong_value(hint: Any) -> Any:

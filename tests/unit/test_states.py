@@ -118,13 +118,13 @@ def _one_session(store: Store, tmp_path: Path) -> Services:
 def test_a_refresh_shows_calculating_and_goes_back_without_audit_or_hook(mock_store: Store, tmp_path: Path) -> None:
     services = _one_session(mock_store, tmp_path)
     seen: list[str] = []
-    walk = services.sessions._walk
+    walk = services.sessions.walks.measure
 
-    def watching_walk(*args: Any) -> Any:
+    def watching_walk(*args: Any, **kwargs: Any) -> Any:
         seen.append(services.sessions.get_session("P1", "S1")["data_management"]["micrographs"]["status"])
-        return walk(*args)
+        return walk(*args, **kwargs)
 
-    services.sessions._walk = watching_walk  # type: ignore[method-assign]
+    services.sessions.walks.measure = watching_walk  # type: ignore[method-assign]
     audit_before = len(mock_store.find_audit(limit=1000))
     services.sessions.refresh_session("P1", "S1")
     assert seen == ["calculating"]
@@ -138,10 +138,10 @@ def test_a_refresh_shows_calculating_and_goes_back_without_audit_or_hook(mock_st
 def test_a_measure_that_fails_puts_the_statuses_back(mock_store: Store, tmp_path: Path) -> None:
     services = _one_session(mock_store, tmp_path)
 
-    def broken_walk(*args: Any) -> Any:
+    def broken_walk(*args: Any, **kwargs: Any) -> Any:
         raise OSError("disk went away")
 
-    services.sessions._walk = broken_walk  # type: ignore[method-assign]
+    services.sessions.walks.measure = broken_walk  # type: ignore[method-assign]
     with pytest.raises(OSError):
         services.sessions.refresh_session("P1", "S1")
     assert {c["status"] for c in services.sessions.get_session("P1", "S1")["data_management"].values()} == {"active"}
@@ -153,3 +153,35 @@ def test_calculating_left_by_a_dead_daemon_is_repaired_once_stale(mock_store: St
     assert services.sessions.repair_calculating(stale_s=3600) == 0, "a measure may still be running"
     assert services.sessions.repair_calculating(stale_s=-1) == len(DATATYPES)
     assert {c["status"] for c in services.sessions.get_session("P1", "S1")["data_management"].values()} == {"active"}
+
+
+def test_a_refresh_round_trip_is_one_write_each_way_and_falls_back_when_a_status_moved(
+        mock_store: Store, tmp_path: Path) -> None:
+    services = _one_session(mock_store, tmp_path)
+    services.sessions.refresh_session("P1", "S1")
+    writes: list[int] = []
+    real = mock_store.set_category_status
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        writes.append(1 + len(kwargs.get("also") or {}))
+        return real(*args, **kwargs)
+
+    mock_store.set_category_status = counting  # type: ignore[method-assign]
+    services.sessions.refresh_session("P1", "S1")
+    assert writes == [len(DATATYPES), len(DATATYPES)], "all categories to calculating and back, in one write each"
+    writes.clear()
+    real_quiet = services.sessions.states.change_quietly
+    lost_once = [True]
+
+    def losing_the_race(**kwargs: Any) -> Any:  # another writer moved a status between read and write
+        if lost_once.pop() if lost_once else False:
+            return None
+        return real_quiet(**kwargs)
+
+    services.sessions.states.change_quietly = losing_the_race  # type: ignore[method-assign]
+    audit_before = len(mock_store.find_audit(limit=1000))
+    services.sessions.refresh_session("P1", "S1")
+    after = services.sessions.get_session("P1", "S1")["data_management"]
+    assert {c["status"] for c in after.values()} == {"active"}
+    assert writes == [1] * len(DATATYPES) + [len(DATATYPES)], "one by one to calculating, then back in one"
+    assert len(mock_store.find_audit(limit=1000)) == audit_before

@@ -1,0 +1,283 @@
+"""Measuring a session from what its last walk saw: load the directory states, walk (re-reading what
+changed, or all of it), bring the scanned registry and the saved states up to date.
+
+Consistency: the session's walk document is marked dirty before anything is written and clean after; a
+refresh that finds it dirty (a livedmd died mid-write, or two wrote at once) walks in full, which rewrites
+the registry and every state. So the registry and the states can disagree only until the next refresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import files, walk_docs
+from .config import Config
+from .dirwalk import DirState, Entries, SessionWalk, Totals, WalkResult, paths_of
+from .domain import DATATYPES
+from .store import Store, scan_digest, session_key
+
+log = logging.getLogger(__name__)
+
+WALK_FORMAT = "1"  # bump when DirState documents change meaning: every session is then walked in full once
+MAX_CHUNKS_PER_DIR = 32  # appended chunks beyond this are merged into fresh ones
+
+
+@dataclass
+class Measured:
+    totals: dict[str, Totals]
+    full: bool  # every file was stat'ed
+    stats: int  # files stat'ed
+    dirs: int
+    changed_dirs: int
+
+
+@dataclass
+class _Saved:
+    header_id: str
+    gen: str
+    chunk_ids: list[str]
+
+
+def movie_dirs_stamp(paths: list[str]) -> str:
+    """Changes when a movie is added to, removed from or renamed in one of the directories raw links point
+    into (their identities and times): then every raw target is stat'ed again."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}\0{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}\0".encode(
+                "utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"{path}\0gone\0".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _dir_identity(path: str) -> str | None:
+    try:
+        return files.dir_id(os.stat(path))
+    except OSError:
+        return None
+
+
+def movie_inodes(paths: list[str]) -> frozenset[tuple[int, int]] | None:
+    """(dev, inode) of every entry in the movie directories, listed without a stat each; None when one
+    cannot be listed (then every raw target is stat'ed)."""
+    found: set[tuple[int, int]] = set()
+    for path in paths:
+        try:
+            dev = os.stat(path).st_dev
+            with os.scandir(path) as listing:
+                found.update((dev, entry.inode()) for entry in listing)
+        except OSError:
+            return None
+    return frozenset(found)
+
+
+class SessionWalks:
+    def __init__(self, store: Store, config: Config) -> None:
+        self.store = store
+        self.config = config
+
+    def measure(self, project_uid: str, session_uid: str, session: dict[str, Any], project_dir: str,
+                *, full: bool | None) -> Measured:
+        """Walk the session and store what was seen; `full`: True walks everything, False re-reads only
+        what changed, None (a scheduled refresh) is full every `full_refresh_every`th time."""
+        key = session_key(project_uid, session_uid)
+        api = self.store.read_registry(project_uid, session_uid, None, sources=("api",))["api"]
+        skip = frozenset(p for paths in api.values() for p in paths)
+        sig = self._signature(skip)
+        walk_doc, headers = self.store.load_walk(key)
+        since_full = int((walk_doc or {}).get("since_full") or 0)
+        every = self.config.full_refresh_every
+        walk_full = (full is True or walk_doc is None or walk_doc.get("sig") != sig or bool(walk_doc.get("dirty"))
+                     or (full is None and every > 0 and since_full + 1 >= every))
+        saved: dict[str, _Saved] = {}
+        previous: dict[str, DirState] = {}
+        if not walk_full:
+            for doc in headers:
+                state = walk_docs.state_from_header(doc)
+                previous[state.rel] = state
+                saved[state.rel] = _Saved(doc["_id"], doc["gen"], list(doc["chunks"]))
+        loaded: dict[str, Entries | None] = {}
+        lock = threading.Lock()
+
+        def load_entries(state: DirState) -> Entries | None:
+            with lock:
+                if state.rel in loaded:
+                    return loaded[state.rel]
+            entry = saved.get(state.rel)
+            docs = self.store.load_walk_chunks(entry.chunk_ids) if entry is not None else None
+            try:
+                entries = walk_docs.entries_from_chunks(docs) if docs is not None else None
+            except ValueError:
+                entries = None
+            if entries is not None and len(entries) != state.files:
+                entries = None  # chunks of another walk's generation: listed again
+            with lock:
+                loaded[state.rel] = entries
+            return entries
+
+        files.check_session_root(project_dir, session["session_dir"])
+        movie_dirs = [] if walk_full else walk_docs.unpack_paths((walk_doc or {}).get("movie_dirs"))
+        movie_stamp = movie_dirs_stamp(movie_dirs)
+        restat_raw = walk_full or (walk_doc or {}).get("movie_stamp") != movie_stamp
+        walk = SessionWalk(project_dir, session["session_dir"], self.config.layout, previous=previous,
+                           load_entries=load_entries, skip=skip, threads=self.config.walk_threads,
+                           restat_raw=restat_raw,
+                           movie_inodes=movie_inodes(movie_dirs) if restat_raw and not walk_full else None)
+        result = walk.run()
+        if not walk_full:
+            result.movie_dirs |= set(movie_dirs)
+        totals = result.totals
+        self.store.begin_walk_write(key, sig)
+        clean = self._update_registry(project_uid, session_uid, session, project_dir=project_dir, result=result,
+                                      walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"])
+        if walk_full:
+            self.store.clear_walk(key)
+            self.store.begin_walk_write(key, sig)
+            clean = self._save_all(key, result) and clean
+        else:
+            clean = self._save_changes(key, result, saved=saved) and clean
+        if clean:
+            new_dirs = sorted(result.movie_dirs)
+            stamp = movie_stamp if new_dirs == sorted(movie_dirs) else movie_dirs_stamp(new_dirs)
+            self.store.finish_walk_write(key, since_full=0 if walk_full else since_full + 1,
+                                         movie_dirs=walk_docs.pack_paths(new_dirs), movie_stamp=stamp)
+        for datatype in DATATYPES:  # files registered by API join the measure, each byte once
+            if api[datatype]:
+                totals[datatype] = self._with_registered(result, datatype, api[datatype], project_dir,
+                                                         load_entries=load_entries)
+        return Measured(totals, walk_full, result.stats, len(result.dirs), len(result.changed))
+
+    def _signature(self, skip: frozenset[str]) -> str:
+        """What a walk's states depend on besides the disk: a change walks in full."""
+        digest = hashlib.sha256(WALK_FORMAT.encode())
+        digest.update(repr(self.config.layout).encode())
+        for path in sorted(skip):
+            digest.update(path.encode("utf-8", "surrogateescape") + b"\0")
+        return digest.hexdigest()
+
+    # --- the scanned registry --------------------------------------------------------------------
+
+    def _update_registry(self, project_uid: str, session_uid: str, session: dict[str, Any], *, project_dir: str,
+                         result: WalkResult, walk_full: bool, load_entries: Callable[[DirState], Entries | None],
+                         api_raw: list[str]) -> bool:
+        """New files are appended to the registry; a file gone or replaced rewrites it whole. False: the
+        registry changed under this walk, or what the last walk saw could not be read (the next refresh
+        walks in full)."""
+        added: dict[str, list[str]] = {dt: [] for dt in DATATYPES}
+        rewrite = walk_full or bool(result.removed)
+        for rel in result.changed:
+            state = result.dirs[rel]
+            assert state.entries is not None
+            fresh = state.entries.names[state.fresh_from:]
+            if rel in result.compared:
+                before = result.compared[rel]
+                if before is None or state.fresh_from < len(before) or not set(before.names).isdisjoint(fresh):
+                    rewrite = True  # a file went, another took an old name, or what was there is unknown
+            added[state.datatype] += [f"{rel}/{name}" for name in fresh]
+        if rewrite:
+            paths = self._paths(result, load_entries, DATATYPES)
+            if paths is None:
+                log.warning("%s %s: what the last walk saw could not be read back; the next refresh walks in full",
+                            project_uid, session_uid)
+                return False
+            digest = scan_digest(paths)
+            ok = digest == session.get("scan_digest") or self.store.replace_scan(
+                project_uid, session_uid, session.get("scan_gen"),
+                paths_by_datatype={dt: sorted(p) for dt, p in paths.items()}, digest=digest)
+        else:
+            ok = self.store.append_scan_paths(project_uid, session_uid, session.get("scan_gen"),
+                                              paths_by_datatype={dt: p for dt, p in added.items() if p})
+        if ok:  # where the links point (found by the walk's readlinks): no deletion may take a file there. One
+            # no link points into any more stays protected until a full walk (or the last link goes).
+            linked = result.movie_dirs if result.totals["raw"].registered else set()
+            movie_dirs = files.raw_movie_dirs(project_dir, api_raw) | {
+                identity for identity in map(_dir_identity, linked) if identity is not None}
+            if sorted(movie_dirs) != sorted(session.get("raw_dirs") or ()):
+                self.store.set_raw_dirs(project_uid, session_uid, sorted(movie_dirs))
+        return ok
+
+    @staticmethod
+    def _paths(result: WalkResult, load_entries: Callable[[DirState], Entries | None],
+               datatypes: tuple[str, ...]) -> dict[str, list[str]] | None:
+        """{datatype: registry paths} of every directory of `datatypes`; None when one cannot be read back."""
+        paths: dict[str, list[str]] = {dt: [] for dt in DATATYPES}
+        for state in result.dirs.values():
+            if state.datatype not in datatypes:
+                continue
+            entries = state.entries if state.entries is not None else load_entries(state)
+            if entries is None:
+                return None
+            paths[state.datatype] += paths_of(state, entries)
+        return paths
+
+    # --- the saved states ------------------------------------------------------------------------
+
+    def _save_all(self, key: str, result: WalkResult) -> bool:
+        """After a full walk: every directory's state anew (the old ones were cleared), in two writes. False:
+        another walk saved some meanwhile (the next refresh walks in full and clears what is left)."""
+        chunks: list[dict[str, Any]] = []
+        headers: list[dict[str, Any]] = []
+        for state in result.dirs.values():
+            assert state.entries is not None
+            own = list(walk_docs.chunk_docs(key, state.entries))
+            chunks += own
+            headers.append(walk_docs.header_doc(key, state, chunk_ids=[c["_id"] for c in own], gen=uuid.uuid4().hex))
+        self.store.insert_walk_chunks(chunks)
+        return self.store.insert_walk_headers(headers)
+
+    def _save_changes(self, key: str, result: WalkResult, *, saved: dict[str, _Saved]) -> bool:
+        """After an incremental walk: changed directories (new files appended as a chunk of their own where
+        nothing else changed), removed ones deleted; unchanged ones are not touched."""
+        ok = True
+        for rel in result.changed:
+            state = result.dirs[rel]
+            assert state.entries is not None
+            old = saved.get(rel)
+            before = result.compared.get(rel)
+            appending = (old is not None and before is not None and not state.restated
+                         and state.fresh_from == len(before)
+                         and len(old.chunk_ids) < MAX_CHUNKS_PER_DIR
+                         and set(before.names).isdisjoint(state.entries.names[state.fresh_from:]))
+            new_chunks = list(walk_docs.chunk_docs(key, state.entries, start=state.fresh_from if appending else 0))
+            self.store.insert_walk_chunks(new_chunks)
+            kept = old.chunk_ids if appending and old is not None else []
+            header = walk_docs.header_doc(key, state, chunk_ids=kept + [c["_id"] for c in new_chunks],
+                                          gen=uuid.uuid4().hex)
+            if self.store.replace_walk_dir(header, expect_gen=old.gen if old is not None else None):
+                if old is not None and not appending:
+                    self.store.delete_walk_chunks(old.chunk_ids)
+            else:
+                self.store.delete_walk_chunks([c["_id"] for c in new_chunks])
+                ok = False
+        for state in result.removed:
+            old = saved[state.rel]
+            if self.store.delete_walk_dir(old.header_id, expect_gen=old.gen):
+                self.store.delete_walk_chunks(old.chunk_ids)
+            else:
+                ok = False
+        return ok
+
+    # --- files registered by API -----------------------------------------------------------------
+
+    @staticmethod
+    def _with_registered(result: WalkResult, datatype: str, rel_paths: list[str], project_dir: str,
+                         *, load_entries: Callable[[DirState], Entries | None]) -> Totals:
+        """The category's totals with its files registered by API measured in; a byte already counted in
+        the walk (a raw movie linked both ways) is not counted again."""
+        walked = result.totals[datatype]
+        tally = files.Tally()
+        for state in result.dirs.values():
+            entries = state.entries if state.entries is not None else load_entries(state)
+            if state.datatype == datatype and state.keyed and entries is not None:
+                tally.seen.update(k for k in map(entries.key, range(len(entries))) if k is not None)
+        files.add_registered(tally, project_dir, rel_paths, follow_links=datatype == "raw")
+        return Totals(walked.registered + tally.registered, walked.present + tally.present, walked.size + tally.size)

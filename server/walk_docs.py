@@ -1,0 +1,99 @@
+"""What a walk saw, as store documents: one small header per directory (read on every refresh) and its files
+in chunks of packed arrays (read only when the directory changed). File names are bytes on Linux: chunks
+(only ever inserted) pack them as raw bytes, NUL-separated (no name holds a NUL or a '/'); headers (replaced
+in place, where the embedded store keeps no binary) hold them as hex."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from array import array
+from collections.abc import Iterator
+from typing import Any
+
+from bson.binary import Binary
+
+from .dirwalk import DirState, Entries
+
+ENTRIES_PER_CHUNK = 20_000  # ~1 MB per document with its arrays, far under MongoDB's 16 MB
+
+
+_FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+
+
+def _pack_names(names: list[str]) -> Binary:
+    return Binary("\0".join(names).encode(*_FS_ENCODING))  # os.fsencode of each, in one call
+
+
+def _unpack_names(blob: bytes) -> list[str]:
+    return bytes(blob).decode(*_FS_ENCODING).split("\0") if blob else []
+
+
+def pack_paths(paths: list[str]) -> list[str]:
+    """Paths or names as hex of their bytes."""
+    return [os.fsencode(path).hex() for path in paths]
+
+
+def unpack_paths(values: list[str] | None) -> list[str]:
+    return [os.fsdecode(bytes.fromhex(value)) for value in values or ()]
+
+
+def header_doc(key: str, state: DirState, *, chunk_ids: list[str], gen: str) -> dict[str, Any]:
+    return {"_id": header_id(key, state.rel), "key": key, "kind": "dir", "rel": os.fsencode(state.rel).hex(),
+            "datatype": state.datatype, "ino": state.ino, "mtime_ns": state.mtime_ns, "ctime_ns": state.ctime_ns,
+            "subdirs": pack_paths(state.subdirs), "files": state.files, "present": state.present,
+            "plain_bytes": state.plain_bytes, "keyed_bytes": state.keyed_bytes, "keyed": state.keyed,
+            "chunks": chunk_ids, "gen": gen}
+
+
+def header_id(key: str, rel: str) -> str:
+    return f"{key}|{uuid.uuid5(uuid.NAMESPACE_URL, os.fsencode(rel).hex()).hex}"
+
+
+def state_from_header(doc: dict[str, Any]) -> DirState:
+    return DirState(rel=os.fsdecode(bytes.fromhex(doc["rel"])), datatype=doc["datatype"], ino=int(doc["ino"]),
+                    mtime_ns=int(doc["mtime_ns"]), ctime_ns=int(doc["ctime_ns"]),
+                    subdirs=unpack_paths(doc["subdirs"]), files=int(doc["files"]), present=int(doc["present"]),
+                    plain_bytes=int(doc["plain_bytes"]), keyed_bytes=int(doc["keyed_bytes"]), keyed=bool(doc["keyed"]))
+
+
+def chunk_docs(key: str, entries: Entries, start: int = 0) -> Iterator[dict[str, Any]]:
+    """`entries` from index `start` on, in chunks; each document has its own id (headers list them)."""
+    for first in range(start, len(entries), ENTRIES_PER_CHUNK):
+        last = min(first + ENTRIES_PER_CHUNK, len(entries))
+        doc: dict[str, Any] = {"_id": uuid.uuid4().hex, "key": key, "kind": "chunk",
+                               "names": _pack_names(entries.names[first:last]),
+                               "inos": Binary(entries.inos[first:last].tobytes()),
+                               "sizes": Binary(entries.sizes[first:last].tobytes()), "keys": None}
+        if entries.keys is not None:
+            doc["keys"] = Binary(entries.keys[2 * first:2 * last].tobytes())
+        yield doc
+
+
+def entries_from_chunks(docs: list[dict[str, Any]]) -> Entries:
+    """The chunks of one directory, in the header's order, back into one Entries."""
+    entries = Entries()
+    for doc in docs:
+        names = _unpack_names(doc["names"])
+        inos, sizes = array("Q"), array("q")
+        inos.frombytes(bytes(doc["inos"]))
+        sizes.frombytes(bytes(doc["sizes"]))
+        if len(inos) != len(names) or len(sizes) != len(names):
+            raise ValueError("a walk chunk whose arrays disagree")
+        keys = None
+        if doc.get("keys") is not None:
+            keys = array("Q")
+            keys.frombytes(bytes(doc["keys"]))
+            if len(keys) != 2 * len(names):
+                raise ValueError("a walk chunk whose keys disagree")
+        if keys is not None and entries.keys is None:
+            entries.keys = array("Q", bytes(16 * len(entries.names)))
+        elif keys is None and entries.keys is not None:
+            keys = array("Q", bytes(16 * len(names)))
+        entries.names += names
+        entries.inos += inos
+        entries.sizes += sizes
+        if entries.keys is not None and keys is not None:
+            entries.keys += keys
+    return entries
