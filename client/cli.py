@@ -36,6 +36,8 @@ from .users import (
 Command = Callable[[CommandClient, argparse.Namespace], int]
 DATATYPES = ("raw", "micrographs", "thumbnails", "particles", "metadata")
 LISTED = tuple(d for d in DATATYPES if d != "thumbnails")  # file lists and marks: not for thumbnails
+SESSION_STATUSES = ("running", "paused", "completed")
+CATEGORY_STATUSES = ("active", "archiving", "archived", "deleted", "missing", "deleting", "calculating")
 DELETABLE = tuple(d for d in DATATYPES if d != "raw")
 MARKS = ("active", "archiving", "archived", "deleted")
 
@@ -104,6 +106,10 @@ def _project_session(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 def add_data_commands(commands: Commands) -> None:
     p = commands.add("ls", "overview table: projects, sessions, sizes and statuses per category", cmd_ls)
     p.add_argument("project", nargs="?", help="only this project (e.g. P1)")
+    p.add_argument("--search", help="only sessions whose uid, title or owner (or their project's) hold this text")
+    p.add_argument("--status", choices=SESSION_STATUSES, help="only sessions of this status")
+    p.add_argument("--category-status", choices=CATEGORY_STATUSES,
+                   help="only sessions with a category of this status")
     p = commands.add("refresh", "measure sizes now (a session, or every session of a project)", cmd_refresh)
     p.add_argument("project")
     p.add_argument("session", nargs="?")

@@ -33,14 +33,19 @@ def overview_rows(projects: list[dict[str, Any]], sessions_by_project: dict[str,
 
 
 def cmd_ls(client: CommandClient, args: argparse.Namespace) -> int:
-    if args.project:
+    filters = {name: value for name, value in (("search", args.search), ("session_status", args.status),
+                                               ("category_status", args.category_status)) if value}
+    if args.project and not filters:
         projects = [client.call("get_project", args.project)]
         sessions = {args.project: client.call("list_sessions", args.project)}
-    else:
-        projects = client.call("get_overview")["projects"]
+    else:  # livedmd searches and filters (every row: no page_size)
+        projects = [p for p in client.call("get_overview", **filters)["projects"] if args.project in (None, p["uid"])]
         sessions = {p["uid"]: p.pop("sessions") for p in projects}
     if args.json:
         print(json.dumps([{**p, "sessions": sessions[p["uid"]]} for p in projects], indent=2))
+        return EXIT_OK
+    if not projects and filters:
+        print("Nothing matches.")
         return EXIT_OK
     if not projects:
         print("No projects yet. Find the cryoSPARC projects under the data roots: livedm discover; or add one: "
@@ -64,7 +69,8 @@ def cmd_refresh(client: CommandClient, args: argparse.Namespace) -> int:
     if args.json:
         print_json(totals)
         return EXIT_OK
-    return cmd_ls(client, argparse.Namespace(project=args.project, json=False, times=args.times))
+    return cmd_ls(client, argparse.Namespace(project=args.project, json=False, times=args.times, search=None,
+                                             status=None, category_status=None))
 
 
 def discovery_summary(report: dict[str, Any], dry_run: bool) -> str:

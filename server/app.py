@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -89,6 +90,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS].watch_store(store)
         app[AUTH] = Authenticator(store, config.auth_cache_s)
         app[SERVICES] = Services.build(store, config, app[AUTH])
+        threading.Thread(target=warm_overview, args=(app[SERVICES],), name="overview-warm", daemon=True).start()
         pinned = await asyncio.to_thread(app[SERVICES].sessions.pin_projects)
         if pinned:
             log.info("pinned the directories of %d project(s) made by an earlier livedm", pinned)
@@ -105,6 +107,15 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         if EMBEDDED in app:
             app[EMBEDDED].stop()
         lock.release()
+
+
+def warm_overview(services: Services) -> None:
+    """The overview's index read at start, beside serving (50,000 sessions take seconds on the embedded
+    store), so that the first page does not wait for it. A daemon thread: stopping never waits for it."""
+    try:
+        services.overview.index.warm()
+    except Exception as exc:  # the store went away meanwhile (stopping): the first page reads it instead
+        log.info("the overview's index was not read at start (%s: %s)", type(exc).__name__, exc)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -15,13 +15,12 @@ from typing import Any
 from bson.objectid import ObjectId
 
 from . import files
-from .domain import CATEGORY_STATUSES, DATATYPES, DISCOVERED, PROJECT_UID_PATTERN
+from .domain import CATEGORY_STATUSES, DATATYPES, DISCOVERED, PROJECT_UID_PATTERN, SESSION_STATUSES
 from .errors import ApiError
 from .jobs import KINDS, STATES
 from .users import ROLES
 
 PROJECT_DIRS_COUNTER = "project_dirs"  # the facility's map of project dirs, kept among the counters
-SESSION_STATUSES = ("running", "paused", "completed")
 
 Check = Callable[[Any], bool]
 
@@ -154,6 +153,20 @@ def plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def _seconds(value: Any) -> bool:
+    return _number(value) and value >= 0
+
+
+def _totals(value: Any) -> bool:
+    """A project's totals as store.py keeps them; their figures are summed again at the restore."""
+    return (isinstance(value, dict) and set(value) == {"session_count", "sessions_by_status", "data_management"}
+            and count(value["session_count"]) and isinstance(value["sessions_by_status"], dict)
+            and all(k in SESSION_STATUSES and count(n) for k, n in value["sessions_by_status"].items())
+            and isinstance(value["data_management"], dict) and set(value["data_management"]) <= set(DATATYPES)
+            and all(isinstance(c, dict) and set(c) == {"size", "file_count"} and count(c["size"])
+                    and count(c["file_count"]) for c in value["data_management"].values()))
+
+
 _TS = Field(True, _matches(_TIMESTAMP), "an ISO 8601 time like '2026-01-31T10:00:00.000Z'")
 _TS_OR_NONE = Field(True, _or_none(_matches(_TIMESTAMP)), "an ISO 8601 time or null")
 _TS_OR_NONE_OPTIONAL = Field(False, _or_none(_matches(_TIMESTAMP)), "an ISO 8601 time or null")
@@ -183,6 +196,11 @@ PROJECT_FIELDS = {
     "fingerprint": Field(False, _or_none(_text), "a text or null"),
     "discovered_at": _TS_OR_NONE_OPTIONAL, "seen_at": _TS_OR_NONE_OPTIONAL, "gone_at": _TS_OR_NONE_OPTIONAL,
     "gone_reason": Field(False, _or_none(_text), "a text or null"),
+    # the totals store.py keeps as sessions change (a restore sums them again from the sessions restored)
+    "totals": Field(False, _totals, '{"session_count", "sessions_by_status", "data_management"}'),
+    "totals_version": Field(False, count, "an integer >= 0"),
+    "sessions_version": Field(False, count, "an integer >= 0"),
+    "changed_s": Field(False, _seconds, "seconds since the epoch"),
 }
 PROJECT_DIRS_FIELDS = {  # the counters document store.reserve_project_dirs keeps
     "_id": Field(True, _one_of((PROJECT_DIRS_COUNTER,)), repr(PROJECT_DIRS_COUNTER)),
@@ -204,6 +222,7 @@ SESSION_FIELDS = {
     "scan_digest": Field(False, _or_none(_matches(_HEX64)), "64 hex digits or null"),
     "dir_id": Field(False, _or_none(_matches(_DIR_ID)), "'<device>:<inode>' or null"),
     "raw_dirs": Field(False, _or_none(_list_of(_matches(_DIR_ID))), "a list of '<device>:<inode>' or null"),
+    "changed_s": Field(False, _seconds, "seconds since the epoch"),
 }
 CATEGORY_FIELDS = {
     "status": Field(True, _one_of(CATEGORY_STATUSES), f"one of {', '.join(CATEGORY_STATUSES)}"),

@@ -19,6 +19,7 @@ INTERNAL_ACTORS: dict[str, str] = {
     LIVEDM_ACTOR: "livedm itself",
     HOOK_USER: "livedm's hook run",
 }
+SESSION_STATUSES = ("running", "paused", "completed")
 CATEGORY_STATUSES = ("active", "archiving", "archived", "deleted", "deleting", "missing", "calculating")
 TRANSIENT_STATUSES = ("deleting", "calculating")
 MARKABLE_STATUSES = ("active", "archiving", "archived", "deleted")

@@ -14,6 +14,7 @@ from typing import Any
 from . import __version__
 from .discovery import shown_job
 from .domain import check_datatype, datatype_size
+from .overview import overview_query
 from .params import describe_type
 from .rpc import ApiMethod, CallContext
 
@@ -78,9 +79,19 @@ def list_projects(ctx: CallContext) -> list[dict[str, Any]]:
 
 
 @api()
-def get_overview(ctx: CallContext) -> dict[str, Any]:
-    """The Data Management table in one call: {"projects": [project with totals and "sessions"], "as_of"}."""
-    return ctx.services.sessions.get_overview()
+def get_overview(ctx: CallContext, *, search: str | None = None, session_status: str | list[str] | None = None,
+                 category_status: str | list[str] | None = None, expand: bool | list[str] = True,
+                 collapse: list[str] | None = None, page: int = 1, page_size: int | None = None) -> dict[str, Any]:
+    """The Data Management table: {"projects": [project with totals and its "sessions" on this page], "as_of",
+    and where the page lies: "page", "page_size", "pages", "rows", "first_row", "last_row",
+    "matched_projects", "matched_sessions", "facility" (totals of every project)}. By name only, all optional:
+    search (text in a project's or session's uid, title or owner, any case), session_status (running, paused,
+    completed) and category_status (a category's: active, archiving, ...), one or a list; expand (true, or
+    the projects whose sessions are rows) and collapse; page (from 1) and page_size (rows, at most 500;
+    none: every row)."""
+    query = overview_query(search=search, session_status=session_status, category_status=category_status,
+                           expand=expand, collapse=collapse, page=page, page_size=page_size)
+    return ctx.services.overview.get(query)
 
 
 @api()

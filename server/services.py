@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .audit import Audit
 from .auth import Authenticator
@@ -14,12 +17,32 @@ from .diskpool import DiskPool
 from .hook_logs import Pruner
 from .hooks import Hooks
 from .jobs import JobFailed, JobRun, Queue
+from .overview import Overview
+from .overview_index import OverviewIndex
 from .reads import SessionReader
 from .sessions import Sessions
 from .states import CategoryStates
 from .store import Store
 from .users import Users
 from .worker import Handler, Workers
+
+RECONCILE_TOTALS_EVERY_S = 3600.0  # project totals summed again from the sessions: no drift outlives this
+
+
+class Every:
+    """Runs `action` at most once every `period_s`; the first call runs it."""
+
+    def __init__(self, period_s: float, action: Callable[[], Any]) -> None:
+        self.period_s = period_s
+        self.action = action
+        self.last_s: float | None = None
+
+    def __call__(self) -> Any:
+        now_s = time.monotonic()
+        if self.last_s is not None and now_s - self.last_s < self.period_s:
+            return None
+        self.last_s = now_s
+        return self.action()
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,7 @@ class Services:
     discovery: Discovery
     disk: DiskPool
     config: Config
+    overview: Overview
 
     @classmethod
     def build(cls, store: Store, config: Config, authenticator: Authenticator) -> Services:
@@ -48,7 +72,7 @@ class Services:
                    users=Users(store, audit, changed=authenticator.forget), audit=audit, queue=queue, hooks=hooks,
                    deletions=Deletions(sessions, queue, audit, states=states),
                    discovery=Discovery(sessions, store, queue, audit, config), disk=DiskPool(config.disk_threads),
-                   config=config)
+                   config=config, overview=Overview(store, sessions, OverviewIndex(store)))
 
     def job_handlers(self) -> dict[str, Handler]:
         def refresh_sizes(run: JobRun) -> dict[str, int]:
@@ -70,9 +94,11 @@ class Services:
 
     def workers(self, count: int) -> Workers:
         prune_hook_logs = Pruner(self.config)  # at most hourly
+        reconcile_totals = Every(RECONCILE_TOTALS_EVERY_S, self.sessions.store.reconcile_totals)  # first at start
 
         def maintenance() -> int:
             prune_hook_logs()
+            reconcile_totals()
             return self.deletions.repair_stuck() + self.sessions.repair_calculating()
 
         return Workers(self.queue, self.job_handlers(), count, maintenance=maintenance)

@@ -35,7 +35,7 @@ from .domain import (
 from .errors import ApiError, conflict, invalid_params, not_found
 from .session_walks import SessionWalks
 from .states import BY_REFRESH, BY_REPAIR, VISIBLE, CategoryStates
-from .store import Store
+from .store import Store, empty_totals
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ LIVEDM = LIVEDM_ACTOR  # the actor livedm's own changes are audited as
 
 
 _PROJECT_NUMBER = re.compile(r"P[1-9][0-9]{0,8}")  # what check_project_uid accepts of an unlabelled uid
+_PROJECT_BOOKKEEPING = ("totals", "totals_version", "sessions_version", "changed_s")  # the store's, not shown
 
 
 def public_session(session: dict[str, Any]) -> dict[str, Any]:
@@ -70,15 +71,6 @@ def cryosparc_session(session: dict[str, Any]) -> dict[str, Any]:
                       "total_rejected": exposures.get("rejected")},
             "data_management": {dt: {"status": c["status"], "prev_status": c.get("prev_status"),
                                      "size": c["size"]} for dt, c in session["data_management"].items()}}
-
-
-def project_totals(sessions: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    totals = {datatype: {"size": 0, "file_count": 0} for datatype in DATATYPES}
-    for session in sessions:
-        for datatype, category in session["data_management"].items():
-            totals[datatype]["size"] += int(category.get("size") or 0)
-            totals[datatype]["file_count"] += int(category.get("file_count") or 0)
-    return totals
 
 
 def _refuse_if_discovered(project: dict[str, Any], why: str) -> None:
@@ -140,7 +132,7 @@ class Sessions:
             self._release_project_dir(uid)
             raise conflict(f"project {uid} was discovered while this one was being made; try again")
         log.info("created project %s (%s) at %s", uid, title, project_dir)
-        return self._project_row(project, [])
+        return self.get_project(uid)
 
     def _project_dirs(self, adding: tuple[str, str] | None = None) -> tuple[int | None, dict[str, str]]:
         """(version, {project uid: real dir}) of the facility's projects; without the reservation of `adding`
@@ -204,27 +196,20 @@ class Sessions:
             raise conflict(f"project {project['uid']}: {exc}; nothing was done. An admin must check what "
                            "happened to it") from None
 
-    def _project_row(self, project: dict[str, Any], sessions: list[dict[str, Any]]) -> dict[str, Any]:
-        return {**project, "session_count": len(sessions), "data_management": project_totals(sessions)}
+    def project_row(self, project: dict[str, Any]) -> dict[str, Any]:
+        """The project as the API shows it: with its totals as kept (store.py keeps them as sessions change)."""
+        totals = project.get("totals") or self.store.recompute_project_totals(project["uid"]) or empty_totals()
+        row = {k: v for k, v in project.items() if k not in _PROJECT_BOOKKEEPING}
+        return {**row, "session_count": totals["session_count"], "sessions_by_status": totals["sessions_by_status"],
+                "data_management": totals["data_management"]}
 
     def get_project(self, project_uid: str) -> dict[str, Any]:
-        project = self.project(project_uid)
-        return self._project_row(project, self.store.list_sessions(project_uid))
+        return self.project_row(self.project(project_uid))
 
     def list_projects(self) -> list[dict[str, Any]]:
-        return [{k: v for k, v in row.items() if k != "sessions"} for row in self.get_overview()["projects"]]
+        return [self.project_row(project) for project in self.store.list_projects()]
 
-    def get_overview(self) -> dict[str, Any]:
-        """Every project with its totals and its sessions: the Data Management table in two queries."""
-        by_project: dict[str, list[dict[str, Any]]] = {}
-        for session in self.store.list_sessions():
-            by_project.setdefault(session["project_uid"], []).append(session)
-        projects = [{**self._project_row(p, by_project.get(p["uid"], [])),
-                     "sessions": self._with_alerts(by_project.get(p["uid"], []))}
-                    for p in self.store.list_projects()]
-        return {"projects": projects, "as_of": now_iso()}
-
-    def _with_alerts(self, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def with_alerts(self, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The sessions as the API shows them, each category with its `alert` (null when all is well)."""
         jobs = self.store.get_jobs([c["job_id"] for s in sessions for c in s["data_management"].values()
                                     if c.get("status") == "deleting" and c.get("job_id")])
@@ -314,11 +299,11 @@ class Sessions:
         return [cryosparc_session(s) for s in self.store.list_sessions(project_uid)]
 
     def get_session(self, project_uid: str, session_uid: str) -> dict[str, Any]:
-        return self._with_alerts([self.session(project_uid, session_uid)])[0]
+        return self.with_alerts([self.session(project_uid, session_uid)])[0]
 
     def list_sessions(self, project_uid: str) -> list[dict[str, Any]]:
         self.project(project_uid)
-        return self._with_alerts(self.store.list_sessions(project_uid))
+        return self.with_alerts(self.store.list_sessions(project_uid))
 
     def change_session_status(self, project_uid: str, session_uid: str, action: str) -> dict[str, Any]:
         _refuse_if_discovered(self.project(project_uid), "cryoSPARC sets its sessions' status: discovery follows it")

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -29,6 +30,12 @@ COLLECTIONS = ("projects", "sessions", "registry", "counters", "users", "tokens"
 
 NO_ID = {"_id": 0}
 _CATEGORY_STATUS = re.compile(r"^data_management\.[a-z]+\.status$")
+# A session's fields its project's totals are made of (a session update setting one recomputes them).
+_TOTALS_INPUT = re.compile(r"^(status|data_management(\.[a-z]+\.(size|file_count))?)$")
+# What the overview's index reads of each session and project (overview_index.py): no file lists, no dir maps.
+OVERVIEW_SESSION_FIELDS = ("project_uid", "uid", "title", "status", "created_by_user_id", "created_at",
+                           "data_management", "changed_s")
+OVERVIEW_PROJECT_FIELDS = ("uid", "title", "owner_user_id", "created_at", "totals", "changed_s")
 
 
 class StoreUnavailable(Exception):
@@ -70,6 +77,12 @@ def _translating_errors(cls: type) -> type:
         if callable(member) and not name.startswith("__"):
             setattr(cls, name, _unavailable_as_store_error(member, writes=name not in READ_METHODS))
     return cls
+
+
+def _only(doc_id: str, condition: dict[str, Any]) -> dict[str, Any]:
+    """The document of this _id if it meets `condition`. Spelt with $and: nx-27017 (0.8) applies an update
+    filtered by {"_id": X, "$or": [...]} to the first document meeting the $or, whatever its _id."""
+    return {"$and": [{"_id": doc_id}, condition]}
 
 
 def _stored_path(path: str) -> str | Binary:
@@ -127,6 +140,10 @@ class Store:
 
     def ensure_indexes(self) -> None:
         self.db.sessions.create_index([("project_uid", 1), ("created_at", 1)])
+        self.db.sessions.create_index([("changed_s", 1)])  # the overview's index reads what changed since
+        for datatype in DATATYPES:  # the repairs look every 30 s for categories left deleting or calculating
+            self.db.sessions.create_index([(f"data_management.{datatype}.status", 1)])
+        self.db.projects.create_index([("changed_s", 1)])
         self.db.registry.create_index([("key", 1), ("source", 1)])
         self.db.tokens.create_index([("user", 1)])
         self.db.audit.create_index([("at", 1)])
@@ -174,9 +191,10 @@ class Store:
     def insert_project(self, project: dict[str, Any]) -> bool:
         """False when a project of that uid exists already."""
         try:
-            self.db.projects.insert_one({"_id": project["uid"], **project})
+            self.db.projects.insert_one({"_id": project["uid"], **project, "changed_s": time.time()})
         except pymongo.errors.DuplicateKeyError:
             return False
+        self.recompute_project_totals(project["uid"])  # sessions recorded before it (a restore's) count too
         return True
 
     def get_project(self, project_uid: str) -> dict[str, Any] | None:
@@ -215,7 +233,7 @@ class Store:
         return found
 
     def set_project_fields(self, project_uid: str, fields: dict[str, Any]) -> None:
-        self.db.projects.update_one({"_id": project_uid}, {"$set": fields})
+        self.db.projects.update_one({"_id": project_uid}, {"$set": {**fields, "changed_s": time.time()}})
 
     def reserve_session_dir(self, project_uid: str, dirs_version: int | None, session_dirs: dict[str, str]) -> bool:
         """Replace the project's map of session dirs if nobody changed it since `dirs_version` was read:
@@ -231,29 +249,36 @@ class Store:
         """Insert new sessions at once; the uids that were inserted (one of the same uid existing stays)."""
         if not sessions:
             return []
+        now_s = time.time()
         try:
-            self.db.sessions.insert_many([{"_id": session_key(s["project_uid"], s["uid"]), **s} for s in sessions],
-                                         ordered=False)
+            self.db.sessions.insert_many([{"_id": session_key(s["project_uid"], s["uid"]), **s, "changed_s": now_s}
+                                          for s in sessions], ordered=False)
         except pymongo.errors.BulkWriteError as exc:
             failed = {error["index"] for error in exc.details.get("writeErrors", [])}
-            return [s["uid"] for index, s in enumerate(sessions) if index not in failed]
-        return [s["uid"] for s in sessions]
+            inserted = [s for index, s in enumerate(sessions) if index not in failed]
+        else:
+            inserted = sessions
+        for project_uid in sorted({s["project_uid"] for s in inserted}):
+            self.recompute_project_totals(project_uid)
+        return [s["uid"] for s in inserted]
 
     def insert_session(self, session: dict[str, Any]) -> bool:
         """False when the project has a session of that uid already."""
         key = session_key(session["project_uid"], session["uid"])
         try:
-            self.db.sessions.insert_one({"_id": key, **session})
+            self.db.sessions.insert_one({"_id": key, **session, "changed_s": time.time()})
         except pymongo.errors.DuplicateKeyError:
             return False
+        self.recompute_project_totals(session["project_uid"])
         return True
 
     def get_session(self, project_uid: str, session_uid: str) -> dict[str, Any] | None:
         return self.db.sessions.find_one({"_id": session_key(project_uid, session_uid)}, NO_ID)
 
     def get_sessions(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """{session key: document} for the keys that exist, in one query."""
-        return {doc.pop("_id"): doc for doc in self.db.sessions.find({"_id": {"$in": keys}})}
+        """{session key: document} for the keys that exist, in one query (none for no keys: nx-27017 scans the
+        whole collection for an empty $in)."""
+        return {doc.pop("_id"): doc for doc in self.db.sessions.find({"_id": {"$in": keys}})} if keys else {}
 
     def list_sessions(self, project_uid: str | None = None) -> list[dict[str, Any]]:
         query = {} if project_uid is None else {"project_uid": project_uid}
@@ -266,11 +291,16 @@ class Store:
     def _update_session(self, project_uid: str, session_uid: str, expect: dict[str, Any],
                         update: dict[str, Any], *, writes_category_status: bool = False) -> dict[str, Any] | None:
         """Apply `update` if the session still matches `expect`: the document after it, or None (nothing
-        changed)."""
+        changed). Every update stamps `changed_s` (the overview's index reads what changed since), and one
+        that sets a field the project's totals are made of recomputes them."""
         if not writes_category_status and any(_CATEGORY_STATUS.match(path) for path in update.get("$set", {})):
             raise AssertionError("a category's status is written only by set_category_status (states.py)")
-        return self.db.sessions.find_one_and_update({"_id": session_key(project_uid, session_uid), **expect}, update,
-                                                    projection=NO_ID, return_document=ReturnDocument.AFTER)
+        stamped = {**update, "$set": {**update.get("$set", {}), "changed_s": time.time()}}
+        updated = self.db.sessions.find_one_and_update({"_id": session_key(project_uid, session_uid), **expect},
+                                                       stamped, projection=NO_ID, return_document=ReturnDocument.AFTER)
+        if updated is not None and any(_TOTALS_INPUT.match(path) for fields in update.values() for path in fields):
+            self.recompute_project_totals(project_uid)
+        return updated
 
     def set_category_status(self, project_uid: str, session_uid: str, datatype: str, *, expect_status: str,
                             fields: dict[str, Any], expect_job_id: str | None = None, check_job_id: bool = False,
@@ -300,8 +330,8 @@ class Store:
         field = f"data_management.{datatype}.hook"
         number = int(hook["job_id"][1:])
         result = self.db.sessions.update_one(
-            {"_id": session_key(project_uid, session_uid),
-             "$or": [{f"{field}.job_n": None}, {f"{field}.job_n": {"$lte": number}}]},
+            _only(session_key(project_uid, session_uid),
+                  {"$or": [{f"{field}.job_n": None}, {f"{field}.job_n": {"$lte": number}}]}),
             {"$set": {field: {**hook, "job_n": number}}})
         return result.matched_count == 1
 
@@ -354,6 +384,71 @@ class Store:
         else:
             update["$set"]["completed_at"] = at
         return self._update_session(project_uid, session_uid, {"status": expect}, update)
+
+    # --- project totals and the overview's reads -----------------------------------------------------
+    # A project's totals (sessions, sessions by status, bytes and files per datatype) live on its document,
+    # recomputed from its sessions after each write that can change them. Concurrent recomputes converge:
+    # each draws a number from the project's sessions_version after its session write, sums the sessions
+    # after that, and writes only over totals of a lower number; the highest number saw every write before it.
+
+    def recompute_project_totals(self, project_uid: str) -> dict[str, Any] | None:
+        """The project's totals summed from its sessions now, and stored; None when there is no such project."""
+        version = self._draw_totals_version(project_uid)
+        if version is None:
+            return None
+        totals = self.sum_project_sessions(project_uid)
+        self._write_totals(project_uid, totals, version=version)
+        return totals
+
+    def _draw_totals_version(self, project_uid: str) -> int | None:
+        doc = self.db.projects.find_one_and_update({"_id": project_uid}, {"$inc": {"sessions_version": 1}},
+                                                   projection={"sessions_version": 1},
+                                                   return_document=ReturnDocument.AFTER)
+        return None if doc is None else int(doc["sessions_version"])
+
+    def _write_totals(self, project_uid: str, totals: dict[str, Any], *, version: int) -> bool:
+        """Store totals summed after `version` was drawn, unless totals of a later draw are there already."""
+        result = self.db.projects.update_one(
+            _only(project_uid, {"$or": [{"totals_version": None}, {"totals_version": {"$lt": version}}]}),
+            {"$set": {"totals": totals, "totals_version": version, "changed_s": time.time()}})
+        return result.matched_count == 1
+
+    def sum_project_sessions(self, project_uid: str) -> dict[str, Any]:
+        """The project's totals from its sessions as they are now (one aggregation, nothing stored)."""
+        group: dict[str, Any] = {"_id": "$status", "n": {"$sum": 1}}
+        for dt in DATATYPES:
+            group[f"{dt}_size"] = {"$sum": f"$data_management.{dt}.size"}
+            group[f"{dt}_files"] = {"$sum": f"$data_management.{dt}.file_count"}
+        rows = self.db.sessions.aggregate([{"$match": {"project_uid": project_uid}}, {"$group": group}])
+        return totals_from_groups(list(rows))
+
+    def reconcile_totals(self) -> int:
+        """Recompute the totals of every project whose stored totals differ from its sessions' sums (a
+        recompute cut short by a failure, or a restore): how many were put right."""
+        fixed = 0
+        for project in self.db.projects.find({}, {"totals": 1}):
+            if project.get("totals") != self.sum_project_sessions(project["_id"]):
+                fixed += self.recompute_project_totals(project["_id"]) is not None
+        return fixed
+
+    def overview_sessions(self, changed_after_s: float | None = None) -> list[dict[str, Any]]:
+        """The fields the overview's index keeps of every session (or of those changed after that time)."""
+        query = {} if changed_after_s is None else {"changed_s": {"$gt": changed_after_s}}
+        return list(self.db.sessions.find(query, dict.fromkeys(OVERVIEW_SESSION_FIELDS, 1), batch_size=5000))
+
+    def overview_projects(self, changed_after_s: float | None = None) -> list[dict[str, Any]]:
+        """The fields the overview's index keeps of every project (or of those changed after that time)."""
+        query = {} if changed_after_s is None else {"changed_s": {"$gt": changed_after_s}}
+        return list(self.db.projects.find(query, dict.fromkeys(OVERVIEW_PROJECT_FIELDS, 1)))
+
+    def get_projects(self, uids: list[str]) -> dict[str, dict[str, Any]]:
+        """{uid: project} for those of the uids that exist, in one query."""
+        return {doc["uid"]: doc for doc in self.db.projects.find({"_id": {"$in": uids}}, NO_ID)} if uids else {}
+
+    def restore_count(self) -> int:
+        """How many restores were switched in on this database: a cache of it is stale when this changed."""
+        doc = self.db[self.RESTORES_SWITCHED].find_one({"_id": "count"})
+        return 0 if doc is None else int(doc["n"])
 
     # --- file registry ---------------------------------------------------------------------------
     # Scanned paths live in chunks tagged with a generation; the session's `scan_gen` names the
@@ -654,6 +749,7 @@ class Store:
     STAGING_MARK = "__restore_"
     RESTORE_STALE_S = 120.0  # a journal not touched for this long belongs to a restore that died
     _JOURNAL_ID = "restore"
+    RESTORES_SWITCHED = "restores_switched"  # one document counting them; never backed up nor restored itself
 
     def dump(self, collection: str) -> Iterable[dict[str, Any]]:
         return self.db[collection].find({})
@@ -746,6 +842,8 @@ class Store:
                 self._rename_over(self._staging(collection, owner), collection)
         self.db.walks.delete_many({})  # what walks saw does not match the restored registry: walk again in full
         self.ensure_indexes()  # the staging twins were made without them
+        self.reconcile_totals()  # a backup's totals are put right against its sessions
+        self.db[self.RESTORES_SWITCHED].update_one({"_id": "count"}, {"$inc": {"n": 1}}, upsert=True)
         self.db[self.RESTORE_JOURNAL].delete_one({"_id": self._JOURNAL_ID})
 
     def _rename_over(self, source: str, target: str) -> None:
@@ -808,3 +906,20 @@ def _chunks(key: str, source: str, paths_by_datatype: dict[str, list[str]],
             if gen is not None:
                 doc["gen"] = gen
             yield doc
+
+
+def empty_totals() -> dict[str, Any]:
+    return {"session_count": 0, "sessions_by_status": {},
+            "data_management": {dt: {"size": 0, "file_count": 0} for dt in DATATYPES}}
+
+
+def totals_from_groups(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A project's totals from its sessions' sums grouped by session status."""
+    totals = empty_totals()
+    for row in rows:
+        totals["session_count"] += int(row["n"])
+        totals["sessions_by_status"][str(row["_id"])] = int(row["n"])
+        for dt in DATATYPES:
+            totals["data_management"][dt]["size"] += int(row.get(f"{dt}_size") or 0)
+            totals["data_management"][dt]["file_count"] += int(row.get(f"{dt}_files") or 0)
+    return totals

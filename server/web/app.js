@@ -10,8 +10,10 @@ const TRANSIENT = ["deleting", "calculating"];
 const REFRESH_EVERY_MS = 10000;
 const TOKEN_KEY = "livedm.token";
 
+// expandAll: every project's sessions are rows (but those in `collapsed`); else only those in `expanded`.
 const state = {
-  token: null, me: null, overview: null, expanded: new Set(), view: "table", timer: null, rows: null, window: null,
+  token: null, me: null, overview: null, view: "table", timer: null, rows: null, window: null,
+  page: 1, expandAll: false, expanded: new Set(), collapsed: new Set(), loads: 0,
 };
 const $ = (selector) => document.querySelector(selector);
 
@@ -148,7 +150,7 @@ async function signIn(token) {
 
 function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
-  Object.assign(state, { token: null, me: null, overview: null });
+  Object.assign(state, { token: null, me: null, overview: null, page: 1 });
   clearInterval(state.timer);
   closeMenus();
   for (const id of ["#who", "#nav", "#table-view", "#jobs-view", "#users-view"]) $(id).hidden = true;
@@ -171,23 +173,32 @@ function show(view) {
 
 // --- the overview table --------------------------------------------------------------------------
 
+// One page of rows, searched and filtered by livedmd (paging.js says which); a load started later wins.
 async function loadOverview() {
-  state.overview = await rpc("get_overview");
-  state.discovery = await rpc("get_discovery_report").catch(() => null);
+  const load = ++state.loads;
+  const [overview, discovery] = await Promise.all([rpc("get_overview", overviewParams()),
+    rpc("get_discovery_report").catch(() => null)]);
+  if (load !== state.loads) return;
+  if (overview.first_row === 0 && overview.rows > 0 && state.page > 1) {  // fewer rows now: the last page
+    state.page = overview.pages;
+    return loadOverview();
+  }
+  state.overview = overview;
+  state.discovery = discovery;
   renderOverview();
 }
 
-function renderSummary(projects) {
-  const totals = Object.fromEntries(DATATYPES.map((dt) => [dt, 0]));
-  let sessions = 0;
-  for (const project of projects) {
-    sessions += project.session_count;
-    for (const dt of DATATYPES) totals[dt] += project.data_management[dt].size;
-  }
+function plural(n, word) {
+  return `${n.toLocaleString()} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function renderSummary(overview) {
+  const facility = overview.facility;
+  const totals = Object.fromEntries(DATATYPES.map((dt) => [dt, facility.data_management[dt].size]));
   const all = DATATYPES.reduce((sum, dt) => sum + totals[dt], 0);
   $("#summary").replaceChildren(
-    el("div", { class: "total" }, `${humanSize(all)} in ${projects.length} project${projects.length === 1 ? "" : "s"}, ` +
-      `${sessions} session${sessions === 1 ? "" : "s"}`),
+    el("div", { class: "total" }, `${humanSize(all)} in ${plural(facility.project_count, "project")}, ` +
+      `${plural(facility.session_count, "session")}`),
     el("div", { class: "bar", "aria-label": "bytes by category" },
       DATATYPES.filter((dt) => totals[dt] > 0).map((dt) => el("span", {
         class: `seg-${dt}`, style: { width: `${(100 * totals[dt]) / all}%` }, title: `${LABELS[dt]}: ${humanSize(totals[dt])}`,
@@ -269,14 +280,17 @@ function rowMenuButton(label, actions) {
 }
 
 function projectRow(project) {
-  const open = state.expanded.has(project.uid);
-  return el("tr", { class: "project", dataset: { uid: project.uid } },
+  const open = project.expanded;
+  const matched = filtering() ? `${project.matched_sessions.toLocaleString()} match` : "";
+  const byStatus = Object.entries(project.sessions_by_status || {}).map(([status, n]) => `${n} ${status}`).join(", ");
+  return el("tr", { class: project.continued ? "project continued" : "project", dataset: { uid: project.uid } },
     el("td", {}, el("button", {
-      type: "button", "aria-label": open ? "collapse" : "expand", "aria-expanded": String(open),
-      onclick: () => { open ? state.expanded.delete(project.uid) : state.expanded.add(project.uid); renderOverview(); },
+      type: "button", "aria-label": `${open ? "collapse" : "expand"} ${project.uid}`, "aria-expanded": String(open),
+      onclick: () => toggleProject(project.uid, open),
     }, open ? "▾" : "▸")),
     el("td", { title: project.uid }, project.uid), titleCell(project.title, project.data_management),
-    el("td", {}, `${project.session_count} session${project.session_count === 1 ? "" : "s"}`),
+    twoLines(plural(project.session_count, "session"), project.continued ? "↳ continued" : matched,
+      { class: "count", title: byStatus || "no sessions" }),
     DATATYPES.map((dt) => sizeCell(project.data_management[dt])),
     twoLines(shortTime(project.created_at), "created", { class: "dates", title: `Created ${shortTime(project.created_at)} (local time, ${zoneName()})` }),
     el("td", {}),
@@ -295,8 +309,16 @@ function sessionRow(project, session) {
       ? `cryoSPARC: ${session.cryosparc_status}${session.left_cryosparc_at ? " (no longer listed by cryoSPARC)" : ""}`
       : session.status }, session.cryosparc_status || session.status),
     DATATYPES.map((dt) => sizeCell(session.data_management[dt], {
-      class: "num category", dataset: { datatype: dt }, tabindex: "0",
+      class: "num category", dataset: { datatype: dt }, tabindex: "0", "aria-haspopup": "menu",
+      "aria-label": `${project.uid} ${session.uid} ${LABELS[dt]}: ${humanSize(session.data_management[dt].size)}, ` +
+        `${session.data_management[dt].status}; actions`,
       onclick: (event) => openCategoryMenu(project, session, dt, event),
+      onkeydown: (event) => {
+        if (event.target === event.currentTarget && (event.key === "Enter" || event.key === " ")) {
+          event.preventDefault();
+          openCategoryMenu(project, session, dt, event);
+        }
+      },
     }, !session.measured_at && !session.data_management[dt].updated_at, where(dt))),
     latestDate(session),
     session.measured_at
@@ -317,16 +339,18 @@ const ROW_PX = 40;  // the height style.css gives every row (two lines)
 const BUFFER_ROWS = 40;
 
 function renderOverview() {
-  const projects = state.overview.projects;
-  renderSummary(projects);
+  const overview = state.overview;
+  renderSummary(overview);
+  renderPager(overview);
   state.rows = [];
-  for (const project of projects) {
+  for (const project of overview.projects) {
     state.rows.push({ project });
-    if (state.expanded.has(project.uid)) for (const session of project.sessions) state.rows.push({ project, session });
+    for (const session of project.sessions) state.rows.push({ project, session });
   }
   state.window = null;
   renderWindow();
-  $("#empty").hidden = projects.length > 0;
+  $("#empty").hidden = overview.facility.project_count > 0;
+  $("#no-match").hidden = overview.facility.project_count === 0 || overview.rows > 0;
   $("#as-of").textContent = `Table read ${shortTime(state.overview.as_of)}; times are local (${zoneName()}).`;
   renderDiscovery(state.discovery);
 }
@@ -459,10 +483,14 @@ function openMenu(event, heading, actions) {
 
 function placeMenu(menu, event) {
   menu.hidden = false;
-  const x = Math.min(event.clientX, window.innerWidth - menu.offsetWidth - 8);
-  const y = Math.min(event.clientY, window.innerHeight - menu.offsetHeight - 8);
+  // a key (Enter on a cell) has no pointer: the menu opens under the cell, its first action focused
+  const cell = event.currentTarget instanceof Element ? event.currentTarget.getBoundingClientRect() : null;
+  const byKey = !("clientX" in event) && cell;
+  const x = Math.min(byKey ? cell.left : event.clientX, window.innerWidth - menu.offsetWidth - 8);
+  const y = Math.min(byKey ? cell.bottom : event.clientY, window.innerHeight - menu.offsetHeight - 8);
   menu.style.left = `${Math.max(4, x)}px`;
   menu.style.top = `${Math.max(4, y)}px`;
+  if (byKey) menu.querySelector("button:not(:disabled)")?.focus();
 }
 
 function closeMenus() {
@@ -572,6 +600,7 @@ async function markCompleted(project, session) {
 document.addEventListener("DOMContentLoaded", () => {
   $("#sign-in-form").addEventListener("submit", (event) => { event.preventDefault(); signIn($("#token").value); });
   $("#sign-out").addEventListener("click", () => signOut());
+  wirePaging();
   for (const tab of document.querySelectorAll("nav .tab")) tab.addEventListener("click", () => show(tab.dataset.view));
   $("#overview").addEventListener("contextmenu", (event) => {
     if (event.target.closest("td.num")) return;  // the size cells keep the browser's menu (copying)
@@ -583,8 +612,8 @@ document.addEventListener("DOMContentLoaded", () => {
     const action = event.target.closest("button")?.dataset.action;
     closeMenus();
     if (action === "refresh") guarded(loadOverview);
-    if (action === "expand") { state.overview.projects.forEach((p) => state.expanded.add(p.uid)); renderOverview(); }
-    if (action === "collapse") { state.expanded.clear(); renderOverview(); }
+    if (action === "expand") setExpandAll(true);
+    if (action === "collapse") setExpandAll(false);
   });
   document.addEventListener("click", (event) => { if (!event.target.closest(".menu")) closeMenus(); });
   document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeMenus(); });

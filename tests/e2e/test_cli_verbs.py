@@ -172,3 +172,25 @@ def test_ls_into_a_pipe_closed_early_ends_quietly(daemon: Daemon, tmp_path: Path
                           env=env, capture_output=True, text=True, timeout=120)
     assert len(done.stdout.splitlines()) == 2 and done.stdout.startswith("UID")
     assert done.stderr == "status=141\n"  # no BrokenPipeError trace, and the status of a program ended by SIGPIPE
+
+
+def test_ls_searches_and_filters_on_the_server(daemon: Daemon, tmp_path: Path) -> None:
+    for name in ("krios", "glacios"):
+        (tmp_path / name).mkdir()
+        daemon.call("create_project", [name.title(), str(tmp_path / name)])
+    daemon.call("create_live_session", ["P1", "grid 1 apoferritin"])
+    daemon.call("create_live_session", ["P1", "grid 2 (spike)"])
+    daemon.call("create_live_session", ["P2", "grid 3 apoferritin"])
+    daemon.call("start_session", ["P2", "S1"])
+    found = daemon.livedm("ls", "--search", "APOFERRITIN")
+    assert found.returncode == 0, found.stderr
+    rows = [line.split()[0] for line in found.stdout.splitlines()[1:]]
+    assert rows == ["P1", "S1", "P2", "S1"]
+    running = json.loads(daemon.livedm("ls", "--json", "--search", "apoferritin", "--status", "running").stdout)
+    assert [(p["uid"], [s["uid"] for s in p["sessions"]]) for p in running] == [("P2", ["S1"])]
+    literal = json.loads(daemon.livedm("ls", "P1", "--search", "(spike)", "--json").stdout)
+    assert [s["title"] for s in literal[0]["sessions"]] == ["grid 2 (spike)"]
+    nothing = daemon.livedm("ls", "--category-status", "deleted")
+    assert nothing.returncode == 0 and nothing.stdout.strip() == "Nothing matches."
+    wrong = daemon.livedm("ls", "--status", "archived")
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from livedm.server.alerts import STUCK_QUEUED_S, category_alert
+from livedm.server.overview import Overview, overview_query
+from livedm.server.overview_index import OverviewIndex
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
 from testkit.sessiontree import build_session_tree
@@ -96,10 +98,22 @@ def test_sessions_carry_their_alerts_and_a_stuck_deletion_is_found(mock_service:
     mock_service.states.change(project_uid="P1", session_uid="S1", datatype="particles", expect="active",
                                to="deleting", job_id="J3", actor="admin", by="user")
     store.set_category_hook("P1", "S1", "micrographs", failed_hook("active", "J2"))
-    for sessions in (mock_service.list_sessions("P1"), mock_service.get_overview()["projects"][0]["sessions"],
+    overview = Overview(store, mock_service, OverviewIndex(store)).get(overview_query())
+    for sessions in (mock_service.list_sessions("P1"), overview["projects"][0]["sessions"],
                      [mock_service.get_session("P1", "S1")]):
         dm = sessions[0]["data_management"]
         stuck = dm["particles"]["alert"]
         assert stuck["kind"] == "deletion_stuck" and "waited 60 min" in stuck["message"]
         assert dm["micrographs"]["alert"]["kind"] == "hook_failed"
         assert dm["raw"]["alert"] is None
+
+
+@pytest.mark.slow
+def test_a_hook_run_is_recorded_on_its_own_session_on_the_embedded_store(real_store: Store) -> None:
+    """nx-27017 applied {"_id": X, "$or": [...]} updates to the first session meeting the $or."""
+    for uid in ("S1", "S2"):
+        real_store.insert_session({"project_uid": "P1", "uid": uid, "data_management": {"raw": category()}})
+    assert real_store.set_category_hook("P1", "S1", "raw", failed_hook(job_id="J8"))
+    assert real_store.set_category_hook("P1", "S2", "raw", failed_hook(job_id="J9"))
+    assert real_store.get_session("P1", "S1")["data_management"]["raw"]["hook"]["job_id"] == "J8"
+    assert real_store.get_session("P1", "S2")["data_management"]["raw"]["hook"]["job_id"] == "J9"

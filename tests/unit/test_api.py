@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from livedm.server.methods import METHODS
+from livedm.server.params import matches
 from tests.support.api import Api, assert_error
 
 
@@ -89,19 +90,13 @@ def _valid_params(tmp_path: Path) -> dict[str, Any]:
             "name": "newuser", "role": "user", "user": "admin", "enabled": True, "limit": 10,
             "filepaths_to_delete": None, "user_id": None, "asynchronous": True, "dry_run": True, "job_id": "J1",
             "kind": None, "state": None, "script_location": None, "script_log_path_abs": None,
-            "confirm_digest": None, "offset": None, "full": False}
+            "confirm_digest": None, "offset": None, "full": False, "search": "p", "session_status": None,
+            "category_status": None, "expand": True, "collapse": None, "page": 1, "page_size": None}
 
 
 def _wrong_value(hint: Any) -> Any:
     """A JSON value the parameter's type refuses."""
-    text = str(hint)
-    if "list" in text:
-        return "not-a-list"
-    if "bool" in text:
-        return "yes"
-    if "int" in text:
-        return "ten"
-    return 12345
+    return next(value for value in ("not-a-list", "yes", "ten", 12345, {"an": "object"}) if not matches(value, hint))
 
 
 HOSTILE_CASES = []

@@ -30,7 +30,8 @@ VALID = {"project_uid": "P1", "session_uid": "S1", "datatype": "micrographs", "s
          "name": "mallory", "role": "user", "user": "nobody", "enabled": True, "limit": 10, "job_id": "J404",
          "filepaths_to_delete": None, "user_id": None, "asynchronous": True, "dry_run": True, "kind": None,
          "state": None, "script_location": None, "script_log_path_abs": None, "confirm_digest": None,
-         "offset": None, "full": False}
+         "offset": None, "full": False, "search": "p", "session_status": None, "category_status": None,
+         "expand": True, "collapse": None, "page": 1, "page_size": None}
 WRONG_CANDIDATES: list[Any] = [12345, "text", 1.5, True, [1], {"k": 1}, None]
 METRIC_NAMES = ("livedm_requests_total", "livedm_errors_total", "livedm_request_seconds_count")
 
@@ -122,7 +123,7 @@ def _comparable(value: Any) -> Any:
     """Times, generated ObjectIds and scan generations (random) differ between any two databases."""
     if isinstance(value, dict):
         return {k: _comparable(v) for k, v in value.items() if not (
-            k in ("at", "as_of", "not_before", "lease_until") or k.endswith(("_at", "_ts", "gen"))
+            k in ("at", "as_of", "not_before", "lease_until", "changed_s") or k.endswith(("_at", "_ts", "gen"))
             or (k == "_id" and not isinstance(v, str)))}
     if isinstance(value, list):
         return [_comparable(v) for v in value]
