@@ -90,10 +90,14 @@ class SessionWalks:
         """Walk the session and store what was seen; `full`: True walks everything, False re-reads only
         what changed, None (a scheduled refresh) is full every `full_refresh_every`th time."""
         key = session_key(project_uid, session_uid)
-        api = self.store.read_registry(project_uid, session_uid, None, sources=("api",))["api"]
+        walk_doc, headers = self.store.load_walk(key)
+        api_changes = int((walk_doc or {}).get("api_changes") or 0)
+        if (walk_doc or {}).get("api_seen") == [api_changes, 0]:  # none then, none registered since
+            api: dict[str, list[str]] = {dt: [] for dt in DATATYPES}
+        else:  # the registry's API part is read from chunks of every source: costly on a large session
+            api = self.store.read_registry(project_uid, session_uid, None, sources=("api",))["api"]
         skip = frozenset(p for paths in api.values() for p in paths)
         sig = self._signature(skip)
-        walk_doc, headers = self.store.load_walk(key)
         since_full = int((walk_doc or {}).get("since_full") or 0)
         every = self.config.full_refresh_every
         walk_full = (full is True or walk_doc is None or walk_doc.get("sig") != sig or bool(walk_doc.get("dirty"))
@@ -149,7 +153,8 @@ class SessionWalks:
             new_dirs = sorted(result.movie_dirs)
             stamp = movie_stamp if new_dirs == sorted(movie_dirs) else movie_dirs_stamp(new_dirs)
             self.store.finish_walk_write(key, since_full=0 if walk_full else since_full + 1,
-                                         movie_dirs=walk_docs.pack_paths(new_dirs), movie_stamp=stamp)
+                                         movie_dirs=walk_docs.pack_paths(new_dirs), movie_stamp=stamp,
+                                         api_seen=(api_changes, len(skip)))
         for datatype in DATATYPES:  # files registered by API join the measure, each byte once
             if api[datatype]:
                 totals[datatype] = self._with_registered(result, datatype, api[datatype], project_dir,

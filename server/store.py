@@ -516,6 +516,12 @@ class Store:
         docs = list(_chunks(session_key(project_uid, session_uid), "api", {datatype: list(paths)}))
         if docs:
             self.db.registry.insert_many(docs, ordered=True)
+            self._api_paths_changed(session_key(project_uid, session_uid))
+
+    def _api_paths_changed(self, key: str) -> None:
+        """Tells the session's next walk to read its API registrations again (else it knows there are none)."""
+        self.db.walks.update_one({"_id": key}, {"$inc": {"api_changes": 1}, "$set": {"kind": "session"}},
+                                 upsert=True)
 
     # --- what the last walk of each session saw (a cache: never backed up, cleared by a restore) ----
     # Per session: one "session" document (the walk's signature, refreshes since the last full one, and
@@ -535,13 +541,16 @@ class Store:
         self.db.walks.update_one({"_id": key}, {"$set": {"kind": "session", "sig": sig, "dirty": True}},
                                  upsert=True)
 
-    def finish_walk_write(self, key: str, *, since_full: int, movie_dirs: list[Any], movie_stamp: str) -> None:
+    def finish_walk_write(self, key: str, *, since_full: int, movie_dirs: list[Any], movie_stamp: str,
+                          api_seen: tuple[int, int]) -> None:
+        """`api_seen`: (the API-registration change count the walk started from, how many paths it found)."""
         self.db.walks.update_one({"_id": key}, {"$set": {"dirty": False, "since_full": since_full,
-                                                         "movie_dirs": movie_dirs, "movie_stamp": movie_stamp}})
+                                                         "movie_dirs": movie_dirs, "movie_stamp": movie_stamp,
+                                                         "api_seen": list(api_seen)}})
 
     def clear_walk(self, key: str) -> None:
+        """Every directory's state (the session's own document stays: it counts API registrations)."""
         self.db.walks.delete_many({"key": key})
-        self.db.walks.delete_one({"_id": key})
 
     def insert_walk_chunks(self, docs: list[dict[str, Any]]) -> None:
         if docs:
@@ -736,6 +745,7 @@ class Store:
             self.db.registry.update_many(
                 {"key": session_key(project_uid, session_uid), "source": "api", "datatype": datatype},
                 {"$pullAll": {"paths": [_stored_path(p) for p in paths]}})
+            self._api_paths_changed(session_key(project_uid, session_uid))
 
     # --- backup and restore ------------------------------------------------------------------------
     # A restore loads every collection into a staging twin (`<name>__restore_<tag>`, a tag per restore)

@@ -238,3 +238,27 @@ def test_a_new_movie_costs_one_stat_and_a_movie_gone_is_seen(measured: tuple[Ses
     _movie_gone(tree)
     shrunk = service.walks.measure("P1", "S1", service.session("P1", "S1"), str(tree.project_dir), full=False)
     assert shrunk.stats == 1 and shrunk.totals["raw"].present == grown.totals["raw"].present - 1
+
+
+def test_api_registrations_are_read_only_when_there_are_some_or_they_changed(
+        measured: tuple[Sessions, SessionTree], real_store: Store) -> None:
+    service, tree = measured
+    reads: list[tuple[str, ...]] = []
+    real_read = real_store.read_registry
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        reads.append(kwargs.get("sources", ("scan", "api")))
+        return real_read(*args, **kwargs)
+
+    real_store.read_registry = counting  # type: ignore[method-assign]
+    service.refresh_session("P1", "S1")
+    assert ("api",) not in reads, "none registered: the session's registry is not read for them"
+    extra = tree.project_dir / "elsewhere" / "kept.mrc"
+    extra.parent.mkdir()
+    extra.write_bytes(b"k" * 321)
+    service.register_files("P1", "S1", "micrographs", paths=[str(extra)])
+    reads.clear()
+    service.refresh_session("P1", "S1")
+    assert ("api",) in reads
+    size = service.session("P1", "S1")["data_management"]["micrographs"]["size"]
+    assert size == tree.bytes_by_datatype["micrographs"] + 321
