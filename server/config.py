@@ -225,6 +225,9 @@ SETTINGS: tuple[Setting, ...] = (
             "file; the others re-read only directories that changed. A full one also catches files rewritten in "
             "place and raw movies changed behind their links. 1: always full; 0: full only when asked.",
             _parse_non_negative_int),
+    Setting("walk_cache_entries", "1000000", "Files of recent walks kept in memory (about 50 bytes each), so that "
+            "refreshing a changed directory of a running session need not read what it held back from the "
+            "database. 0: none kept.", _parse_non_negative_int),
     Setting("walk_threads", "auto", "Threads that walk and stat a session's files; more keep a cold disk or a "
             "network file system busy. auto: four per core, at most 16.", _parse_walk_threads),
     Setting("trial", "false", "Allow running without data_roots (a trial on a laptop: projects may then be "
@@ -290,6 +293,7 @@ class Config:
     discover_interval: float
     refresh_interval: float
     full_refresh_every: int
+    walk_cache_entries: int
     walk_threads: int
     trial: bool
     disk_threads: int

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import files, walk_docs
+from .chunk_cache import ChunkCache
 from .config import Config
 from .dirwalk import DirState, Entries, SessionWalk, Totals, WalkResult, paths_of
 from .domain import DATATYPES
@@ -84,6 +85,18 @@ class SessionWalks:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
         self.config = config
+        self.cache = ChunkCache(config.walk_cache_entries)
+
+    def _chunks(self, chunk_ids: list[str]) -> list[dict[str, Any]] | None:
+        """A directory's chunks in order, from memory where held; None when one is gone from the store."""
+        held, missing = self.cache.get(chunk_ids)
+        if missing:
+            loaded = self.store.load_walk_chunks(missing)
+            if loaded is None:
+                return None
+            self.cache.put(loaded)
+            held.update((doc["_id"], doc) for doc in loaded)
+        return [held[chunk_id] for chunk_id in chunk_ids]
 
     def measure(self, project_uid: str, session_uid: str, session: dict[str, Any], project_dir: str,
                 *, full: bool | None) -> Measured:
@@ -117,7 +130,7 @@ class SessionWalks:
                 if state.rel in loaded:
                     return loaded[state.rel]
             entry = saved.get(state.rel)
-            docs = self.store.load_walk_chunks(entry.chunk_ids) if entry is not None else None
+            docs = self._chunks(entry.chunk_ids) if entry is not None else None
             try:
                 entries = walk_docs.entries_from_chunks(docs) if docs is not None else None
             except ValueError:
@@ -237,6 +250,7 @@ class SessionWalks:
             chunks += own
             headers.append(walk_docs.header_doc(key, state, chunk_ids=[c["_id"] for c in own], gen=uuid.uuid4().hex))
         self.store.insert_walk_chunks(chunks)
+        self.cache.put(chunks)
         return self.store.insert_walk_headers(headers)
 
     def _save_changes(self, key: str, result: WalkResult, *, saved: dict[str, _Saved]) -> bool:
@@ -254,6 +268,7 @@ class SessionWalks:
                          and set(before.names).isdisjoint(state.entries.names[state.fresh_from:]))
             new_chunks = list(walk_docs.chunk_docs(key, state.entries, start=state.fresh_from if appending else 0))
             self.store.insert_walk_chunks(new_chunks)
+            self.cache.put(new_chunks)
             kept = old.chunk_ids if appending and old is not None else []
             header = walk_docs.header_doc(key, state, chunk_ids=kept + [c["_id"] for c in new_chunks],
                                           gen=uuid.uuid4().hex)

@@ -62,7 +62,7 @@ def chunk_docs(key: str, entries: Entries, start: int = 0) -> Iterator[dict[str,
     """`entries` from index `start` on, in chunks; each document has its own id (headers list them)."""
     for first in range(start, len(entries), ENTRIES_PER_CHUNK):
         last = min(first + ENTRIES_PER_CHUNK, len(entries))
-        doc: dict[str, Any] = {"_id": uuid.uuid4().hex, "key": key, "kind": "chunk",
+        doc: dict[str, Any] = {"_id": uuid.uuid4().hex, "key": key, "kind": "chunk", "count": last - first,
                                "names": _pack_names(entries.names[first:last]),
                                "inos": Binary(entries.inos[first:last].tobytes()),
                                "sizes": Binary(entries.sizes[first:last].tobytes()), "keys": None}
