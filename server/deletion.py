@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -224,6 +225,7 @@ class Deletions:
             raise conflict(f"the files of {datatype} of {project_uid} {session_uid} changed since the dry run "
                            f"(now {len(plan.paths)} registered); nothing was deleted: run `livedm delete {project_uid} "
                            f"{session_uid} {datatype}` again and confirm what it shows")
+        planned_s = time.perf_counter()
         job_id = self.queue.new_id()
         changed = self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=datatype,
                                      expect=plan.status, to="deleting", job_id=job_id, note=None, note_job_id=None,
@@ -231,18 +233,23 @@ class Deletions:
         if changed is None:
             raise conflict(f"{datatype} of {project_uid} {session_uid} changed while this request was made; "
                            f"`livedm ls {project_uid}` shows its state now")
+        saving_s = time.perf_counter()
         self.sessions.store.save_job_paths(job_id, plan.paths)
+        saved_s = time.perf_counter()
         self.queue.enqueue("delete", {"project_uid": project_uid, "session_uid": session_uid, "datatype": datatype,
                                       "whole_category": plan.whole, "file_count": len(plan.paths),
                                       "digest": plan.digest, "user_id": plan.on_behalf}, user["name"], job_id=job_id)
         self.audit.record(user["name"], "deletion_requested", project_uid=project_uid, session_uid=session_uid,
                           datatype=datatype, job_id=job_id, user_id=plan.on_behalf, files=len(plan.paths),
                           whole_category=plan.whole)
+        log.info("deletion %s requested: %d files; confirmed list saved in %.3f s, queued in %.3f s", job_id,
+                 len(plan.paths), saved_s - saving_s, time.perf_counter() - planned_s)
         return job_id
 
     # --- the job ---------------------------------------------------------------------------------
 
     def run(self, run: JobRun) -> dict[str, Any]:
+        started_s = time.perf_counter()
         p = _checked_params(run.params)
         project_uid, session_uid, datatype = p["project_uid"], p["session_uid"], p["datatype"]
         session = self.sessions.session(project_uid, session_uid)
@@ -264,6 +271,7 @@ class Deletions:
         registered = set(self.sessions.registered_paths(project_uid, session_uid)[datatype])
         targets = [rel for rel in confirmed if rel in registered]  # never more than was confirmed
         tally = _Tally.resumed(run.job.get("progress") or {})
+        unlinking_s = time.perf_counter()
         with unlinker:
             for index, rel in enumerate(targets):
                 if index % PROGRESS_FILES == 0:
@@ -271,6 +279,7 @@ class Deletions:
                                  **tally.progress())
                 tally.unlink(unlinker, rel, run.job["id"])
         run.progress(force=True, done=len(targets), total=len(targets), **tally.progress())
+        settling_s = time.perf_counter()
         kept = set(tally.kept_paths)
         self.sessions.store.remove_api_paths(project_uid, session_uid, datatype,
                                              paths=[rel for rel in targets if rel not in kept])
@@ -290,6 +299,9 @@ class Deletions:
                               files=tally.deleted, bytes_freed=tally.freed, already_gone=result["already_gone"],
                               refused=len(tally.refused_paths), failed=len(tally.failed_paths),
                               no_longer_registered=result["no_longer_registered"], status=final)
+        log.info("deletion %s: %d files deleted in %.3f s (prepare %.3f s, unlink %.3f s, settle %.3f s)",
+                 run.job["id"], tally.deleted, time.perf_counter() - started_s, unlinking_s - started_s,
+                 settling_s - unlinking_s, time.perf_counter() - settling_s)
         return result
 
     def _unlinker(self, project: dict[str, Any]) -> files.Unlinker:
