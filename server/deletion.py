@@ -25,10 +25,11 @@ from .errors import ApiError, conflict, forbidden, invalid_params, not_found
 from .jobs import JobFailed, JobRun, Queue
 from .sessions import LIVEDM, Sessions
 from .states import BY_DELETION, BY_REPAIR, BY_USER, TRANSITIONS, CategoryStates
+from .unlinker import Outcome, Unlinker, by_directory
 
 log = logging.getLogger(__name__)
 
-PROGRESS_FILES = 500
+BATCH_FILES = 500  # unlinked between two looks at the job (progress, shutdown, a lost lease)
 SAVE_COUNTS_FILES = 2000  # counts saved at least this often: a resumed job misses at most these
 QUEUE_GRACE_S = 60  # between marking a category deleting and queueing its job
 
@@ -96,22 +97,20 @@ class _Tally:
     def kept_paths(self) -> list[str]:
         return self.refused_paths + [path for path, _ in self.failed_paths]
 
-    def unlink(self, unlinker: files.Unlinker, rel: str, job_id: str) -> None:
-        try:
-            nbytes = unlinker.unlink(rel)
-        except files.UnsafePath as exc:
-            self.refused_paths.append(rel)
-            log.warning("job %s: not deleting %s: %s", job_id, files.shown(rel), exc)
-            return
-        except OSError as exc:  # one undeletable file must not stop the others
-            self.failed_paths.append((rel, exc.strerror or str(exc)))
-            log.warning("job %s: cannot delete %s: %s", job_id, files.shown(rel), exc.strerror)
-            return
-        if nbytes is None:
-            self.gone += 1
-        else:
-            self.deleted += 1
-            self.freed += nbytes
+    def add(self, outcome: Outcome, job_id: str) -> None:
+        self.deleted += outcome.deleted
+        self.freed += outcome.freed
+        self.gone += outcome.gone
+        if outcome.refused:
+            self.refused_paths.extend(path for path, _ in outcome.refused)
+            path, why = outcome.refused[0]
+            log.warning("job %s: not deleting %d file(s), first %s: %s", job_id, len(outcome.refused),
+                        files.shown(path), why)
+        if outcome.failed:
+            self.failed_paths.extend(outcome.failed)
+            path, why = outcome.failed[0]
+            log.warning("job %s: cannot delete %d file(s), first %s: %s", job_id, len(outcome.failed),
+                        files.shown(path), why)
 
     def progress(self) -> dict[str, int]:
         return {"deleted": self.deleted, "bytes_freed": self.freed, "failed": len(self.failed_paths)}
@@ -273,12 +272,7 @@ class Deletions:
         tally = _Tally.resumed(run.job.get("progress") or {})
         unlinking_s = time.perf_counter()
         with unlinker:
-            for index, rel in enumerate(targets):
-                if index % PROGRESS_FILES == 0:
-                    run.progress(force=index % SAVE_COUNTS_FILES == 0, done=index, total=len(targets),
-                                 **tally.progress())
-                tally.unlink(unlinker, rel, run.job["id"])
-        run.progress(force=True, done=len(targets), total=len(targets), **tally.progress())
+            self._unlink_all(run, unlinker, targets, tally)
         settling_s = time.perf_counter()
         kept = set(tally.kept_paths)
         self.sessions.store.remove_api_paths(project_uid, session_uid, datatype,
@@ -304,13 +298,29 @@ class Deletions:
                  settling_s - unlinking_s, time.perf_counter() - settling_s)
         return result
 
-    def _unlinker(self, project: dict[str, Any]) -> files.Unlinker:
+    def _unlink_all(self, run: JobRun, unlinker: Unlinker, targets: list[str], tally: _Tally) -> None:
+        """Directory by directory, in batches; progress between batches, the counts saved often enough that a
+        resumed job misses few."""
+        done = unsaved = 0
+        for rel_dir, names in by_directory(targets).items():
+            for start in range(0, len(names), BATCH_FILES):
+                batch = names[start:start + BATCH_FILES]
+                save = unsaved + len(batch) > SAVE_COUNTS_FILES
+                run.progress(force=save, done=done, total=len(targets), **tally.progress())
+                if save:
+                    unsaved = 0
+                tally.add(unlinker.unlink_batch(rel_dir, batch), run.job["id"])
+                done += len(batch)
+                unsaved += len(batch)
+        run.progress(force=True, done=done, total=len(targets), **tally.progress())
+
+    def _unlinker(self, project: dict[str, Any]) -> Unlinker:
         """An unlinker that refuses, besides symlinks: directories no longer the session dirs that were
         measured, directories raw links point into (anywhere), the sessions' raw layout dirs, and files
         that are raw movies of this project (hard links too)."""
         sessions = self.sessions.store.list_sessions(project["uid"])
         raw_layout = [directory for directory, datatype in self.sessions.config.layout if datatype == "raw"]
-        return files.Unlinker(
+        return Unlinker(
             project["project_dir"], project.get("dir_pin") or {"dev": -1, "ino": -1},
             protected=self._raw_movies(project),
             session_dirs={s["session_dir"]: s.get("dir_id") or "never measured" for s in sessions},
