@@ -56,8 +56,8 @@ class Plan:
     @property
     def digest(self) -> str:
         digest = hashlib.sha256(f"{self.project_uid}\0{self.session_uid}\0{self.datatype}\0".encode())
-        for rel in sorted(self.paths):
-            digest.update(os.fsencode(rel) + b"\0")
+        if self.paths:
+            digest.update(b"\0".join(map(os.fsencode, sorted(self.paths))) + b"\0")
         return digest.hexdigest()
 
 
@@ -142,7 +142,14 @@ class Deletions:
 
     # --- the request -----------------------------------------------------------------------------
 
-    def _targets(self, project_dir: str, registered: list[str], datatype: str,
+    def _registered(self, session: dict[str, Any], datatype: str, *, sources: tuple[str, ...] = ("scan", "api")
+                    ) -> set[str]:
+        """The category's registered paths now (only its own registry chunks are read)."""
+        registry = self.sessions.store.read_registry(session["project_uid"], session["uid"], session.get("scan_gen"),
+                                                     sources=sources, datatypes=(datatype,))
+        return {path for source in sources for path in registry[source][datatype]}
+
+    def _targets(self, project_dir: str, registered: set[str], datatype: str,
                  *, filepaths: dict[str, Any] | list[Any] | None) -> list[str] | None:
         """The registry paths a request names (None: the whole category), or refuse it whole."""
         if filepaths is None:
@@ -157,11 +164,10 @@ class Deletions:
             raise invalid_params("filepaths_to_delete must be a list of paths or {datatype: [paths]}")
         if not filepaths:
             raise invalid_params("filepaths_to_delete is empty; give None to delete the whole category")
-        known = set(registered)
         targets: list[str] = []
         for index, path in enumerate(filepaths):
             rel = files.project_relative(project_dir, path)
-            if rel not in known:
+            if rel not in registered:
                 raise invalid_params(f"{path} is not a registered {datatype} file of this session; nothing was "
                                      "deleted", index=index)
             targets.append(rel)
@@ -193,7 +199,7 @@ class Deletions:
         if current == "missing":
             raise conflict(f"{datatype} of {project_uid} {session_uid} is missing: its files cannot be reached "
                            "(unmounted, moved?); nothing is deleted until they are back")
-        registered = self.sessions.registered_paths(project_uid, session_uid)[datatype]
+        registered = self._registered(session, datatype)
         targets = self._targets(project["project_dir"], registered, datatype, filepaths=filepaths)
         whole = targets is None
         paths = sorted(registered) if targets is None else targets
@@ -267,7 +273,7 @@ class Deletions:
             self._settle(run, category, message)
             raise JobFailed(message + "; nothing was deleted") from None
         confirmed = self.sessions.store.read_job_paths(run.job["id"])
-        registered = set(self.sessions.registered_paths(project_uid, session_uid)[datatype])
+        registered = self._registered(session, datatype)
         targets = [rel for rel in confirmed if rel in registered]  # never more than was confirmed
         tally = _Tally.resumed(run.job.get("progress") or {})
         unlinking_s = time.perf_counter()
@@ -275,8 +281,9 @@ class Deletions:
             self._unlink_all(run, unlinker, targets, tally)
         settling_s = time.perf_counter()
         kept = set(tally.kept_paths)
+        by_api = self._registered(self.sessions.session(project_uid, session_uid), datatype, sources=("api",))
         self.sessions.store.remove_api_paths(project_uid, session_uid, datatype,
-                                             paths=[rel for rel in targets if rel not in kept])
+                                             paths=[rel for rel in targets if rel in by_api and rel not in kept])
         remaining = self.sessions.refresh_session(project_uid, session_uid)[datatype]["file_count"]
         complete = p["whole_category"] and not tally.kept_paths and remaining == 0
         final = "deleted" if complete else _back(category)
