@@ -6,20 +6,21 @@ root, skipped otherwise), over several rounds that alternate which goes first (o
 rm -rf then ours, ...); the figures are medians. Before each timed run: `sync`, so neither pays for
 the other's writeback.
 
-- ours: from sending `delete_live_datatype` (a real livedmd on the embedded store, over HTTP) to the
-  job's `finished_at`: planning and saving the confirmed list, queueing, the job (checks, reading the
-  list, unlinking, the registry and the rescan, settling the category) and recording it done. Not
-  the client's polling for the result (it would add up to its poll interval).
+- ours: from sending `delete_live_datatype(..., asynchronous=False)` (a real livedmd on the embedded
+  store, over HTTP) to the job's `finished_at`: planning and saving the confirmed list, queueing, the
+  job (checks, reading the list, unlinking, the registry and the rescan, settling the category) and
+  recording it done. Not the wait for the answer after that (the daemon looks at the job at most
+  every 0.5 s).
 - rm -rf: the whole `rm -rf <session>/extract` process (fork, exec, every unlink, and the rmdir of the
   50 directories and extract/ itself, which the job leaves in place: SPEC deletes files only).
 
-The job's own phases come from the daemon's log: request (plan + confirmed list saved + queued),
-prepare (checks, confirmed and registered lists read, raw movies found), unlink, settle (registry,
-rescan, status, audit); "other" is what is left: HTTP, the claim, recording the job done.
+The phases come from the daemon's log: request (the plan: checks and the category's registry read;
+the confirmed list saved; the job queued), prepare (checks, confirmed and registered lists read, raw
+movies found), unlink, settle (registry, rescan, status, audit); "other" is what is left: HTTP, the
+worker's claim, recording the job done.
 
 On a machine shared with other work, wall times swing with its load; the CPU seconds each side spent
-(rm: the process; ours: livedmd and its embedded store, the client's polls included) are steadier and
-are printed beside them.
+(rm: the process; ours: livedmd and its embedded store) are steadier and are printed beside them.
 
 `BENCH_DELETION_ROUNDS` (default 5) sets the rounds per variant.
 """
@@ -42,9 +43,8 @@ from testkit.daemon import Daemon
 FILES = 100_000
 PER_DIR = 2_000
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
-POLL_S = 0.25
-REQUEST_LOG = re.compile(r"deletion (J\d+) requested: \d+ files; confirmed list saved in ([\d.]+) s, "
-                         r"queued in ([\d.]+) s")
+REQUEST_LOG = re.compile(r"deletion (J\d+) requested: \d+ files in ([\d.]+) s \(plan ([\d.]+) s, "
+                         r"confirmed list saved ([\d.]+) s\)")
 JOB_LOG = re.compile(r"deletion (J\d+): \d+ files deleted in ([\d.]+) s \(prepare ([\d.]+) s, "
                      r"unlink ([\d.]+) s, settle ([\d.]+) s\)")
 
@@ -130,24 +130,21 @@ def time_ours(daemon: Daemon, project_uid: str, cold: bool) -> tuple[float, dict
     settle_disk(cold)
     cpu_s = tree_cpu_s(daemon.process.pid)
     sent = time.time()
-    job_id = daemon.call("delete_live_datatype", {"project_uid": project_uid, "session_uid": "S1",
-                                                  "datatype": "particles"})
-    answered = time.time()
-    while (job := daemon.call("get_job", [job_id]))["state"] not in ("done", "failed"):
-        time.sleep(POLL_S)
-    assert job["state"] == "done" and job["result"]["deleted"] == FILES, job
+    reply = daemon.rpc("delete_live_datatype", {"project_uid": project_uid, "session_uid": "S1",
+                                                "datatype": "particles", "asynchronous": False}, timeout_s=3600)
+    job = reply["result"]
+    assert job["state"] == "done" and job["result"]["deleted"] == FILES, reply
     ours_s = epoch_s(job["finished_at"]) - sent
-    cpu_s = tree_cpu_s(daemon.process.pid) - cpu_s
-    return ours_s, phases(daemon, job_id, request_s=answered - sent, total_s=ours_s), cpu_s
+    return ours_s, phases(daemon, job["id"], total_s=ours_s), tree_cpu_s(daemon.process.pid) - cpu_s
 
 
-def phases(daemon: Daemon, job_id: str, *, request_s: float, total_s: float) -> dict[str, float]:
+def phases(daemon: Daemon, job_id: str, *, total_s: float) -> dict[str, float]:
     log = daemon.log()
     request = next(m for m in REQUEST_LOG.finditer(log) if m[1] == job_id)
     job = next(m for m in JOB_LOG.finditer(log) if m[1] == job_id)
-    out = {"request": request_s, "saving list": float(request[2]), "prepare": float(job[3]),
+    out = {"request": float(request[2]), "of it saving the list": float(request[4]), "prepare": float(job[3]),
            "unlink": float(job[4]), "settle": float(job[5])}
-    out["other"] = total_s - request_s - float(job[2])
+    out["other"] = total_s - out["request"] - float(job[2])
     return out
 
 

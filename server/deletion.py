@@ -225,6 +225,7 @@ class Deletions:
                 confirm_digest: str | None = None) -> str:
         """Queue the deletion of exactly the list the request names (or the category's registered files
         now); with confirm_digest, only if that is the list a dry run showed. The job id."""
+        started_s = time.perf_counter()
         plan = self._plan(user, project_uid, session_uid, datatype=datatype, filepaths=filepaths, user_id=user_id)
         if confirm_digest is not None and confirm_digest != plan.digest:
             raise conflict(f"the files of {datatype} of {project_uid} {session_uid} changed since the dry run "
@@ -247,8 +248,8 @@ class Deletions:
         self.audit.record(user["name"], "deletion_requested", project_uid=project_uid, session_uid=session_uid,
                           datatype=datatype, job_id=job_id, user_id=plan.on_behalf, files=len(plan.paths),
                           whole_category=plan.whole)
-        log.info("deletion %s requested: %d files; confirmed list saved in %.3f s, queued in %.3f s", job_id,
-                 len(plan.paths), saved_s - saving_s, time.perf_counter() - planned_s)
+        log.info("deletion %s requested: %d files in %.3f s (plan %.3f s, confirmed list saved %.3f s)", job_id,
+                 len(plan.paths), time.perf_counter() - started_s, planned_s - started_s, saved_s - saving_s)
         return job_id
 
     # --- the job ---------------------------------------------------------------------------------
@@ -309,7 +310,8 @@ class Deletions:
         """Directory by directory, in batches; progress between batches, the counts saved often enough that a
         resumed job misses few."""
         done = unsaved = 0
-        for rel_dir, names in by_directory(targets).items():
+        for rel_dir, in_dir in by_directory(targets).items():
+            names = unlinker.in_listing_order(rel_dir, in_dir)
             for start in range(0, len(names), BATCH_FILES):
                 batch = names[start:start + BATCH_FILES]
                 save = unsaved + len(batch) > SAVE_COUNTS_FILES

@@ -142,3 +142,16 @@ def test_open_directories_stay_bounded_on_wide_trees(tmp_path: Path) -> None:
 def test_paths_are_grouped_by_directory_in_the_order_they_come() -> None:
     paths = ["S1/b/x", "S1/a/y", "S1/b/z", "top.mrc", "S1/b/c/w"]
     assert unlinker.by_directory(paths) == {"S1/b": ["x", "z"], "S1/a": ["y"], "": ["top.mrc"], "S1/b/c": ["w"]}
+
+
+def test_names_go_in_the_order_the_directory_lists_them_absent_ones_last(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    names = [f"p{i:03d}.mrc" for i in range(50)]
+    write(project, [f"S1/extract/{n}" for n in names] + ["S1/extract/other.mrc"])
+    (project / "S1/swapped").symlink_to(project / "S1/extract")
+    listed = [n for n in os.listdir(project / "S1/extract") if n in names]
+    with Unlinker(str(project), files.dir_pin(str(project))) as u:
+        assert u.in_listing_order("S1/extract", [*names, "absent.mrc"]) == [*listed, "absent.mrc"]
+        assert u.in_listing_order("S1/swapped", names) == names  # refused when unlinked, with its reason
+        assert u.in_listing_order("S1/gone", names) == names
+        assert u.unlink_batch("S1/swapped", names[:1]).refused
