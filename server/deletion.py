@@ -25,12 +25,14 @@ from .errors import ApiError, conflict, forbidden, invalid_params, not_found
 from .jobs import JobFailed, JobRun, Queue
 from .sessions import LIVEDM, Sessions
 from .states import BY_DELETION, BY_REPAIR, BY_USER, TRANSITIONS, CategoryStates
+from .unlink_pool import UnlinkPool
 from .unlinker import Outcome, Unlinker, by_directory
 
 log = logging.getLogger(__name__)
 
-BATCH_FILES = 500  # unlinked between two looks at the job (progress, shutdown, a lost lease)
-SAVE_COUNTS_FILES = 2000  # counts saved at least this often: a resumed job misses at most these
+BATCH_FILES = 100  # unlinked between two looks at the job (progress, shutdown, a lost lease)
+SAVE_COUNTS_FILES = 2000  # deleted and not counted in a saved progress, at most: what a resumed job misses
+UNLINK_THREADS = 4  # directories unlinked at once
 QUEUE_GRACE_S = 60  # between marking a category deleting and queueing its job
 
 
@@ -263,23 +265,13 @@ class Deletions:
         if category["status"] != "deleting" or category.get("job_id") != run.job["id"]:
             return {"note": "the category was already settled by an earlier run of this job"}
         project = self.sessions.project(project_uid)
-        try:  # again at delete time: the roots may have changed, the project dir been swapped
-            if session["status"] != "completed":
-                raise conflict(f"session {project_uid} {session_uid} is {session['status']}, not completed")
-            self.sessions.check_project_location(project["project_dir"])
-            self.sessions.check_session_identity(project, session)
-            unlinker = self._unlinker(project)
-        except (ApiError, files.ProjectDirChanged) as exc:
-            message = exc.message if isinstance(exc, ApiError) else str(exc)
-            self._settle(run, category, message)
-            raise JobFailed(message + "; nothing was deleted") from None
         confirmed = self.sessions.store.read_job_paths(run.job["id"])
         registered = self._registered(session, datatype)
         targets = [rel for rel in confirmed if rel in registered]  # never more than was confirmed
+        unlinkers = self._checked_unlinkers(run, category, project, session)
         tally = _Tally.resumed(run.job.get("progress") or {})
         unlinking_s = time.perf_counter()
-        with unlinker:
-            self._unlink_all(run, unlinker, targets, tally)
+        self._unlink_all(run, unlinkers, targets, tally)
         settling_s = time.perf_counter()
         kept = set(tally.kept_paths)
         by_api = self._registered(self.sessions.session(project_uid, session_uid), datatype, sources=("api",))
@@ -306,35 +298,57 @@ class Deletions:
                  settling_s - unlinking_s, time.perf_counter() - settling_s)
         return result
 
-    def _unlink_all(self, run: JobRun, unlinker: Unlinker, targets: list[str], tally: _Tally) -> None:
-        """Directory by directory, in batches; progress between batches, the counts saved often enough that a
-        resumed job misses few."""
+    def _checked_unlinkers(self, run: JobRun, category: dict[str, Any], project: dict[str, Any],
+                           session: dict[str, Any]) -> list[Unlinker]:
+        """Checked again at delete time (the roots may have changed, the project dir been swapped), an
+        unlinker for each thread; or the category settled and the job failed, nothing deleted."""
+        p = run.params
+        unlinkers: list[Unlinker] = []
+        try:
+            if session["status"] != "completed":
+                raise conflict(f"session {p['project_uid']} {p['session_uid']} is {session['status']}, not completed")
+            self.sessions.check_project_location(project["project_dir"])
+            self.sessions.check_session_identity(project, session)
+            rules = self._unlinker_rules(project)
+            while len(unlinkers) < UNLINK_THREADS:
+                unlinkers.append(Unlinker(project["project_dir"], project.get("dir_pin") or {"dev": -1, "ino": -1},
+                                          **rules))
+        except (ApiError, files.ProjectDirChanged) as exc:
+            for unlinker in unlinkers:
+                unlinker.close()
+            message = exc.message if isinstance(exc, ApiError) else str(exc)
+            self._settle(run, category, message)
+            raise JobFailed(message + "; nothing was deleted") from None
+        return unlinkers
+
+    def _unlink_all(self, run: JobRun, unlinkers: list[Unlinker], targets: list[str], tally: _Tally) -> None:
+        """Directory by directory on a few threads, in batches; progress as batches finish, saved before the
+        threads run out of permits (SAVE_COUNTS_FILES deleted and not saved)."""
+        permits = SAVE_COUNTS_FILES // BATCH_FILES
+        pool = UnlinkPool(unlinkers, batch_files=BATCH_FILES, permits=permits)
         done = unsaved = 0
-        for rel_dir, in_dir in by_directory(targets).items():
-            names = unlinker.in_listing_order(rel_dir, in_dir)
-            for start in range(0, len(names), BATCH_FILES):
-                batch = names[start:start + BATCH_FILES]
-                save = unsaved + len(batch) > SAVE_COUNTS_FILES
+        with pool.unlinking(by_directory(targets)) as batches:
+            for batch in batches:
+                tally.add(batch.outcome, run.job["id"])
+                done += batch.files
+                unsaved += 1
+                save = unsaved > permits - len(unlinkers)
                 run.progress(force=save, done=done, total=len(targets), **tally.progress())
                 if save:
+                    pool.saved(unsaved)
                     unsaved = 0
-                tally.add(unlinker.unlink_batch(rel_dir, batch), run.job["id"])
-                done += len(batch)
-                unsaved += len(batch)
         run.progress(force=True, done=done, total=len(targets), **tally.progress())
 
-    def _unlinker(self, project: dict[str, Any]) -> Unlinker:
-        """An unlinker that refuses, besides symlinks: directories no longer the session dirs that were
+    def _unlinker_rules(self, project: dict[str, Any]) -> dict[str, Any]:
+        """What an unlinker refuses, besides symlinks: directories no longer the session dirs that were
         measured, directories raw links point into (anywhere), the sessions' raw layout dirs, and files
         that are raw movies of this project (hard links too)."""
         sessions = self.sessions.store.list_sessions(project["uid"])
         raw_layout = [directory for directory, datatype in self.sessions.config.layout if datatype == "raw"]
-        return Unlinker(
-            project["project_dir"], project.get("dir_pin") or {"dev": -1, "ino": -1},
-            protected=self._raw_movies(project),
-            session_dirs={s["session_dir"]: s.get("dir_id") or "never measured" for s in sessions},
-            movie_dirs=self.sessions.store.movie_dirs(),
-            raw_trees=tuple(f"{s['session_dir']}/{d}" for s in sessions for d in raw_layout))
+        return {"protected": self._raw_movies(project),
+                "session_dirs": {s["session_dir"]: s.get("dir_id") or "never measured" for s in sessions},
+                "movie_dirs": self.sessions.store.movie_dirs(),
+                "raw_trees": tuple(f"{s['session_dir']}/{d}" for s in sessions for d in raw_layout)}
 
     def _raw_movies(self, project: dict[str, Any]) -> frozenset[tuple[int, int]]:
         links: list[str] = []

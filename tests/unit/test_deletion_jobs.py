@@ -1,8 +1,9 @@
-"""The deletion job in batches, through the API: progress, the counts saved for a resumed job, and a
-directory swapped for a symlink while the job runs."""
+"""The deletion job in batches on a few threads, through the API: progress, the counts saved for a
+resumed job, and a directory swapped for a symlink while the job runs."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,30 +11,30 @@ from typing import Any
 import pytest
 
 from livedm.server import deletion
-from livedm.server.jobs import JobRun
+from livedm.server.jobs import Queue
 from livedm.server.unlinker import Outcome, Unlinker
 from testkit.sessiontree import build_session_tree
 from tests.support.api import Api
 
-EXTRA = 9  # particles added beside the tree's own, so the directory spans several batches
+EXTRA = 9  # particles added beside the tree's own in each extra directory
 
 
-@pytest.fixture
-async def many_particles(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """P1 S1 completed, with EXTRA more particles in extract/blob/256, and batches of two files."""
+async def completed_with(api: Api, tmp_path: Path, directories: list[str]) -> Path:
+    """P1 S1 completed, with EXTRA more particles in each of extract/<directories>; the extract dir."""
     tree = build_session_tree(tmp_path / "proj", exposures=1)
-    particles = tree.session_path / "extract" / "blob" / "256"
-    for i in range(EXTRA):
-        (particles / f"extra_{i}.mrc").write_bytes(b"e" * (i + 1))
+    extract = tree.session_path / "extract"
+    for directory in directories:
+        (extract / directory).mkdir(parents=True, exist_ok=True)
+        for i in range(EXTRA):
+            (extract / directory / f"extra_{i}.mrc").write_bytes(b"e" * (i + 1))
     await api.ok("create_project", {"title": "p", "project_dir": str(tree.project_dir)})
     await api.ok("create_live_session", ["P1", "s"])
     await api.ok("mark_session_completed", ["P1", "S1"])
-    monkeypatch.setattr(deletion, "BATCH_FILES", 2)
-    return particles
+    return extract
 
 
 def on_batch(monkeypatch: pytest.MonkeyPatch, number: int, action: Any) -> list[str]:
-    """Run `action` just before the unlinker's batch `number` (1 is the first); the directories of the batches."""
+    """Run `action` just before the unlinkers' batch `number` (1 is the first); the directories of the batches."""
     seen: list[str] = []
     real = Unlinker.unlink_batch
 
@@ -47,9 +48,15 @@ def on_batch(monkeypatch: pytest.MonkeyPatch, number: int, action: Any) -> list[
     return seen
 
 
+def delete_particles() -> dict[str, Any]:
+    return {"project_uid": "P1", "session_uid": "S1", "datatype": "particles", "asynchronous": False}
+
+
 async def test_a_directory_replaced_by_a_symlink_while_the_job_runs_keeps_the_rest(
-        api: Api, many_particles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    names = sorted(p.name for p in many_particles.iterdir())
+        api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    particles = await completed_with(api, tmp_path, ["blob/256"]) / "blob" / "256"  # one directory: one thread
+    monkeypatch.setattr(deletion, "BATCH_FILES", 2)
+    names = sorted(p.name for p in particles.iterdir())
     decoy = tmp_path / "decoy"
     decoy.mkdir()
     for name in names:
@@ -57,12 +64,11 @@ async def test_a_directory_replaced_by_a_symlink_while_the_job_runs_keeps_the_re
     moved = tmp_path / "moved"
 
     def swap() -> None:
-        many_particles.rename(moved)
-        many_particles.symlink_to(decoy)
+        particles.rename(moved)
+        particles.symlink_to(decoy)
 
     batches = on_batch(monkeypatch, 2, swap)
-    job = await api.ok("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
-                                                "asynchronous": False})
+    job = await api.ok("delete_live_datatype", delete_particles())
     assert len(batches) == (len(names) + 1) // 2
     assert job["state"] == "done" and job["result"]["deleted"] == 2, job
     assert job["result"]["refused"] == len(names) - 2
@@ -75,23 +81,36 @@ async def test_a_directory_replaced_by_a_symlink_while_the_job_runs_keeps_the_re
     assert (audit["files"], audit["refused"]) == (2, len(names) - 2)
 
 
-async def test_progress_and_saved_counts_follow_the_batches(api: Api, many_particles: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    saved: list[dict[str, Any]] = []
-    monkeypatch.setattr(deletion, "SAVE_COUNTS_FILES", 4)
-    real = JobRun.progress
+async def test_never_more_deleted_than_saved_counts_know_of_plus_the_bound(
+        api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whenever a batch starts, the files handed to batches so far exceed the last saved count by at most
+    SAVE_COUNTS_FILES: a job killed at that moment has deleted at most that many its counts miss."""
+    extract = await completed_with(api, tmp_path, [f"d{i}" for i in range(6)])
+    bound = 6
+    monkeypatch.setattr(deletion, "BATCH_FILES", 2)
+    monkeypatch.setattr(deletion, "SAVE_COUNTS_FILES", bound)
+    lock = threading.Lock()
+    handed = {"files": 0, "saved": 0, "worst": 0, "threads": set()}
+    real_batch, real_progress = Unlinker.unlink_batch, Queue.progress
 
-    def progress(self: JobRun, force: bool = False, **fields: Any) -> None:
-        if force:
-            saved.append(fields)
-        real(self, force, **fields)
+    def batch(self: Unlinker, rel_dir: str, names: Sequence[str]) -> Outcome:
+        with lock:
+            handed["files"] += len(names)
+            handed["worst"] = max(handed["worst"], handed["files"] - handed["saved"])
+            handed["threads"].add(threading.get_ident())
+        return real_batch(self, rel_dir, names)
 
-    monkeypatch.setattr(JobRun, "progress", progress)
-    total = EXTRA + 1
-    job = await api.ok("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
-                                                "asynchronous": False})
-    assert job["result"]["deleted"] == total and not any(many_particles.iterdir())
-    assert [s["done"] for s in saved] == [4, 8, total]  # never more than 4 files deleted and not saved
-    assert [s["deleted"] for s in saved] == [4, 8, total]
+    def progress(self: Queue, job: dict[str, Any], fields: dict[str, Any]) -> None:
+        real_progress(self, job, fields)
+        with lock:
+            handed["saved"] = fields["done"]
+
+    monkeypatch.setattr(Unlinker, "unlink_batch", batch)
+    monkeypatch.setattr(Queue, "progress", progress)
+    job = await api.ok("delete_live_datatype", delete_particles())
+    total = 6 * EXTRA + 1
+    assert job["result"]["deleted"] == total and not any(p.is_file() for p in extract.rglob("*"))
+    assert 0 < handed["worst"] <= bound
+    assert len(handed["threads"]) > 1, "the directories went on several threads"
     assert job["progress"] == {"done": total, "total": total, "deleted": total,
                                "bytes_freed": job["result"]["bytes_freed"], "failed": 0}
