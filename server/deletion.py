@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,11 +25,14 @@ from .errors import ApiError, conflict, forbidden, invalid_params, not_found
 from .jobs import JobFailed, JobRun, Queue
 from .sessions import LIVEDM, Sessions
 from .states import BY_DELETION, BY_REPAIR, BY_USER, TRANSITIONS, CategoryStates
+from .unlink_pool import UnlinkPool
+from .unlinker import Outcome, Unlinker, by_directory
 
 log = logging.getLogger(__name__)
 
-PROGRESS_FILES = 500
-SAVE_COUNTS_FILES = 2000  # counts saved at least this often: a resumed job misses at most these
+BATCH_FILES = 100  # unlinked between two looks at the job (progress, shutdown, a lost lease)
+SAVE_COUNTS_FILES = 2000  # deleted and not counted in a saved progress, at most: what a resumed job misses
+UNLINK_THREADS = 4  # directories unlinked at once
 QUEUE_GRACE_S = 60  # between marking a category deleting and queueing its job
 
 
@@ -54,8 +58,8 @@ class Plan:
     @property
     def digest(self) -> str:
         digest = hashlib.sha256(f"{self.project_uid}\0{self.session_uid}\0{self.datatype}\0".encode())
-        for rel in sorted(self.paths):
-            digest.update(os.fsencode(rel) + b"\0")
+        if self.paths:
+            digest.update(b"\0".join(map(os.fsencode, sorted(self.paths))) + b"\0")
         return digest.hexdigest()
 
 
@@ -95,22 +99,20 @@ class _Tally:
     def kept_paths(self) -> list[str]:
         return self.refused_paths + [path for path, _ in self.failed_paths]
 
-    def unlink(self, unlinker: files.Unlinker, rel: str, job_id: str) -> None:
-        try:
-            nbytes = unlinker.unlink(rel)
-        except files.UnsafePath as exc:
-            self.refused_paths.append(rel)
-            log.warning("job %s: not deleting %s: %s", job_id, files.shown(rel), exc)
-            return
-        except OSError as exc:  # one undeletable file must not stop the others
-            self.failed_paths.append((rel, exc.strerror or str(exc)))
-            log.warning("job %s: cannot delete %s: %s", job_id, files.shown(rel), exc.strerror)
-            return
-        if nbytes is None:
-            self.gone += 1
-        else:
-            self.deleted += 1
-            self.freed += nbytes
+    def add(self, outcome: Outcome, job_id: str) -> None:
+        self.deleted += outcome.deleted
+        self.freed += outcome.freed
+        self.gone += outcome.gone
+        if outcome.refused:
+            self.refused_paths.extend(path for path, _ in outcome.refused)
+            path, why = outcome.refused[0]
+            log.warning("job %s: not deleting %d file(s), first %s: %s", job_id, len(outcome.refused),
+                        files.shown(path), why)
+        if outcome.failed:
+            self.failed_paths.extend(outcome.failed)
+            path, why = outcome.failed[0]
+            log.warning("job %s: cannot delete %d file(s), first %s: %s", job_id, len(outcome.failed),
+                        files.shown(path), why)
 
     def progress(self) -> dict[str, int]:
         return {"deleted": self.deleted, "bytes_freed": self.freed, "failed": len(self.failed_paths)}
@@ -142,7 +144,14 @@ class Deletions:
 
     # --- the request -----------------------------------------------------------------------------
 
-    def _targets(self, project_dir: str, registered: list[str], datatype: str,
+    def _registered(self, session: dict[str, Any], datatype: str, *, sources: tuple[str, ...] = ("scan", "api")
+                    ) -> set[str]:
+        """The category's registered paths now (only its own registry chunks are read)."""
+        registry = self.sessions.store.read_registry(session["project_uid"], session["uid"], session.get("scan_gen"),
+                                                     sources=sources, datatypes=(datatype,))
+        return {path for source in sources for path in registry[source][datatype]}
+
+    def _targets(self, project_dir: str, registered: set[str], datatype: str,
                  *, filepaths: dict[str, Any] | list[Any] | None) -> list[str] | None:
         """The registry paths a request names (None: the whole category), or refuse it whole."""
         if filepaths is None:
@@ -157,11 +166,10 @@ class Deletions:
             raise invalid_params("filepaths_to_delete must be a list of paths or {datatype: [paths]}")
         if not filepaths:
             raise invalid_params("filepaths_to_delete is empty; give None to delete the whole category")
-        known = set(registered)
         targets: list[str] = []
         for index, path in enumerate(filepaths):
             rel = files.project_relative(project_dir, path)
-            if rel not in known:
+            if rel not in registered:
                 raise invalid_params(f"{path} is not a registered {datatype} file of this session; nothing was "
                                      "deleted", index=index)
             targets.append(rel)
@@ -193,7 +201,7 @@ class Deletions:
         if current == "missing":
             raise conflict(f"{datatype} of {project_uid} {session_uid} is missing: its files cannot be reached "
                            "(unmounted, moved?); nothing is deleted until they are back")
-        registered = self.sessions.registered_paths(project_uid, session_uid)[datatype]
+        registered = self._registered(session, datatype)
         targets = self._targets(project["project_dir"], registered, datatype, filepaths=filepaths)
         whole = targets is None
         paths = sorted(registered) if targets is None else targets
@@ -219,11 +227,13 @@ class Deletions:
                 confirm_digest: str | None = None) -> str:
         """Queue the deletion of exactly the list the request names (or the category's registered files
         now); with confirm_digest, only if that is the list a dry run showed. The job id."""
+        started_s = time.perf_counter()
         plan = self._plan(user, project_uid, session_uid, datatype=datatype, filepaths=filepaths, user_id=user_id)
         if confirm_digest is not None and confirm_digest != plan.digest:
             raise conflict(f"the files of {datatype} of {project_uid} {session_uid} changed since the dry run "
                            f"(now {len(plan.paths)} registered); nothing was deleted: run `livedm delete {project_uid} "
                            f"{session_uid} {datatype}` again and confirm what it shows")
+        planned_s = time.perf_counter()
         job_id = self.queue.new_id()
         changed = self.states.change(project_uid=project_uid, session_uid=session_uid, datatype=datatype,
                                      expect=plan.status, to="deleting", job_id=job_id, note=None, note_job_id=None,
@@ -231,18 +241,23 @@ class Deletions:
         if changed is None:
             raise conflict(f"{datatype} of {project_uid} {session_uid} changed while this request was made; "
                            f"`livedm ls {project_uid}` shows its state now")
+        saving_s = time.perf_counter()
         self.sessions.store.save_job_paths(job_id, plan.paths)
+        saved_s = time.perf_counter()
         self.queue.enqueue("delete", {"project_uid": project_uid, "session_uid": session_uid, "datatype": datatype,
                                       "whole_category": plan.whole, "file_count": len(plan.paths),
                                       "digest": plan.digest, "user_id": plan.on_behalf}, user["name"], job_id=job_id)
         self.audit.record(user["name"], "deletion_requested", project_uid=project_uid, session_uid=session_uid,
                           datatype=datatype, job_id=job_id, user_id=plan.on_behalf, files=len(plan.paths),
                           whole_category=plan.whole)
+        log.info("deletion %s requested: %d files in %.3f s (plan %.3f s, confirmed list saved %.3f s)", job_id,
+                 len(plan.paths), time.perf_counter() - started_s, planned_s - started_s, saved_s - saving_s)
         return job_id
 
     # --- the job ---------------------------------------------------------------------------------
 
     def run(self, run: JobRun) -> dict[str, Any]:
+        started_s = time.perf_counter()
         p = _checked_params(run.params)
         project_uid, session_uid, datatype = p["project_uid"], p["session_uid"], p["datatype"]
         session = self.sessions.session(project_uid, session_uid)
@@ -250,30 +265,18 @@ class Deletions:
         if category["status"] != "deleting" or category.get("job_id") != run.job["id"]:
             return {"note": "the category was already settled by an earlier run of this job"}
         project = self.sessions.project(project_uid)
-        try:  # again at delete time: the roots may have changed, the project dir been swapped
-            if session["status"] != "completed":
-                raise conflict(f"session {project_uid} {session_uid} is {session['status']}, not completed")
-            self.sessions.check_project_location(project["project_dir"])
-            self.sessions.check_session_identity(project, session)
-            unlinker = self._unlinker(project)
-        except (ApiError, files.ProjectDirChanged) as exc:
-            message = exc.message if isinstance(exc, ApiError) else str(exc)
-            self._settle(run, category, message)
-            raise JobFailed(message + "; nothing was deleted") from None
         confirmed = self.sessions.store.read_job_paths(run.job["id"])
-        registered = set(self.sessions.registered_paths(project_uid, session_uid)[datatype])
+        registered = self._registered(session, datatype)
         targets = [rel for rel in confirmed if rel in registered]  # never more than was confirmed
+        unlinkers = self._checked_unlinkers(run, category, project, session)
         tally = _Tally.resumed(run.job.get("progress") or {})
-        with unlinker:
-            for index, rel in enumerate(targets):
-                if index % PROGRESS_FILES == 0:
-                    run.progress(force=index % SAVE_COUNTS_FILES == 0, done=index, total=len(targets),
-                                 **tally.progress())
-                tally.unlink(unlinker, rel, run.job["id"])
-        run.progress(force=True, done=len(targets), total=len(targets), **tally.progress())
+        unlinking_s = time.perf_counter()
+        self._unlink_all(run, unlinkers, targets, tally)
+        settling_s = time.perf_counter()
         kept = set(tally.kept_paths)
+        by_api = self._registered(self.sessions.session(project_uid, session_uid), datatype, sources=("api",))
         self.sessions.store.remove_api_paths(project_uid, session_uid, datatype,
-                                             paths=[rel for rel in targets if rel not in kept])
+                                             paths=[rel for rel in targets if rel in by_api and rel not in kept])
         remaining = self.sessions.refresh_session(project_uid, session_uid)[datatype]["file_count"]
         complete = p["whole_category"] and not tally.kept_paths and remaining == 0
         final = "deleted" if complete else _back(category)
@@ -290,20 +293,62 @@ class Deletions:
                               files=tally.deleted, bytes_freed=tally.freed, already_gone=result["already_gone"],
                               refused=len(tally.refused_paths), failed=len(tally.failed_paths),
                               no_longer_registered=result["no_longer_registered"], status=final)
+        log.info("deletion %s: %d files deleted in %.3f s (prepare %.3f s, unlink %.3f s, settle %.3f s)",
+                 run.job["id"], tally.deleted, time.perf_counter() - started_s, unlinking_s - started_s,
+                 settling_s - unlinking_s, time.perf_counter() - settling_s)
         return result
 
-    def _unlinker(self, project: dict[str, Any]) -> files.Unlinker:
-        """An unlinker that refuses, besides symlinks: directories no longer the session dirs that were
+    def _checked_unlinkers(self, run: JobRun, category: dict[str, Any], project: dict[str, Any],
+                           session: dict[str, Any]) -> list[Unlinker]:
+        """Checked again at delete time (the roots may have changed, the project dir been swapped), an
+        unlinker for each thread; or the category settled and the job failed, nothing deleted."""
+        p = run.params
+        unlinkers: list[Unlinker] = []
+        try:
+            if session["status"] != "completed":
+                raise conflict(f"session {p['project_uid']} {p['session_uid']} is {session['status']}, not completed")
+            self.sessions.check_project_location(project["project_dir"])
+            self.sessions.check_session_identity(project, session)
+            rules = self._unlinker_rules(project)
+            while len(unlinkers) < UNLINK_THREADS:
+                unlinkers.append(Unlinker(project["project_dir"], project.get("dir_pin") or {"dev": -1, "ino": -1},
+                                          **rules))
+        except (ApiError, files.ProjectDirChanged) as exc:
+            for unlinker in unlinkers:
+                unlinker.close()
+            message = exc.message if isinstance(exc, ApiError) else str(exc)
+            self._settle(run, category, message)
+            raise JobFailed(message + "; nothing was deleted") from None
+        return unlinkers
+
+    def _unlink_all(self, run: JobRun, unlinkers: list[Unlinker], targets: list[str], tally: _Tally) -> None:
+        """Directory by directory on a few threads, in batches; progress as batches finish, saved before the
+        threads run out of permits (SAVE_COUNTS_FILES deleted and not saved)."""
+        permits = SAVE_COUNTS_FILES // BATCH_FILES
+        pool = UnlinkPool(unlinkers, batch_files=BATCH_FILES, permits=permits)
+        done = unsaved = 0
+        with pool.unlinking(by_directory(targets)) as batches:
+            for batch in batches:
+                tally.add(batch.outcome, run.job["id"])
+                done += batch.files
+                unsaved += 1
+                save = unsaved > permits - len(unlinkers)
+                run.progress(force=save, done=done, total=len(targets), **tally.progress())
+                if save:
+                    pool.saved(unsaved)
+                    unsaved = 0
+        run.progress(force=True, done=done, total=len(targets), **tally.progress())
+
+    def _unlinker_rules(self, project: dict[str, Any]) -> dict[str, Any]:
+        """What an unlinker refuses, besides symlinks: directories no longer the session dirs that were
         measured, directories raw links point into (anywhere), the sessions' raw layout dirs, and files
         that are raw movies of this project (hard links too)."""
         sessions = self.sessions.store.list_sessions(project["uid"])
         raw_layout = [directory for directory, datatype in self.sessions.config.layout if datatype == "raw"]
-        return files.Unlinker(
-            project["project_dir"], project.get("dir_pin") or {"dev": -1, "ino": -1},
-            protected=self._raw_movies(project),
-            session_dirs={s["session_dir"]: s.get("dir_id") or "never measured" for s in sessions},
-            movie_dirs=self.sessions.store.movie_dirs(),
-            raw_trees=tuple(f"{s['session_dir']}/{d}" for s in sessions for d in raw_layout))
+        return {"protected": self._raw_movies(project),
+                "session_dirs": {s["session_dir"]: s.get("dir_id") or "never measured" for s in sessions},
+                "movie_dirs": self.sessions.store.movie_dirs(),
+                "raw_trees": tuple(f"{s['session_dir']}/{d}" for s in sessions for d in raw_layout)}
 
     def _raw_movies(self, project: dict[str, Any]) -> frozenset[tuple[int, int]]:
         links: list[str] = []

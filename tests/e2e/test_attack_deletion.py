@@ -415,6 +415,35 @@ def test_a_swap_of_measured_session_dirs_before_the_job_deletes_nothing(tmp_path
         assert data_state(project / "S2") == {p.replace("/S1/", "/S2/"): d for p, d in before.items()}
 
 
+def test_a_directory_inside_the_session_swapped_for_a_link_before_the_job_is_refused(tmp_path: Path) -> None:
+    """Mid-path: extract/blob (above the particles' own directory) swapped for a link to a copy outside the
+    project after the request. The job deletes what it still reaches safely and refuses the rest, naming it."""
+    tree = build_session_tree(tmp_path / "data" / "proj", exposures=3)
+    blob = tree.session_path / "extract" / "blob"
+    decoy = tmp_path / "decoy"
+    shutil.copytree(blob, decoy)
+    with queueing_only(tmp_path) as daemon:
+        daemon.call("create_project", ["p", str(tree.project_dir)])
+        completed(daemon, tree.project_dir, "P1")
+        (tree.session_path / "extract" / "keep.mrc").write_bytes(b"k" * 5)
+        daemon.call("update_session_datatype_sizes", ["P1", "S1"])
+        job_id = daemon.call("delete_live_datatype", ["P1", "S1", "particles"])
+        decoy_before = data_state(decoy)
+        blob.rename(tmp_path / "moved")
+        blob.symlink_to(decoy)
+    with run_by_a_worker(tmp_path, job_id) as (worker, job):
+        particles = tree.paths_by_datatype["particles"]
+        assert job["state"] == "done", job
+        assert (job["result"]["deleted"], job["result"]["refused"]) == (1, len(particles))
+        assert sorted(job["result"]["refused_paths"]) == sorted(
+            str(Path(p).relative_to(tree.project_dir)) for p in particles)
+        assert data_state(decoy) == decoy_before
+        assert len(list((tmp_path / "moved" / "256").iterdir())) == len(particles)
+        assert not (tree.session_path / "extract" / "keep.mrc").exists()
+        settled = category(worker, "P1", "S1", "particles")
+        assert settled["status"] == "active" and "refused as unsafe" in settled["note"]
+
+
 def test_movies_are_not_deleted_through_a_project_made_over_their_directory(daemon: Daemon,
                                                                            tmp_path: Path) -> None:
     movies = tmp_path / "data" / "movies"
