@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from . import files
@@ -55,11 +56,11 @@ class Plan:
     on_behalf: str
     status: str  # the category's status when it was checked
 
-    @property
+    @cached_property
     def digest(self) -> str:
         digest = hashlib.sha256(f"{self.project_uid}\0{self.session_uid}\0{self.datatype}\0".encode())
-        if self.paths:
-            digest.update(b"\0".join(map(os.fsencode, sorted(self.paths))) + b"\0")
+        if self.paths:  # each path's bytes and a NUL, as they were hashed one by one before: the same digest
+            digest.update(os.fsencode("\0".join(sorted(self.paths)) + "\0"))
         return digest.hexdigest()
 
 

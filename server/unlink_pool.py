@@ -2,9 +2,10 @@
 
 On local disks and network file systems most of an unlink is waiting (the journal, a round trip),
 and the kernel serialises unlinks within a directory but not across directories: a few threads on
-different directories overlap those waits (100k files on this machine's ext4: half the time of
-`rm -rf`, with one thread about the same). Each thread has an Unlinker of its own, so no directory
-descriptor is shared between threads (none can be closed, and its number reused, under another).
+different directories overlap those waits (100k files on an ext4 disk: 0.55x the time of `rm -rf`;
+one thread 1.2x). Where an unlink never waits (tmpfs) the threads only contend, and four cost about
+a fifth more than one. Each thread has an Unlinker of its own, so no directory descriptor is shared
+between threads (none can be closed, and its number reused, under another).
 
 The caller bounds how many files may be deleted and not yet counted in a saved progress: a thread
 takes a permit before each batch and the caller gives permits back once it has saved the batches'

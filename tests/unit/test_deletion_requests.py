@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from livedm.server.deletion import Plan
 from tests.support.api import Api, assert_error
 from tests.support.disk import disk_state
 
@@ -103,3 +106,15 @@ async def test_admin_may_act_on_behalf_of_a_user_others_may_not(completed: Api) 
     assert job["params"]["user_id"] == "dora" and job["created_by"] == "admin"
     deleted = [e for e in await completed.ok("get_audit_log", {}) if e["action"] == "deleted"]
     assert deleted[0]["user_id"] == "dora" and deleted[0]["files"] == 2
+
+
+def test_the_confirm_digest_hashes_each_path_and_a_nul_in_order() -> None:
+    """A digest a dry run gave must still confirm after an upgrade: its definition is fixed."""
+    paths = ["S1/extract/b.mrc", "S1/extract/a\udcff.mrc", "S1/extract/é.mrc"]
+    plan = Plan("P1", "S1", "particles", "/data/p", paths, True, "admin", "active")
+    expected = hashlib.sha256(b"P1\0S1\0particles\0")
+    for rel in sorted(paths):
+        expected.update(os.fsencode(rel) + b"\0")
+    assert plan.digest == expected.hexdigest()
+    empty = Plan("P1", "S1", "particles", "/data/p", [], True, "admin", "active")
+    assert empty.digest == hashlib.sha256(b"P1\0S1\0particles\0").hexdigest()
