@@ -20,11 +20,13 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import compress, repeat
 
+from . import _dirstat
 from .domain import DATATYPES
 
 Layout = Sequence[tuple[str, str]]
+_NO_KEY = (0, 0)
 STAT_BATCH = 2000  # names stat'ed per task: large enough to amortise a task, small enough to spread a flat dir
 DIRS_PER_ROUND = 256  # directories held open at once
 
@@ -42,6 +44,16 @@ class Entries:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def extend_packed(self, names: list[str], inos: array, sizes: array, keys: array | None) -> None:
+        """As extend, from packed arrays (keys: (dev, ino) pairs, None when all are (0, 0))."""
+        if self.keys is None and keys is not None:
+            self.keys = array("Q", bytes(16 * len(self.names)))
+        self.names += names
+        self.inos.extend(inos)
+        self.sizes.extend(sizes)
+        if self.keys is not None:
+            self.keys.extend(keys if keys is not None else array("Q", bytes(16 * len(names))))
 
     def key(self, index: int) -> tuple[int, int] | None:
         if self.keys is None or (self.keys[2 * index] == 0 and self.keys[2 * index + 1] == 0):
@@ -99,19 +111,12 @@ class DirState:
             self.plain_bytes = sum(entries.sizes) + missing
             self.keyed = False
             return
-        self.present = 0
-        seen: set[tuple[int, int]] = set()
-        for index, size in enumerate(entries.sizes):
-            if size < 0:
-                continue
-            self.present += 1
-            key = entries.key(index)
-            if key is None:
-                self.plain_bytes += size
-            elif key not in seen:
-                seen.add(key)
-                self.keyed_bytes += size
-        self.keyed = bool(seen)
+        pairs = list(zip(entries.keys[0::2], entries.keys[1::2], strict=True))
+        by_key = {pair: size for pair, size in zip(pairs, entries.sizes, strict=True) if size >= 0 and pair != _NO_KEY}
+        self.plain_bytes = sum(size for pair, size in zip(pairs, entries.sizes, strict=True)
+                               if size >= 0 and pair == _NO_KEY)
+        self.keyed_bytes = sum(by_key.values())  # each (dev, ino) once within this directory
+        self.keyed = bool(by_key)
 
 
 @dataclass
@@ -142,37 +147,43 @@ def datatype_of(top_dir: str, layout: Layout) -> str:
     return "metadata"
 
 
-def _target_stat(name: str, dir_fd: int) -> os.stat_result | None:
-    """A raw file counts with its symlink target's size; a link to a directory or nothing counts 0."""
-    try:
-        st = os.stat(name, dir_fd=dir_fd)
-    except OSError:
-        return None
-    return st if stat.S_ISREG(st.st_mode) else None
+# bytes.translate tables over list_dir's kinds: one byte per entry, nonzero where it is of that kind
+_DIR_MASK = bytes(1 if i == ord("d") else 0 for i in range(256))
+_FILE_MASK = bytes(0 if i == ord("d") else 1 for i in range(256))
+_LINK_MASK = bytes(1 if i == ord("l") else 0 for i in range(256))
 
 
-def _stat_batch(dir_fd: int, dir_path: str, names: list[str], follow_links: list[bool],
-                raw: bool) -> tuple[list[int], list[tuple[int, int] | None], set[str]]:
-    """Sizes (-1: not there) and keys (None: counted by itself) of the names, and the directories followed
-    links point into. Raw files are always keyed (links often share a movie); others only when hard-linked."""
-    sizes: list[int] = []
-    keys: list[tuple[int, int] | None] = []
-    movie_dirs: set[str] = set()
-    for name, follow in zip(names, follow_links, strict=True):
-        try:
-            if follow:
-                movie_dirs.add(os.path.dirname(os.path.normpath(os.path.join(dir_path, os.readlink(
-                    name, dir_fd=dir_fd)))))
-            st = _target_stat(name, dir_fd) if follow else os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            st = None
-        if st is None:
-            sizes.append(-1)
-            keys.append(None)
+def _stat_batch(dir_fd: int, dir_path: str, names: list[str], follow: bytes,
+                raw: bool) -> tuple[array, array | None, set[str]]:
+    """Sizes (-1: not there) and keys ((dev, ino) pairs, (0, 0): counted by itself; None: none keyed) of the
+    names, and the directories followed links point into. A followed link counts its target's size if that
+    is a regular file. Raw files are always keyed (links often share a movie); others only when hard-linked."""
+    size_bytes, key_bytes, targets = _dirstat.stat_names(dir_fd, names, follow, raw)
+    sizes = array("q")
+    sizes.frombytes(size_bytes)
+    keys: array | None = None
+    if key_bytes.count(0) != len(key_bytes):
+        keys = array("Q")
+        keys.frombytes(key_bytes)
+    return sizes, keys, _link_dirs(dir_path, targets)
+
+
+def _link_dirs(dir_path: str, targets: list[str | None]) -> set[str]:
+    """The directories that links in `dir_path` with these texts point into; each distinct one worked out once
+    (a session's links mostly share one movie directory)."""
+    heads: set[str] = set()
+    odd: list[str] = []
+    for target in targets:
+        if target is None:
+            continue
+        head, _, tail = target.rpartition("/")
+        if tail in ("", ".", ".."):
+            odd.append(target)
         else:
-            sizes.append(st.st_size)
-            keys.append((st.st_dev, st.st_ino) if raw or st.st_nlink > 1 else None)
-    return sizes, keys, movie_dirs
+            heads.add(head or ("/" if target.startswith("/") else "."))
+    found = {os.path.normpath(os.path.join(dir_path, head)) for head in heads}
+    found.update(os.path.dirname(os.path.normpath(os.path.join(dir_path, target))) for target in odd)
+    return found
 
 
 @dataclass
@@ -181,7 +192,10 @@ class _Listed:
     datatype: str
     fd: int
     state: DirState
-    pending: list[tuple[str, int, bool]]  # (name, d_ino, follow the link) to stat; known ones first
+    # to stat, known ones first: names, their inode numbers, and a nonzero byte for links to follow
+    pending: list[str] = field(default_factory=list)
+    pending_inos: array = field(default_factory=lambda: array("Q"))
+    pending_follow: bytes = b""
     known_pending: int = 0  # of those, how many the last walk saw (stat'ed again: raw targets)
     reused: bool = False
     before: Entries | None = None  # what the last walk saw here
@@ -243,16 +257,14 @@ class SessionWalk:
             jobs = []
             for item in listed:
                 for start in range(0, len(item.pending), STAT_BATCH):
-                    part = item.pending[start:start + STAT_BATCH]
-                    jobs.append((item, part, pool.submit(
-                        _stat_batch, item.fd, os.path.join(self.project_dir, item.rel), [p[0] for p in part],
-                        [p[2] for p in part], item.datatype == "raw")))
-            measured: dict[str, tuple[list[int], list[tuple[int, int] | None]]] = {}
-            for item, _, future in jobs:
+                    end = start + STAT_BATCH
+                    jobs.append((item, pool.submit(
+                        _stat_batch, item.fd, os.path.join(self.project_dir, item.rel), item.pending[start:end],
+                        item.pending_follow[start:end], item.datatype == "raw")))
+            measured: dict[str, list[tuple[array, array | None]]] = {}
+            for item, future in jobs:
                 sizes, keys, movie_dirs = future.result()
-                columns = measured.setdefault(item.rel, ([], []))
-                columns[0].extend(sizes)
-                columns[1].extend(keys)
+                measured.setdefault(item.rel, []).append((sizes, keys))
                 self.movie_dirs |= movie_dirs
         finally:
             for item in listed:
@@ -261,10 +273,14 @@ class SessionWalk:
             if item.reused:
                 yield item.state, False
                 continue
-            assert item.state.entries is not None
-            item.state.fresh_from = len(item.state.entries) + item.known_pending
-            sizes, keys = measured.get(item.rel, ([], []))
-            item.state.entries.extend([p[0] for p in item.pending], [p[1] for p in item.pending], sizes, keys)
+            entries = item.state.entries
+            assert entries is not None
+            item.state.fresh_from = len(entries) + item.known_pending
+            start = 0
+            for sizes, keys in measured.get(item.rel, []):
+                entries.extend_packed(item.pending[start:start + len(sizes)],
+                                      item.pending_inos[start:start + len(sizes)], sizes, keys)
+                start += len(sizes)
             self.stats += len(item.pending)
             item.state.total_up()
             if item.rel in self.previous:
@@ -285,42 +301,56 @@ class SessionWalk:
             raw = datatype == "raw"
             if previous is not None and previous.datatype == datatype and previous.same_directory(st) and not (
                     raw and self.restat_raw):
-                return _Listed(rel, datatype, fd, previous, [], reused=True)
+                return _Listed(rel, datatype, fd, previous, reused=True)
             before = self._before(previous)
-            known = before.known() if before is not None else None
             state = DirState(rel, datatype, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, [], entries=Entries())
-            pending: list[tuple[str, int, bool]] = []
-            again: list[tuple[str, int, bool]] = []
-            reused: tuple[list[str], list[int], list[int], list[tuple[int, int] | None]] = ([], [], [], [])
-            assert state.entries is not None
-            # raw targets live elsewhere: a known link keeps its size only if its movie is still there
-            keep_all = not (raw and self.restat_raw)
-            movies = self.movie_inodes if self.movie_inodes is not None else frozenset()
-            skip, prefix, subdirs, known_get = self.skip, rel + "/", state.subdirs, (known or {}).get
-            with os.scandir(fd) as listing:
-                for entry in listing:
-                    if entry.is_dir(follow_symlinks=False):
-                        subdirs.append(entry.name)
-                        continue
-                    name = entry.name
-                    if skip and prefix + name in skip:
-                        continue
-                    ino = entry.inode()
-                    old = known_get(name)
-                    if old is not None and old[0] == ino and (keep_all or old[2] in movies):
-                        reused[0].append(name)
-                        reused[1].append(ino)
-                        reused[2].append(old[1])
-                        reused[3].append(old[2])
-                    else:
-                        (again if old is not None and old[0] == ino else pending).append(
-                            (name, ino, raw and entry.is_symlink()))
-            state.entries.extend(*reused)
-            state.restated = bool(again)
-            return _Listed(rel, datatype, fd, state, again + pending, known_pending=len(again), before=before)
+            names, ino_bytes, kinds = _dirstat.list_dir(fd)
+            inos = array("Q")
+            inos.frombytes(ino_bytes)
+            state.subdirs = list(compress(names, kinds.translate(_DIR_MASK)))
+            is_file = kinds.translate(_FILE_MASK)
+            files, file_inos = list(compress(names, is_file)), array("Q", compress(inos, is_file))
+            follow = bytes(compress(kinds.translate(_LINK_MASK), is_file)) if raw else bytes(len(files))
+            if self.skip:
+                prefix = rel + "/"
+                kept = bytes(prefix + name not in self.skip for name in files)
+                files, file_inos, follow = (list(compress(files, kept)), array("Q", compress(file_inos, kept)),
+                                            bytes(compress(follow, kept)))
+            if before is None:  # nothing known: every file is stat'ed
+                return _Listed(rel, datatype, fd, state, files, file_inos, follow, before=before)
+            return self._compare(rel, datatype, fd, state, before, (files, file_inos, follow))
         except BaseException:
             os.close(fd)
             raise
+
+    def _compare(self, rel: str, datatype: str, fd: int, state: DirState, before: Entries,
+                 listing: tuple[list[str], array, bytes]) -> _Listed:
+        """A changed directory the last walk saw: its known files keep their sizes (a raw link only while its
+        movie is still there); new ones, and known names that are now another file, are stat'ed."""
+        raw = datatype == "raw"
+        known_get = before.known().get
+        keep_all = not (raw and self.restat_raw)
+        movies = self.movie_inodes if self.movie_inodes is not None else frozenset()
+        reused: tuple[list[str], list[int], list[int], list[tuple[int, int] | None]] = ([], [], [], [])
+        again: tuple[list[str], list[int], list[int]] = ([], [], [])
+        fresh: tuple[list[str], list[int], list[int]] = ([], [], [])
+        for name, ino, follow in zip(*listing, strict=True):
+            old = known_get(name)
+            if old is not None and old[0] == ino and (keep_all or old[2] in movies):
+                reused[0].append(name)
+                reused[1].append(ino)
+                reused[2].append(old[1])
+                reused[3].append(old[2])
+                continue
+            column = again if old is not None and old[0] == ino else fresh
+            column[0].append(name)
+            column[1].append(ino)
+            column[2].append(follow)
+        assert state.entries is not None
+        state.entries.extend(*reused)
+        state.restated = bool(again[0])
+        return _Listed(rel, datatype, fd, state, again[0] + fresh[0], array("Q", again[1] + fresh[1]),
+                       bytes(again[2] + fresh[2]), known_pending=len(again[0]), before=before)
 
     def _before(self, previous: DirState | None) -> Entries | None:
         if previous is None:
@@ -346,19 +376,17 @@ class SessionWalk:
 
 
 def _unique_keyed_bytes(states: list[DirState], load_entries: Callable[[DirState], Entries | None]) -> int:
-    seen: set[tuple[int, int]] = set()
-    total = 0
+    by_key: dict[tuple[int, int], int] = {}
+    unknown = 0
     for state in states:
         entries = state.entries if state.entries is not None else load_entries(state)
-        if entries is None:
-            total += state.keyed_bytes  # cannot be compared: counted as the directory counted it
+        if entries is None or entries.keys is None:
+            unknown += state.keyed_bytes  # cannot be compared: counted as the directory counted it
             continue
-        for index, size in enumerate(entries.sizes):
-            key = entries.key(index)
-            if size >= 0 and key is not None and key not in seen:
-                seen.add(key)
-                total += size
-    return total
+        pairs = zip(entries.keys[0::2], entries.keys[1::2], strict=True)
+        by_key.update((pair, size) for pair, size in zip(pairs, entries.sizes, strict=True)
+                      if size >= 0 and pair != _NO_KEY)
+    return unknown + sum(by_key.values())
 
 
 def paths_of(state: DirState, entries: Entries) -> list[str]:

@@ -1,0 +1,289 @@
+/* Directory listing and stat loops for the session walk, with the GIL released for a whole directory or
+ * batch. In Python every file costs a few microseconds of interpreter work around its stat, more than the
+ * system call itself, and threads cannot overlap that work: here the loops run in C, so the walk's threads
+ * list and stat in parallel on every core (and keep a network file system's round trips in flight).
+ *
+ * Names cross as str decoded like os.listdir does (the file system encoding, surrogateescape), so they
+ * compare equal to what os.scandir gives. Numbers cross as packed native arrays (bytes), read with
+ * array.array.frombytes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define KIND_FILE 'f' /* anything that is neither a directory nor a symlink */
+#define KIND_DIR 'd'
+#define KIND_LINK 'l'
+
+typedef struct {
+    char *names; /* each name NUL-terminated, back to back */
+    size_t names_len, names_cap;
+    uint64_t *inos;
+    char *kinds;
+    size_t count, cap;
+} Listing;
+
+static void listing_free(Listing *l) {
+    free(l->names);
+    free(l->inos);
+    free(l->kinds);
+}
+
+/* 0, or an errno. Runs without the GIL. */
+static int listing_add(Listing *l, const char *name, uint64_t ino, char kind) {
+    size_t len = strlen(name) + 1;
+    if (l->names_len + len > l->names_cap) {
+        size_t cap = l->names_cap ? l->names_cap * 2 : 1 << 16;
+        while (cap < l->names_len + len) cap *= 2;
+        char *grown = realloc(l->names, cap);
+        if (!grown) return ENOMEM;
+        l->names = grown;
+        l->names_cap = cap;
+    }
+    if (l->count == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 1024;
+        uint64_t *inos = realloc(l->inos, cap * sizeof *inos);
+        if (!inos) return ENOMEM;
+        l->inos = inos;
+        char *kinds = realloc(l->kinds, cap);
+        if (!kinds) return ENOMEM;
+        l->kinds = kinds;
+        l->cap = cap;
+    }
+    memcpy(l->names + l->names_len, name, len);
+    l->names_len += len;
+    l->inos[l->count] = ino;
+    l->kinds[l->count] = kind;
+    l->count++;
+    return 0;
+}
+
+/* 0, or an errno. Runs without the GIL; `dir_fd` is left open. */
+static int list_into(int dir_fd, Listing *l) {
+    int fd = fcntl(dir_fd, F_DUPFD_CLOEXEC, 0); /* closedir closes its own descriptor, not the caller's */
+    if (fd < 0) return errno;
+    DIR *dir = fdopendir(fd);
+    if (!dir) {
+        int err = errno;
+        close(fd);
+        return err;
+    }
+    rewinddir(dir); /* the duplicate shares the caller's offset */
+    int err = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *entry = readdir(dir);
+        if (!entry) {
+            err = errno;
+            break;
+        }
+        const char *name = entry->d_name;
+        if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
+        char kind;
+        switch (entry->d_type) {
+        case DT_DIR: kind = KIND_DIR; break;
+        case DT_LNK: kind = KIND_LINK; break;
+        case DT_UNKNOWN: { /* some file systems leave the type out: ask the inode */
+            struct stat st;
+            if (fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue; /* gone meanwhile */
+            kind = S_ISDIR(st.st_mode) ? KIND_DIR : S_ISLNK(st.st_mode) ? KIND_LINK : KIND_FILE;
+            break;
+        }
+        default: kind = KIND_FILE;
+        }
+        err = listing_add(l, name, (uint64_t)entry->d_ino, kind);
+        if (err) break;
+    }
+    rewinddir(dir); /* leave the shared offset at the start, as os.listdir and os.scandir do */
+    closedir(dir);
+    return err;
+}
+
+static PyObject *names_to_list(const char *names, size_t count) {
+    PyObject *list = PyList_New((Py_ssize_t)count);
+    if (!list) return NULL;
+    const char *name = names;
+    for (size_t i = 0; i < count; i++) {
+        size_t len = strlen(name);
+        PyObject *text = PyUnicode_DecodeFSDefaultAndSize(name, (Py_ssize_t)len);
+        if (!text) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, text);
+        name += len + 1;
+    }
+    return list;
+}
+
+PyDoc_STRVAR(list_dir_doc,
+"list_dir(dir_fd) -> (names, inos, kinds)\n\n"
+"The entries of an open directory, without '.' and '..': names (list of str), their inode numbers\n"
+"(bytes of native uint64) and kinds (bytes: 'd' directory, 'l' symlink, 'f' anything else). Raises\n"
+"OSError when the directory cannot be read.");
+
+static PyObject *list_dir(PyObject *self, PyObject *args) {
+    int dir_fd;
+    if (!PyArg_ParseTuple(args, "i:list_dir", &dir_fd)) return NULL;
+    Listing l = {0};
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = list_into(dir_fd, &l);
+    Py_END_ALLOW_THREADS
+    if (err) {
+        listing_free(&l);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *names = names_to_list(l.names, l.count);
+    PyObject *inos = names ? PyBytes_FromStringAndSize((const char *)l.inos, (Py_ssize_t)(l.count * sizeof(uint64_t)))
+                           : NULL;
+    PyObject *kinds = inos ? PyBytes_FromStringAndSize(l.kinds, (Py_ssize_t)l.count) : NULL;
+    listing_free(&l);
+    if (!kinds) {
+        Py_XDECREF(names);
+        Py_XDECREF(inos);
+        return NULL;
+    }
+    return Py_BuildValue("(NNN)", names, inos, kinds);
+}
+
+PyDoc_STRVAR(stat_names_doc,
+"stat_names(dir_fd, names, follow, key_all) -> (sizes, keys, targets)\n\n"
+"Stats each name in the open directory. `follow` (bytes, one per name; nonzero: a link to follow) says\n"
+"which are symlinks to be measured by their target: those count only when the target is a regular file,\n"
+"and their link text is read. The others are stat'ed themselves (a link as a link).\n"
+"sizes: bytes of native int64, -1 where nothing could be measured. keys: bytes of native uint64 pairs\n"
+"(dev, ino) of files that may be counted elsewhere too (every one when key_all, else those with more than\n"
+"one hard link), (0, 0) for the others. targets: the link text (str) of each followed name, None where it\n"
+"could not be read, in order of the followed names.");
+
+typedef struct {
+    const char *name;
+    int follow;
+    int64_t size;
+    uint64_t dev, ino;
+    char *target; /* malloc'ed; NULL: not read */
+    ssize_t target_len;
+} StatItem;
+
+static void stat_one(int dir_fd, StatItem *item, int key_all) {
+    struct stat st;
+    item->size = -1;
+    item->dev = item->ino = 0;
+    if (item->follow) {
+        char buf[4096];
+        ssize_t len = readlinkat(dir_fd, item->name, buf, sizeof buf);
+        if (len < 0 || len == (ssize_t)sizeof buf) return; /* not a link, or longer than any path */
+        item->target = malloc((size_t)len);
+        if (item->target) {
+            memcpy(item->target, buf, (size_t)len);
+            item->target_len = len;
+        }
+        if (fstatat(dir_fd, item->name, &st, 0) != 0 || !S_ISREG(st.st_mode)) return;
+    } else if (fstatat(dir_fd, item->name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        return;
+    }
+    item->size = (int64_t)st.st_size;
+    if (key_all || st.st_nlink > 1) {
+        item->dev = (uint64_t)st.st_dev;
+        item->ino = (uint64_t)st.st_ino;
+    }
+}
+
+static PyObject *stat_names(PyObject *self, PyObject *args) {
+    int dir_fd, key_all;
+    PyObject *names;
+    Py_buffer follow;
+    if (!PyArg_ParseTuple(args, "iO!y*p:stat_names", &dir_fd, &PyList_Type, &names, &follow, &key_all)) return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(names);
+    if (follow.len != count) {
+        PyBuffer_Release(&follow);
+        PyErr_SetString(PyExc_ValueError, "follow must hold one byte per name");
+        return NULL;
+    }
+    PyObject *encoded = PyList_New(count); /* keeps the bytes the items point into alive */
+    StatItem *items = calloc((size_t)(count ? count : 1), sizeof *items);
+    PyObject *result = NULL;
+    if (!encoded || !items) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PyList_GET_ITEM(names, i);
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "names must be str");
+            goto done;
+        }
+        PyObject *raw = PyUnicode_EncodeFSDefault(name);
+        if (!raw) goto done;
+        PyList_SET_ITEM(encoded, i, raw);
+        if ((Py_ssize_t)strlen(PyBytes_AS_STRING(raw)) != PyBytes_GET_SIZE(raw)) {
+            PyErr_SetString(PyExc_ValueError, "a name holds a NUL byte");
+            goto done;
+        }
+        items[i].name = PyBytes_AS_STRING(raw);
+        items[i].follow = ((const char *)follow.buf)[i] != 0;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) stat_one(dir_fd, &items[i], key_all);
+    Py_END_ALLOW_THREADS
+
+    PyObject *sizes = PyBytes_FromStringAndSize(NULL, count * (Py_ssize_t)sizeof(int64_t));
+    PyObject *keys = PyBytes_FromStringAndSize(NULL, count * 2 * (Py_ssize_t)sizeof(uint64_t));
+    PyObject *targets = PyList_New(0);
+    if (!sizes || !keys || !targets) {
+        Py_XDECREF(sizes);
+        Py_XDECREF(keys);
+        Py_XDECREF(targets);
+        goto done;
+    }
+    int64_t *size_out = (int64_t *)PyBytes_AS_STRING(sizes);
+    uint64_t *key_out = (uint64_t *)PyBytes_AS_STRING(keys);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        size_out[i] = items[i].size;
+        key_out[2 * i] = items[i].dev;
+        key_out[2 * i + 1] = items[i].ino;
+        if (!items[i].follow) continue;
+        PyObject *target = items[i].target
+                               ? PyUnicode_DecodeFSDefaultAndSize(items[i].target, items[i].target_len)
+                               : Py_NewRef(Py_None);
+        if (!target || PyList_Append(targets, target) != 0) {
+            Py_XDECREF(target);
+            Py_DECREF(sizes);
+            Py_DECREF(keys);
+            Py_DECREF(targets);
+            goto done;
+        }
+        Py_DECREF(target);
+    }
+    result = Py_BuildValue("(NNN)", sizes, keys, targets);
+done:
+    if (items)
+        for (Py_ssize_t i = 0; i < count; i++) free(items[i].target);
+    free(items);
+    Py_XDECREF(encoded);
+    PyBuffer_Release(&follow);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"list_dir", list_dir, METH_VARARGS, list_dir_doc},
+    {"stat_names", stat_names, METH_VARARGS, stat_names_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_dirstat",
+    "Directory listing and stat loops that release the GIL for a whole directory or batch.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__dirstat(void) { return PyModule_Create(&module); }

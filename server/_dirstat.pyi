@@ -1,0 +1,8 @@
+"""Directory listing and stat loops in C (server/_dirstat.c), with the GIL released for a whole batch."""
+
+def list_dir(dir_fd: int, /) -> tuple[list[str], bytes, bytes]:
+    """(names, inode numbers as native uint64 bytes, kinds: b'd' directory, b'l' symlink, b'f' other)."""
+
+def stat_names(dir_fd: int, names: list[str], follow: bytes, key_all: bool, /) -> tuple[bytes, bytes, list[str | None]]:
+    """(sizes as native int64 bytes, -1: not measured; (dev, ino) keys as native uint64 pairs; the link text
+    of each followed name, None where unreadable)."""
