@@ -390,4 +390,5 @@ def _unique_keyed_bytes(states: list[DirState], load_entries: Callable[[DirState
 
 
 def paths_of(state: DirState, entries: Entries) -> list[str]:
-    return [f"{state.rel}/{name}" for name in entries.names]
+    prefix = state.rel + "/"
+    return [prefix + name for name in entries.names]

@@ -14,6 +14,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from .store import Store, scan_digest, session_key
 
 log = logging.getLogger(__name__)
 
-WALK_FORMAT = "1"  # bump when DirState documents change meaning: every session is then walked in full once
+WALK_FORMAT = "2"  # bump when DirState documents change meaning: every session is then walked in full once
 MAX_CHUNKS_PER_DIR = 32  # appended chunks beyond this are merged into fresh ones
 
 
@@ -154,14 +155,19 @@ class SessionWalks:
             result.movie_dirs |= set(movie_dirs)
         totals = result.totals
         self.store.begin_walk_write(key, sig)
-        clean = self._update_registry(project_uid, session_uid, session, project_dir=project_dir, result=result,
-                                      walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"])
-        if walk_full:
-            self.store.clear_walk(key)
-            self.store.begin_walk_write(key, sig)
-            clean = self._save_all(key, result) and clean
-        else:
-            clean = self._save_changes(key, result, saved=saved) and clean
+        # the registry and the walk state are written side by side: each thread packs while the other's
+        # write is in the store
+        with ThreadPoolExecutor(1, thread_name_prefix="registry") as beside:
+            registry_written = beside.submit(
+                self._update_registry, project_uid, session_uid, session, project_dir=project_dir, result=result,
+                walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"])
+            if walk_full:
+                self.store.clear_walk(key)
+                self.store.begin_walk_write(key, sig)
+                saved_ok = self._save_all(key, result)
+            else:
+                saved_ok = self._save_changes(key, result, saved=saved)
+            clean = registry_written.result() and saved_ok
         if clean:
             new_dirs = sorted(result.movie_dirs)
             stamp = movie_stamp if new_dirs == sorted(movie_dirs) else movie_dirs_stamp(new_dirs)
@@ -190,17 +196,16 @@ class SessionWalks:
         """New files are appended to the registry; a file gone or replaced rewrites it whole. False: the
         registry changed under this walk, or what the last walk saw could not be read (the next refresh
         walks in full)."""
-        added: dict[str, list[str]] = {dt: [] for dt in DATATYPES}
         rewrite = walk_full or bool(result.removed)
-        for rel in result.changed:
+        for rel in () if rewrite else result.changed:
             state = result.dirs[rel]
             assert state.entries is not None
-            fresh = state.entries.names[state.fresh_from:]
             if rel in result.compared:
                 before = result.compared[rel]
-                if before is None or state.fresh_from < len(before) or not set(before.names).isdisjoint(fresh):
+                if (before is None or state.fresh_from < len(before)
+                        or not set(before.names).isdisjoint(state.entries.names[state.fresh_from:])):
                     rewrite = True  # a file went, another took an old name, or what was there is unknown
-            added[state.datatype] += [f"{rel}/{name}" for name in fresh]
+                    break
         if rewrite:
             paths = self._paths(result, load_entries, DATATYPES)
             if paths is None:
@@ -209,9 +214,15 @@ class SessionWalks:
                 return False
             digest = scan_digest(paths)
             ok = digest == session.get("scan_digest") or self.store.replace_scan(
-                project_uid, session_uid, session.get("scan_gen"),
-                paths_by_datatype={dt: sorted(p) for dt, p in paths.items()}, digest=digest)
+                project_uid, session_uid, session.get("scan_gen"), paths_by_datatype=paths, digest=digest)
         else:
+            added: dict[str, list[str]] = {}
+            for rel in result.changed:
+                state = result.dirs[rel]
+                assert state.entries is not None
+                prefix = rel + "/"
+                added.setdefault(state.datatype, []).extend(prefix + name
+                                                            for name in state.entries.names[state.fresh_from:])
             ok = self.store.append_scan_paths(project_uid, session_uid, session.get("scan_gen"),
                                               paths_by_datatype={dt: p for dt, p in added.items() if p})
         if ok:  # where the links point (found by the walk's readlinks): no deletion may take a file there. One
@@ -244,9 +255,15 @@ class SessionWalks:
         another walk saved some meanwhile (the next refresh walks in full and clears what is left)."""
         chunks: list[dict[str, Any]] = []
         headers: list[dict[str, Any]] = []
-        for state in result.dirs.values():
+        states = list(result.dirs.values())
+
+        def pack(state: DirState) -> list[dict[str, Any]]:
             assert state.entries is not None
-            own = list(walk_docs.chunk_docs(key, state.entries))
+            return list(walk_docs.chunk_docs(key, state.entries))
+
+        with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="pack") as pool:  # zlib runs without the GIL
+            packed = list(pool.map(pack, states))
+        for state, own in zip(states, packed, strict=True):
             chunks += own
             headers.append(walk_docs.header_doc(key, state, chunk_ids=[c["_id"] for c in own], gen=uuid.uuid4().hex))
         self.store.insert_walk_chunks(chunks)

