@@ -275,9 +275,180 @@ done:
     return result;
 }
 
+
+/* --- comparing a listing with what the last walk saw -------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    size_t len;
+} Known;
+
+static uint64_t name_hash(const char *name, size_t len) { /* FNV-1a */
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)name[i]) * 1099511628211ULL;
+    return h;
+}
+
+typedef struct {
+    Known *known;
+    const uint64_t *known_inos;
+    size_t known_count;
+    int64_t *slots; /* index into known, -1 empty */
+    size_t mask;
+    char *present; /* per known entry: its kind if listed with the same name and inode, else 0 */
+    size_t *fresh; /* indexes into the listing of files not in `known` as the same file */
+    size_t fresh_count;
+} Diff;
+
+static void diff_free(Diff *d) {
+    free(d->known);
+    free(d->slots);
+    free(d->present);
+    free(d->fresh);
+}
+
+/* 0, or an errno. Runs without the GIL. */
+static int diff_build(Diff *d, const char *names, size_t names_len) {
+    size_t count = 0;
+    if (names_len) {
+        count = 1;
+        for (size_t i = 0; i < names_len; i++) count += names[i] == '\0';
+    }
+    if (count != d->known_count) return EINVAL;
+    d->known = calloc(count ? count : 1, sizeof *d->known);
+    d->present = calloc(count ? count : 1, 1);
+    size_t slots = 16;
+    while (slots < 2 * count) slots *= 2;
+    d->slots = malloc(slots * sizeof *d->slots);
+    if (!d->known || !d->present || !d->slots) return ENOMEM;
+    memset(d->slots, 0xff, slots * sizeof *d->slots);
+    d->mask = slots - 1;
+    const char *name = names;
+    for (size_t i = 0; i < count; i++) {
+        const char *end = memchr(name, '\0', (size_t)(names + names_len - name));
+        size_t len = end ? (size_t)(end - name) : (size_t)(names + names_len - name);
+        d->known[i].name = name;
+        d->known[i].len = len;
+        size_t slot = name_hash(name, len) & d->mask;
+        while (d->slots[slot] >= 0) slot = (slot + 1) & d->mask;
+        d->slots[slot] = (int64_t)i;
+        name += len + 1;
+    }
+    return 0;
+}
+
+static int64_t diff_find(const Diff *d, const char *name, size_t len) {
+    size_t slot = name_hash(name, len) & d->mask;
+    for (;; slot = (slot + 1) & d->mask) {
+        int64_t index = d->slots[slot];
+        if (index < 0) return -1;
+        const Known *k = &d->known[index];
+        if (k->len == len && memcmp(k->name, name, len) == 0) return index;
+    }
+}
+
+/* 0, or an errno. Runs without the GIL. */
+static int diff_match(Diff *d, const Listing *l) {
+    d->fresh = malloc((l->count ? l->count : 1) * sizeof *d->fresh);
+    if (!d->fresh) return ENOMEM;
+    const char *name = l->names;
+    for (size_t i = 0; i < l->count; i++) {
+        size_t len = strlen(name);
+        if (l->kinds[i] != KIND_DIR) {
+            int64_t index = diff_find(d, name, len);
+            if (index >= 0 && d->known_inos[index] == l->inos[i] && !d->present[index])
+                d->present[index] = l->kinds[i];
+            else
+                d->fresh[d->fresh_count++] = i;
+        }
+        name += len + 1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(diff_dir_doc,
+"diff_dir(dir_fd, known_names, known_inos) -> (subdirs, present, fresh_names, fresh_inos, fresh_kinds)\n\n"
+"Lists an open directory against the files a last walk saw there: known_names NUL-separated (bytes, the\n"
+"file system's encoding), known_inos their inode numbers (bytes of native uint64). subdirs: the\n"
+"directories (list of str). present: one byte per known file, its kind ('f' or 'l') if it is still\n"
+"there under its name as the same inode, else 0. fresh_*: the other files (names, inode numbers as\n"
+"native uint64 bytes, kinds), as list_dir gives them. Python sees only the files that changed.");
+
+static PyObject *diff_dir(PyObject *self, PyObject *args) {
+    int dir_fd;
+    Py_buffer names, inos;
+    if (!PyArg_ParseTuple(args, "iy*y*:diff_dir", &dir_fd, &names, &inos)) return NULL;
+    Listing l = {0};
+    Diff d = {0};
+    PyObject *result = NULL;
+    int err = 0;
+    if (inos.len % (Py_ssize_t)sizeof(uint64_t) != 0) {
+        PyErr_SetString(PyExc_ValueError, "known_inos must hold whole uint64s");
+        goto done;
+    }
+    d.known_inos = (const uint64_t *)inos.buf;
+    d.known_count = (size_t)inos.len / sizeof(uint64_t);
+    Py_BEGIN_ALLOW_THREADS
+    err = diff_build(&d, (const char *)names.buf, (size_t)names.len);
+    if (!err) err = list_into(dir_fd, &l);
+    if (!err) err = diff_match(&d, &l);
+    Py_END_ALLOW_THREADS
+    if (err == EINVAL) {
+        PyErr_SetString(PyExc_ValueError, "known_names and known_inos disagree in number");
+        goto done;
+    }
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    PyObject *subdirs = PyList_New(0);
+    PyObject *fresh_names = PyList_New((Py_ssize_t)d.fresh_count);
+    PyObject *fresh_inos = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(d.fresh_count * sizeof(uint64_t)));
+    PyObject *fresh_kinds = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)d.fresh_count);
+    PyObject *present = PyBytes_FromStringAndSize(d.present, (Py_ssize_t)d.known_count);
+    if (!subdirs || !fresh_names || !fresh_inos || !fresh_kinds || !present) goto fail;
+    const char *name = l.names;
+    size_t next_fresh = 0;
+    for (size_t i = 0; i < l.count; i++) {
+        size_t len = strlen(name);
+        int is_fresh = next_fresh < d.fresh_count && d.fresh[next_fresh] == i;
+        if (l.kinds[i] == KIND_DIR || is_fresh) {
+            PyObject *text = PyUnicode_DecodeFSDefaultAndSize(name, (Py_ssize_t)len);
+            if (!text) goto fail;
+            if (is_fresh) {
+                PyList_SET_ITEM(fresh_names, (Py_ssize_t)next_fresh, text);
+                ((uint64_t *)PyBytes_AS_STRING(fresh_inos))[next_fresh] = l.inos[i];
+                PyBytes_AS_STRING(fresh_kinds)[next_fresh] = l.kinds[i];
+                next_fresh++;
+            } else {
+                int appended = PyList_Append(subdirs, text);
+                Py_DECREF(text);
+                if (appended != 0) goto fail;
+            }
+        }
+        name += len + 1;
+    }
+    result = Py_BuildValue("(NNNNN)", subdirs, present, fresh_names, fresh_inos, fresh_kinds);
+    goto done;
+fail:
+    Py_XDECREF(subdirs);
+    Py_XDECREF(fresh_names);
+    Py_XDECREF(fresh_inos);
+    Py_XDECREF(fresh_kinds);
+    Py_XDECREF(present);
+done:
+    listing_free(&l);
+    diff_free(&d);
+    PyBuffer_Release(&names);
+    PyBuffer_Release(&inos);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"list_dir", list_dir, METH_VARARGS, list_dir_doc},
     {"stat_names", stat_names, METH_VARARGS, stat_names_doc},
+    {"diff_dir", diff_dir, METH_VARARGS, diff_dir_doc},
     {NULL, NULL, 0, NULL},
 };
 

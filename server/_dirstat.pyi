@@ -6,3 +6,7 @@ def list_dir(dir_fd: int, /) -> tuple[list[str], bytes, bytes]:
 def stat_names(dir_fd: int, names: list[str], follow: bytes, key_all: bool, /) -> tuple[bytes, bytes, list[str | None]]:
     """(sizes as native int64 bytes, -1: not measured; (dev, ino) keys as native uint64 pairs; the link text
     of each followed name, None where unreadable)."""
+
+def diff_dir(dir_fd: int, known_names: bytes, known_inos: bytes, /) -> tuple[list[str], bytes, list[str], bytes, bytes]:
+    """(subdirs, per known file its kind if still there as the same inode else 0, then the other files: names,
+    inode numbers as native uint64 bytes, kinds)."""

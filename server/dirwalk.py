@@ -14,42 +14,75 @@ Everything here blocks on the disk and holds no store: callers load and save the
 
 from __future__ import annotations
 
+import operator
 import os
 import stat
+import sys
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 
 from . import _dirstat
 from .domain import DATATYPES
 
 Layout = Sequence[tuple[str, str]]
 _NO_KEY = (0, 0)
+FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+
 STAT_BATCH = 2000  # names stat'ed per task: large enough to amortise a task, small enough to spread a flat dir
 DIRS_PER_ROUND = 256  # directories held open at once
 
 
-@dataclass
 class Entries:
     """The files of one directory, in parallel arrays. A size of -1: listed but not there to measure (a
     broken raw link, a file gone between listing and stat). `keys` holds (dev, ino) pairs of the bytes
-    that may be counted elsewhere too (raw targets, hard links), (0, 0) for the others; None: none such."""
+    that may be counted elsewhere too (raw targets, hard links), (0, 0) for the others; None: none such.
+    Names read back from the store stay packed (NUL-separated bytes of the file system's encoding) until
+    something needs them all as str: comparing a directory with its listing and adding new files do not."""
 
-    names: list[str] = field(default_factory=list)
-    inos: array = field(default_factory=lambda: array("Q"))
-    sizes: array = field(default_factory=lambda: array("q"))
-    keys: array | None = None
+    def __init__(self, names: list[str] | None = None, inos: array | None = None, sizes: array | None = None,
+                 keys: array | None = None, *, packed_names: bytes = b"", packed_count: int = 0) -> None:
+        self._packed, self._packed_count = packed_names, packed_count  # the first names, packed
+        self._tail = names if names is not None else []  # the rest
+        self.inos = inos if inos is not None else array("Q")
+        self.sizes = sizes if sizes is not None else array("q")
+        self.keys = keys
+
+    @property
+    def names(self) -> list[str]:
+        if self._packed_count:
+            self._tail[:0] = self._packed.decode(*FS_ENCODING).split("\0")
+            self._packed, self._packed_count = b"", 0
+        return self._tail
+
+    def names_from(self, start: int) -> list[str]:
+        """names[start:], without unpacking the names before `start` if they are still packed."""
+        if start >= self._packed_count:
+            return self._tail[start - self._packed_count:]
+        return self.names[start:]
+
+    def packed_names(self) -> bytes:
+        """All names NUL-separated, as bytes of the file system's encoding."""
+        if not self._tail:
+            return self._packed
+        tail = "\0".join(self._tail).encode(*FS_ENCODING)
+        return self._packed + b"\0" + tail if self._packed_count else tail
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.sizes)
+
+    def copy(self) -> Entries:
+        return Entries(list(self._tail), array("Q", self.inos), array("q", self.sizes),
+                       None if self.keys is None else array("Q", self.keys), packed_names=self._packed,
+                       packed_count=self._packed_count)
 
     def extend_packed(self, names: list[str], inos: array, sizes: array, keys: array | None) -> None:
         """As extend, from packed arrays (keys: (dev, ino) pairs, None when all are (0, 0))."""
         if self.keys is None and keys is not None:
-            self.keys = array("Q", bytes(16 * len(self.names)))
-        self.names += names
+            self.keys = array("Q", bytes(16 * len(self)))
+        self._tail.extend(names)
         self.inos.extend(inos)
         self.sizes.extend(sizes)
         if self.keys is not None:
@@ -62,19 +95,12 @@ class Entries:
 
     def extend(self, names: list[str], inos: list[int], sizes: list[int], keys: list[tuple[int, int] | None]) -> None:
         if self.keys is None and any(key is not None for key in keys):
-            self.keys = array("Q", bytes(16 * len(self.names)))
-        self.names += names
+            self.keys = array("Q", bytes(16 * len(self)))
+        self._tail.extend(names)
         self.inos.extend(inos)
         self.sizes.extend(sizes)
         if self.keys is not None:
             self.keys.extend([part for key in keys for part in (key or (0, 0))])
-
-    def known(self) -> dict[str, tuple[int, int, tuple[int, int] | None]]:
-        """{name: (inode, size, key)}."""
-        keys: Iterable[tuple[int, int] | None] = repeat(None)
-        if self.keys is not None:
-            keys = (None if key == (0, 0) else key for key in zip(self.keys[0::2], self.keys[1::2], strict=True))
-        return dict(zip(self.names, zip(self.inos, self.sizes, keys, strict=False), strict=True))
 
 
 @dataclass
@@ -304,6 +330,8 @@ class SessionWalk:
                 return _Listed(rel, datatype, fd, previous, reused=True)
             before = self._before(previous)
             state = DirState(rel, datatype, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, [], entries=Entries())
+            if before is not None:
+                return self._compare(rel, datatype, fd, state, before)
             names, ino_bytes, kinds = _dirstat.list_dir(fd)
             inos = array("Q")
             inos.frombytes(ino_bytes)
@@ -311,46 +339,53 @@ class SessionWalk:
             is_file = kinds.translate(_FILE_MASK)
             files, file_inos = list(compress(names, is_file)), array("Q", compress(inos, is_file))
             follow = bytes(compress(kinds.translate(_LINK_MASK), is_file)) if raw else bytes(len(files))
-            if self.skip:
-                prefix = rel + "/"
-                kept = bytes(prefix + name not in self.skip for name in files)
-                files, file_inos, follow = (list(compress(files, kept)), array("Q", compress(file_inos, kept)),
-                                            bytes(compress(follow, kept)))
-            if before is None:  # nothing known: every file is stat'ed
-                return _Listed(rel, datatype, fd, state, files, file_inos, follow, before=before)
-            return self._compare(rel, datatype, fd, state, before, (files, file_inos, follow))
+            files, file_inos, follow = self._unskipped(rel, files, file_inos, follow)
+            return _Listed(rel, datatype, fd, state, files, file_inos, follow)  # nothing known: all are stat'ed
         except BaseException:
             os.close(fd)
             raise
 
-    def _compare(self, rel: str, datatype: str, fd: int, state: DirState, before: Entries,
-                 listing: tuple[list[str], array, bytes]) -> _Listed:
-        """A changed directory the last walk saw: its known files keep their sizes (a raw link only while its
-        movie is still there); new ones, and known names that are now another file, are stat'ed."""
+    def _unskipped(self, rel: str, files: list[str], inos: array, follow: bytes) -> tuple[list[str], array, bytes]:
+        """Without the files registered by API (measured apart)."""
+        if not self.skip:
+            return files, inos, follow
+        prefix = rel + "/"
+        kept = bytes(prefix + name not in self.skip for name in files)
+        return list(compress(files, kept)), array("Q", compress(inos, kept)), bytes(compress(follow, kept))
+
+    def _compare(self, rel: str, datatype: str, fd: int, state: DirState, before: Entries) -> _Listed:
+        """A changed directory the last walk saw, listed against what it held (in C: a Live directory holds
+        hundreds of thousands of files, few of them new). Known files keep their sizes (a raw link only while
+        its movie is still there); new ones, and known names that are now another file, are stat'ed."""
         raw = datatype == "raw"
-        known_get = before.known().get
-        keep_all = not (raw and self.restat_raw)
-        movies = self.movie_inodes if self.movie_inodes is not None else frozenset()
-        reused: tuple[list[str], list[int], list[int], list[tuple[int, int] | None]] = ([], [], [], [])
-        again: tuple[list[str], list[int], list[int]] = ([], [], [])
-        fresh: tuple[list[str], list[int], list[int]] = ([], [], [])
-        for name, ino, follow in zip(*listing, strict=True):
-            old = known_get(name)
-            if old is not None and old[0] == ino and (keep_all or old[2] in movies):
-                reused[0].append(name)
-                reused[1].append(ino)
-                reused[2].append(old[1])
-                reused[3].append(old[2])
-                continue
-            column = again if old is not None and old[0] == ino else fresh
-            column[0].append(name)
-            column[1].append(ino)
-            column[2].append(follow)
-        assert state.entries is not None
-        state.entries.extend(*reused)
-        state.restated = bool(again[0])
-        return _Listed(rel, datatype, fd, state, again[0] + fresh[0], array("Q", again[1] + fresh[1]),
-                       bytes(again[2] + fresh[2]), known_pending=len(again[0]), before=before)
+        state.subdirs, present, fresh, fresh_ino_bytes, fresh_kinds = _dirstat.diff_dir(
+            fd, before.packed_names(), before.inos.tobytes())
+        fresh_inos = array("Q")
+        fresh_inos.frombytes(fresh_ino_bytes)
+        follow = fresh_kinds.translate(_LINK_MASK) if raw else bytes(len(fresh))
+        fresh, fresh_inos, follow = self._unskipped(rel, fresh, fresh_inos, follow)
+        keep = present
+        if raw and self.restat_raw:  # a known link keeps its size only while its movie is still there
+            movies = self.movie_inodes if self.movie_inodes is not None else frozenset()
+            old_keys = zip(before.keys[0::2], before.keys[1::2], strict=True) if before.keys is not None else repeat(
+                _NO_KEY, len(before))
+            keep = bytes(map(operator.and_, map(bool, present), map(movies.__contains__, old_keys)))
+        if keep.count(0) == 0:  # every known file is still there, as it was
+            state.entries = before.copy()
+            return _Listed(rel, datatype, fd, state, fresh, fresh_inos, follow, before=before)
+        state.entries = Entries(list(compress(before.names, keep)), array("Q", compress(before.inos, keep)),
+                                array("q", compress(before.sizes, keep)), None if before.keys is None else array(
+                                    "Q", chain.from_iterable(compress(zip(before.keys[0::2], before.keys[1::2],
+                                                                          strict=True), keep))))
+        # stat'ed again: known files still there whose movie is gone; they come first, then the fresh ones
+        again_mask = bytes(bool(p) and not k for p, k in zip(present, keep, strict=True))
+        again = list(compress(before.names, again_mask))
+        state.restated = bool(again)
+        pending_inos = array("Q", compress(before.inos, again_mask))
+        pending_inos.extend(fresh_inos)
+        pending_follow = bytes(compress(present, again_mask)).translate(_LINK_MASK) + follow
+        return _Listed(rel, datatype, fd, state, again + fresh, pending_inos, pending_follow,
+                       known_pending=len(again), before=before)
 
     def _before(self, previous: DirState | None) -> Entries | None:
         if previous is None:

@@ -13,12 +13,14 @@ import logging
 import os
 import threading
 import uuid
+from array import array
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
-from . import files, walk_docs
+from . import _dirstat, files, walk_docs
 from .chunk_cache import ChunkCache
 from .config import Config
 from .dirwalk import DirState, Entries, SessionWalk, Totals, WalkResult, paths_of
@@ -74,11 +76,19 @@ def movie_inodes(paths: list[str]) -> frozenset[tuple[int, int]] | None:
     found: set[tuple[int, int]] = set()
     for path in paths:
         try:
-            dev = os.stat(path).st_dev
-            with os.scandir(path) as listing:
-                found.update((dev, entry.inode()) for entry in listing)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            dev = os.fstat(fd).st_dev
+            _, ino_bytes, _ = _dirstat.list_dir(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        inos = array("Q")
+        inos.frombytes(ino_bytes)
+        found.update(zip(repeat(dev), inos))
     return frozenset(found)
 
 
@@ -202,9 +212,10 @@ class SessionWalks:
             assert state.entries is not None
             if rel in result.compared:
                 before = result.compared[rel]
-                if (before is None or state.fresh_from < len(before)
-                        or not set(before.names).isdisjoint(state.entries.names[state.fresh_from:])):
-                    rewrite = True  # a file went, another took an old name, or what was there is unknown
+                # a file went or is another now (another that took its name comes after fresh_from), or what
+                # was there is unknown
+                if before is None or state.fresh_from < len(before):
+                    rewrite = True
                     break
         if rewrite:
             paths = self._paths(result, load_entries, DATATYPES)
@@ -222,7 +233,7 @@ class SessionWalks:
                 assert state.entries is not None
                 prefix = rel + "/"
                 added.setdefault(state.datatype, []).extend(prefix + name
-                                                            for name in state.entries.names[state.fresh_from:])
+                                                            for name in state.entries.names_from(state.fresh_from))
             ok = self.store.append_scan_paths(project_uid, session_uid, session.get("scan_gen"),
                                               paths_by_datatype={dt: p for dt, p in added.items() if p})
         if ok:  # where the links point (found by the walk's readlinks): no deletion may take a file there. One
@@ -281,8 +292,7 @@ class SessionWalks:
             before = result.compared.get(rel)
             appending = (old is not None and before is not None and not state.restated
                          and state.fresh_from == len(before)
-                         and len(old.chunk_ids) < MAX_CHUNKS_PER_DIR
-                         and set(before.names).isdisjoint(state.entries.names[state.fresh_from:]))
+                         and len(old.chunk_ids) < MAX_CHUNKS_PER_DIR)
             new_chunks = list(walk_docs.chunk_docs(key, state.entries, start=state.fresh_from if appending else 0))
             self.store.insert_walk_chunks(new_chunks)
             self.cache.put(new_chunks)

@@ -8,7 +8,6 @@ the bytes."""
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 import zlib
 from array import array
@@ -17,12 +16,11 @@ from typing import Any
 
 from bson.binary import Binary
 
-from .dirwalk import DirState, Entries
+from .dirwalk import FS_ENCODING, DirState, Entries
 
 ENTRIES_PER_CHUNK = 20_000  # ~1 MB per document with its arrays, far under MongoDB's 16 MB
 
 
-_FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 
 def _packed(data: bytes) -> Binary:
@@ -37,12 +35,7 @@ def _unpacked(blob: bytes) -> bytes:
 
 
 def _pack_names(names: list[str]) -> Binary:
-    return _packed("\0".join(names).encode(*_FS_ENCODING))  # os.fsencode of each, in one call
-
-
-def _unpack_names(blob: bytes) -> list[str]:
-    data = _unpacked(blob)
-    return data.decode(*_FS_ENCODING).split("\0") if data else []
+    return _packed("\0".join(names).encode(*FS_ENCODING))  # os.fsencode of each, in one call
 
 
 def pack_paths(paths: list[str]) -> list[str]:
@@ -78,7 +71,7 @@ def chunk_docs(key: str, entries: Entries, start: int = 0) -> Iterator[dict[str,
     for first in range(start, len(entries), ENTRIES_PER_CHUNK):
         last = min(first + ENTRIES_PER_CHUNK, len(entries))
         doc: dict[str, Any] = {"_id": uuid.uuid4().hex, "key": key, "kind": "chunk", "count": last - first,
-                               "names": _pack_names(entries.names[first:last]),
+                               "names": _pack_names(entries.names_from(first)[:last - first]),
                                "inos": _packed(entries.inos[first:last].tobytes()),
                                "sizes": _packed(entries.sizes[first:last].tobytes()), "keys": None}
         if entries.keys is not None:
@@ -87,28 +80,34 @@ def chunk_docs(key: str, entries: Entries, start: int = 0) -> Iterator[dict[str,
 
 
 def entries_from_chunks(docs: list[dict[str, Any]]) -> Entries:
-    """The chunks of one directory, in the header's order, back into one Entries."""
-    entries = Entries()
+    """The chunks of one directory, in the header's order, back into one Entries (names left packed)."""
+    blobs: list[bytes] = []
+    count = 0
+    inos, sizes = array("Q"), array("q")
+    keys: array | None = None
     for doc in docs:
-        names = _unpack_names(doc["names"])
-        inos, sizes = array("Q"), array("q")
-        inos.frombytes(_unpacked(doc["inos"]))
-        sizes.frombytes(_unpacked(doc["sizes"]))
-        if len(inos) != len(names) or len(sizes) != len(names):
+        blob = _unpacked(doc["names"])
+        names = blob.count(b"\0") + 1 if blob else 0
+        chunk_inos, chunk_sizes = array("Q"), array("q")
+        chunk_inos.frombytes(_unpacked(doc["inos"]))
+        chunk_sizes.frombytes(_unpacked(doc["sizes"]))
+        if len(chunk_inos) != names or len(chunk_sizes) != names:
             raise ValueError("a walk chunk whose arrays disagree")
-        keys = None
+        chunk_keys = None
         if doc.get("keys") is not None:
-            keys = array("Q")
-            keys.frombytes(_unpacked(doc["keys"]))
-            if len(keys) != 2 * len(names):
+            chunk_keys = array("Q")
+            chunk_keys.frombytes(_unpacked(doc["keys"]))
+            if len(chunk_keys) != 2 * names:
                 raise ValueError("a walk chunk whose keys disagree")
-        if keys is not None and entries.keys is None:
-            entries.keys = array("Q", bytes(16 * len(entries.names)))
-        elif keys is None and entries.keys is not None:
-            keys = array("Q", bytes(16 * len(names)))
-        entries.names += names
-        entries.inos += inos
-        entries.sizes += sizes
-        if entries.keys is not None and keys is not None:
-            entries.keys += keys
-    return entries
+        if chunk_keys is not None and keys is None:
+            keys = array("Q", bytes(16 * count))
+        elif chunk_keys is None and keys is not None:
+            chunk_keys = array("Q", bytes(16 * names))
+        if names:
+            blobs.append(blob)
+        count += names
+        inos += chunk_inos
+        sizes += chunk_sizes
+        if keys is not None and chunk_keys is not None:
+            keys += chunk_keys
+    return Entries(None, inos, sizes, keys, packed_names=b"\0".join(blobs), packed_count=count)

@@ -144,3 +144,56 @@ def test_a_large_directory_crosses_whole(tmp_path: Path, dir_fd: int) -> None:
     assert kinds == b"f" * 5000
     sizes, _, _ = _dirstat.stat_names(dir_fd, names, bytes(len(names)), False)
     assert sum(sizes_of(sizes)) == sum(i % 7 for i in range(5000))
+
+
+def known_of(root: Path, names: list[str]) -> tuple[bytes, bytes]:
+    inos = array("Q", [os.lstat(root / name).st_ino for name in names])
+    return "\0".join(names).encode("utf-8", "surrogateescape"), inos.tobytes()
+
+
+def test_diff_dir_sees_what_changed(tmp_path: Path, dir_fd: int) -> None:
+    odd = os.fsdecode(b"caf\xe9.mrc")
+    for name in ("kept.mrc", "replaced.mrc", "gone.mrc", odd):
+        (tmp_path / name).write_bytes(b"x")
+    os.symlink("kept.mrc", tmp_path / "link.mrc")
+    known_names, known_inos = known_of(tmp_path, ["kept.mrc", "replaced.mrc", "gone.mrc", odd, "link.mrc"])
+    (tmp_path / "gone.mrc").unlink()
+    (tmp_path / "replaced.tmp").write_bytes(b"new")
+    os.replace(tmp_path / "replaced.tmp", tmp_path / "replaced.mrc")  # the same name, another inode
+    (tmp_path / "new.mrc").write_bytes(b"y")
+    (tmp_path / "sub").mkdir()
+    subdirs, present, fresh, fresh_inos, fresh_kinds = _dirstat.diff_dir(dir_fd, known_names, known_inos)
+    assert subdirs == ["sub"]
+    assert present == b"f\0\0fl"  # kept, replaced, gone, the Latin-1 one, the link
+    inos = array("Q")
+    inos.frombytes(fresh_inos)
+    assert dict(zip(fresh, zip(inos, fresh_kinds, strict=True), strict=True)) == {
+        "replaced.mrc": (os.lstat(tmp_path / "replaced.mrc").st_ino, ord("f")),
+        "new.mrc": (os.lstat(tmp_path / "new.mrc").st_ino, ord("f"))}
+
+
+def test_diff_dir_with_nothing_known_is_a_listing(tmp_path: Path, dir_fd: int) -> None:
+    make_tree(tmp_path)
+    subdirs, present, fresh, fresh_inos, fresh_kinds = _dirstat.diff_dir(dir_fd, b"", b"")
+    names, inos, kinds = _dirstat.list_dir(dir_fd)
+    assert present == b""
+    assert subdirs == [n for n, k in zip(names, kinds, strict=True) if k == ord("d")]
+    files = [(n, i, k) for n, i, k in zip(names, array("Q", inos), kinds, strict=True) if k != ord("d")]
+    assert sorted(zip(fresh, array("Q", fresh_inos), fresh_kinds, strict=True)) == sorted(files)
+
+
+def test_diff_dir_refuses_known_lists_that_disagree(dir_fd: int) -> None:
+    with pytest.raises(ValueError, match="disagree"):
+        _dirstat.diff_dir(dir_fd, b"a\0b", array("Q", [1]).tobytes())
+    with pytest.raises(ValueError, match="whole"):
+        _dirstat.diff_dir(dir_fd, b"a", b"123")
+
+
+def test_diff_dir_with_a_tampered_known_list_only_marks_one(tmp_path: Path, dir_fd: int) -> None:
+    """A known list naming a file twice (a damaged walk chunk) marks one of them present: the other counts as
+    gone, and the caller rewrites what it saved."""
+    (tmp_path / "a").write_bytes(b"")
+    ino = os.lstat(tmp_path / "a").st_ino
+    _, present, fresh, _, _ = _dirstat.diff_dir(dir_fd, b"a\0a", array("Q", [ino, ino]).tobytes())
+    assert sorted(present) == [0, ord("f")]
+    assert fresh == []
