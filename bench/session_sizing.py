@@ -103,8 +103,13 @@ def main() -> None:
             du_warm = best_of(3, run_du)
             full_warm = best_of(2, lambda: refresh(True))
             unchanged = best_of(3, refresh)
+            grown_at = time.time()
             added = grow(project / "S1", movies, 1.0, 0.01)
             after_growth = timed(refresh)
+            changed_dirs = [str(d) for d in (project / "S1").rglob("*")
+                            if d.is_dir() and d.stat().st_mtime >= grown_at - 1]
+            listing_floor = best_of(3, lambda: subprocess.run(["ls", "-f", *changed_dirs], check=True,
+                                                              stdout=subprocess.DEVNULL))
             check = daemon.call("get_session", ["P1", "S1"])["data_management"]
             micrographs = int(TOTAL_FILES * SHARES["motioncorrected"] * 1.01)
             assert check["micrographs"]["file_count"] == micrographs, check["micrographs"]
@@ -120,6 +125,8 @@ def main() -> None:
     print(f"sizing: unchanged re-refresh {unchanged:.3f} s = {unchanged / du_warm:.3f}x du -sb warm (target <= 0.05)")
     print(f"sizing: after {added} files added (1 %) {after_growth:.3f} s = {after_growth / du_warm:.3f}x du -sb "
           "warm (target <= 0.1)")
+    print(f"sizing:   the floor for that: listing the {len(changed_dirs)} directories that changed (ls -f) takes "
+          f"{listing_floor:.3f} s = {listing_floor / du_warm:.3f}x du -sb warm")
     if cold is None:
         print("sizing: cold runs skipped (dropping the page cache needs root)")
     else:

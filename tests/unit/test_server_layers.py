@@ -19,6 +19,11 @@ def readme_layers() -> list[list[str]]:
     return [re.findall(r"`(\w+)`", line) for line in block.splitlines() if line.startswith("- ")]
 
 
+def server_modules() -> list[str]:
+    """Python modules, and C ones by their type stubs (.pyi)."""
+    return sorted({p.stem for pattern in ("*.py", "*.pyi") for p in SERVER.glob(pattern) if p.stem != "__init__"})
+
+
 def imported_modules(path: Path) -> set[str]:
     """The server modules a module imports (`from . import x`, `from .x import y`, `livedm.server.x`)."""
     found: set[str] = set()
@@ -26,7 +31,7 @@ def imported_modules(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             module = node.module or ""
             if node.level == 1 and not module:
-                found.update(alias.name for alias in node.names if (SERVER / f"{alias.name}.py").exists())
+                found.update(alias.name for alias in node.names if alias.name in server_modules())
             elif node.level == 1:
                 found.add(module.split(".")[0])
             elif module.startswith("livedm.server."):
@@ -46,8 +51,7 @@ def layer_violations(layers: list[list[str]], imports: dict[str, set[str]]) -> l
 def test_every_server_module_has_a_layer() -> None:
     layers = readme_layers()
     listed = [module for layer in layers for module in layer]
-    modules = sorted(p.stem for p in SERVER.glob("*.py") if p.stem != "__init__")
-    assert sorted(listed) == modules, "each module of server/ appears once in the README's layers"
+    assert sorted(listed) == server_modules(), "each module of server/ appears once in the README's layers"
 
 
 def test_imports_run_one_way() -> None:
