@@ -29,19 +29,36 @@ def _packed(data: bytes) -> Binary:
     return Binary(zlib.compress(data, 1))
 
 
-def _unpacked(blob: bytes) -> bytes:
+NAME_BYTES_MAX = 1024  # per name, its separator included: Linux names hold at most 255 bytes
+
+
+def inflated(blob: object, limit: int, what: str) -> bytes:
+    """A compressed field back, never more than `limit` bytes inflated (a damaged or forged document must not
+    make a reader inflate gigabytes). ValueError: not binary, not zlib, cut short, or more than `limit`."""
+    if not isinstance(blob, bytes):  # bson's Binary is bytes; anything else is no field this module wrote
+        raise ValueError(f"{what} that is not binary ({type(blob).__name__})")
+    inflater = zlib.decompressobj()
     try:
-        return zlib.decompress(bytes(blob))
+        data = inflater.decompress(blob, limit + 1)
     except zlib.error as exc:
-        raise ValueError(f"a walk chunk that does not decompress ({exc})") from None
+        raise ValueError(f"{what} that does not decompress ({exc})") from None
+    if len(data) > limit:
+        raise ValueError(f"{what} that inflates beyond the {limit} bytes its count allows")
+    if not inflater.eof:
+        raise ValueError(f"{what} that is cut short")
+    return data
+
+
+def _unpacked(blob: object, limit: int) -> bytes:
+    return inflated(blob, limit, "a walk chunk")
 
 
 def _pack_names(names: list[str]) -> Binary:
     return _packed("\0".join(names).encode(*_FS_ENCODING))  # os.fsencode of each, in one call
 
 
-def _unpack_names(blob: bytes) -> list[str]:
-    data = _unpacked(blob)
+def _unpack_names(blob: object, count: int) -> list[str]:
+    data = _unpacked(blob, count * NAME_BYTES_MAX)
     return data.decode(*_FS_ENCODING).split("\0") if data else []
 
 
@@ -90,16 +107,19 @@ def entries_from_chunks(docs: list[dict[str, Any]]) -> Entries:
     """The chunks of one directory, in the header's order, back into one Entries."""
     entries = Entries()
     for doc in docs:
-        names = _unpack_names(doc["names"])
+        count = doc.get("count")
+        if type(count) is not int or count < 0:
+            raise ValueError("a walk chunk without a count")
+        names = _unpack_names(doc.get("names"), count)
         inos, sizes = array("Q"), array("q")
-        inos.frombytes(_unpacked(doc["inos"]))
-        sizes.frombytes(_unpacked(doc["sizes"]))
-        if len(inos) != len(names) or len(sizes) != len(names):
+        inos.frombytes(_unpacked(doc.get("inos"), 8 * count))
+        sizes.frombytes(_unpacked(doc.get("sizes"), 8 * count))
+        if len(names) != count or len(inos) != count or len(sizes) != count:
             raise ValueError("a walk chunk whose arrays disagree")
         keys = None
         if doc.get("keys") is not None:
             keys = array("Q")
-            keys.frombytes(_unpacked(doc["keys"]))
+            keys.frombytes(_unpacked(doc["keys"], 16 * count))
             if len(keys) != 2 * len(names):
                 raise ValueError("a walk chunk whose keys disagree")
         if keys is not None and entries.keys is None:

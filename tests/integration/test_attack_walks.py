@@ -6,10 +6,13 @@ killed refreshes. Every test keeps one attack; each says what must hold."""
 from __future__ import annotations
 
 import os
+import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bson.binary import Binary
 
 from livedm.server import dirwalk
 from livedm.server.domain import DATATYPES
@@ -71,3 +74,166 @@ def test_a_directory_swapped_for_a_link_after_its_listing_is_not_walked_through(
     registry = _registry(service)
     assert not any("secret.key" in path for paths in registry.values() for path in paths), registry["particles"]
     assert _measures(service)["particles"][0] < before["particles"][0] + 50_000_000
+
+
+def _truth_registry(tree: SessionTree) -> dict[str, list[str]]:
+    """Every file under the session dir by the layout rules, by a plain os.walk (links not followed)."""
+    layout = dict(dirwalk_layout())
+    out: dict[str, list[str]] = {dt: [] for dt in DATATYPES}
+    for root, _dirs, names in os.walk(tree.session_path):
+        rel = os.path.relpath(root, tree.project_dir)
+        parts = rel.split("/")
+        datatype = layout.get(parts[1], "metadata") if len(parts) > 1 else "metadata"
+        out[datatype] += [f"{rel}/{name}" for name in names]
+        out[datatype] += [f"{rel}/{d}" for d in _dirs if os.path.islink(os.path.join(root, d))]
+    return {dt: sorted(paths) for dt, paths in out.items()}
+
+
+def dirwalk_layout() -> list[tuple[str, str]]:
+    from tests.support.config import make_config
+    return list(make_config(Path("/nonexistent")).layout)
+
+
+def _sorted(registry: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {dt: sorted(paths) for dt, paths in registry.items()}
+
+
+HOSTILE_NAMES = [os.fsdecode(b"caf\xe9.mrc"), os.fsdecode(b"\xff\xfe"), "line\nbreak.mrc", "tab\there", "x" * 255,
+                 "...", ". .", "..\u2024", "\u2024\u2024", " ", "-rf", "a\\b", "\u202eevil.mrc", "%s%n", "*"]
+
+
+def test_hostile_names_are_measured_and_registered_as_they_are_by_full_and_incremental_refreshes(
+        measured: tuple[Sessions, SessionTree]) -> None:
+    service, tree = measured
+    mc = tree.session_path / "motioncorrected"
+    weird_dir = mc / os.fsdecode(b"dir\xff\n..")
+    weird_dir.mkdir()
+    for i, name in enumerate(HOSTILE_NAMES):
+        (mc / name).write_bytes(b"h" * (i + 1))
+        (weird_dir / name).write_bytes(b"w" * (i + 1))
+    service.refresh_session("P1", "S1")  # incremental: new names in a changed dir, a new dir
+    incremental = (_measures(service), _sorted(_registry(service)))
+    assert incremental[1] == _truth_registry(tree)
+    (mc / HOSTILE_NAMES[4]).unlink()  # a name gone: the registry is rewritten whole
+    (weird_dir / HOSTILE_NAMES[0]).rename(weird_dir / HOSTILE_NAMES[0].replace("caf", "tea"))
+    service.refresh_session("P1", "S1")
+    incremental = (_measures(service), _sorted(_registry(service)))
+    assert incremental[1] == _truth_registry(tree)
+    service.refresh_session("P1", "S1", full=True)
+    assert (_measures(service), _sorted(_registry(service))) == incremental
+    service.refresh_session("P1", "S1")
+    assert (_measures(service), _sorted(_registry(service))) == incremental
+
+
+def test_a_flat_directory_of_many_files_agrees_between_full_and_incremental_refreshes(
+        measured: tuple[Sessions, SessionTree]) -> None:
+    """More files than a walk chunk (20 000) and a stat batch (2 000) hold, in one directory; one file gone
+    from the middle, one replaced under its name, one added."""
+    service, tree = measured
+    flat = tree.session_path / "extract" / "flat"
+    flat.mkdir()
+    count = 45_000
+    for i in range(count):
+        (flat / f"p{i:06d}.mrc").write_bytes(b"")
+    (flat / "p022222.mrc").write_bytes(b"s" * 1234)
+    service.refresh_session("P1", "S1")
+    (flat / "p030000.mrc").unlink()
+    (flat / "new.mrc").write_bytes(b"n" * 77)
+    replacement = flat / "incoming"
+    replacement.write_bytes(b"r" * 500)
+    replacement.rename(flat / "p000001.mrc")
+    service.refresh_session("P1", "S1")
+    incremental = (_measures(service), _sorted(_registry(service)))
+    assert incremental[1] == _truth_registry(tree)
+    service.refresh_session("P1", "S1", full=True)
+    assert (_measures(service), _sorted(_registry(service))) == incremental
+
+
+def _tamper_micrographs_chunk(service: Sessions, tree: SessionTree, change: dict[str, Any]) -> None:
+    store = service.store
+    header = next(doc for doc in store.db.walks.find({"key": "P1/S1", "kind": "dir"})
+                  if os.fsdecode(bytes.fromhex(doc["rel"])) == "S1/motioncorrected")
+    store.db.walks.update_one({"_id": header["chunks"][0]}, {"$set": change})
+    service.walks.cache = type(service.walks.cache)(0)  # what the store holds, not what this process remembers
+    (tree.session_path / "motioncorrected" / "new.mrc").write_bytes(b"n" * 10)  # the directory must be read back
+
+
+def _zlib_bomb(size: int) -> Binary:
+    packer = zlib.compressobj(9)
+    return Binary(packer.compress(bytes(size)) + packer.flush())
+
+
+TAMPERED_CHUNKS: dict[str, dict[str, Any]] = {
+    "names not zlib": {"names": Binary(b"garbage")},
+    "names a string": {"names": "garbage"},
+    "sizes an integer": {"sizes": 10**6},
+    "sizes of the wrong length": {"sizes": Binary(zlib.compress(b"1234567"))},
+    "keys not zlib": {"keys": Binary(b"\x00" * 5)},
+    "count that lies": {"count": 10**9},
+    "names missing": {"names": None},
+}
+
+
+@pytest.mark.parametrize("change", TAMPERED_CHUNKS)
+def test_a_tampered_walk_chunk_makes_the_refresh_list_the_directory_again(
+        measured: tuple[Sessions, SessionTree], change: str) -> None:
+    """A chunk that cannot be read back is what the walk does not know: the directory is listed again, the
+    refresh succeeds and agrees with a full one (it must not fail every incremental refresh from now on)."""
+    service, tree = measured
+    _tamper_micrographs_chunk(service, tree, TAMPERED_CHUNKS[change])
+    service.refresh_session("P1", "S1")
+    incremental = (_measures(service), _sorted(_registry(service)))
+    assert incremental[1] == _truth_registry(tree)
+    service.refresh_session("P1", "S1", full=True)
+    assert (_measures(service), _sorted(_registry(service))) == incremental
+
+
+def test_a_zlib_bomb_in_a_walk_chunk_does_not_blow_memory(measured: tuple[Sessions, SessionTree]) -> None:
+    """A chunk's sizes: 300 KB stored, 300 MB inflated, for a directory of a few files. Reading it back must
+    stop at what `count` entries can hold."""
+    service, tree = measured
+    _tamper_micrographs_chunk(service, tree, {"sizes": _zlib_bomb(300_000_000)})
+    tracemalloc.start()
+    try:
+        service.refresh_session("P1", "S1")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000_000, f"{peak / 1e6:.0f} MB for a refresh of a few dozen files"
+    assert _sorted(_registry(service)) == _truth_registry(tree)
+
+
+def _deep_file(top: Path, depth_bytes: int, size: int) -> int:
+    """A file below a chain of directories longer, as one path, than the system's PATH_MAX (made with
+    openat, as any user can); the depth of the chain."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    depth = 0
+    try:
+        while depth * 200 < depth_bytes:
+            name = "d" * 199
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+            depth += 1
+        hidden = os.open("hidden.bin", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.truncate(hidden, size)
+        os.close(hidden)
+    finally:
+        os.close(fd)
+    return depth
+
+
+@pytest.mark.xfail(strict=True, reason="design: dirwalk opens directories by whole path (see the docstring)")
+@pytest.mark.parametrize("full", [True, False])
+def test_files_below_a_path_longer_than_path_max_are_not_hidden_from_the_measure(
+        measured: tuple[Sessions, SessionTree], full: bool) -> None:
+    """`du -sb` counts them (it walks with openat). The walk opens every directory by its whole path, which
+    fails with ENAMETOOLONG past PATH_MAX, and takes that for a directory gone: a user hides any amount of
+    data from the measure (and from the registry, so from every deletion) by nesting it deep enough."""
+    service, tree = measured
+    before = _measures(service)["particles"]
+    _deep_file(tree.session_path / "extract", 5000, 7_000_000)
+    service.refresh_session("P1", "S1", full=full)
+    size, count = _measures(service)["particles"]
+    assert (size, count) == (before[0] + 7_000_000, before[1] + 1)
