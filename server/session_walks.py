@@ -160,7 +160,7 @@ class SessionWalks:
         with ThreadPoolExecutor(1, thread_name_prefix="registry") as beside:
             registry_written = beside.submit(
                 self._update_registry, project_uid, session_uid, session, project_dir=project_dir, result=result,
-                walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"])
+                walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"], rewrite=full is True)
             if walk_full:
                 self.store.clear_walk(key)
                 self.store.begin_walk_write(key, sig)
@@ -192,10 +192,12 @@ class SessionWalks:
 
     def _update_registry(self, project_uid: str, session_uid: str, session: dict[str, Any], *, project_dir: str,
                          result: WalkResult, walk_full: bool, load_entries: Callable[[DirState], Entries | None],
-                         api_raw: list[str]) -> bool:
-        """New files are appended to the registry; a file gone or replaced rewrites it whole. False: the
-        registry changed under this walk, or what the last walk saw could not be read (the next refresh
-        walks in full)."""
+                         api_raw: list[str], rewrite: bool = False) -> bool:
+        """New files are appended to the registry; a file gone or replaced rewrites it whole, and `rewrite`
+        (a full refresh someone asked for) always does: it is what repairs a damaged registry document, even
+        when the paths are the same. False: the registry changed under this walk, or what the last walk saw
+        could not be read (the next refresh walks in full)."""
+        forced = rewrite and walk_full
         rewrite = walk_full or bool(result.removed)
         for rel in () if rewrite else result.changed:
             state = result.dirs[rel]
@@ -213,7 +215,7 @@ class SessionWalks:
                             project_uid, session_uid)
                 return False
             digest = scan_digest(paths)
-            ok = digest == session.get("scan_digest") or self.store.replace_scan(
+            ok = (digest == session.get("scan_digest") and not forced) or self.store.replace_scan(
                 project_uid, session_uid, session.get("scan_gen"), paths_by_datatype=paths, digest=digest)
         else:
             added: dict[str, list[str]] = {}

@@ -25,6 +25,8 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from .domain import DATATYPES, now_iso
+from .files import PATH_MAX
+from .walk_docs import NAME_BYTES_MAX, inflated
 
 CHUNK_PATHS = 2000  # registry paths per document: measured in DESIGN.md, ~20x faster than one per file
 # A walk's registry (source "scan") is stored packed: its paths NUL-joined and compressed, this many per
@@ -942,19 +944,27 @@ def _pack(paths: list[str]) -> Binary:
     return Binary(zlib.compress("\0".join(paths).encode("utf-8", "surrogateescape"), 1))
 
 
+class DamagedRegistry(ValueError):
+    """A registry document that does not read back whole; its message says which and what repairs it."""
+
+
 def _doc_paths(doc: dict[str, Any]) -> list[str]:
-    """A registry document's paths, packed or not. ValueError: a packed one that does not unpack whole."""
+    """A registry document's paths, packed or not. DamagedRegistry: a packed one that does not unpack whole."""
     if "packed" not in doc:
         return list(map(_loaded_path, doc["paths"]))
-    try:
-        text = zlib.decompress(bytes(doc["packed"])).decode("utf-8", "surrogateescape")
-    except (zlib.error, TypeError) as exc:
-        raise ValueError(f"registry document {doc.get('_id')} of {doc.get('key')} is damaged ({exc}); "
-                         "a full refresh of the session writes it again") from None
-    paths = text.split("\0") if text else []
-    if len(paths) != doc.get("count"):
-        raise ValueError(f"registry document {doc.get('_id')} of {doc.get('key')} holds {len(paths)} paths, "
-                         f"not {doc.get('count')}; a full refresh of the session writes it again")
+    count = doc.get("count")
+    repair = f"`livedm refresh {doc.get('key', '?').replace('/', ' ')} --full` writes it again"
+    if type(count) is not int or count < 0:
+        raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} has no count; {repair}")
+    try:  # a scanned path is a directory's (the walk opens each by its whole path: under PATH_MAX) and a name
+        text = inflated(doc["packed"], count * (PATH_MAX + NAME_BYTES_MAX), "a packed registry document")
+    except ValueError as exc:
+        raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} is damaged ({exc}); "
+                              f"{repair}") from None
+    paths = text.decode("utf-8", "surrogateescape").split("\0") if text else []
+    if len(paths) != count:
+        raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} holds {len(paths)} paths, "
+                              f"not {count}; {repair}")
     return paths
 
 
