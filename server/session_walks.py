@@ -226,6 +226,7 @@ class SessionWalks:
                 added.setdefault(state.datatype, []).extend(prefix + name
                                                             for name in state.entries.names[state.fresh_from:])
             ok = self.store.append_scan_paths(project_uid, session_uid, session.get("scan_gen"),
+                                              session.get("scan_digest"),
                                               paths_by_datatype={dt: p for dt, p in added.items() if p})
         if ok:  # where the links point (found by the walk's readlinks): no deletion may take a file there. One
             # no link points into any more stays protected until a full walk (or the last link goes).

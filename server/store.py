@@ -590,19 +590,22 @@ class Store:
     def delete_walk_dir(self, header_id: str, *, expect_gen: str) -> bool:
         return self.db.walks.delete_one({"_id": header_id, "gen": expect_gen}).deleted_count == 1
 
-    def append_scan_paths(self, project_uid: str, session_uid: str, scan_gen: str | None,
+    def append_scan_paths(self, project_uid: str, session_uid: str, scan_gen: str | None, scan_digest: str | None,
                           *, paths_by_datatype: dict[str, list[str]]) -> bool:
         """Add paths to the current scanned registry (files new since the last walk); False (nothing added)
-        when the registry was replaced meanwhile."""
+        when the registry was replaced or appended to since the session was read (its `scan_gen` and
+        `scan_digest`): two walks that both found the same new files must not both append them. An append
+        leaves a digest of its own, which no scan's paths give (the next full walk writes the registry anew)."""
         key = session_key(project_uid, session_uid)
         docs = list(_packed_chunks(key, paths_by_datatype, gen=scan_gen))
         if not docs:
             return True
         self.db.registry.insert_many(docs, ordered=False)
-        if self.db.sessions.count_documents({"_id": key, "scan_gen": scan_gen}) == 0:
+        appended = self.db.sessions.update_one({"_id": key, "scan_gen": scan_gen, "scan_digest": scan_digest},
+                                               {"$set": {"scan_digest": uuid.uuid4().hex * 2}})
+        if appended.matched_count == 0:
             self.db.registry.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
             return False
-        self.db.sessions.update_one({"_id": key}, {"$set": {"scan_digest": None}})
         return True
 
     # --- users and tokens ------------------------------------------------------------------------

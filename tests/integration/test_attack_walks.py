@@ -6,8 +6,10 @@ killed refreshes. Every test keeps one attack; each says what must hold."""
 from __future__ import annotations
 
 import os
+import threading
 import tracemalloc
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +239,69 @@ def test_files_below_a_path_longer_than_path_max_are_not_hidden_from_the_measure
     service.refresh_session("P1", "S1", full=full)
     size, count = _measures(service)["particles"]
     assert (size, count) == (before[0] + 7_000_000, before[1] + 1)
+
+
+def test_two_incremental_refreshes_at_once_leave_no_path_twice_in_the_registry(
+        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two refreshes of one session at once (a full=False and a full=None one are not coalesced; or two
+    daemons on one database): both walk, then both write. Both see the same new file and both append it: the
+    registry's generation does not change on an append, so neither notices the other."""
+    service, tree = measured
+    (tree.session_path / "motioncorrected" / "new.mrc").write_bytes(b"n" * 10)
+    both_walked = threading.Barrier(2, timeout=30)
+    real_begin = service.store.begin_walk_write
+
+    def begin_after_both_walked(*args: Any, **kwargs: Any) -> Any:
+        both_walked.wait()
+        return real_begin(*args, **kwargs)
+
+    monkeypatch.setattr(service.store, "begin_walk_write", begin_after_both_walked)
+    session = service.session("P1", "S1")
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda full: service.walks.measure("P1", "S1", session, str(tree.project_dir), full=full),
+                      [False, None]))
+    monkeypatch.undo()
+    service.refresh_session("P1", "S1")  # the next refresh: whatever it does, it must leave the registry right
+    registry = _registry(service)
+    assert sorted(registry["micrographs"]) == _truth_registry(tree)["micrographs"], "a path listed twice"
+
+
+def test_a_directory_that_cannot_be_read_fails_the_refresh_and_keeps_the_last_figures(
+        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod 000 stops no root (these tests run as root): the listing's EACCES is made by hand. The refresh
+    fails with the system's reason; the registry, the saved walk and the figures stay as the last refresh left
+    them, and the categories do not stay `calculating`."""
+    service, tree = measured
+    before = (_measures(service), _sorted(_registry(service)))
+    mc = tree.session_path / "motioncorrected"
+    (mc / "new.mrc").write_bytes(b"n" * 10)
+    real_list = dirwalk._dirstat.list_dir
+
+    def unreadable(fd: int) -> Any:
+        if _fd_path(fd) == str(mc):
+            raise PermissionError(13, "Permission denied")
+        return real_list(fd)
+
+    monkeypatch.setattr(dirwalk._dirstat, "list_dir", unreadable)
+    with pytest.raises(PermissionError):
+        service.refresh_session("P1", "S1")
+    assert (_measures(service), _sorted(_registry(service))) == before
+    assert {c["status"] for c in service.session("P1", "S1")["data_management"].values()} == {"active"}
+    monkeypatch.undo()
+    service.refresh_session("P1", "S1")
+    assert _sorted(_registry(service)) == _truth_registry(tree)
+
+
+def test_a_tampered_walk_header_naming_dot_dot_subdirs_does_not_lead_the_walk_out(
+        measured: tuple[Sessions, SessionTree]) -> None:
+    """A reused directory's subdirectories come from its saved header: '..' or '../..' there must not make
+    the walk list (and register) the session's parent or the project's."""
+    service, tree = measured
+    store = service.store
+    header = next(doc for doc in store.db.walks.find({"key": "P1/S1", "kind": "dir"})
+                  if os.fsdecode(bytes.fromhex(doc["rel"])) == "S1/thumbnails")
+    (tree.project_dir / "not_a_session_file.txt").write_bytes(b"p" * 1000)
+    store.db.walks.update_one({"_id": header["_id"]}, {"$set": {"subdirs": [b"..".hex(), b"../..".hex()]}})
+    service.refresh_session("P1", "S1")
+    registry = _registry(service)
+    assert not any("/.." in path for paths in registry.values() for path in paths), registry
