@@ -14,6 +14,7 @@ Everything here blocks on the disk and holds no store: callers load and save the
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from array import array
@@ -186,6 +187,9 @@ def _link_dirs(dir_path: str, targets: list[str | None]) -> set[str]:
     return found
 
 
+_GONE = frozenset((errno.ENOENT, errno.ENOTDIR, errno.ELOOP))  # opening a directory: gone, or now a link or file
+
+
 def _parent_of(dir_fd: int) -> tuple[int, int] | None:
     """(dev, inode) of the directory that holds an open directory now; None when it cannot be told."""
     try:
@@ -304,8 +308,10 @@ class SessionWalk:
         try:
             fd = os.open(os.path.join(self.project_dir, rel), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                          | os.O_CLOEXEC)
-        except OSError:
-            return None  # gone since its parent was listed, or swapped for a link
+        except OSError as exc:
+            if exc.errno in _GONE:
+                return None  # gone since its parent was listed, or swapped for a link
+            raise  # there but not readable (EACCES, EIO): not a directory gone, whose files would go unsaid
         try:
             st = os.fstat(fd)
             if parent is not None and _parent_of(fd) != parent:
@@ -320,7 +326,10 @@ class SessionWalk:
                 return _Listed(rel, datatype, fd, previous, reused=True, identity=(st.st_dev, st.st_ino))
             before = self._before(previous)
             state = DirState(rel, datatype, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, [], entries=Entries())
-            names, ino_bytes, kinds = _dirstat.list_dir(fd)
+            try:
+                names, ino_bytes, kinds = _dirstat.list_dir(fd)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, os.path.join(self.project_dir, rel)) from None
             inos = array("Q")
             inos.frombytes(ino_bytes)
             state.subdirs = list(compress(names, kinds.translate(_DIR_MASK)))

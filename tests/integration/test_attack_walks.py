@@ -283,7 +283,7 @@ def test_a_directory_that_cannot_be_read_fails_the_refresh_and_keeps_the_last_fi
         return real_list(fd)
 
     monkeypatch.setattr(dirwalk._dirstat, "list_dir", unreadable)
-    with pytest.raises(PermissionError):
+    with pytest.raises(PermissionError, match="motioncorrected"):  # which directory: the C call cannot say
         service.refresh_session("P1", "S1")
     assert (_measures(service), _sorted(_registry(service))) == before
     assert {c["status"] for c in service.session("P1", "S1")["data_management"].values()} == {"active"}
@@ -305,3 +305,27 @@ def test_a_tampered_walk_header_naming_dot_dot_subdirs_does_not_lead_the_walk_ou
     service.refresh_session("P1", "S1")
     registry = _registry(service)
     assert not any("/.." in path for paths in registry.values() for path in paths), registry
+
+
+def test_a_directory_the_daemon_may_not_open_is_not_taken_for_a_directory_gone(
+        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user chmods a subdirectory 000 (livedmd runs as a service user, not root): opening it fails with
+    EACCES. Taking that for 'gone' drops its files from the measure and the registry without a word (data
+    hidden from the accounting, SPEC §5: missing is not empty). The refresh must fail, naming the directory,
+    and keep the last figures. (Root ignores chmod: the EACCES is made by hand.)"""
+    service, tree = measured
+    before = (_measures(service), _sorted(_registry(service)))
+    mc = tree.session_path / "motioncorrected"
+    (mc / "new.mrc").write_bytes(b"n" * 10)
+    real_open = os.open
+
+    def denied(path: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) == str(mc):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(dirwalk.os, "open", denied)
+    with pytest.raises(PermissionError, match="motioncorrected"):
+        service.refresh_session("P1", "S1")
+    monkeypatch.undo()
+    assert (_measures(service), _sorted(_registry(service))) == before
