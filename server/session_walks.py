@@ -119,10 +119,15 @@ class SessionWalks:
         saved: dict[str, _Saved] = {}
         previous: dict[str, DirState] = {}
         if not walk_full:
-            for doc in headers:
-                state = walk_docs.state_from_header(doc)
-                previous[state.rel] = state
-                saved[state.rel] = _Saved(doc["_id"], doc["gen"], list(doc["chunks"]))
+            try:
+                for doc in headers:
+                    state = walk_docs.state_from_header(doc)
+                    previous[state.rel] = state
+                    saved[state.rel] = _Saved(doc["_id"], doc["gen"], list(doc["chunks"]))
+            except (KeyError, TypeError, ValueError) as exc:  # a header this module did not write as it is
+                log.warning("%s %s: a saved walk state cannot be read (%r); walking in full", project_uid,
+                            session_uid, exc)
+                walk_full, previous, saved = True, {}, {}
         loaded: dict[str, Entries | None] = {}
         lock = threading.Lock()
 

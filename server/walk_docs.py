@@ -84,6 +84,9 @@ def header_id(key: str, rel: str) -> str:
 
 
 def state_from_header(doc: dict[str, Any]) -> DirState:
+    """ValueError, TypeError or KeyError: not a header as header_doc writes it."""
+    if not isinstance(doc["subdirs"], list) or not isinstance(doc["chunks"], list):
+        raise ValueError("a walk header whose subdirs or chunks are not lists")
     return DirState(rel=os.fsdecode(bytes.fromhex(doc["rel"])), datatype=doc["datatype"], ino=int(doc["ino"]),
                     mtime_ns=int(doc["mtime_ns"]), ctime_ns=int(doc["ctime_ns"]),
                     subdirs=unpack_paths(doc["subdirs"]), files=int(doc["files"]), present=int(doc["present"]),

@@ -329,3 +329,17 @@ def test_a_directory_the_daemon_may_not_open_is_not_taken_for_a_directory_gone(
         service.refresh_session("P1", "S1")
     monkeypatch.undo()
     assert (_measures(service), _sorted(_registry(service))) == before
+
+
+@pytest.mark.parametrize("change", [{"rel": "not hex"}, {"subdirs": None}, {"ino": "x"}, {"chunks": 5}])
+def test_a_tampered_walk_header_makes_the_refresh_walk_in_full(
+        measured: tuple[Sessions, SessionTree], change: dict[str, Any]) -> None:
+    """Saved state that cannot be read is no reason to fail every incremental refresh from now on (README:
+    a refresh that finds the saved state unreadable walks in full by itself)."""
+    service, tree = measured
+    service.store.db.walks.update_one({"key": "P1/S1", "kind": "dir"}, {"$set": change})
+    (tree.session_path / "motioncorrected" / "new.mrc").write_bytes(b"n" * 10)
+    service.refresh_session("P1", "S1")
+    assert _sorted(_registry(service)) == _truth_registry(tree)
+    again = service.walks.measure("P1", "S1", service.session("P1", "S1"), str(tree.project_dir), full=False)
+    assert not again.full, "the full walk saved a state the next refresh can use"
