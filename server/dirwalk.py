@@ -14,6 +14,7 @@ Everything here blocks on the disk and holds no store: callers load and save the
 
 from __future__ import annotations
 
+import errno
 import operator
 import os
 import stat
@@ -212,6 +213,19 @@ def _link_dirs(dir_path: str, targets: list[str | None]) -> set[str]:
     return found
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_GONE = frozenset((errno.ENOENT, errno.ENOTDIR, errno.ELOOP))  # opening a directory: gone, or now a link or file
+
+
+def _parent_of(dir_fd: int) -> tuple[int, int] | None:
+    """(dev, inode) of the directory that holds an open directory now; None when it cannot be told."""
+    try:
+        st = os.stat("..", dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 @dataclass
 class _Listed:
     rel: str
@@ -225,6 +239,7 @@ class _Listed:
     known_pending: int = 0  # of those, how many the last walk saw (stat'ed again: raw targets)
     reused: bool = False
     before: Entries | None = None  # what the last walk saw here
+    identity: tuple[int, int] = (0, 0)  # (dev, inode) of the directory opened: its subdirectories' parent
 
 
 class SessionWalk:
@@ -261,23 +276,24 @@ class SessionWalk:
             root_is_dir = False
         if root_is_dir:
             with ThreadPoolExecutor(self.threads, thread_name_prefix="walk") as pool:
-                level = [(self.session_dir, "metadata")]
+                level: list[tuple[str, str, tuple[int, int] | None]] = [(self.session_dir, "metadata", None)]
                 while level:
-                    next_level: list[tuple[str, str]] = []
+                    next_level: list[tuple[str, str, tuple[int, int] | None]] = []
                     for start in range(0, len(level), DIRS_PER_ROUND):
-                        for state, was_changed in self._round(pool, level[start:start + DIRS_PER_ROUND]):
+                        for state, was_changed, identity in self._round(pool, level[start:start + DIRS_PER_ROUND]):
                             dirs[state.rel] = state
                             if was_changed:
                                 changed.append(state.rel)
                             top = state.rel == self.session_dir
                             next_level += [(f"{state.rel}/{name}",
-                                            datatype_of(name, self.layout) if top else state.datatype)
+                                            datatype_of(name, self.layout) if top else state.datatype, identity)
                                            for name in state.subdirs]
                     level = next_level
         removed = [state for rel, state in self.previous.items() if rel not in dirs]
         return WalkResult(dirs, changed, removed, self._totals(dirs), self.stats, self.compared, self.movie_dirs)
 
-    def _round(self, pool: ThreadPoolExecutor, batch: list[tuple[str, str]]) -> Iterator[tuple[DirState, bool]]:
+    def _round(self, pool: ThreadPoolExecutor, batch: list[tuple[str, str, tuple[int, int] | None]]
+               ) -> Iterator[tuple[DirState, bool, tuple[int, int]]]:
         listed = [item for item in pool.map(lambda d: self._list(*d), batch) if item is not None]
         try:
             jobs = []
@@ -297,7 +313,7 @@ class SessionWalk:
                 os.close(item.fd)
         for item in listed:
             if item.reused:
-                yield item.state, False
+                yield item.state, False, item.identity
                 continue
             entries = item.state.entries
             assert entries is not None
@@ -311,28 +327,40 @@ class SessionWalk:
             item.state.total_up()
             if item.rel in self.previous:
                 self.compared[item.rel] = item.before
-            yield item.state, True
+            yield item.state, True, item.identity
 
-    def _list(self, rel: str, datatype: str) -> _Listed | None:
+    def _list(self, rel: str, datatype: str, parent: tuple[int, int] | None) -> _Listed | None:
         """Open a directory (never through a symlink); reuse it if unchanged, else list it and note which of
-        its files need a stat."""
+        its files need a stat. `parent`: the (dev, inode) of the directory that was opened as its parent."""
         try:
-            fd = os.open(os.path.join(self.project_dir, rel), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                         | os.O_CLOEXEC)
-        except OSError:
-            return None  # gone since its parent was listed, or swapped for a link
+            fd = self._open_dir(rel)
+        except OSError as exc:
+            if exc.errno in _GONE:
+                return None  # gone since its parent was listed, or swapped for a link
+            raise  # there but not readable (EACCES, EIO): not a directory gone, whose files would go unsaid
         try:
             st = os.fstat(fd)
+            if parent is not None and _parent_of(fd) != parent:
+                # O_NOFOLLOW guards the last component only: an ancestor swapped for a symlink since it was
+                # opened leads the path elsewhere (out of the session). Not walked, as a directory gone.
+                os.close(fd)
+                return None
             previous = self.previous.get(rel)
             raw = datatype == "raw"
             if previous is not None and previous.datatype == datatype and previous.same_directory(st) and not (
                     raw and self.restat_raw):
-                return _Listed(rel, datatype, fd, previous, reused=True)
+                return _Listed(rel, datatype, fd, previous, reused=True, identity=(st.st_dev, st.st_ino))
             before = self._before(previous)
             state = DirState(rel, datatype, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, [], entries=Entries())
-            if before is not None:
-                return self._compare(rel, datatype, fd, state, before)
-            names, ino_bytes, kinds = _dirstat.list_dir(fd)
+            identity = (st.st_dev, st.st_ino)
+            try:
+                if before is not None:
+                    listed = self._compare(rel, datatype, fd, state, before)
+                    listed.identity = identity
+                    return listed
+                names, ino_bytes, kinds = _dirstat.list_dir(fd)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, os.path.join(self.project_dir, rel)) from None
             inos = array("Q")
             inos.frombytes(ino_bytes)
             state.subdirs = list(compress(names, kinds.translate(_DIR_MASK)))
@@ -340,10 +368,30 @@ class SessionWalk:
             files, file_inos = list(compress(names, is_file)), array("Q", compress(inos, is_file))
             follow = bytes(compress(kinds.translate(_LINK_MASK), is_file)) if raw else bytes(len(files))
             files, file_inos, follow = self._unskipped(rel, files, file_inos, follow)
-            return _Listed(rel, datatype, fd, state, files, file_inos, follow)  # nothing known: all are stat'ed
+            return _Listed(rel, datatype, fd, state, files, file_inos, follow,  # nothing known: all are stat'ed
+                           identity=identity)
         except BaseException:
             os.close(fd)
             raise
+
+    def _open_dir(self, rel: str) -> int:
+        """A directory of the session, opened by its whole path; one deeper than PATH_MAX allows (where a user
+        could hide data from the measure and from deletion), one name at a time from the project dir."""
+        try:
+            return os.open(os.path.join(self.project_dir, rel), _DIR_FLAGS)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+        fd = os.open(self.project_dir, _DIR_FLAGS & ~os.O_NOFOLLOW)  # as the whole path would have opened it
+        try:
+            for name in rel.split("/"):
+                inner = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _unskipped(self, rel: str, files: list[str], inos: array, follow: bytes) -> tuple[list[str], array, bytes]:
         """Without the files registered by API (measured apart)."""

@@ -36,7 +36,7 @@ from .errors import (
     forbidden,
 )
 from .params import SURROGATE_ESCAPE, check_arguments, check_text, short
-from .store import StoreUnavailable
+from .store import DamagedRegistry, StoreUnavailable
 
 if TYPE_CHECKING:  # the methods get the services; the services never import the API
     from .services import Services
@@ -198,6 +198,11 @@ def _wrap(method: ApiMethod, observe: Observer) -> tuple[Checked, Callable[..., 
             log.warning("%s: %s", method.name, exc)
             raise JsonRpcError(INTERNAL_ERROR, f"{exc}; try again in a few seconds (livedmd restarts an embedded "
                                "store by itself; /healthz shows the state)",
+                               {"name": NAME_BY_CODE[INTERNAL_ERROR]}) from None
+        except DamagedRegistry as exc:  # the caller can repair it: say what and how, not only in the log
+            outcome = str(INTERNAL_ERROR)
+            log.error("%s: %s", method.name, exc)
+            raise JsonRpcError(INTERNAL_ERROR, f"{method.name} failed: {exc}",
                                {"name": NAME_BY_CODE[INTERNAL_ERROR]}) from None
         except Exception:
             outcome = str(INTERNAL_ERROR)

@@ -129,10 +129,15 @@ class SessionWalks:
         saved: dict[str, _Saved] = {}
         previous: dict[str, DirState] = {}
         if not walk_full:
-            for doc in headers:
-                state = walk_docs.state_from_header(doc)
-                previous[state.rel] = state
-                saved[state.rel] = _Saved(doc["_id"], doc["gen"], list(doc["chunks"]))
+            try:
+                for doc in headers:
+                    state = walk_docs.state_from_header(doc)
+                    previous[state.rel] = state
+                    saved[state.rel] = _Saved(doc["_id"], doc["gen"], list(doc["chunks"]))
+            except (KeyError, TypeError, ValueError) as exc:  # a header this module did not write as it is
+                log.warning("%s %s: a saved walk state cannot be read (%r); walking in full", project_uid,
+                            session_uid, exc)
+                walk_full, previous, saved = True, {}, {}
         loaded: dict[str, Entries | None] = {}
         lock = threading.Lock()
 
@@ -170,7 +175,7 @@ class SessionWalks:
         with ThreadPoolExecutor(1, thread_name_prefix="registry") as beside:
             registry_written = beside.submit(
                 self._update_registry, project_uid, session_uid, session, project_dir=project_dir, result=result,
-                walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"])
+                walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"], rewrite=full is True)
             if walk_full:
                 self.store.clear_walk(key)
                 self.store.begin_walk_write(key, sig)
@@ -202,10 +207,12 @@ class SessionWalks:
 
     def _update_registry(self, project_uid: str, session_uid: str, session: dict[str, Any], *, project_dir: str,
                          result: WalkResult, walk_full: bool, load_entries: Callable[[DirState], Entries | None],
-                         api_raw: list[str]) -> bool:
-        """New files are appended to the registry; a file gone or replaced rewrites it whole. False: the
-        registry changed under this walk, or what the last walk saw could not be read (the next refresh
-        walks in full)."""
+                         api_raw: list[str], rewrite: bool = False) -> bool:
+        """New files are appended to the registry; a file gone or replaced rewrites it whole, and `rewrite`
+        (a full refresh someone asked for) always does: it is what repairs a damaged registry document, even
+        when the paths are the same. False: the registry changed under this walk, or what the last walk saw
+        could not be read (the next refresh walks in full)."""
+        forced = rewrite and walk_full
         rewrite = walk_full or bool(result.removed)
         for rel in () if rewrite else result.changed:
             state = result.dirs[rel]
@@ -224,7 +231,7 @@ class SessionWalks:
                             project_uid, session_uid)
                 return False
             digest = scan_digest(paths)
-            ok = digest == session.get("scan_digest") or self.store.replace_scan(
+            ok = (digest == session.get("scan_digest") and not forced) or self.store.replace_scan(
                 project_uid, session_uid, session.get("scan_gen"), paths_by_datatype=paths, digest=digest)
         else:
             added: dict[str, list[str]] = {}
@@ -235,6 +242,7 @@ class SessionWalks:
                 added.setdefault(state.datatype, []).extend(prefix + name
                                                             for name in state.entries.names_from(state.fresh_from))
             ok = self.store.append_scan_paths(project_uid, session_uid, session.get("scan_gen"),
+                                              session.get("scan_digest"),
                                               paths_by_datatype={dt: p for dt, p in added.items() if p})
         if ok:  # where the links point (found by the walk's readlinks): no deletion may take a file there. One
             # no link points into any more stays protected until a full walk (or the last link goes).

@@ -25,12 +25,16 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from .domain import DATATYPES, now_iso
+from .walk_docs import inflated
 
 CHUNK_PATHS = 2000  # registry paths per document: measured in DESIGN.md, ~20x faster than one per file
 # A walk's registry (source "scan") is stored packed: its paths NUL-joined and compressed, this many per
 # document. A million paths as string arrays cost the embedded store 4 s to write; packed, a tenth of that.
 # Backups hold them unpacked (a `paths` list, like every other source): the backup format does not change.
 PACKED_CHUNK_PATHS = 50_000
+PACKED_CHUNK_CHARS = 4 << 20  # and at most this many characters (deep trees have long paths)
+PACKED_BYTES_MAX = 4 * PACKED_CHUNK_CHARS  # UTF-8 takes at most 4 bytes a character: more read back is a
+# damaged or forged document, never inflated further
 COLLECTIONS = ("projects", "sessions", "registry", "counters", "users", "tokens", "jobs", "audit")
 
 NO_ID = {"_id": 0}
@@ -588,19 +592,22 @@ class Store:
     def delete_walk_dir(self, header_id: str, *, expect_gen: str) -> bool:
         return self.db.walks.delete_one({"_id": header_id, "gen": expect_gen}).deleted_count == 1
 
-    def append_scan_paths(self, project_uid: str, session_uid: str, scan_gen: str | None,
+    def append_scan_paths(self, project_uid: str, session_uid: str, scan_gen: str | None, scan_digest: str | None,
                           *, paths_by_datatype: dict[str, list[str]]) -> bool:
         """Add paths to the current scanned registry (files new since the last walk); False (nothing added)
-        when the registry was replaced meanwhile."""
+        when the registry was replaced or appended to since the session was read (its `scan_gen` and
+        `scan_digest`): two walks that both found the same new files must not both append them. An append
+        leaves a digest of its own, which no scan's paths give (the next full walk writes the registry anew)."""
         key = session_key(project_uid, session_uid)
         docs = list(_packed_chunks(key, paths_by_datatype, gen=scan_gen))
         if not docs:
             return True
         self.db.registry.insert_many(docs, ordered=False)
-        if self.db.sessions.count_documents({"_id": key, "scan_gen": scan_gen}) == 0:
+        appended = self.db.sessions.update_one({"_id": key, "scan_gen": scan_gen, "scan_digest": scan_digest},
+                                               {"$set": {"scan_digest": uuid.uuid4().hex * 2}})
+        if appended.matched_count == 0:
             self.db.registry.delete_many({"_id": {"$in": [doc["_id"] for doc in docs]}})
             return False
-        self.db.sessions.update_one({"_id": key}, {"$set": {"scan_digest": None}})
         return True
 
     # --- users and tokens ------------------------------------------------------------------------
@@ -929,32 +936,51 @@ def _chunks(key: str, source: str, paths_by_datatype: dict[str, list[str]],
 
 def _packed_chunks(key: str, paths_by_datatype: dict[str, list[str]], *, gen: str | None) -> Iterable[dict[str, Any]]:
     for datatype, paths in paths_by_datatype.items():
-        for start in range(0, len(paths), PACKED_CHUNK_PATHS):
-            part = paths[start:start + PACKED_CHUNK_PATHS]
-            doc: dict[str, Any] = {"key": key, "source": "scan", "datatype": datatype, "count": len(part),
-                                   "packed": _pack(part)}
-            if gen is not None:
-                doc["gen"] = gen
-            yield doc
+        part: list[str] = []
+        part_chars = 0
+        for path in paths:
+            if part and (len(part) == PACKED_CHUNK_PATHS or part_chars + len(path) > PACKED_CHUNK_CHARS):
+                yield _packed_doc(key, datatype, part, gen)
+                part, part_chars = [], 0
+            part.append(path)
+            part_chars += len(path) + 1
+        if part:
+            yield _packed_doc(key, datatype, part, gen)
+
+
+def _packed_doc(key: str, datatype: str, paths: list[str], gen: str | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"key": key, "source": "scan", "datatype": datatype, "count": len(paths),
+                           "packed": _pack(paths)}
+    if gen is not None:
+        doc["gen"] = gen
+    return doc
 
 
 def _pack(paths: list[str]) -> Binary:
     return Binary(zlib.compress("\0".join(paths).encode("utf-8", "surrogateescape"), 1))
 
 
+class DamagedRegistry(ValueError):
+    """A registry document that does not read back whole; its message says which and what repairs it."""
+
+
 def _doc_paths(doc: dict[str, Any]) -> list[str]:
-    """A registry document's paths, packed or not. ValueError: a packed one that does not unpack whole."""
+    """A registry document's paths, packed or not. DamagedRegistry: a packed one that does not unpack whole."""
     if "packed" not in doc:
         return list(map(_loaded_path, doc["paths"]))
+    count = doc.get("count")
+    repair = f"`livedm refresh {doc.get('key', '?').replace('/', ' ')} --full` writes it again"
+    if type(count) is not int or count < 0:
+        raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} has no count; {repair}")
     try:
-        text = zlib.decompress(bytes(doc["packed"])).decode("utf-8", "surrogateescape")
-    except (zlib.error, TypeError) as exc:
-        raise ValueError(f"registry document {doc.get('_id')} of {doc.get('key')} is damaged ({exc}); "
-                         "a full refresh of the session writes it again") from None
-    paths = text.split("\0") if text else []
-    if len(paths) != doc.get("count"):
-        raise ValueError(f"registry document {doc.get('_id')} of {doc.get('key')} holds {len(paths)} paths, "
-                         f"not {doc.get('count')}; a full refresh of the session writes it again")
+        text = inflated(doc["packed"], PACKED_BYTES_MAX, "a packed registry document")
+    except ValueError as exc:
+        raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} is damaged ({exc}); "
+                              f"{repair}") from None
+    paths = text.decode("utf-8", "surrogateescape").split("\0") if text else []
+    if len(paths) != count:
+        raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} holds {len(paths)} paths, "
+                              f"not {count}; {repair}")
     return paths
 
 

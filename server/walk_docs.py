@@ -21,17 +21,32 @@ from .dirwalk import FS_ENCODING, DirState, Entries
 ENTRIES_PER_CHUNK = 20_000  # ~1 MB per document with its arrays, far under MongoDB's 16 MB
 
 
-
-
 def _packed(data: bytes) -> Binary:
     return Binary(zlib.compress(data, 1))
 
 
-def _unpacked(blob: bytes) -> bytes:
+NAME_BYTES_MAX = 1024  # per name, its separator included: Linux names hold at most 255 bytes
+
+
+def inflated(blob: object, limit: int, what: str) -> bytes:
+    """A compressed field back, never more than `limit` bytes inflated (a damaged or forged document must not
+    make a reader inflate gigabytes). ValueError: not binary, not zlib, cut short, or more than `limit`."""
+    if not isinstance(blob, bytes):  # bson's Binary is bytes; anything else is no field this module wrote
+        raise ValueError(f"{what} that is not binary ({type(blob).__name__})")
+    inflater = zlib.decompressobj()
     try:
-        return zlib.decompress(bytes(blob))
+        data = inflater.decompress(blob, limit + 1)
     except zlib.error as exc:
-        raise ValueError(f"a walk chunk that does not decompress ({exc})") from None
+        raise ValueError(f"{what} that does not decompress ({exc})") from None
+    if len(data) > limit:
+        raise ValueError(f"{what} that inflates beyond the {limit} bytes its count allows")
+    if not inflater.eof:
+        raise ValueError(f"{what} that is cut short")
+    return data
+
+
+def _unpacked(blob: object, limit: int) -> bytes:
+    return inflated(blob, limit, "a walk chunk")
 
 
 def _pack_names(names: list[str]) -> Binary:
@@ -60,6 +75,9 @@ def header_id(key: str, rel: str) -> str:
 
 
 def state_from_header(doc: dict[str, Any]) -> DirState:
+    """ValueError, TypeError or KeyError: not a header as header_doc writes it."""
+    if not isinstance(doc["subdirs"], list) or not isinstance(doc["chunks"], list):
+        raise ValueError("a walk header whose subdirs or chunks are not lists")
     return DirState(rel=os.fsdecode(bytes.fromhex(doc["rel"])), datatype=doc["datatype"], ino=int(doc["ino"]),
                     mtime_ns=int(doc["mtime_ns"]), ctime_ns=int(doc["ctime_ns"]),
                     subdirs=unpack_paths(doc["subdirs"]), files=int(doc["files"]), present=int(doc["present"]),
@@ -80,23 +98,28 @@ def chunk_docs(key: str, entries: Entries, start: int = 0) -> Iterator[dict[str,
 
 
 def entries_from_chunks(docs: list[dict[str, Any]]) -> Entries:
-    """The chunks of one directory, in the header's order, back into one Entries (names left packed)."""
+    """The chunks of one directory, in the header's order, back into one Entries (names left packed).
+    ValueError: a chunk that is damaged, forged, or disagrees with itself."""
     blobs: list[bytes] = []
     count = 0
     inos, sizes = array("Q"), array("q")
     keys: array | None = None
     for doc in docs:
-        blob = _unpacked(doc["names"])
-        names = blob.count(b"\0") + 1 if blob else 0
+        names = doc.get("count")
+        if type(names) is not int or names < 0:
+            raise ValueError("a walk chunk without a count")
+        blob = _unpacked(doc.get("names"), names * NAME_BYTES_MAX)
+        if (blob.count(b"\0") + 1 if blob else 0) != names:
+            raise ValueError("a walk chunk whose names disagree with its count")
         chunk_inos, chunk_sizes = array("Q"), array("q")
-        chunk_inos.frombytes(_unpacked(doc["inos"]))
-        chunk_sizes.frombytes(_unpacked(doc["sizes"]))
+        chunk_inos.frombytes(_unpacked(doc.get("inos"), 8 * names))
+        chunk_sizes.frombytes(_unpacked(doc.get("sizes"), 8 * names))
         if len(chunk_inos) != names or len(chunk_sizes) != names:
             raise ValueError("a walk chunk whose arrays disagree")
         chunk_keys = None
         if doc.get("keys") is not None:
             chunk_keys = array("Q")
-            chunk_keys.frombytes(_unpacked(doc["keys"]))
+            chunk_keys.frombytes(_unpacked(doc["keys"], 16 * names))
             if len(chunk_keys) != 2 * names:
                 raise ValueError("a walk chunk whose keys disagree")
         if chunk_keys is not None and keys is None:
