@@ -21,7 +21,7 @@ import stat
 import sys
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 
@@ -294,40 +294,71 @@ class SessionWalk:
 
     def _round(self, pool: ThreadPoolExecutor, batch: list[tuple[str, str, tuple[int, int] | None]]
                ) -> Iterator[tuple[DirState, bool, tuple[int, int]]]:
-        listed = [item for item in pool.map(lambda d: self._list(*d), batch) if item is not None]
+        """List a batch of directories and stat their files, each directory's stats queued as soon as it is
+        listed and each one totalled as soon as they are done, so the threads do not wait for the slowest
+        listing or for the totalling. Yielded in the batch's order (the registry's order stays the same)."""
+        listings = [pool.submit(self._list, *d) for d in batch]
+        listed: list[_Listed] = []
+        pending: dict[Future[tuple[array, array | None, set[str]]], tuple[_Listed, int]] = {}
+        measured: dict[str, list[tuple[array, array | None] | None]] = {}
+        failure: BaseException | None = None
         try:
-            jobs = []
-            for item in listed:
-                for start in range(0, len(item.pending), STAT_BATCH):
+            for future in as_completed(listings):
+                try:
+                    item = future.result()
+                except BaseException as exc:  # the others' descriptors are closed below all the same
+                    failure = failure or exc
+                    continue
+                if item is None:
+                    continue
+                listed.append(item)
+                if failure is not None or item.reused:
+                    continue
+                parts = range(0, len(item.pending), STAT_BATCH)
+                measured[item.rel] = [None] * len(parts)
+                for index, start in enumerate(parts):
                     end = start + STAT_BATCH
-                    jobs.append((item, pool.submit(
-                        _stat_batch, item.fd, os.path.join(self.project_dir, item.rel), item.pending[start:end],
-                        item.pending_follow[start:end], item.datatype == "raw")))
-            measured: dict[str, list[tuple[array, array | None]]] = {}
-            for item, future in jobs:
-                sizes, keys, movie_dirs = future.result()
-                measured.setdefault(item.rel, []).append((sizes, keys))
+                    pending[pool.submit(_stat_batch, item.fd, os.path.join(self.project_dir, item.rel),
+                                        item.pending[start:end], item.pending_follow[start:end],
+                                        item.datatype == "raw")] = (item, index)
+                if not parts:
+                    self._finish(item, [])
+            if failure is not None:
+                raise failure
+            for measuring in as_completed(pending):
+                item, index = pending[measuring]
+                sizes, keys, movie_dirs = measuring.result()
                 self.movie_dirs |= movie_dirs
+                parts_done = measured[item.rel]
+                parts_done[index] = (sizes, keys)
+                if all(part is not None for part in parts_done):
+                    self._finish(item, [part for part in parts_done if part is not None])
         finally:
+            for measuring in pending:
+                measuring.cancel()
+            wait(pending)
             for item in listed:
                 os.close(item.fd)
-        for item in listed:
-            if item.reused:
-                yield item.state, False, item.identity
-                continue
-            entries = item.state.entries
-            assert entries is not None
-            item.state.fresh_from = len(entries) + item.known_pending
-            start = 0
-            for sizes, keys in measured.get(item.rel, []):
-                entries.extend_packed(item.pending[start:start + len(sizes)],
-                                      item.pending_inos[start:start + len(sizes)], sizes, keys)
-                start += len(sizes)
-            self.stats += len(item.pending)
-            item.state.total_up()
-            if item.rel in self.previous:
-                self.compared[item.rel] = item.before
-            yield item.state, True, item.identity
+        by_rel = {item.rel: item for item in listed}
+        for rel, _, _ in batch:
+            item = by_rel.get(rel)
+            if item is not None:
+                yield item.state, not item.reused, item.identity
+
+    def _finish(self, item: _Listed, parts: list[tuple[array, array | None]]) -> None:
+        """A listed directory's entries and totals, once its files are stat'ed."""
+        entries = item.state.entries
+        assert entries is not None
+        item.state.fresh_from = len(entries) + item.known_pending
+        start = 0
+        for sizes, keys in parts:
+            entries.extend_packed(item.pending[start:start + len(sizes)],
+                                  item.pending_inos[start:start + len(sizes)], sizes, keys)
+            start += len(sizes)
+        self.stats += len(item.pending)
+        item.state.total_up()
+        if item.rel in self.previous:
+            self.compared[item.rel] = item.before
 
     def _list(self, rel: str, datatype: str, parent: tuple[int, int] | None) -> _Listed | None:
         """Open a directory (never through a symlink); reuse it if unchanged, else list it and note which of

@@ -289,8 +289,10 @@ def test_a_directory_that_cannot_be_read_fails_the_refresh_and_keeps_the_last_fi
     # a full walk lists the directory, an incremental one compares it with what it held: both fail
     monkeypatch.setattr(dirwalk._dirstat, "list_dir", unreadable(dirwalk._dirstat.list_dir))
     monkeypatch.setattr(dirwalk._dirstat, "diff_dir", unreadable(dirwalk._dirstat.diff_dir))
+    open_fds = len(os.listdir("/proc/self/fd"))
     with pytest.raises(PermissionError, match="motioncorrected"):  # which directory: the C call cannot say
         service.refresh_session("P1", "S1")
+    assert len(os.listdir("/proc/self/fd")) == open_fds, "the other directories of the round stay open"
     assert (_measures(service), _sorted(_registry(service))) == before
     assert {c["status"] for c in service.session("P1", "S1")["data_management"].values()} == {"active"}
     monkeypatch.undo()
