@@ -23,9 +23,9 @@ from typing import Any
 from . import _dirstat, files, walk_docs
 from .chunk_cache import ChunkCache
 from .config import Config
-from .dirwalk import DirState, Entries, SessionWalk, Totals, WalkResult, paths_of
+from .dirwalk import FS_ENCODING, DirState, Entries, SessionWalk, Totals, WalkResult
 from .domain import DATATYPES
-from .store import Store, scan_digest, session_key
+from .store import Pieces, Store, directory_pieces, scan_digest, session_key
 
 log = logging.getLogger(__name__)
 
@@ -225,14 +225,14 @@ class SessionWalks:
                     rewrite = True
                     break
         if rewrite:
-            paths = self._paths(result, load_entries, DATATYPES)
-            if paths is None:
+            pieces = self._pieces(result, load_entries)
+            if pieces is None:
                 log.warning("%s %s: what the last walk saw could not be read back; the next refresh walks in full",
                             project_uid, session_uid)
                 return False
-            digest = scan_digest(paths)
+            digest = scan_digest(pieces)
             ok = (digest == session.get("scan_digest") and not forced) or self.store.replace_scan(
-                project_uid, session_uid, session.get("scan_gen"), paths_by_datatype=paths, digest=digest)
+                project_uid, session_uid, session.get("scan_gen"), pieces=pieces, digest=digest)
         else:
             added: dict[str, list[str]] = {}
             for rel in result.changed:
@@ -254,18 +254,16 @@ class SessionWalks:
         return ok
 
     @staticmethod
-    def _paths(result: WalkResult, load_entries: Callable[[DirState], Entries | None],
-               datatypes: tuple[str, ...]) -> dict[str, list[str]] | None:
-        """{datatype: registry paths} of every directory of `datatypes`; None when one cannot be read back."""
-        paths: dict[str, list[str]] = {dt: [] for dt in DATATYPES}
+    def _pieces(result: WalkResult, load_entries: Callable[[DirState], Entries | None]) -> Pieces | None:
+        """The registry's paths of every directory, packed; None when one cannot be read back."""
+        pieces: Pieces = {dt: [] for dt in DATATYPES}
         for state in result.dirs.values():
-            if state.datatype not in datatypes:
-                continue
             entries = state.entries if state.entries is not None else load_entries(state)
             if entries is None:
                 return None
-            paths[state.datatype] += paths_of(state, entries)
-        return paths
+            prefix = (state.rel + "/").encode(*FS_ENCODING)
+            pieces[state.datatype] += directory_pieces(prefix, entries.packed_names(), len(entries))
+        return pieces
 
     # --- the saved states ------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import pymongo
@@ -32,9 +32,9 @@ CHUNK_PATHS = 2000  # registry paths per document: measured in DESIGN.md, ~20x f
 # document. A million paths as string arrays cost the embedded store 4 s to write; packed, a tenth of that.
 # Backups hold them unpacked (a `paths` list, like every other source): the backup format does not change.
 PACKED_CHUNK_PATHS = 50_000
-PACKED_CHUNK_CHARS = 4 << 20  # and at most this many characters (deep trees have long paths)
-PACKED_BYTES_MAX = 4 * PACKED_CHUNK_CHARS  # UTF-8 takes at most 4 bytes a character: more read back is a
-# damaged or forged document, never inflated further
+PACKED_CHUNK_BYTES = 8 << 20  # and at most this many bytes (deep trees have long paths)
+PACKED_BYTES_MAX = 2 * PACKED_CHUNK_BYTES  # read back (a restored document holds 2000 paths of at most 4 KiB):
+# more is a damaged or forged document, never inflated further
 COLLECTIONS = ("projects", "sessions", "registry", "counters", "users", "tokens", "jobs", "audit")
 
 NO_ID = {"_id": 0}
@@ -112,13 +112,48 @@ def session_key(project_uid: str, session_uid: str) -> str:
     return f"{project_uid}/{session_uid}"
 
 
-def scan_digest(paths_by_datatype: dict[str, list[str]]) -> str:
+# Registry paths on their way to packed documents: per datatype, pieces of (NUL-separated paths in the file
+# system's encoding, how many), each within what one document holds.
+Pieces = dict[str, list[tuple[bytes, int]]]
+
+
+def directory_pieces(prefix: bytes, names: bytes, count: int) -> Iterator[tuple[bytes, int]]:
+    """The paths of one directory's `count` files (`prefix` + each of the NUL-separated `names`), built in
+    one pass over the bytes: a million paths never become a million str."""
+    if not count:
+        return
+    joined = prefix + names.replace(b"\0", b"\0" + prefix)
+    if count <= PACKED_CHUNK_PATHS and len(joined) <= PACKED_CHUNK_BYTES:
+        yield joined, count
+    else:
+        yield from _pieces(joined.split(b"\0"))
+
+
+def path_pieces(paths: Iterable[str]) -> Iterator[tuple[bytes, int]]:
+    return _pieces([path.encode("utf-8", "surrogateescape") for path in paths])
+
+
+def _pieces(paths: list[bytes]) -> Iterator[tuple[bytes, int]]:
+    start, size = 0, 0
+    for end, path in enumerate(paths):
+        if end > start and (end - start == PACKED_CHUNK_PATHS or size + len(path) + 1 > PACKED_CHUNK_BYTES):
+            yield b"\0".join(paths[start:end]), end - start
+            start, size = end, 0
+        size += len(path) + 1
+    if start < len(paths):
+        yield b"\0".join(paths[start:]), len(paths) - start
+
+
+def scan_digest(pieces: Pieces) -> str:
     """Identifies a scan's result, to skip rewriting an unchanged registry. Paths in walk order: an
     unchanged directory lists in the same order, and a reordering only costs one needless rewrite."""
     digest = hashlib.sha256()
     for datatype in DATATYPES:
         digest.update(datatype.encode() + b"\x00")
-        digest.update("\x00".join(paths_by_datatype.get(datatype, ())).encode("utf-8", "surrogateescape"))
+        for index, (joined, _) in enumerate(pieces.get(datatype, ())):
+            if index:
+                digest.update(b"\x00")
+            digest.update(joined)
         digest.update(b"\x01")
     return digest.hexdigest()
 
@@ -481,11 +516,11 @@ class Store:
         return out
 
     def replace_scan(self, project_uid: str, session_uid: str, old_gen: str | None,
-                     *, paths_by_datatype: dict[str, list[str]], digest: str) -> bool:
+                     *, pieces: Pieces, digest: str) -> bool:
         """Swap in a new scanned registry; False (and nothing changed) if another scan won the race."""
         key = session_key(project_uid, session_uid)
         new_gen = uuid.uuid4().hex
-        docs = list(_packed_chunks(key, paths_by_datatype, gen=new_gen))
+        docs = list(_packed_docs(key, pieces, gen=new_gen))
         if docs:
             self.db.registry.insert_many(docs, ordered=False)
         flipped = self.db.sessions.update_one(
@@ -599,7 +634,8 @@ class Store:
         `scan_digest`): two walks that both found the same new files must not both append them. An append
         leaves a digest of its own, which no scan's paths give (the next full walk writes the registry anew)."""
         key = session_key(project_uid, session_uid)
-        docs = list(_packed_chunks(key, paths_by_datatype, gen=scan_gen))
+        docs = list(_packed_docs(key, {dt: list(path_pieces(paths)) for dt, paths in paths_by_datatype.items()},
+                                 gen=scan_gen))
         if not docs:
             return True
         self.db.registry.insert_many(docs, ordered=False)
@@ -934,30 +970,14 @@ def _chunks(key: str, source: str, paths_by_datatype: dict[str, list[str]],
             yield doc
 
 
-def _packed_chunks(key: str, paths_by_datatype: dict[str, list[str]], *, gen: str | None) -> Iterable[dict[str, Any]]:
-    for datatype, paths in paths_by_datatype.items():
-        part: list[str] = []
-        part_chars = 0
-        for path in paths:
-            if part and (len(part) == PACKED_CHUNK_PATHS or part_chars + len(path) > PACKED_CHUNK_CHARS):
-                yield _packed_doc(key, datatype, part, gen)
-                part, part_chars = [], 0
-            part.append(path)
-            part_chars += len(path) + 1
-        if part:
-            yield _packed_doc(key, datatype, part, gen)
-
-
-def _packed_doc(key: str, datatype: str, paths: list[str], gen: str | None) -> dict[str, Any]:
-    doc: dict[str, Any] = {"key": key, "source": "scan", "datatype": datatype, "count": len(paths),
-                           "packed": _pack(paths)}
-    if gen is not None:
-        doc["gen"] = gen
-    return doc
-
-
-def _pack(paths: list[str]) -> Binary:
-    return Binary(zlib.compress("\0".join(paths).encode("utf-8", "surrogateescape"), 1))
+def _packed_docs(key: str, pieces: Pieces, *, gen: str | None) -> Iterator[dict[str, Any]]:
+    for datatype, parts in pieces.items():
+        for joined, count in parts:
+            doc: dict[str, Any] = {"key": key, "source": "scan", "datatype": datatype, "count": count,
+                                   "packed": Binary(zlib.compress(joined, 1))}
+            if gen is not None:
+                doc["gen"] = gen
+            yield doc
 
 
 class DamagedRegistry(ValueError):
@@ -1006,7 +1026,7 @@ def _repacked(doc: dict[str, Any]) -> dict[str, Any]:
     for name, value in doc.items():
         if name == "paths":
             out["count"] = len(paths)
-            out["packed"] = _pack(paths)
+            out["packed"] = Binary(zlib.compress(b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths), 1))
         else:
             out[name] = value
     return out

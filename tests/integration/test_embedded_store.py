@@ -10,7 +10,7 @@ import pymongo
 
 from livedm.server.embedded import EmbeddedStore, _cmdline
 from livedm.server.sessions import Sessions
-from livedm.server.store import CHUNK_PATHS, Store, session_key
+from livedm.server.store import CHUNK_PATHS, Store, path_pieces, session_key
 from testkit.sessiontree import build_session_tree
 
 
@@ -31,8 +31,8 @@ def test_a_rescan_race_has_one_winner_and_no_stray_chunks(real_service: Sessions
     first = {"micrographs": [f"S1/motioncorrected/a{i}.mrc" for i in range(CHUNK_PATHS + 5)]}
     second = {"micrographs": ["S1/motioncorrected/b.mrc"]}
     with ThreadPoolExecutor(2) as pool:
-        won = list(pool.map(lambda paths: real_store.replace_scan("P1", "S1", None, paths_by_datatype=paths,
-                                                                    digest=str(id(paths))),
+        won = list(pool.map(lambda paths: real_store.replace_scan(
+            "P1", "S1", None, pieces={dt: list(path_pieces(p)) for dt, p in paths.items()}, digest=str(id(paths))),
                             [first, second]))
     assert sorted(won) == [False, True]
     winner = first if won[0] else second

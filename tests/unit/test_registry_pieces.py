@@ -1,0 +1,62 @@
+"""The scanned registry's packed pieces: built from a directory's packed names in one pass, they hold the same
+paths as when built from str paths, split where a document's limits say, and the digest does not depend on
+where the pieces split."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from livedm.server import store
+from livedm.server.store import directory_pieces, path_pieces, scan_digest
+
+NAMES = ["a.mrc", os.fsdecode(b"caf\xe9.mrc"), "b c.mrc", "x" * 200]
+
+
+def joined(names: list[str]) -> bytes:
+    return "\0".join(names).encode("utf-8", "surrogateescape")
+
+
+def paths_in(pieces: list[tuple[bytes, int]]) -> list[str]:
+    out: list[str] = []
+    for blob, count in pieces:
+        paths = blob.decode("utf-8", "surrogateescape").split("\0")
+        assert len(paths) == count
+        out += paths
+    return out
+
+
+def test_a_directorys_pieces_are_its_paths() -> None:
+    pieces = list(directory_pieces(b"S1/motioncorrected/", joined(NAMES), len(NAMES)))
+    assert paths_in(pieces) == [f"S1/motioncorrected/{name}" for name in NAMES]
+    assert pieces == list(path_pieces(f"S1/motioncorrected/{name}" for name in NAMES))
+
+
+def test_an_empty_directory_has_no_pieces() -> None:
+    assert list(directory_pieces(b"S1/x/", b"", 0)) == []
+    assert list(path_pieces([])) == []
+
+
+@pytest.mark.parametrize(("max_paths", "max_bytes"), [(2, 1 << 20), (1000, 40), (1, 1)])
+def test_pieces_split_at_a_documents_limits(monkeypatch: pytest.MonkeyPatch, max_paths: int, max_bytes: int) -> None:
+    monkeypatch.setattr(store, "PACKED_CHUNK_PATHS", max_paths)
+    monkeypatch.setattr(store, "PACKED_CHUNK_BYTES", max_bytes)
+    names = [f"FoilHole_{i:05d}.mrc" for i in range(25)]
+    pieces = list(directory_pieces(b"S1/thumbnails/", joined(names), len(names)))
+    assert paths_in(pieces) == [f"S1/thumbnails/{name}" for name in names]
+    assert all(count <= max_paths for _, count in pieces)
+    assert all(len(blob) <= max_bytes or count == 1 for blob, count in pieces)  # a path longer than the limit
+    # stands alone
+
+
+def test_the_digest_does_not_depend_on_where_pieces_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = [f"n{i}" for i in range(10)]
+    whole = {"micrographs": list(directory_pieces(b"S1/m/", joined(names), len(names)))}
+    monkeypatch.setattr(store, "PACKED_CHUNK_PATHS", 3)
+    split = {"micrographs": list(directory_pieces(b"S1/m/", joined(names), len(names)))}
+    assert len(split["micrographs"]) == 4
+    assert scan_digest(whole) == scan_digest(split)
+    assert scan_digest(whole) != scan_digest({"micrographs": whole["micrographs"][:0]})
+    moved = {"thumbnails": whole["micrographs"]}  # the same paths under another datatype
+    assert scan_digest(whole) != scan_digest(moved)
