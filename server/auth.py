@@ -67,7 +67,8 @@ class Authenticator:
         """The user a token belongs to; blocking (may ask the database). Raises unauthenticated."""
         if not token:
             raise unauthenticated("no API token: send 'Authorization: Bearer <token>' or 'License-ID: <token>' "
-                                  "(livedm reads LIVEDM_TOKEN or LIVEDM_TOKEN_FILE)")
+                                  "(the livedm client reads LIVEDM_TOKEN, LIVEDM_TOKEN_FILE, or admin.token in "
+                                  "the state dir LIVEDM_STATE_DIR names)")
         cached = self.cached_user(token)
         if cached is not None:
             return cached
