@@ -79,8 +79,8 @@ class Entries:
                        None if self.keys is None else array("Q", self.keys), packed_names=self._packed,
                        packed_count=self._packed_count)
 
-    def extend_packed(self, names: list[str], inos: array, sizes: array, keys: array | None) -> None:
-        """As extend, from packed arrays (keys: (dev, ino) pairs, None when all are (0, 0))."""
+    def extend(self, names: list[str], inos: array, sizes: array, keys: array | None) -> None:
+        """More files, from packed arrays (keys: (dev, ino) pairs, None when all are (0, 0))."""
         if self.keys is None and keys is not None:
             self.keys = array("Q", bytes(16 * len(self)))
         self._tail.extend(names)
@@ -93,15 +93,6 @@ class Entries:
         if self.keys is None or (self.keys[2 * index] == 0 and self.keys[2 * index + 1] == 0):
             return None
         return self.keys[2 * index], self.keys[2 * index + 1]
-
-    def extend(self, names: list[str], inos: list[int], sizes: list[int], keys: list[tuple[int, int] | None]) -> None:
-        if self.keys is None and any(key is not None for key in keys):
-            self.keys = array("Q", bytes(16 * len(self)))
-        self._tail.extend(names)
-        self.inos.extend(inos)
-        self.sizes.extend(sizes)
-        if self.keys is not None:
-            self.keys.extend([part for key in keys for part in (key or (0, 0))])
 
 
 @dataclass
@@ -352,7 +343,7 @@ class SessionWalk:
         item.state.fresh_from = len(entries) + item.known_pending
         start = 0
         for sizes, keys in parts:
-            entries.extend_packed(item.pending[start:start + len(sizes)],
+            entries.extend(item.pending[start:start + len(sizes)],
                                   item.pending_inos[start:start + len(sizes)], sizes, keys)
             start += len(sizes)
         self.stats += len(item.pending)

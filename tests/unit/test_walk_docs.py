@@ -4,6 +4,7 @@ whose arrays disagree is refused rather than read wrong."""
 from __future__ import annotations
 
 import os
+from array import array
 
 import pytest
 
@@ -16,8 +17,9 @@ def _entries(count: int, keyed_every: int = 0) -> Entries:
     names = [f"f{i}" for i in range(count)]
     if names:
         names[0] = os.fsdecode(b"not-utf8-\xff\xfe")
-    keys = [(7, 1000 + i) if keyed_every and i % keyed_every == 0 else None for i in range(count)]
-    entries.extend(names, list(range(1, count + 1)), [i % 13 - 1 for i in range(count)], keys)
+    keys = [(7, 1000 + i) if keyed_every and i % keyed_every == 0 else (0, 0) for i in range(count)]
+    entries.extend(names, array("Q", range(1, count + 1)), array("q", (i % 13 - 1 for i in range(count))),
+                   array("Q", [part for key in keys for part in key]) if keyed_every else None)
     return entries
 
 
