@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #define KIND_FILE 'f' /* anything that is neither a directory nor a symlink */
@@ -445,10 +446,118 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(probe_names_doc,
+"probe_names(dir_fd, known_names, known_inos, names) -> (indexes, inos, kinds)\n\n"
+"What is now under each of `names` (list of str) in an open directory, against the files a last walk\n"
+"saw there (known_names NUL-separated bytes, known_inos native uint64 bytes, as for diff_dir), without\n"
+"listing the directory. indexes: native int64 bytes, the name's index among the known files or -1.\n"
+"inos: native uint64 bytes, the inode under the name now (0: nothing there). kinds: one byte per name,\n"
+"'d', 'l' or 'f' as list_dir gives them, 0 where nothing is there.");
+
+static PyObject *probe_names(PyObject *self, PyObject *args) {
+    int dir_fd;
+    Py_buffer names, inos;
+    PyObject *wanted;
+    if (!PyArg_ParseTuple(args, "iy*y*O!:probe_names", &dir_fd, &names, &inos, &PyList_Type, &wanted)) return NULL;
+    Diff d = {0};
+    PyObject *result = NULL;
+    Py_ssize_t count = PyList_GET_SIZE(wanted);
+    PyObject *encoded = PyList_New(count); /* keeps the bytes the names point into alive */
+    const char **items = calloc((size_t)(count ? count : 1), sizeof *items);
+    PyObject *indexes = PyBytes_FromStringAndSize(NULL, count * (Py_ssize_t)sizeof(int64_t));
+    PyObject *now_inos = PyBytes_FromStringAndSize(NULL, count * (Py_ssize_t)sizeof(uint64_t));
+    PyObject *kinds = PyBytes_FromStringAndSize(NULL, count);
+    int err = 0;
+    if (!encoded || !items || !indexes || !now_inos || !kinds) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (inos.len % (Py_ssize_t)sizeof(uint64_t) != 0) {
+        PyErr_SetString(PyExc_ValueError, "known_inos must hold whole uint64s");
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PyList_GET_ITEM(wanted, i);
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "names must be str");
+            goto fail;
+        }
+        PyObject *raw = PyUnicode_EncodeFSDefault(name);
+        if (!raw) goto fail;
+        PyList_SET_ITEM(encoded, i, raw);
+        const char *text = PyBytes_AS_STRING(raw);
+        if ((Py_ssize_t)strlen(text) != PyBytes_GET_SIZE(raw) || strchr(text, '/') || !text[0] ||
+            strcmp(text, ".") == 0 || strcmp(text, "..") == 0) {
+            PyErr_SetString(PyExc_ValueError, "a name that is empty, '.' or '..', or holds a NUL or a '/'");
+            goto fail;
+        }
+        items[i] = text;
+    }
+    d.known_inos = (const uint64_t *)inos.buf;
+    d.known_count = (size_t)inos.len / sizeof(uint64_t);
+    int64_t *index_out = (int64_t *)PyBytes_AS_STRING(indexes);
+    uint64_t *ino_out = (uint64_t *)PyBytes_AS_STRING(now_inos);
+    char *kind_out = PyBytes_AS_STRING(kinds);
+    Py_BEGIN_ALLOW_THREADS
+    err = diff_build(&d, (const char *)names.buf, (size_t)names.len);
+    for (Py_ssize_t i = 0; !err && i < count; i++) {
+        index_out[i] = diff_find(&d, items[i], strlen(items[i]));
+        struct stat st;
+        if (fstatat(dir_fd, items[i], &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            if (errno != ENOENT && errno != ENOTDIR) err = errno; /* not knowing is no "gone" */
+            ino_out[i] = 0;
+            kind_out[i] = 0;
+            continue;
+        }
+        ino_out[i] = (uint64_t)st.st_ino;
+        kind_out[i] = S_ISDIR(st.st_mode) ? KIND_DIR : S_ISLNK(st.st_mode) ? KIND_LINK : KIND_FILE;
+    }
+    Py_END_ALLOW_THREADS
+    if (err == EINVAL) {
+        PyErr_SetString(PyExc_ValueError, "known_names and known_inos disagree in number");
+        goto fail;
+    }
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    result = Py_BuildValue("(NNN)", indexes, now_inos, kinds);
+    indexes = now_inos = kinds = NULL;
+fail:
+    Py_XDECREF(indexes);
+    Py_XDECREF(now_inos);
+    Py_XDECREF(kinds);
+    Py_XDECREF(encoded);
+    free(items);
+    diff_free(&d);
+    PyBuffer_Release(&names);
+    PyBuffer_Release(&inos);
+    return result;
+}
+
+PyDoc_STRVAR(fs_magic_doc,
+"fs_magic(fd) -> int\n\n"
+"The type of the file system an open file is on (statfs's f_type: 0xEF53 ext2/3/4, 0x6969 NFS, ...).");
+
+static PyObject *fs_magic(PyObject *self, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i:fs_magic", &fd)) return NULL;
+    struct statfs st;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fstatfs(fd, &st);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromUnsignedLong((unsigned long)(uint32_t)st.f_type);
+}
+
 static PyMethodDef methods[] = {
     {"list_dir", list_dir, METH_VARARGS, list_dir_doc},
     {"stat_names", stat_names, METH_VARARGS, stat_names_doc},
     {"diff_dir", diff_dir, METH_VARARGS, diff_dir_doc},
+    {"probe_names", probe_names, METH_VARARGS, probe_names_doc},
+    {"fs_magic", fs_magic, METH_VARARGS, fs_magic_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,3 +10,10 @@ def stat_names(dir_fd: int, names: list[str], follow: bytes, key_all: bool, /) -
 def diff_dir(dir_fd: int, known_names: bytes, known_inos: bytes, /) -> tuple[list[str], bytes, list[str], bytes, bytes]:
     """(subdirs, per known file its kind if still there as the same inode else 0, then the other files: names,
     inode numbers as native uint64 bytes, kinds)."""
+
+def probe_names(dir_fd: int, known_names: bytes, known_inos: bytes, names: list[str], /) -> tuple[bytes, bytes, bytes]:
+    """Without listing: per name, its index among the known files or -1 (native int64 bytes), the inode under
+    it now or 0 (native uint64 bytes), and its kind now (b'd', b'l', b'f'; 0: nothing there)."""
+
+def fs_magic(fd: int, /) -> int:
+    """statfs's f_type of the file system an open file is on."""

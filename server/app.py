@@ -101,7 +101,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         if supervisor is not None:
             supervisor.cancel()
         if SERVICES in app:
-            app[SERVICES].disk.close()
+            app[SERVICES].close()
         if STORE in app and MONGO_CLIENT not in app:
             app[STORE].close()
         if EMBEDDED in app:

@@ -228,6 +228,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("walk_cache_entries", "1000000", "Files of recent walks kept in memory (about 50 bytes each), so that "
             "refreshing a changed directory of a running session need not read what it held back from the "
             "database. 0: none kept.", _parse_non_negative_int),
+    Setting("change_feed", "true", "Follow walked directories through the kernel (inotify) so that a refresh after "
+            "files were added looks at just those instead of listing each changed directory. Only on local file "
+            "systems (ext4, xfs, btrfs, zfs, tmpfs, f2fs): on NFS, Lustre or GPFS another node's changes would go "
+            "unseen, and directories there are always listed. Needs one inotify watch per directory "
+            "(fs.inotify.max_user_watches); beyond that, directories are listed.", _parse_bool),
     Setting("walk_threads", "auto", "Threads that walk and stat a session's files; more keep a cold disk or a "
             "network file system busy. auto: four per core, at most 16.", _parse_walk_threads),
     Setting("trial", "false", "Allow running without data_roots (a trial on a laptop: projects may then be "
@@ -294,6 +299,7 @@ class Config:
     refresh_interval: float
     full_refresh_every: int
     walk_cache_entries: int
+    change_feed: bool
     walk_threads: int
     trial: bool
     disk_threads: int

@@ -9,6 +9,10 @@ are another file under an old name (another inode), are stat'ed. What only a ful
 rewritten in place (same inode, new size), and a raw movie that changed or vanished behind an unchanged
 link. Callers make every Nth scheduled refresh full for that.
 
+With a change feed (change_feed.py), a changed directory the feed has followed since it was last listed is
+not listed again: only the names the kernel reported changed are looked up. Anything but new files there (a
+known file gone or replaced) lists it after all, as above.
+
 Everything here blocks on the disk and holds no store: callers load and save the states.
 """
 
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 
 from . import _dirstat
+from .change_feed import ChangeFeed
 from .domain import DATATYPES
 
 Layout = Sequence[tuple[str, str]]
@@ -114,6 +119,7 @@ class DirState:
     entries: Entries | None = None
     fresh_from: int = 0  # entries before this index were known from the last walk; the rest are new
     restated: bool = False  # known entries were stat'ed again (their sizes may differ from the saved ones)
+    feed: str = ""  # the change feed's token from when this directory was last listed ("": none)
 
     def same_directory(self, st: os.stat_result) -> bool:
         return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) == (self.ino, self.mtime_ns, self.ctime_ns)
@@ -154,6 +160,7 @@ class WalkResult:
     removed: list[DirState]  # directories of the last walk that are gone
     totals: dict[str, Totals]
     stats: int = 0  # files stat'ed: what this walk cost beyond listing
+    probed: int = 0  # changed directories not listed: the change feed said which names to look at
     compared: dict[str, Entries | None] = field(default_factory=dict)  # changed dir: what it held before, if known
     movie_dirs: set[str] = field(default_factory=set)  # where the raw links stat'ed point into
 
@@ -169,6 +176,7 @@ def datatype_of(top_dir: str, layout: Layout) -> str:
 _DIR_MASK = bytes(1 if i == ord("d") else 0 for i in range(256))
 _FILE_MASK = bytes(0 if i == ord("d") else 1 for i in range(256))
 _LINK_MASK = bytes(1 if i == ord("l") else 0 for i in range(256))
+_KIND_DIR = ord("d")
 
 
 def _stat_batch(dir_fd: int, dir_path: str, names: list[str], follow: bytes,
@@ -241,7 +249,7 @@ class SessionWalk:
     def __init__(self, project_dir: str, session_dir: str, layout: Layout, *, previous: dict[str, DirState],
                  load_entries: Callable[[DirState], Entries | None], skip: frozenset[str] = frozenset(),
                  threads: int = 1, restat_raw: bool = True,
-                 movie_inodes: frozenset[tuple[int, int]] | None = None) -> None:
+                 movie_inodes: frozenset[tuple[int, int]] | None = None, feed: ChangeFeed | None = None) -> None:
         self.project_dir = project_dir
         self.session_dir = session_dir
         self.layout = layout
@@ -256,6 +264,8 @@ class SessionWalk:
         # with restat_raw: the (dev, inode) of every file now in the movie directories; a known link whose
         # target is among them keeps its size, the others are stat'ed again (None: all are)
         self.movie_inodes = movie_inodes
+        self.feed = feed
+        self.probed = 0
 
     def run(self) -> WalkResult:
         dirs: dict[str, DirState] = {}
@@ -281,7 +291,8 @@ class SessionWalk:
                                            for name in state.subdirs]
                     level = next_level
         removed = [state for rel, state in self.previous.items() if rel not in dirs]
-        return WalkResult(dirs, changed, removed, self._totals(dirs), self.stats, self.compared, self.movie_dirs)
+        return WalkResult(dirs, changed, removed, self._totals(dirs), self.stats, self.probed, self.compared,
+                          self.movie_dirs)
 
     def _round(self, pool: ThreadPoolExecutor, batch: list[tuple[str, str, tuple[int, int] | None]]
                ) -> Iterator[tuple[DirState, bool, tuple[int, int]]]:
@@ -375,9 +386,15 @@ class SessionWalk:
             before = self._before(previous)
             state = DirState(rel, datatype, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, [], entries=Entries())
             identity = (st.st_dev, st.st_ino)
+            changed_names = None
+            if self.feed is not None:  # before looking: a change from here on is the next walk's
+                state.feed, changed_names = self.feed.arm(fd, identity, previous.feed if previous is not None else "")
             try:
                 if before is not None:
-                    listed = self._compare(rel, datatype, fd, state, before)
+                    assert previous is not None
+                    probed = None if changed_names is None else self._probe(
+                        rel, datatype, fd, state, before, previous, changed_names)
+                    listed = probed or self._compare(rel, datatype, fd, state, before)
                     listed.identity = identity
                     return listed
                 names, ino_bytes, kinds = _dirstat.list_dir(fd)
@@ -456,6 +473,45 @@ class SessionWalk:
         pending_follow = bytes(compress(present, again_mask)).translate(_LINK_MASK) + follow
         return _Listed(rel, datatype, fd, state, again + fresh, pending_inos, pending_follow,
                        known_pending=len(again), before=before)
+
+    def _probe(self, rel: str, datatype: str, fd: int, state: DirState, before: Entries, previous: DirState,
+               names: list[str]) -> _Listed | None:
+        """A changed directory the last walk saw, from just the names the change feed reports changed since
+        then. Only new files (and subdirectories come or gone) are taken this way; None when a known file is
+        gone or another now, or a raw link's movie must be stat'ed again (then the directory is listed)."""
+        raw = datatype == "raw"
+        if raw and self.restat_raw:  # as in _compare: a known link keeps its size only while its movie is there
+            movies = self.movie_inodes if self.movie_inodes is not None else frozenset()
+            if before.keys is None or not all(map(movies.__contains__, zip(before.keys[0::2], before.keys[1::2],
+                                                                           strict=True))):
+                return None
+        index_bytes, ino_bytes, kinds = _dirstat.probe_names(fd, before.packed_names(), before.inos.tobytes(), names)
+        indexes, inos = array("q"), array("Q")
+        indexes.frombytes(index_bytes)
+        inos.frombytes(ino_bytes)
+        subdirs = dict.fromkeys(previous.subdirs)
+        fresh: list[str] = []
+        fresh_inos = array("Q")
+        fresh_kinds = bytearray()
+        for name, index, ino, kind in zip(names, indexes, inos, kinds, strict=True):
+            if index >= 0:
+                if kind in (0, _KIND_DIR) or ino != before.inos[index]:
+                    return None
+                continue  # still the same file (renamed away and back)
+            if kind == _KIND_DIR:
+                subdirs[name] = None
+                continue
+            subdirs.pop(name, None)
+            if kind:
+                fresh.append(name)
+                fresh_inos.append(ino)
+                fresh_kinds.append(kind)
+        state.subdirs = list(subdirs)
+        follow = bytes(fresh_kinds).translate(_LINK_MASK) if raw else bytes(len(fresh))
+        fresh, fresh_inos, follow = self._unskipped(rel, fresh, fresh_inos, follow)
+        state.entries = before.copy()
+        self.probed += 1
+        return _Listed(rel, datatype, fd, state, fresh, fresh_inos, follow, before=before)
 
     def _before(self, previous: DirState | None) -> Entries | None:
         if previous is None:

@@ -74,6 +74,10 @@ class Services:
                    discovery=Discovery(sessions, store, queue, audit, config), disk=DiskPool(config.disk_threads),
                    config=config, overview=Overview(store, sessions, OverviewIndex(store)))
 
+    def close(self) -> None:
+        self.disk.close()
+        self.sessions.walks.close()
+
     def job_handlers(self) -> dict[str, Handler]:
         def refresh_sizes(run: JobRun) -> dict[str, int]:
             params = run.params if isinstance(run.params, dict) else {}

@@ -21,6 +21,7 @@ from itertools import repeat
 from typing import Any
 
 from . import _dirstat, files, walk_docs
+from .change_feed import ChangeFeed
 from .chunk_cache import ChunkCache
 from .config import Config
 from .dirwalk import FS_ENCODING, DirState, Entries, SessionWalk, Totals, WalkResult
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 WALK_FORMAT = "2"  # bump when DirState documents change meaning: every session is then walked in full once
 MAX_CHUNKS_PER_DIR = 32  # appended chunks beyond this are merged into fresh ones
+FEED_NAMES_MAX = 1_000_000  # changed names the feed holds between refreshes (~100 bytes each)
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Measured:
     stats: int  # files stat'ed
     dirs: int
     changed_dirs: int
+    probed_dirs: int  # of those, looked at from the change feed's names rather than listed
 
 
 @dataclass
@@ -97,6 +100,28 @@ class SessionWalks:
         self.store = store
         self.config = config
         self.cache = ChunkCache(config.walk_cache_entries)
+        self._feed: ChangeFeed | None = None
+        self._feed_lock = threading.Lock()
+        self._feed_failed = False
+
+    def feed(self) -> ChangeFeed | None:
+        """The change feed, started at the first walk; None when off or the kernel refuses one."""
+        if not self.config.change_feed:
+            return None
+        with self._feed_lock:
+            if self._feed is None and not self._feed_failed:
+                try:
+                    self._feed = ChangeFeed(max_names=FEED_NAMES_MAX)
+                except OSError as exc:  # no inotify, or fs.inotify.max_user_instances reached
+                    self._feed_failed = True
+                    log.warning("no change feed (%s): refreshes list every directory that changed", exc)
+            return self._feed
+
+    def close(self) -> None:
+        with self._feed_lock:
+            if self._feed is not None:
+                self._feed.close()
+                self._feed = None
 
     def _chunks(self, chunk_ids: list[str]) -> list[dict[str, Any]] | None:
         """A directory's chunks in order, from memory where held; None when one is gone from the store."""
@@ -164,7 +189,8 @@ class SessionWalks:
         walk = SessionWalk(project_dir, session["session_dir"], self.config.layout, previous=previous,
                            load_entries=load_entries, skip=skip, threads=self.config.walk_threads,
                            restat_raw=restat_raw,
-                           movie_inodes=movie_inodes(movie_dirs) if restat_raw and not walk_full else None)
+                           movie_inodes=movie_inodes(movie_dirs) if restat_raw and not walk_full else None,
+                           feed=self.feed())
         result = walk.run()
         if not walk_full:
             result.movie_dirs |= set(movie_dirs)
@@ -193,7 +219,7 @@ class SessionWalks:
             if api[datatype]:
                 totals[datatype] = self._with_registered(result, datatype, api[datatype], project_dir,
                                                          load_entries=load_entries)
-        return Measured(totals, walk_full, result.stats, len(result.dirs), len(result.changed))
+        return Measured(totals, walk_full, result.stats, len(result.dirs), len(result.changed), result.probed)
 
     def _signature(self, skip: frozenset[str]) -> str:
         """What a walk's states depend on besides the disk: a change walks in full."""

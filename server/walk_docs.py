@@ -67,7 +67,7 @@ def header_doc(key: str, state: DirState, *, chunk_ids: list[str], gen: str) -> 
             "datatype": state.datatype, "ino": state.ino, "mtime_ns": state.mtime_ns, "ctime_ns": state.ctime_ns,
             "subdirs": pack_paths(state.subdirs), "files": state.files, "present": state.present,
             "plain_bytes": state.plain_bytes, "keyed_bytes": state.keyed_bytes, "keyed": state.keyed,
-            "chunks": chunk_ids, "gen": gen}
+            "chunks": chunk_ids, "gen": gen, "feed": state.feed}
 
 
 def header_id(key: str, rel: str) -> str:
@@ -78,10 +78,14 @@ def state_from_header(doc: dict[str, Any]) -> DirState:
     """ValueError, TypeError or KeyError: not a header as header_doc writes it."""
     if not isinstance(doc["subdirs"], list) or not isinstance(doc["chunks"], list):
         raise ValueError("a walk header whose subdirs or chunks are not lists")
+    feed = doc.get("feed", "")  # headers of an older livedm have none
+    if not isinstance(feed, str):
+        raise ValueError("a walk header whose change-feed token is not a string")
     return DirState(rel=os.fsdecode(bytes.fromhex(doc["rel"])), datatype=doc["datatype"], ino=int(doc["ino"]),
                     mtime_ns=int(doc["mtime_ns"]), ctime_ns=int(doc["ctime_ns"]),
                     subdirs=unpack_paths(doc["subdirs"]), files=int(doc["files"]), present=int(doc["present"]),
-                    plain_bytes=int(doc["plain_bytes"]), keyed_bytes=int(doc["keyed_bytes"]), keyed=bool(doc["keyed"]))
+                    plain_bytes=int(doc["plain_bytes"]), keyed_bytes=int(doc["keyed_bytes"]), keyed=bool(doc["keyed"]),
+                    feed=feed)
 
 
 def chunk_docs(key: str, entries: Entries, start: int = 0) -> Iterator[dict[str, Any]]:

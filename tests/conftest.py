@@ -7,14 +7,12 @@ from pathlib import Path
 import pymongo
 import pytest
 
-from livedm.server.auth import Authenticator
 from livedm.server.config import Config
 from livedm.server.embedded import EmbeddedStore
-from livedm.server.services import Services
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
 from tests.support import mock_mongo
-from tests.support.config import make_config
+from tests.support.config import make_config, service_on
 
 
 @pytest.fixture
@@ -29,13 +27,11 @@ def mock_store() -> Store:
     return store
 
 
-def service_on(store: Store, config: Config) -> Sessions:
-    return Services.build(store, config, Authenticator(store, config.auth_cache_s)).sessions
-
-
 @pytest.fixture
-def mock_service(mock_store: Store, config: Config) -> Sessions:
-    return service_on(mock_store, config)
+def mock_service(mock_store: Store, config: Config) -> Iterator[Sessions]:
+    service = service_on(mock_store, config)
+    yield service
+    service.walks.close()  # its change feed's inotify instance: a user has 128
 
 
 @pytest.fixture(scope="session")
@@ -56,5 +52,7 @@ def real_store(embedded_uri: str) -> Iterator[Store]:
 
 
 @pytest.fixture
-def real_service(real_store: Store, config: Config) -> Sessions:
-    return service_on(real_store, config)
+def real_service(real_store: Store, config: Config) -> Iterator[Sessions]:
+    service = service_on(real_store, config)
+    yield service
+    service.walks.close()

@@ -72,9 +72,11 @@ def test_a_directory_swapped_for_a_link_after_its_listing_is_not_walked_through(
             return listing
         return listing_then_swap
 
-    # a full walk lists extract/, an incremental one compares it with what it held: both are raced
+    # a full walk lists extract/, an incremental one compares it with what it held, or looks up the names the
+    # change feed gives: all are raced
     monkeypatch.setattr(dirwalk._dirstat, "list_dir", then_swap(dirwalk._dirstat.list_dir))
     monkeypatch.setattr(dirwalk._dirstat, "diff_dir", then_swap(dirwalk._dirstat.diff_dir))
+    monkeypatch.setattr(dirwalk._dirstat, "probe_names", then_swap(dirwalk._dirstat.probe_names))
     service.refresh_session("P1", "S1", full=full)
     assert swapped
     registry = _registry(service)
@@ -286,9 +288,11 @@ def test_a_directory_that_cannot_be_read_fails_the_refresh_and_keeps_the_last_fi
             return real(fd, *args)
         return listing
 
-    # a full walk lists the directory, an incremental one compares it with what it held: both fail
+    # a full walk lists the directory, an incremental one compares it with what it held or looks up the names
+    # the change feed gives: all fail
     monkeypatch.setattr(dirwalk._dirstat, "list_dir", unreadable(dirwalk._dirstat.list_dir))
     monkeypatch.setattr(dirwalk._dirstat, "diff_dir", unreadable(dirwalk._dirstat.diff_dir))
+    monkeypatch.setattr(dirwalk._dirstat, "probe_names", unreadable(dirwalk._dirstat.probe_names))
     open_fds = len(os.listdir("/proc/self/fd"))
     with pytest.raises(PermissionError, match="motioncorrected"):  # which directory: the C call cannot say
         service.refresh_session("P1", "S1")

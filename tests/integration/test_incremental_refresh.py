@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from livedm.server.services import Services
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store, session_key
 from testkit.sessiontree import SessionTree, build_session_tree
-from tests.support.config import make_config
+from tests.support.config import make_config, service_on
 
 LAYOUT = make_config(Path("/nonexistent")).layout
 
@@ -39,13 +39,22 @@ def _truth(tree: SessionTree) -> dict[str, tuple[int, int]]:
     return {dt: (walked[dt].size, walked[dt].present) for dt in DATATYPES}
 
 
+@pytest.fixture(params=[True, False], ids=["feed", "listing"])
+def walker(request: pytest.FixtureRequest, real_store: Store, tmp_path: Path) -> Iterator[Sessions]:
+    """Sessions whose changed directories are looked at from the change feed's names (tmp_path is a local
+    file system), or always listed."""
+    service = service_on(real_store, make_config(tmp_path / "state", change_feed=str(request.param).lower()))
+    yield service
+    service.walks.close()
+
+
 @pytest.fixture
-def measured(real_service: Sessions, tmp_path: Path) -> tuple[Sessions, SessionTree]:
+def measured(walker: Sessions, tmp_path: Path) -> tuple[Sessions, SessionTree]:
     tree = build_session_tree(tmp_path / "proj", exposures=6)
-    real_service.create_project("p", str(tree.project_dir))
-    real_service.create_live_session("P1", "s")
-    real_service.refresh_session("P1", "S1")  # the first walk is full: it saves what it saw
-    return real_service, tree
+    walker.create_project("p", str(tree.project_dir))
+    walker.create_live_session("P1", "s")
+    walker.refresh_session("P1", "S1")  # the first walk is full: it saves what it saw
+    return walker, tree
 
 
 def _mc(tree: SessionTree) -> Path:

@@ -197,3 +197,65 @@ def test_diff_dir_with_a_tampered_known_list_only_marks_one(tmp_path: Path, dir_
     _, present, fresh, _, _ = _dirstat.diff_dir(dir_fd, b"a\0a", array("Q", [ino, ino]).tobytes())
     assert sorted(present) == [0, ord("f")]
     assert fresh == []
+
+
+def _probe(fd: int, known: list[str], names: list[str]) -> list[tuple[int, int, int]]:
+    known_inos = array("Q", (os.stat(name, dir_fd=fd, follow_symlinks=False).st_ino for name in known))
+    index_bytes, ino_bytes, kinds = _dirstat.probe_names(fd, "\0".join(known).encode("utf-8", "surrogateescape"),
+                                                          known_inos.tobytes(), names)
+    indexes, inos = array("q"), array("Q")
+    indexes.frombytes(index_bytes)
+    inos.frombytes(ino_bytes)
+    return list(zip(indexes, inos, kinds, strict=True))
+
+
+def test_probe_names_finds_each_name_among_the_known_and_says_what_is_there_now(tmp_path: Path, dir_fd: int) -> None:
+    make_tree(tmp_path)
+    odd = os.fsdecode(b"caf\xe9.mrc")  # not UTF-8: crosses as a surrogate escape, as os.listdir gives it
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.mrc"), "wb"):
+        pass
+    known = ["plain.mrc", "hard_a", odd]
+    found = _probe(dir_fd, known, ["hard_a", "sub", "gone.mrc", odd, "hard_b"])
+    st = {name: os.stat(name, dir_fd=dir_fd, follow_symlinks=False) for name in ("hard_a", "sub", "hard_b", odd)}
+    assert found == [(1, st["hard_a"].st_ino, ord("f")), (-1, st["sub"].st_ino, ord("d")), (-1, 0, 0),
+                     (2, st[odd].st_ino, ord("f")), (-1, st["hard_b"].st_ino, ord("f"))]
+
+
+def test_probe_names_tells_a_link_from_its_target_and_a_dangling_link_from_nothing(tmp_path: Path,
+                                                                                   dir_fd: int) -> None:
+    (tmp_path / "target").write_bytes(b"t")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    found = _probe(dir_fd, [], ["link", "dangling"])
+    assert [kind for _, _, kind in found] == [ord("l"), ord("l")]
+    assert found[0][1] == os.lstat(tmp_path / "link").st_ino != os.stat(tmp_path / "target").st_ino
+
+
+@pytest.mark.parametrize(("names", "error"), [
+    (["a/b"], ValueError), ([""], ValueError), (["a\0b"], ValueError), ([b"raw"], TypeError), ([1], TypeError),
+    ([".."], ValueError), (["."], ValueError), (["ok", "../x"], ValueError),
+])
+def test_probe_names_refuses_what_is_no_entry_of_a_directory(dir_fd: int, names: list[object],
+                                                             error: type[Exception]) -> None:
+    with pytest.raises(error):
+        _dirstat.probe_names(dir_fd, b"", b"", names)  # type: ignore[arg-type]
+
+
+def test_probe_names_refuses_known_lists_that_disagree(dir_fd: int) -> None:
+    with pytest.raises(ValueError, match="disagree"):
+        _dirstat.probe_names(dir_fd, b"a\0b", array("Q", [1]).tobytes(), ["a"])
+    with pytest.raises(ValueError, match="whole uint64s"):
+        _dirstat.probe_names(dir_fd, b"a", b"\0\0\0", ["a"])
+
+
+def test_fs_magic_names_the_file_system(dir_fd: int) -> None:
+    magic = _dirstat.fs_magic(dir_fd)
+    assert isinstance(magic, int) and magic > 0
+    shm = os.open("/dev/shm", os.O_RDONLY | os.O_DIRECTORY) if os.path.isdir("/dev/shm") else None
+    if shm is not None:
+        try:
+            assert _dirstat.fs_magic(shm) == 0x01021994  # tmpfs
+        finally:
+            os.close(shm)
+    with pytest.raises(OSError):
+        _dirstat.fs_magic(-1)
