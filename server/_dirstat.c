@@ -454,12 +454,53 @@ PyDoc_STRVAR(probe_names_doc,
 "inos: native uint64 bytes, the inode under the name now (0: nothing there). kinds: one byte per name,\n"
 "'d', 'l' or 'f' as list_dir gives them, 0 where nothing is there.");
 
+/* Each wanted name's index among the known (NUL-separated) names, or -1: a table of the few wanted names,
+ * and one pass over the many known ones (a table of those would cost a cache miss per known name). 0, or
+ * EINVAL when the known names are not `known_count`. Runs without the GIL. */
+static int find_wanted(const char *names, size_t names_len, size_t known_count, const char **wanted,
+                       size_t wanted_count, int64_t *index_out) {
+    size_t slots = 16;
+    while (slots < 2 * wanted_count) slots *= 2;
+    int64_t *table = malloc(slots * sizeof *table);
+    size_t *lens = malloc((wanted_count ? wanted_count : 1) * sizeof *lens);
+    if (!table || !lens) {
+        free(table);
+        free(lens);
+        return ENOMEM;
+    }
+    memset(table, 0xff, slots * sizeof *table);
+    for (size_t w = 0; w < wanted_count; w++) {
+        index_out[w] = -1;
+        lens[w] = strlen(wanted[w]);
+        size_t slot = name_hash(wanted[w], lens[w]) & (slots - 1);
+        while (table[slot] >= 0) slot = (slot + 1) & (slots - 1);
+        table[slot] = (int64_t)w;
+    }
+    size_t seen = 0;
+    const char *name = names, *end = names + names_len;
+    while (names_len && name <= end) {
+        const char *stop = memchr(name, '\0', (size_t)(end - name));
+        size_t len = stop ? (size_t)(stop - name) : (size_t)(end - name);
+        for (size_t slot = name_hash(name, len) & (slots - 1); table[slot] >= 0; slot = (slot + 1) & (slots - 1)) {
+            size_t w = (size_t)table[slot];
+            if (lens[w] == len && memcmp(wanted[w], name, len) == 0) {
+                if (index_out[w] < 0) index_out[w] = (int64_t)seen;
+                break;
+            }
+        }
+        seen++;
+        name += len + 1;
+    }
+    free(table);
+    free(lens);
+    return seen == known_count ? 0 : EINVAL;
+}
+
 static PyObject *probe_names(PyObject *self, PyObject *args) {
     int dir_fd;
     Py_buffer names, inos;
     PyObject *wanted;
     if (!PyArg_ParseTuple(args, "iy*y*O!:probe_names", &dir_fd, &names, &inos, &PyList_Type, &wanted)) return NULL;
-    Diff d = {0};
     PyObject *result = NULL;
     Py_ssize_t count = PyList_GET_SIZE(wanted);
     PyObject *encoded = PyList_New(count); /* keeps the bytes the names point into alive */
@@ -493,15 +534,13 @@ static PyObject *probe_names(PyObject *self, PyObject *args) {
         }
         items[i] = text;
     }
-    d.known_inos = (const uint64_t *)inos.buf;
-    d.known_count = (size_t)inos.len / sizeof(uint64_t);
+    size_t known_count = (size_t)inos.len / sizeof(uint64_t);
     int64_t *index_out = (int64_t *)PyBytes_AS_STRING(indexes);
     uint64_t *ino_out = (uint64_t *)PyBytes_AS_STRING(now_inos);
     char *kind_out = PyBytes_AS_STRING(kinds);
     Py_BEGIN_ALLOW_THREADS
-    err = diff_build(&d, (const char *)names.buf, (size_t)names.len);
+    err = find_wanted((const char *)names.buf, (size_t)names.len, known_count, items, (size_t)count, index_out);
     for (Py_ssize_t i = 0; !err && i < count; i++) {
-        index_out[i] = diff_find(&d, items[i], strlen(items[i]));
         struct stat st;
         if (fstatat(dir_fd, items[i], &st, AT_SYMLINK_NOFOLLOW) != 0) {
             if (errno != ENOENT && errno != ENOTDIR) err = errno; /* not knowing is no "gone" */
@@ -530,7 +569,6 @@ fail:
     Py_XDECREF(kinds);
     Py_XDECREF(encoded);
     free(items);
-    diff_free(&d);
     PyBuffer_Release(&names);
     PyBuffer_Release(&inos);
     return result;
@@ -552,12 +590,83 @@ static PyObject *fs_magic(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong((unsigned long)(uint32_t)st.f_type);
 }
 
+PyDoc_STRVAR(tally_doc,
+"tally(sizes, keys) -> (missing, plain_bytes, keyed_bytes, keyed_files)\n\n"
+"A directory's totals from its files' sizes (native int64 bytes, -1: not there to measure) and keys\n"
+"(native uint64 (dev, ino) pairs, (0, 0) for a file counted by itself; None: all are). missing: how many\n"
+"sizes are -1. plain_bytes: the bytes of the files counted by themselves. keyed_bytes: the bytes of the\n"
+"others, each (dev, ino) once (the size last given for it); keyed_files: how many distinct (dev, ino).");
+
+typedef struct {
+    uint64_t dev, ino;
+    int64_t size;
+    int used;
+} KeySlot;
+
+static PyObject *tally(PyObject *self, PyObject *args) {
+    Py_buffer sizes, keys = {0};
+    PyObject *keys_obj;
+    if (!PyArg_ParseTuple(args, "y*O:tally", &sizes, &keys_obj)) return NULL;
+    if (keys_obj != Py_None && PyObject_GetBuffer(keys_obj, &keys, PyBUF_SIMPLE) != 0) {
+        PyBuffer_Release(&sizes);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    size_t count = (size_t)sizes.len / sizeof(int64_t);
+    if (sizes.len % (Py_ssize_t)sizeof(int64_t) != 0 ||
+        (keys.buf && (size_t)keys.len != count * 2 * sizeof(uint64_t))) {
+        PyErr_SetString(PyExc_ValueError, "sizes must hold whole int64s and keys one uint64 pair per size");
+        goto done;
+    }
+    const int64_t *size = (const int64_t *)sizes.buf;
+    const uint64_t *key = (const uint64_t *)keys.buf;
+    long long missing = 0, plain = 0, keyed = 0, distinct = 0;
+    size_t slots = 16;
+    while (key && slots < 2 * count) slots *= 2;
+    KeySlot *table = key ? calloc(slots, sizeof *table) : NULL;
+    if (key && !table) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (size_t i = 0; i < count; i++) {
+        if (size[i] < 0) {
+            missing += size[i] == -1;
+            continue;
+        }
+        if (!key || (key[2 * i] == 0 && key[2 * i + 1] == 0)) {
+            plain += size[i];
+            continue;
+        }
+        uint64_t dev = key[2 * i], ino = key[2 * i + 1];
+        size_t slot = (size_t)((ino * 0x9E3779B97F4A7C15ULL) ^ dev) & (slots - 1);
+        while (table[slot].used && (table[slot].dev != dev || table[slot].ino != ino)) slot = (slot + 1) & (slots - 1);
+        table[slot].dev = dev;
+        table[slot].ino = ino;
+        table[slot].size = size[i];
+        table[slot].used = 1;
+    }
+    for (size_t s = 0; table && s < slots; s++)
+        if (table[s].used) {
+            keyed += table[s].size;
+            distinct++;
+        }
+    Py_END_ALLOW_THREADS
+    free(table);
+    result = Py_BuildValue("(LLLL)", missing, plain, keyed, distinct);
+done:
+    PyBuffer_Release(&sizes);
+    if (keys.buf) PyBuffer_Release(&keys);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"list_dir", list_dir, METH_VARARGS, list_dir_doc},
     {"stat_names", stat_names, METH_VARARGS, stat_names_doc},
     {"diff_dir", diff_dir, METH_VARARGS, diff_dir_doc},
     {"probe_names", probe_names, METH_VARARGS, probe_names_doc},
     {"fs_magic", fs_magic, METH_VARARGS, fs_magic_doc},
+    {"tally", tally, METH_VARARGS, tally_doc},
     {NULL, NULL, 0, NULL},
 };
 

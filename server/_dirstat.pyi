@@ -1,5 +1,7 @@
 """Directory listing and stat loops in C (server/_dirstat.c), with the GIL released for a whole batch."""
 
+from array import array
+
 def list_dir(dir_fd: int, /) -> tuple[list[str], bytes, bytes]:
     """(names, inode numbers as native uint64 bytes, kinds: b'd' directory, b'l' symlink, b'f' other)."""
 
@@ -17,3 +19,7 @@ def probe_names(dir_fd: int, known_names: bytes, known_inos: bytes, names: list[
 
 def fs_magic(fd: int, /) -> int:
     """statfs's f_type of the file system an open file is on."""
+
+def tally(sizes: bytes | array[int], keys: bytes | array[int] | None, /) -> tuple[int, int, int, int]:
+    """(how many sizes are -1, bytes of the files counted by themselves, bytes of the keyed ones with each
+    (dev, ino) once, how many distinct (dev, ino))."""

@@ -76,6 +76,20 @@ class Entries:
         tail = "\0".join(self._tail).encode(*FS_ENCODING)
         return self._packed + b"\0" + tail if self._packed_count else tail
 
+    def packed_names_from(self, start: int) -> bytes:
+        """names[start:] NUL-separated, as bytes of the file system's encoding."""
+        if start == 0:
+            return self.packed_names()
+        if start >= self._packed_count:
+            return "\0".join(self._tail[start - self._packed_count:]).encode(*FS_ENCODING)
+        return "\0".join(self.names[start:]).encode(*FS_ENCODING)
+
+    def frozen(self) -> Entries:
+        """A copy with every name packed (one bytes object, not a str per file)."""
+        return Entries(None, array("Q", self.inos), array("q", self.sizes),
+                       None if self.keys is None else array("Q", self.keys), packed_names=self.packed_names(),
+                       packed_count=len(self))
+
     def __len__(self) -> int:
         return len(self.sizes)
 
@@ -127,20 +141,11 @@ class DirState:
     def total_up(self) -> None:
         assert self.entries is not None
         entries = self.entries
-        missing = entries.sizes.count(-1)
+        missing, self.plain_bytes, self.keyed_bytes, keyed_files = _dirstat.tally(  # each (dev, ino) once
+            entries.sizes, entries.keys)
         self.files = len(entries)
         self.present = self.files - missing
-        self.plain_bytes = self.keyed_bytes = 0
-        if entries.keys is None:  # nothing counted elsewhere too: a sum in C
-            self.plain_bytes = sum(entries.sizes) + missing
-            self.keyed = False
-            return
-        pairs = list(zip(entries.keys[0::2], entries.keys[1::2], strict=True))
-        by_key = {pair: size for pair, size in zip(pairs, entries.sizes, strict=True) if size >= 0 and pair != _NO_KEY}
-        self.plain_bytes = sum(size for pair, size in zip(pairs, entries.sizes, strict=True)
-                               if size >= 0 and pair == _NO_KEY)
-        self.keyed_bytes = sum(by_key.values())  # each (dev, ino) once within this directory
-        self.keyed = bool(by_key)
+        self.keyed = keyed_files > 0
 
 
 @dataclass

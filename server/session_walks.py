@@ -22,10 +22,10 @@ from typing import Any
 
 from . import _dirstat, files, walk_docs
 from .change_feed import ChangeFeed
-from .chunk_cache import ChunkCache
 from .config import Config
 from .dirwalk import FS_ENCODING, DirState, Entries, SessionWalk, Totals, WalkResult
 from .domain import DATATYPES
+from .entries_cache import EntriesCache
 from .store import Pieces, Store, directory_pieces, scan_digest, session_key
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class SessionWalks:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
         self.config = config
-        self.cache = ChunkCache(config.walk_cache_entries)
+        self.cache = EntriesCache(config.walk_cache_entries)
         self._feed: ChangeFeed | None = None
         self._feed_lock = threading.Lock()
         self._feed_failed = False
@@ -123,16 +123,21 @@ class SessionWalks:
                 self._feed.close()
                 self._feed = None
 
-    def _chunks(self, chunk_ids: list[str]) -> list[dict[str, Any]] | None:
-        """A directory's chunks in order, from memory where held; None when one is gone from the store."""
-        held, missing = self.cache.get(chunk_ids)
-        if missing:
-            loaded = self.store.load_walk_chunks(missing)
-            if loaded is None:
-                return None
-            self.cache.put(loaded)
-            held.update((doc["_id"], doc) for doc in loaded)
-        return [held[chunk_id] for chunk_id in chunk_ids]
+    def _saved_entries(self, chunk_ids: list[str], files: int) -> Entries | None:
+        """A directory's files as its last walk saved them, from memory if held; None when a chunk is gone
+        from the store (replaced by a concurrent walk), damaged, or of another walk's generation."""
+        entries = self.cache.get(chunk_ids)
+        if entries is not None:
+            return entries
+        docs = self.store.load_walk_chunks(chunk_ids)
+        try:
+            entries = walk_docs.entries_from_chunks(docs) if docs is not None else None
+        except ValueError:
+            return None
+        if entries is None or len(entries) != files:
+            return None
+        self.cache.put(chunk_ids, entries)
+        return entries
 
     def measure(self, project_uid: str, session_uid: str, session: dict[str, Any], project_dir: str,
                 *, full: bool | None) -> Measured:
@@ -171,13 +176,7 @@ class SessionWalks:
                 if state.rel in loaded:
                     return loaded[state.rel]
             entry = saved.get(state.rel)
-            docs = self._chunks(entry.chunk_ids) if entry is not None else None
-            try:
-                entries = walk_docs.entries_from_chunks(docs) if docs is not None else None
-            except ValueError:
-                entries = None
-            if entries is not None and len(entries) != state.files:
-                entries = None  # chunks of another walk's generation: listed again
+            entries = self._saved_entries(entry.chunk_ids, state.files) if entry is not None else None
             with lock:
                 loaded[state.rel] = entries
             return entries
@@ -302,6 +301,7 @@ class SessionWalks:
 
         def pack(state: DirState) -> list[dict[str, Any]]:
             assert state.entries is not None
+            state.entries = state.entries.frozen()  # names packed once: for the chunks and the cache
             return list(walk_docs.chunk_docs(key, state.entries))
 
         with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="pack") as pool:  # zlib runs without the GIL
@@ -310,7 +310,9 @@ class SessionWalks:
             chunks += own
             headers.append(walk_docs.header_doc(key, state, chunk_ids=[c["_id"] for c in own], gen=uuid.uuid4().hex))
         self.store.insert_walk_chunks(chunks)
-        self.cache.put(chunks)
+        for state, own in zip(states, packed, strict=True):
+            assert state.entries is not None
+            self.cache.put([c["_id"] for c in own], state.entries)
         return self.store.insert_walk_headers(headers)
 
     def _save_changes(self, key: str, result: WalkResult, *, saved: dict[str, _Saved]) -> bool:
@@ -327,11 +329,11 @@ class SessionWalks:
                          and len(old.chunk_ids) < MAX_CHUNKS_PER_DIR)
             new_chunks = list(walk_docs.chunk_docs(key, state.entries, start=state.fresh_from if appending else 0))
             self.store.insert_walk_chunks(new_chunks)
-            self.cache.put(new_chunks)
             kept = old.chunk_ids if appending and old is not None else []
             header = walk_docs.header_doc(key, state, chunk_ids=kept + [c["_id"] for c in new_chunks],
                                           gen=uuid.uuid4().hex)
             if self.store.replace_walk_dir(header, expect_gen=old.gen if old is not None else None):
+                self.cache.put(header["chunks"], state.entries)
                 if old is not None and not appending:
                     self.store.delete_walk_chunks(old.chunk_ids)
             else:

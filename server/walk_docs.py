@@ -16,7 +16,7 @@ from typing import Any
 
 from bson.binary import Binary
 
-from .dirwalk import FS_ENCODING, DirState, Entries
+from .dirwalk import DirState, Entries
 
 ENTRIES_PER_CHUNK = 20_000  # ~1 MB per document with its arrays, far under MongoDB's 16 MB
 
@@ -47,10 +47,6 @@ def inflated(blob: object, limit: int, what: str) -> bytes:
 
 def _unpacked(blob: object, limit: int) -> bytes:
     return inflated(blob, limit, "a walk chunk")
-
-
-def _pack_names(names: list[str]) -> Binary:
-    return _packed("\0".join(names).encode(*FS_ENCODING))  # os.fsencode of each, in one call
 
 
 def pack_paths(paths: list[str]) -> list[str]:
@@ -90,10 +86,11 @@ def state_from_header(doc: dict[str, Any]) -> DirState:
 
 def chunk_docs(key: str, entries: Entries, start: int = 0) -> Iterator[dict[str, Any]]:
     """`entries` from index `start` on, in chunks; each document has its own id (headers list them)."""
+    names = entries.packed_names_from(start).split(b"\0") if start < len(entries) else []
     for first in range(start, len(entries), ENTRIES_PER_CHUNK):
         last = min(first + ENTRIES_PER_CHUNK, len(entries))
         doc: dict[str, Any] = {"_id": uuid.uuid4().hex, "key": key, "kind": "chunk", "count": last - first,
-                               "names": _pack_names(entries.names_from(first)[:last - first]),
+                               "names": _packed(b"\0".join(names[first - start:last - start])),
                                "inos": _packed(entries.inos[first:last].tobytes()),
                                "sizes": _packed(entries.sizes[first:last].tobytes()), "keys": None}
         if entries.keys is not None:

@@ -259,3 +259,32 @@ def test_fs_magic_names_the_file_system(dir_fd: int) -> None:
             os.close(shm)
     with pytest.raises(OSError):
         _dirstat.fs_magic(-1)
+
+
+def _tally_in_python(sizes: list[int], keys: list[tuple[int, int]] | None) -> tuple[int, int, int, int]:
+    missing = sizes.count(-1)
+    if keys is None:
+        return missing, sum(s for s in sizes if s >= 0), 0, 0
+    by_key = {k: s for k, s in zip(keys, sizes, strict=True) if s >= 0 and k != (0, 0)}
+    plain = sum(s for k, s in zip(keys, sizes, strict=True) if s >= 0 and k == (0, 0))
+    return missing, plain, sum(by_key.values()), len(by_key)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tally_counts_each_dev_inode_once_as_python_would(seed: int) -> None:
+    import random
+    rng = random.Random(seed)
+    count = rng.choice([0, 1, 7, 5000])
+    sizes = [rng.choice([-1, 0, rng.randrange(1 << 40)]) for _ in range(count)]
+    keys = [rng.choice([(0, 0), (rng.randrange(3), rng.randrange(50)), (1 << 63, (1 << 64) - 1)])
+            for _ in range(count)]
+    packed_keys = array("Q", [part for key in keys for part in key])
+    assert _dirstat.tally(array("q", sizes), packed_keys) == _tally_in_python(sizes, keys)
+    assert _dirstat.tally(array("q", sizes).tobytes(), None) == _tally_in_python(sizes, None)
+
+
+def test_tally_refuses_arrays_that_disagree() -> None:
+    with pytest.raises(ValueError):
+        _dirstat.tally(b"\0" * 7, None)
+    with pytest.raises(ValueError):
+        _dirstat.tally(array("q", [1, 2]), array("Q", [0, 0]))
