@@ -84,10 +84,20 @@ class Entries:
             return "\0".join(self._tail[start - self._packed_count:]).encode(*FS_ENCODING)
         return "\0".join(self.names[start:]).encode(*FS_ENCODING)
 
-    def frozen(self) -> Entries:
-        """A copy with every name packed (one bytes object, not a str per file)."""
+    def name_blobs(self, start: int, per_blob: int) -> list[bytes]:
+        """names[start:] packed in runs of `per_blob` names, as the store's chunks hold them."""
+        if start >= self._packed_count:  # from the str names: each run encoded by itself
+            tail, first = self._tail, start - self._packed_count
+            return ["\0".join(tail[at:at + per_blob]).encode(*FS_ENCODING) for at in range(first, len(tail), per_blob)]
+        names = self.packed_names_from(start).split(b"\0")
+        return [b"\0".join(names[at:at + per_blob]) for at in range(0, len(names), per_blob)]
+
+    def frozen(self, packed_names: bytes | None = None) -> Entries:
+        """A copy with every name packed (one bytes object, not a str per file); `packed_names`: already
+        worked out by the caller."""
         return Entries(None, array("Q", self.inos), array("q", self.sizes),
-                       None if self.keys is None else array("Q", self.keys), packed_names=self.packed_names(),
+                       None if self.keys is None else array("Q", self.keys),
+                       packed_names=self.packed_names() if packed_names is None else packed_names,
                        packed_count=len(self))
 
     def __len__(self) -> int:

@@ -84,13 +84,15 @@ def state_from_header(doc: dict[str, Any]) -> DirState:
                     feed=feed)
 
 
-def chunk_docs(key: str, entries: Entries, start: int = 0) -> Iterator[dict[str, Any]]:
-    """`entries` from index `start` on, in chunks; each document has its own id (headers list them)."""
-    names = entries.packed_names_from(start).split(b"\0") if start < len(entries) else []
-    for first in range(start, len(entries), ENTRIES_PER_CHUNK):
+def chunk_docs(key: str, entries: Entries, start: int = 0, *,
+               name_blobs: list[bytes] | None = None) -> Iterator[dict[str, Any]]:
+    """`entries` from index `start` on, in chunks; each document has its own id (headers list them).
+    `name_blobs`: entries.name_blobs(start, ENTRIES_PER_CHUNK), if the caller has them already."""
+    blobs = entries.name_blobs(start, ENTRIES_PER_CHUNK) if name_blobs is None else name_blobs
+    for first, names in zip(range(start, len(entries), ENTRIES_PER_CHUNK), blobs, strict=True):
         last = min(first + ENTRIES_PER_CHUNK, len(entries))
         doc: dict[str, Any] = {"_id": uuid.uuid4().hex, "key": key, "kind": "chunk", "count": last - first,
-                               "names": _packed(b"\0".join(names[first - start:last - start])),
+                               "names": _packed(names),
                                "inos": _packed(entries.inos[first:last].tobytes()),
                                "sizes": _packed(entries.sizes[first:last].tobytes()), "keys": None}
         if entries.keys is not None:
