@@ -52,9 +52,10 @@ ALERT_WORDS = {"hook_failed": "hook {job} failed", "deletion_failed": "deletion 
                "deletion_stuck": "stuck"}
 
 
-def category_cell(category: dict) -> str:
-    """'310.4 GiB', with the status unless active and what went wrong: '1.2 TiB [archiving; hook J12 failed]'."""
-    text = human_size(category.get("size"))
+def category_cell(category: dict, never_measured: bool = False) -> str:
+    """'310.4 GiB', with the status unless active and what went wrong: '1.2 TiB [archiving; hook J12 failed]';
+    '-' for a session never measured (its directory has not been there yet), which is not 0 B."""
+    text = "-" if never_measured else human_size(category.get("size"))
     status = category.get("status")
     marks = [] if status in (None, "active") else [status]
     alert = category.get("alert")

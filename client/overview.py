@@ -26,7 +26,8 @@ def overview_rows(projects: list[dict[str, Any]], sessions_by_project: dict[str,
             dm = s["data_management"]
             status = s.get("cryosparc_status") or s["status"]
             rows.append([f"  {s['uid']}", s["title"], status,
-                         *(category_cell(dm[dt]) for dt, _ in DATATYPE_COLUMNS), times.short(s["created_at"]),
+                         *(category_cell(dm[dt], never_measured=not s.get("measured_at") and not dm[dt].get(
+                             "updated_at")) for dt, _ in DATATYPE_COLUMNS), times.short(s["created_at"]),
                          times.short((s["paused_at"] or [None])[-1]), times.short(s["completed_at"]),
                          times.short(s.get("measured_at")) if s.get("measured_at") else "never"])
     return rows

@@ -194,3 +194,17 @@ def test_ls_searches_and_filters_on_the_server(daemon: Daemon, tmp_path: Path) -
     assert nothing.returncode == 0 and nothing.stdout.strip() == "Nothing matches."
     wrong = daemon.livedm("ls", "--status", "archived")
     assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
+
+
+def test_ls_shows_a_session_whose_directory_never_existed_as_never_measured_not_0_b(daemon: Daemon,
+                                                                                    tmp_path: Path) -> None:
+    tree = build_session_tree(tmp_path / "proj", exposures=2)
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "measured"])  # S1: its directory is there
+    daemon.call("create_live_session", ["P1", "not yet"])  # S2: none yet
+    for session_uid in ("S1", "S2"):
+        daemon.call("update_session_datatype_sizes", ["P1", session_uid])
+    rows = {line.split()[0]: line.split() for line in daemon.livedm("ls", "P1").stdout.splitlines()[1:]}
+    # a "-" per category, and for LAST PAUSED and COMPLETED (neither has happened to either session)
+    assert rows["S2"][-1] == "never" and "B" not in rows["S2"] and rows["S2"].count("-") == 5 + 2
+    assert rows["S1"].count("-") == 2 and "KiB" in rows["S1"]
