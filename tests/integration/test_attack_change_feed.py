@@ -256,33 +256,18 @@ def test_a_file_replaced_with_the_old_inode_number_beside_a_file_gone_is_measure
     assert _figures(after) == _truth(tree)
 
 
-def test_files_moved_in_whole_while_refreshes_run_are_all_counted_in_the_end(
+
+@pytest.mark.xfail(strict=True, reason="a file written in place after a refresh looked at it changes no name: "
+                   "only a full refresh sees its bytes, fed or listed (a Live writer creating files in place can "
+                   "be caught between create and write)")
+def test_a_file_caught_half_written_is_measured_whole_once_its_directory_changes_again(
         measured: tuple[Sessions, SessionTree]) -> None:
-    """As test_files_written_while_refreshes_run_are_all_counted_in_the_end, but each file is written outside
-    and moved in whole: that one also stats files half written (size 0), which no name change corrects (only a
-    full refresh sees a file written in place after it was looked at), so it fails now and then."""
     service, tree = measured
-    stop = threading.Event()
-    staging = tree.project_dir.parent / "staging"
-    staging.mkdir()
-
-    def write() -> None:
-        i = 0
-        while not stop.is_set():
-            for target, size in ((_mc(tree) / f"live_{i:06d}.mrc", i % 50),
-                                 (tree.session_path / "thumbnails" / f"live_{i:06d}.png", 1)):
-                (staging / target.name).write_bytes(b"l" * size)
-                (staging / target.name).rename(target)
-            i += 1
-
-    writer = threading.Thread(target=write)
-    writer.start()
-    probed = 0
-    try:
-        for _ in range(15):
-            probed += _measure(service, tree).probed_dirs
-    finally:
-        stop.set()
-        writer.join()
-    assert probed > 0
-    _agrees_with_a_full_walk(service, tree, _measure(service, tree))
+    half = _mc(tree) / "half_written.mrc"
+    half.write_bytes(b"")  # created: the refresh stats it before its bytes come
+    _measure(service, tree)
+    with open(half, "ab") as fh:
+        fh.write(b"h" * 4096)
+    (_mc(tree) / "next.mrc").write_bytes(b"n")
+    after = _measure(service, tree)
+    assert _figures(after) == _truth(tree)
