@@ -168,9 +168,11 @@ class ChangeFeed:
                 self._forget_names()
 
     def _forget_names(self) -> None:
-        """Every token given so far can no longer be answered."""
+        """Every token given so far can no longer be answered: each watch's sequence moves past its names and
+        one more, so a token given when its watch held no names is not answered either (an overflow drops
+        events the names never got, so an empty list says nothing)."""
         for watch in self._watches.values():
-            watch.base += len(watch.names)
+            watch.base += len(watch.names) + 1
             watch.names = []
         self._held = 0
 

@@ -508,11 +508,15 @@ class SessionWalk:
         fresh: list[str] = []
         fresh_inos = array("Q")
         fresh_kinds = bytearray()
+        again: dict[int, tuple[str, int]] = {}  # known index: name, kind
         for name, index, ino, kind in zip(names, indexes, inos, kinds, strict=True):
             if index >= 0:
                 if kind in (0, _KIND_DIR) or ino != before.inos[index]:
                     return None
-                continue  # still the same file (renamed away and back)
+                # the same inode number: renamed away and back, or deleted and another file given the freed
+                # number (ext4 does at once), which a listing cannot tell apart; the feed can, so it is stat'ed
+                again[index] = (name, kind)
+                continue
             if kind == _KIND_DIR:
                 subdirs[name] = None
                 continue
@@ -524,9 +528,22 @@ class SessionWalk:
         state.subdirs = list(subdirs)
         follow = bytes(fresh_kinds).translate(_LINK_MASK) if raw else bytes(len(fresh))
         fresh, fresh_inos, follow = self._unskipped(rel, fresh, fresh_inos, follow)
-        state.entries = before.copy()
         self.probed += 1
-        return _Listed(rel, datatype, fd, state, fresh, fresh_inos, follow, before=before)
+        if not again:
+            state.entries = before.copy()
+            return _Listed(rel, datatype, fd, state, fresh, fresh_inos, follow, before=before)
+        keep = bytes(index not in again for index in range(len(before)))  # as _compare: the others first
+        state.entries = Entries(list(compress(before.names, keep)), array("Q", compress(before.inos, keep)),
+                                array("q", compress(before.sizes, keep)), None if before.keys is None else array(
+                                    "Q", chain.from_iterable(compress(zip(before.keys[0::2], before.keys[1::2],
+                                                                          strict=True), keep))))
+        state.restated = True
+        again_names = [name for name, _ in again.values()]
+        pending_inos = array("Q", (before.inos[index] for index in again))
+        pending_inos.extend(fresh_inos)
+        again_follow = bytes(kind for _, kind in again.values()).translate(_LINK_MASK) if raw else bytes(len(again))
+        return _Listed(rel, datatype, fd, state, again_names + fresh, pending_inos, again_follow + follow,
+                       known_pending=len(again), before=before)
 
     def _before(self, previous: DirState | None) -> Entries | None:
         if previous is None:

@@ -127,12 +127,18 @@ def test_files_written_while_refreshes_run_are_all_counted_in_the_end(measured: 
     it or handed to the next one, never lost between the two."""
     service, tree = measured
     stop = threading.Event()
+    # each file written outside and moved in whole: one created in place may be stat'ed before its bytes are
+    # written, and a file written in place after it was looked at is seen by a full refresh only (listed or not)
+    staging = tree.project_dir.parent / "staging"
+    staging.mkdir()
 
     def write() -> None:
         i = 0
         while not stop.is_set():
-            (_mc(tree) / f"live_{i:06d}.mrc").write_bytes(b"l" * (i % 50))
-            (tree.session_path / "thumbnails" / f"live_{i:06d}.png").write_bytes(b"t")
+            for target, data in ((_mc(tree) / f"live_{i:06d}.mrc", b"l" * (i % 50)),
+                                 (tree.session_path / "thumbnails" / f"live_{i:06d}.png", b"t")):
+                (staging / target.name).write_bytes(data)
+                (staging / target.name).rename(target)
             i += 1
 
     writer = threading.Thread(target=write)

@@ -220,3 +220,19 @@ def _soon(condition: Callable[[], bool], within_s: float = 2.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def test_an_overflow_forgets_a_token_whose_watch_held_no_names(feed: ChangeFeed, opened: Opened,
+                                                               tmp_path: Path) -> None:
+    """The kernel drops the events after IN_Q_OVERFLOW: a watch that held no names when it came may have lost
+    some all the same, so its token is not answered (with nothing) either."""
+    token, _ = feed.arm(opened.fd, opened.identity)
+    with feed._lock:
+        feed._drain()
+        real_read = feed._inotify.read
+        queued = [[Event(-1, flags.Q_OVERFLOW, 0, "")], []]
+        feed._inotify.read = lambda timeout=None, read_delay=None: queued.pop(0)  # type: ignore[method-assign]
+        feed._drain()
+        feed._inotify.read = real_read  # type: ignore[method-assign]
+    (tmp_path / "d" / "after").write_bytes(b"")  # not the one dropped; the token is stale all the same
+    assert feed.arm(opened.fd, opened.identity, token)[1] is None
