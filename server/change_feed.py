@@ -53,6 +53,7 @@ class _Watch:
     gen: int  # unique within this feed: a watch descriptor the kernel hands out again is another watch
     base: int = 0  # sequence number of names[0]; tokens before it can no longer be answered
     names: list[str] = field(default_factory=list)
+    created: bytearray = field(default_factory=bytearray)  # per name: 1 if its event was IN_CREATE
 
 
 class ChangeFeed:
@@ -86,6 +87,18 @@ class ChangeFeed:
         local file system, no room for another watch, the feed closed), and the names changed from the token
         `since` until now, each once (None when that cannot be known: no token, another daemon's, another
         directory's, an overflow since). In one step, so that no change falls between the two."""
+        token, changes = self._arm(dir_fd, identity, since)
+        return token, None if changes is None else list(dict.fromkeys(changes[0]))
+
+    def arm_for_creations(self, dir_fd: int, identity: tuple[int, int], since: str) -> tuple[str, bool]:
+        """As arm; True when every change since `since` is known and was an entry made anew (IN_CREATE): then
+        nothing that was in the directory is gone or another file now (a rename onto a name, a delete, a move
+        away are not creations)."""
+        token, changes = self._arm(dir_fd, identity, since)
+        return token, changes is not None and all(changes[1])
+
+    def _arm(self, dir_fd: int, identity: tuple[int, int],
+             since: str) -> tuple[str, tuple[list[str], bytearray] | None]:
         try:
             if _dirstat.fs_magic(dir_fd) not in LOCAL_FS_MAGIC:
                 return "", None
@@ -107,13 +120,13 @@ class ChangeFeed:
             if watch is None or watch.identity != identity:
                 watch = self._watches[wd] = _Watch(identity, self._next_gen)
                 self._next_gen += 1
-            changed = self._names_since(since, wd, watch)
+            changed = self._changes_since(since, wd, watch)
             watch.base += len(watch.names)
             self._held -= len(watch.names)
-            watch.names = []
+            watch.names, watch.created = [], bytearray()
             return f"{self.instance}:{wd}:{watch.gen}:{watch.base}", changed
 
-    def _names_since(self, token: str, wd: int, watch: _Watch) -> list[str] | None:
+    def _changes_since(self, token: str, wd: int, watch: _Watch) -> tuple[list[str], bytearray] | None:
         try:
             instance, wd_text, gen_text, seq_text = token.split(":")
             token_wd, gen, seq = int(wd_text), int(gen_text), int(seq_text)
@@ -122,7 +135,7 @@ class ChangeFeed:
         if instance != self.instance or token_wd != wd or gen != watch.gen or not watch.base <= seq <= (
                 watch.base + len(watch.names)):
             return None
-        return list(dict.fromkeys(watch.names[seq - watch.base:]))
+        return watch.names[seq - watch.base:], watch.created[seq - watch.base:]
 
     def watches(self) -> int:
         with self._lock:
@@ -161,6 +174,7 @@ class ChangeFeed:
                     del self._watches[event.wd]
                 elif event.mask & _NAME_EVENTS and event.name:
                     watch.names.append(event.name)
+                    watch.created.append(1 if event.mask & flags.CREATE else 0)
                     self._held += 1
             if self._held > self.max_names:
                 log.warning("more than %d changed names held: the next refresh lists every directory that changed",
@@ -173,7 +187,7 @@ class ChangeFeed:
         events the names never got, so an empty list says nothing)."""
         for watch in self._watches.values():
             watch.base += len(watch.names) + 1
-            watch.names = []
+            watch.names, watch.created = [], bytearray()
         self._held = 0
 
 

@@ -26,6 +26,7 @@ import sys
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 
@@ -264,7 +265,8 @@ class SessionWalk:
     def __init__(self, project_dir: str, session_dir: str, layout: Layout, *, previous: dict[str, DirState],
                  load_entries: Callable[[DirState], Entries | None], skip: frozenset[str] = frozenset(),
                  threads: int = 1, restat_raw: bool = True,
-                 movie_inodes: frozenset[tuple[int, int]] | None = None, feed: ChangeFeed | None = None) -> None:
+                 movie_inodes: frozenset[tuple[int, int]] | None = None, feed: ChangeFeed | None = None,
+                 pool: ThreadPoolExecutor | None = None) -> None:
         self.project_dir = project_dir
         self.session_dir = session_dir
         self.layout = layout
@@ -281,6 +283,7 @@ class SessionWalk:
         self.movie_inodes = movie_inodes
         self.feed = feed
         self.probed = 0
+        self.pool = pool  # the caller's, kept across walks (None: one of `threads` for this walk)
 
     def run(self) -> WalkResult:
         dirs: dict[str, DirState] = {}
@@ -291,7 +294,8 @@ class SessionWalk:
         except OSError:
             root_is_dir = False
         if root_is_dir:
-            with ThreadPoolExecutor(self.threads, thread_name_prefix="walk") as pool:
+            with nullcontext(self.pool) if self.pool is not None else ThreadPoolExecutor(
+                    self.threads, thread_name_prefix="walk") as pool:
                 level: list[tuple[str, str, tuple[int, int] | None]] = [(self.session_dir, "metadata", None)]
                 while level:
                     next_level: list[tuple[str, str, tuple[int, int] | None]] = []

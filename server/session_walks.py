@@ -15,7 +15,7 @@ import threading
 import uuid
 from array import array
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -103,6 +103,17 @@ class SessionWalks:
         self._feed: ChangeFeed | None = None
         self._feed_lock = threading.Lock()
         self._feed_failed = False
+        self._pool: ThreadPoolExecutor | None = None
+
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads every walk of this process lists, stats and packs on, started at the first: a pool
+        per refresh cost a few milliseconds per thread, each start waiting for the busy ones to let go of
+        the interpreter lock. Never waited on from inside itself (no deadlock when refreshes share it)."""
+        with self._feed_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max(self.config.walk_threads, os.cpu_count() or 1),
+                                                thread_name_prefix="walk")
+            return self._pool
 
     def feed(self) -> ChangeFeed | None:
         """The change feed, started at the first walk; None when off or the kernel refuses one."""
@@ -122,6 +133,9 @@ class SessionWalks:
             if self._feed is not None:
                 self._feed.close()
                 self._feed = None
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
 
     def _saved_entries(self, chunk_ids: list[str], files: int) -> Entries | None:
         """A directory's files as its last walk saved them, from memory if held; None when a chunk is gone
@@ -185,11 +199,14 @@ class SessionWalks:
         movie_dirs = [] if walk_full else walk_docs.unpack_paths((walk_doc or {}).get("movie_dirs"))
         movie_stamp = movie_dirs_stamp(movie_dirs)
         restat_raw = walk_full or (walk_doc or {}).get("movie_stamp") != movie_stamp
+        movie_feed, only_created = self._arm_movie_dirs(movie_dirs, (walk_doc or {}).get("movie_feed"))
+        if restat_raw and not walk_full and movie_dirs and only_created:
+            restat_raw = False  # movies were only added where the links point: no known link's target changed
         walk = SessionWalk(project_dir, session["session_dir"], self.config.layout, previous=previous,
                            load_entries=load_entries, skip=skip, threads=self.config.walk_threads,
                            restat_raw=restat_raw,
                            movie_inodes=movie_inodes(movie_dirs) if restat_raw and not walk_full else None,
-                           feed=self.feed())
+                           feed=self.feed(), pool=self.pool())
         result = walk.run()
         if not walk_full:
             result.movie_dirs |= set(movie_dirs)
@@ -198,28 +215,61 @@ class SessionWalks:
         self.store.begin_walk_write(key, sig)
         # the registry and the walk state are written side by side: each thread packs while the other's
         # write is in the store
-        with ThreadPoolExecutor(1, thread_name_prefix="registry") as beside:
-            registry_written = beside.submit(
-                self._update_registry, project_uid, session_uid, session, project_dir=project_dir, result=result,
-                walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"], rewrite=full is True)
+        registry_written = self.pool().submit(
+            self._update_registry, project_uid, session_uid, session, project_dir=project_dir, result=result,
+            walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"], rewrite=full is True)
+        try:
             if walk_full:
                 self.store.clear_walk(key)
                 self.store.begin_walk_write(key, sig)
                 saved_ok = self._save_all(key, result, blobs)
             else:
                 saved_ok = self._save_changes(key, result, saved=saved)
-            clean = registry_written.result() and saved_ok
+        finally:
+            wait([registry_written])  # a failed save never leaves the registry's write running on
+        clean = registry_written.result() and saved_ok
         if clean:
             new_dirs = sorted(result.movie_dirs)
-            stamp = movie_stamp if new_dirs == sorted(movie_dirs) else movie_dirs_stamp(new_dirs)
+            same_dirs = new_dirs == sorted(movie_dirs)
+            stamp = movie_stamp if same_dirs else movie_dirs_stamp(new_dirs)
+            if not same_dirs:
+                movie_feed, _ = self._arm_movie_dirs(new_dirs, None)
             self.store.finish_walk_write(key, since_full=0 if walk_full else since_full + 1,
                                          movie_dirs=walk_docs.pack_paths(new_dirs), movie_stamp=stamp,
-                                         api_seen=(api_changes, len(skip)))
+                                         movie_feed=movie_feed, api_seen=(api_changes, len(skip)))
         for datatype in DATATYPES:  # files registered by API join the measure, each byte once
             if api[datatype]:
                 totals[datatype] = self._with_registered(result, datatype, api[datatype], project_dir,
                                                          load_entries=load_entries)
         return Measured(totals, walk_full, result.stats, len(result.dirs), len(result.changed), result.probed)
+
+    def _arm_movie_dirs(self, paths: list[str], tokens: object) -> tuple[list[str], bool]:
+        """The change feed's tokens for the directories raw links point into (outside the session, where
+        movies come and go), and whether since the tokens given (`tokens`, in the order of `paths`) only new
+        movies came: then no raw link needs its target stat'ed again, and the movie directories need no
+        listing. Armed before the walk looks, as the session's own directories are."""
+        feed = self.feed()
+        saved = tokens if isinstance(tokens, list) and len(tokens) == len(paths) else [""] * len(paths)
+        armed: list[str] = []
+        only_created = feed is not None
+        for path, since in zip(paths, saved, strict=True):
+            token, created = "", False
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            if fd >= 0 and feed is not None:
+                try:
+                    st = os.fstat(fd)
+                    token, created = feed.arm_for_creations(fd, (st.st_dev, st.st_ino),
+                                                            since if isinstance(since, str) else "")
+                finally:
+                    os.close(fd)
+            elif fd >= 0:
+                os.close(fd)
+            armed.append(token)
+            only_created = only_created and created
+        return armed, only_created
 
     def _signature(self, skip: frozenset[str]) -> str:
         """What a walk's states depend on besides the disk: a change walks in full."""
@@ -315,8 +365,7 @@ class SessionWalks:
             assert state.entries is not None
             return list(walk_docs.chunk_docs(key, state.entries, name_blobs=blobs[state.rel]))
 
-        with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="pack") as pool:  # zlib runs without the GIL
-            packed = list(pool.map(pack, states))
+        packed = list(self.pool().map(pack, states))  # zlib runs without the GIL
         for state, own in zip(states, packed, strict=True):
             chunks += own
             headers.append(walk_docs.header_doc(key, state, chunk_ids=[c["_id"] for c in own], gen=uuid.uuid4().hex))

@@ -586,11 +586,12 @@ class Store:
                                  upsert=True)
 
     def finish_walk_write(self, key: str, *, since_full: int, movie_dirs: list[Any], movie_stamp: str,
-                          api_seen: tuple[int, int]) -> None:
-        """`api_seen`: (the API-registration change count the walk started from, how many paths it found)."""
+                          movie_feed: list[str], api_seen: tuple[int, int]) -> None:
+        """`api_seen`: (the API-registration change count the walk started from, how many paths it found);
+        `movie_feed`: the change feed's token per movie directory."""
         self.db.walks.update_one({"_id": key}, {"$set": {"dirty": False, "since_full": since_full,
                                                          "movie_dirs": movie_dirs, "movie_stamp": movie_stamp,
-                                                         "api_seen": list(api_seen)}})
+                                                         "movie_feed": movie_feed, "api_seen": list(api_seen)}})
 
     def clear_walk(self, key: str) -> None:
         """Every directory's state (the session's own document stays: it counts API registrations)."""

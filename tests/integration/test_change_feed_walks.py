@@ -251,3 +251,28 @@ def test_a_directory_swapped_for_another_between_refreshes_is_listed(measured: t
     after = _measure(service, tree)
     assert _figures(after) == _truth(tree)
     assert _figures(after)["micrographs"] == (12 * 3 + 1, 13), "12 files of 3 bytes and one of 1"
+
+
+def test_new_movies_where_links_point_need_no_listing_there_and_a_movie_gone_is_still_seen(
+        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The movie directory (outside the session) is followed too: only movies made anew there since the last
+    refresh means no known link's target changed, so neither the movies are listed nor the links stat'ed again;
+    a movie deleted or moved there is a change the feed reports, and the links are looked at again."""
+    service, tree = measured
+    _measure(service, tree)  # the walk that armed the movie directory saved its token
+    movie = tree.movies_dir / "late_fractions.tiff"
+    movie.write_bytes(b"m" * 6000)
+    (tree.session_path / "import_movies" / movie.name).symlink_to(movie)
+    listed = _count_listings(monkeypatch)
+    grown = _measure(service, tree)
+    assert str(tree.movies_dir) not in listed, "the movie directory is not listed"
+    assert (grown.stats, grown.probed_dirs) == (1, 1)
+    assert _figures(grown) == _truth(tree)
+    sorted(tree.movies_dir.iterdir())[0].unlink()  # a linked movie gone: the link stays
+    shrunk = _measure(service, tree)
+    assert str(tree.movies_dir) in listed, "a movie gone: the movie directory is listed again"
+    assert _figures(shrunk) == _truth(tree)
+    replaced = sorted(tree.movies_dir.iterdir())[0]
+    (tree.movies_dir / "incoming").write_bytes(b"r" * 12345)
+    (tree.movies_dir / "incoming").rename(replaced)  # another movie under a linked name
+    assert _figures(_measure(service, tree)) == _truth(tree)

@@ -236,3 +236,33 @@ def test_an_overflow_forgets_a_token_whose_watch_held_no_names(feed: ChangeFeed,
         feed._inotify.read = real_read  # type: ignore[method-assign]
     (tmp_path / "d" / "after").write_bytes(b"")  # not the one dropped; the token is stale all the same
     assert feed.arm(opened.fd, opened.identity, token)[1] is None
+
+
+@pytest.mark.parametrize(("change", "only_created"), [
+    ("nothing", True), ("create", True), ("create then write", True), ("delete", False),
+    ("rename onto a name", False), ("move away", False), ("create then delete", False),
+])
+def test_arm_for_creations_says_whether_only_new_entries_came(feed: ChangeFeed, opened: Opened, tmp_path: Path,
+                                                               change: str, only_created: bool) -> None:
+    d = tmp_path / "d"
+    (d / "kept.tiff").write_bytes(b"k")
+    token, _ = feed.arm_for_creations(opened.fd, opened.identity, "")
+    if change in ("create", "create then write", "create then delete"):
+        (d / "new.tiff").write_bytes(b"n")
+    if change == "create then write":
+        with open(d / "new.tiff", "ab") as fh:
+            fh.write(b"more")
+    if change == "create then delete":
+        (d / "new.tiff").unlink()
+    if change == "delete":
+        (d / "kept.tiff").unlink()
+    if change == "rename onto a name":
+        (tmp_path / "elsewhere.tiff").write_bytes(b"e")
+        (tmp_path / "elsewhere.tiff").rename(d / "kept.tiff")
+    if change == "move away":
+        (d / "kept.tiff").rename(tmp_path / "away.tiff")
+    assert feed.arm_for_creations(opened.fd, opened.identity, token)[1] is only_created
+
+
+def test_arm_for_creations_without_a_token_knows_nothing(feed: ChangeFeed, opened: Opened) -> None:
+    assert feed.arm_for_creations(opened.fd, opened.identity, "")[1] is False
