@@ -200,8 +200,11 @@ class SessionWalks:
         movie_stamp = movie_dirs_stamp(movie_dirs)
         restat_raw = walk_full or (walk_doc or {}).get("movie_stamp") != movie_stamp
         movie_feed, only_created = self._arm_movie_dirs(movie_dirs, (walk_doc or {}).get("movie_feed"))
-        if restat_raw and not walk_full and movie_dirs and only_created:
-            restat_raw = False  # movies were only added where the links point: no known link's target changed
+        if restat_raw and not walk_full and movie_dirs and only_created and all(
+                state.present == state.files for state in previous.values() if state.datatype == "raw"):
+            # movies were only added where the links point, and every known link's movie was there: none of
+            # them changed (a link whose movie was missing is stat'ed again: its movie may be one of the new)
+            restat_raw = False
         walk = SessionWalk(project_dir, session["session_dir"], self.config.layout, previous=previous,
                            load_entries=load_entries, skip=skip, threads=self.config.walk_threads,
                            restat_raw=restat_raw,

@@ -276,3 +276,18 @@ def test_new_movies_where_links_point_need_no_listing_there_and_a_movie_gone_is_
     (tree.movies_dir / "incoming").write_bytes(b"r" * 12345)
     (tree.movies_dir / "incoming").rename(replaced)  # another movie under a linked name
     assert _figures(_measure(service, tree)) == _truth(tree)
+
+
+def test_a_link_whose_movie_arrives_after_it_is_measured_once_the_movie_is_there(
+        measured: tuple[Sessions, SessionTree]) -> None:
+    """Only creations in the movie directory, but one of them is the movie of a link that dangled: that link is
+    stat'ed again (Live links a movie before its copy may have landed)."""
+    service, tree = measured
+    present = _measure(service, tree).totals["raw"].present
+    early = tree.movies_dir / "copied_later.tiff"
+    (tree.session_path / "import_movies" / early.name).symlink_to(early)
+    assert _figures(_measure(service, tree)) == _truth(tree)
+    early.write_bytes(b"m" * 4321)
+    arrived = _measure(service, tree)
+    assert _figures(arrived) == _truth(tree)
+    assert arrived.totals["raw"].present == present + 1

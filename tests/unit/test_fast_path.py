@@ -120,10 +120,12 @@ class Daemon:
 
 
 def _comparable(value: Any) -> Any:
-    """Times, generated ObjectIds and scan generations (random) differ between any two databases."""
+    """Times, generated ObjectIds, scan generations (random) and change-feed tokens (each daemon's own) differ
+    between any two databases."""
     if isinstance(value, dict):
         return {k: _comparable(v) for k, v in value.items() if not (
-            k in ("at", "as_of", "not_before", "lease_until", "changed_s") or k.endswith(("_at", "_ts", "gen"))
+            k in ("at", "as_of", "not_before", "lease_until", "changed_s", "feed", "movie_feed")
+            or k.endswith(("_at", "_ts", "gen"))
             or (k == "_id" and not isinstance(v, str)))}
     if isinstance(value, list):
         return [_comparable(v) for v in value]
