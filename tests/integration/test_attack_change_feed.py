@@ -12,49 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from livedm.server import files
-from livedm.server.domain import DATATYPES
 from livedm.server.session_walks import Measured
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
-from testkit.sessiontree import SessionTree, build_session_tree
-from tests.support.config import make_config, service_on
-
-LAYOUT = make_config(Path("/nonexistent")).layout
+from testkit.sessiontree import SessionTree
+from tests.support.walks import figures as _figures
+from tests.support.walks import measure as _measure
+from tests.support.walks import measured_session
+from tests.support.walks import motioncorrected as _mc
+from tests.support.walks import registry as _registry
+from tests.support.walks import truth as _truth
 
 
 @pytest.fixture
 def measured(real_store: Store, tmp_path: Path) -> Iterator[tuple[Sessions, SessionTree]]:
-    service = service_on(real_store, make_config(tmp_path / "state"))
-    tree = build_session_tree(tmp_path / "proj", exposures=6)
-    service.create_project("p", str(tree.project_dir))
-    service.create_live_session("P1", "s")
-    service.refresh_session("P1", "S1")
-    yield service, tree
-    service.walks.close()
-
-
-def _measure(service: Sessions, tree: SessionTree, full: bool | None = False) -> Measured:
-    return service.walks.measure("P1", "S1", service.session("P1", "S1"), str(tree.project_dir), full=full)
-
-
-def _truth(tree: SessionTree) -> dict[str, tuple[int, int]]:
-    walked = files.walk_session(str(tree.project_dir), "S1", LAYOUT)
-    return {dt: (walked[dt].size, walked[dt].present) for dt in DATATYPES}
-
-
-def _figures(measure: Measured) -> dict[str, tuple[int, int]]:
-    return {dt: (t.size, t.present) for dt, t in measure.totals.items()}
-
-
-def _registry(service: Sessions) -> dict[str, list[str]]:
-    session = service.session("P1", "S1")
-    scan = service.store.read_registry("P1", "S1", session.get("scan_gen"), sources=("scan",))["scan"]
-    return {dt: sorted(paths) for dt, paths in scan.items()}
-
-
-def _mc(tree: SessionTree) -> Path:
-    return tree.session_path / "motioncorrected"
+    yield from measured_session(real_store, tmp_path)
 
 
 def _agrees_with_a_full_walk(service: Sessions, tree: SessionTree, measure: Measured) -> None:
