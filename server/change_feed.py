@@ -25,6 +25,8 @@ import select
 import threading
 import uuid
 import weakref
+from collections import OrderedDict
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from inotify_simple import INotify, flags
@@ -45,6 +47,7 @@ LOCAL_FS_MAGIC = frozenset({
 _NAME_EVENTS = flags.CREATE | flags.DELETE | flags.MOVED_FROM | flags.MOVED_TO
 _WATCH_MASK = _NAME_EVENTS | flags.ONLYDIR | flags.EXCL_UNLINK
 _POLL_MS = 1000  # how soon the reader notices close()
+EVICT_FRACTION = 64  # with no room for a watch, the least recently armed 1/64 of ours make room
 
 
 @dataclass
@@ -64,10 +67,10 @@ class ChangeFeed:
         self.max_names = max_names
         self.instance = uuid.uuid4().hex[:12]
         self._lock = threading.Lock()
-        self._watches: dict[int, _Watch] = {}
+        self._watches: OrderedDict[int, _Watch] = OrderedDict()  # least recently armed first
         self._next_gen = 1
         self._held = 0
-        self._full = False  # the kernel refused a watch for want of room: logged once
+        self._full = False  # the kernel had no room for a watch: logged once
         self._closed = False
         self._inotify = INotify(nonblocking=True)  # OSError: no inotify here, or no instance left to this user
         # the reader holds the feed only weakly: a feed dropped unclosed (a test's) stops it and its descriptor
@@ -107,24 +110,46 @@ class ChangeFeed:
         with self._lock:
             if self._closed:
                 return "", None
-            try:  # the directory open now, not whatever its path leads to by now
-                wd = self._inotify.add_watch(f"/proc/self/fd/{dir_fd}", _WATCH_MASK)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC and not self._full:
-                    self._full = True
-                    log.warning("the kernel allows no more inotify watches (fs.inotify.max_user_watches): "
-                                "refreshes list the directories beyond them")
+            wd = self._add_watch(dir_fd)
+            if wd is None:
                 return "", None
             self._drain()  # every event queued before this point is seen by the caller, who looks next
             watch = self._watches.get(wd)
             if watch is None or watch.identity != identity:
                 watch = self._watches[wd] = _Watch(identity, self._next_gen)
                 self._next_gen += 1
+            self._watches.move_to_end(wd)
             changed = self._changes_since(since, wd, watch)
             watch.base += len(watch.names)
             self._held -= len(watch.names)
             watch.names, watch.created = [], bytearray()
             return f"{self.instance}:{wd}:{watch.gen}:{watch.base}", changed
+
+    def _add_watch(self, dir_fd: int) -> int | None:
+        """The watch descriptor of the open directory (the one open now, not whatever its path leads to by
+        now); with no room left (fs.inotify.max_user_watches), the least recently armed of ours are dropped
+        to make some: directories of sessions no longer growing give way to those walked now (theirs are
+        listed when they change). None: no watch. Called with the lock held."""
+        for attempt in range(2):
+            try:
+                return int(self._inotify.add_watch(f"/proc/self/fd/{dir_fd}", _WATCH_MASK))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    break
+                if not self._full:
+                    self._full = True
+                    log.warning("the kernel allows no more inotify watches (fs.inotify.max_user_watches): the "
+                                "least recently walked directories give theirs up, and a directory without "
+                                "one is listed when it changes")
+                if attempt or not self._watches:
+                    break
+                for _ in range(max(1, len(self._watches) // EVICT_FRACTION)):
+                    old_wd, old = self._watches.popitem(last=False)
+                    self._held -= len(old.names)
+                    with suppress(OSError):  # gone already (its directory was deleted)
+                        self._inotify.rm_watch(old_wd)
+                self._drain()  # their IN_IGNORED, before the kernel can hand a descriptor out again
+        return None
 
     def _changes_since(self, token: str, wd: int, watch: _Watch) -> tuple[list[str], bytearray] | None:
         try:

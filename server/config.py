@@ -232,7 +232,8 @@ SETTINGS: tuple[Setting, ...] = (
             "files were added looks at just those instead of listing each changed directory. Only on local file "
             "systems (ext4, xfs, btrfs, zfs, tmpfs, f2fs): on NFS, Lustre or GPFS another node's changes would go "
             "unseen, and directories there are always listed. Needs one inotify watch per directory "
-            "(fs.inotify.max_user_watches); beyond that, directories are listed.", _parse_bool),
+            "(fs.inotify.max_user_watches); beyond that, the least recently walked directories give theirs up "
+            "and are listed when they change.", _parse_bool),
     Setting("walk_threads", "auto", "Threads that walk and stat a session's files; more keep a cold disk or a "
             "network file system busy. auto: four per core, at most 16.", _parse_walk_threads),
     Setting("trial", "false", "Allow running without data_roots (a trial on a laptop: projects may then be "

@@ -176,8 +176,48 @@ def test_no_room_for_a_watch_gets_no_token(feed: ChangeFeed, opened: Opened, mon
     assert feed.arm(opened.fd, opened.identity) == ("", None)
     assert feed.arm(opened.fd, opened.identity) == ("", None)
     assert [r.message for r in caplog.records].count(
-        "the kernel allows no more inotify watches (fs.inotify.max_user_watches): refreshes list the directories "
-        "beyond them") == 1, "said once, not per directory"
+        "the kernel allows no more inotify watches (fs.inotify.max_user_watches): the least recently walked "
+        "directories give theirs up, and a directory without one is listed when it changes") == 1, \
+        "said once, not per directory"
+
+
+def test_with_no_room_left_the_least_recently_armed_watches_make_room(feed: ChangeFeed, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that allows three watches (fs.inotify.max_user_watches): the directory walked now gets one, the
+    one armed longest ago gives its up, and its token is no longer answered."""
+    real_add, real_rm = feed._inotify.add_watch, feed._inotify.rm_watch
+    live: set[int] = set()
+
+    def add(path: str, mask: int) -> int:
+        wd = real_add(path, mask)
+        if wd not in live and len(live) >= 3:
+            real_rm(wd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        live.add(wd)
+        return wd
+
+    def rm(wd: int) -> None:
+        live.discard(wd)
+        real_rm(wd)
+
+    monkeypatch.setattr(feed._inotify, "add_watch", add)
+    monkeypatch.setattr(feed._inotify, "rm_watch", rm)
+    dirs = []
+    for name in "abcd":
+        (tmp_path / name).mkdir()
+        dirs.append(Opened(tmp_path / name))
+    try:
+        tokens = [feed.arm(d.fd, d.identity)[0] for d in dirs[:3]]
+        feed.arm(dirs[0].fd, dirs[0].identity, tokens[0])  # a is armed again: b is now the least recent
+        (tmp_path / "b" / "x").write_bytes(b"")
+        token_d, _ = feed.arm(dirs[3].fd, dirs[3].identity)
+        assert token_d and feed.watches() == 3 and len(live) == 3
+        assert feed.arm(dirs[1].fd, dirs[1].identity, tokens[1])[1] is None, "b gave its watch up"
+        (tmp_path / "d" / "y").write_bytes(b"")
+        assert feed.arm(dirs[3].fd, dirs[3].identity, token_d)[1] == ["y"]
+    finally:
+        for d in dirs:
+            d.close()
 
 
 def test_a_removed_directory_drops_its_watch(feed: ChangeFeed, tmp_path: Path) -> None:
