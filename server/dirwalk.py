@@ -223,9 +223,15 @@ def _link_dirs(dir_path: str, targets: list[str | None]) -> set[str]:
             odd.append(target)
         else:
             heads.add(head or ("/" if target.startswith("/") else "."))
-    found = {os.path.normpath(os.path.join(dir_path, head)) for head in heads}
+    found = {_as_the_kernel_reads(os.path.join(dir_path, head)) for head in heads}
     found.update(os.path.dirname(os.path.normpath(os.path.join(dir_path, target))) for target in odd)
     return found
+
+
+def _as_the_kernel_reads(path: str) -> str:
+    """The path tidied where that cannot change where it leads: a '..' is left in place, for the kernel takes it
+    after following whatever link comes before it (`hop/../m` with `hop` a link is not `m`)."""
+    return path if ".." in path.split("/") else os.path.normpath(path)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
