@@ -93,12 +93,15 @@ class ChangeFeed:
         token, changes = self._arm(dir_fd, identity, since)
         return token, None if changes is None else list(dict.fromkeys(changes[0]))
 
-    def arm_for_creations(self, dir_fd: int, identity: tuple[int, int], since: str) -> tuple[str, bool]:
+    def arm_for_creations(self, dir_fd: int, identity: tuple[int, int],
+                          since: str) -> tuple[str, bool, list[str] | None]:
         """As arm; True when every change since `since` is known and was an entry made anew (IN_CREATE): then
         nothing that was in the directory is gone or another file now (a rename onto a name, a delete, a move
-        away are not creations)."""
+        away are not creations). Last, the names changed, as arm gives them."""
         token, changes = self._arm(dir_fd, identity, since)
-        return token, changes is not None and all(changes[1])
+        if changes is None:
+            return token, False, None
+        return token, all(changes[1]), list(dict.fromkeys(changes[0]))
 
     def _arm(self, dir_fd: int, identity: tuple[int, int],
              since: str) -> tuple[str, tuple[list[str], bytearray] | None]:

@@ -95,6 +95,29 @@ def movie_inodes(paths: list[str]) -> frozenset[tuple[int, int]] | None:
     return frozenset(found)
 
 
+def changed_inodes(changed: dict[str, list[str]]) -> set[tuple[int, int]]:
+    """(dev, inode) of what the names the change feed reports changed in the movie directories lead to now: a
+    movie deleted and written anew under its name may get the freed inode number again (ext4 hands it out at
+    once), and one moved away and back may have been rewritten meanwhile, so a link to one of these inodes is
+    stat'ed again though its movie is listed."""
+    found: set[tuple[int, int]] = set()
+    for path, names in changed.items():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            for name in names:
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                found.add((st.st_dev, st.st_ino))
+        finally:
+            os.close(fd)
+    return found
+
+
 class SessionWalks:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
@@ -199,16 +222,20 @@ class SessionWalks:
         movie_dirs = [] if walk_full else walk_docs.unpack_paths((walk_doc or {}).get("movie_dirs"))
         movie_stamp = movie_dirs_stamp(movie_dirs)
         restat_raw = walk_full or (walk_doc or {}).get("movie_stamp") != movie_stamp
-        movie_feed, only_created = self._arm_movie_dirs(movie_dirs, (walk_doc or {}).get("movie_feed"))
+        movie_feed, only_created, movie_changes = self._arm_movie_dirs(movie_dirs,
+                                                                       (walk_doc or {}).get("movie_feed"))
         if restat_raw and not walk_full and movie_dirs and only_created and all(
                 state.present == state.files for state in previous.values() if state.datatype == "raw"):
             # movies were only added where the links point, and every known link's movie was there: none of
             # them changed (a link whose movie was missing is stat'ed again: its movie may be one of the new)
             restat_raw = False
+        movies_now = movie_inodes(movie_dirs) if restat_raw and not walk_full else None
+        if movies_now is not None and movie_changes:
+            movies_now = movies_now - changed_inodes(movie_changes)
         walk = SessionWalk(project_dir, session["session_dir"], self.config.layout, previous=previous,
                            load_entries=load_entries, skip=skip, threads=self.config.walk_threads,
                            restat_raw=restat_raw,
-                           movie_inodes=movie_inodes(movie_dirs) if restat_raw and not walk_full else None,
+                           movie_inodes=movies_now,
                            feed=self.feed(), pool=self.pool())
         result = walk.run()
         if not walk_full:
@@ -236,7 +263,11 @@ class SessionWalks:
             same_dirs = new_dirs == sorted(movie_dirs)
             stamp = movie_stamp if same_dirs else movie_dirs_stamp(new_dirs)
             if not same_dirs:
-                movie_feed, _ = self._arm_movie_dirs(new_dirs, None)
+                # armed only now, after the walk stat'ed the links: what changed since the stat is checked here
+                since_walk = dict(zip(movie_dirs, movie_feed, strict=True))
+                movie_feed, _, changes = self._arm_movie_dirs(new_dirs, [since_walk.get(p, "") for p in new_dirs])
+                if not self._movies_still_there(result, new_dirs, changes, load_entries):
+                    stamp, movie_feed = "", [""] * len(new_dirs)  # the next refresh stats the links again
             self.store.finish_walk_write(key, since_full=0 if walk_full else since_full + 1,
                                          movie_dirs=walk_docs.pack_paths(new_dirs), movie_stamp=stamp,
                                          movie_feed=movie_feed, api_seen=(api_changes, len(skip)))
@@ -246,17 +277,44 @@ class SessionWalks:
                                                          load_entries=load_entries)
         return Measured(totals, walk_full, result.stats, len(result.dirs), len(result.changed), result.probed)
 
-    def _arm_movie_dirs(self, paths: list[str], tokens: object) -> tuple[list[str], bool]:
+    @staticmethod
+    def _movies_still_there(result: WalkResult, paths: list[str], changed: dict[str, list[str]],
+                            load_entries: Callable[[DirState], Entries | None]) -> bool:
+        """Whether every raw link's movie as the walk saw it is still in the movie directories, listed now
+        (after their tokens were taken), and not behind a name changed since the walk's own tokens."""
+        listed = movie_inodes(paths)
+        if listed is None:
+            return False
+        there = listed - changed_inodes(changed)
+        for state in result.dirs.values():
+            if state.datatype != "raw" or not state.present:
+                continue
+            entries = state.entries if state.entries is not None else load_entries(state)
+            if entries is None:
+                return False
+            if entries.keys is None:
+                return False  # a present raw link is always keyed: an odd state, looked at again
+            for index in range(len(entries)):
+                key = entries.key(index)
+                # a file of its own in import_movies (not a link) is keyed by its own inode: not a movie's
+                if (entries.sizes[index] >= 0 and key is not None and key[1] != entries.inos[index]
+                        and key not in there):
+                    return False
+        return True
+
+    def _arm_movie_dirs(self, paths: list[str], tokens: object) -> tuple[list[str], bool, dict[str, list[str]]]:
         """The change feed's tokens for the directories raw links point into (outside the session, where
         movies come and go), and whether since the tokens given (`tokens`, in the order of `paths`) only new
         movies came: then no raw link needs its target stat'ed again, and the movie directories need no
-        listing. Armed before the walk looks, as the session's own directories are."""
+        listing. Armed before the walk looks, as the session's own directories are. Last, per directory whose
+        changes since its token are known, the names changed."""
         feed = self.feed()
         saved = tokens if isinstance(tokens, list) and len(tokens) == len(paths) else [""] * len(paths)
         armed: list[str] = []
+        changed: dict[str, list[str]] = {}
         only_created = feed is not None
         for path, since in zip(paths, saved, strict=True):
-            token, created = "", False
+            token, created, names = "", False, None
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError:
@@ -264,15 +322,17 @@ class SessionWalks:
             if fd >= 0 and feed is not None:
                 try:
                     st = os.fstat(fd)
-                    token, created = feed.arm_for_creations(fd, (st.st_dev, st.st_ino),
-                                                            since if isinstance(since, str) else "")
+                    token, created, names = feed.arm_for_creations(fd, (st.st_dev, st.st_ino),
+                                                                   since if isinstance(since, str) else "")
                 finally:
                     os.close(fd)
             elif fd >= 0:
                 os.close(fd)
             armed.append(token)
+            if names:
+                changed[path] = names
             only_created = only_created and created
-        return armed, only_created
+        return armed, only_created, changed
 
     def _signature(self, skip: frozenset[str]) -> str:
         """What a walk's states depend on besides the disk: a change walks in full."""

@@ -4,6 +4,7 @@ happens there, an incremental refresh must count the raw bytes and movies a walk
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,66 @@ def _during_save(service: Sessions, monkeypatch: pytest.MonkeyPatch, act: Callab
     monkeypatch.setattr(service.store, "begin_walk_write", finishing)
 
 
+@pytest.mark.parametrize("full", [True, False])
+def test_a_movie_deleted_while_a_walk_that_found_a_new_movie_directory_is_saved_is_seen_next(
+        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch, full: bool) -> None:
+    service, tree = measured
+    _measure(service, tree)
+    other = tree.movies_dir.parent / "movies-elsewhere"
+    other.mkdir()
+    (other / "b.tiff").write_bytes(b"b" * 777)
+    (tree.session_path / "import_movies" / "b.tiff").symlink_to(other / "b.tiff")
+    victim = _linked_movies(tree)[0]
+    _during_save(service, monkeypatch, victim.unlink)
+    _measure(service, tree, full=full)
+    monkeypatch.undo()
+    assert _raw(service, tree) == _true_raw(tree)
+
+
+def test_movie_dir_renamed_and_recreated_with_other_movies(measured: tuple[Sessions, SessionTree]) -> None:
+    service, tree = measured
+    _measure(service, tree)
+    names = [p.name for p in _linked_movies(tree)]
+    tree.movies_dir.rename(tree.movies_dir.with_name("old"))
+    tree.movies_dir.mkdir()
+    for name in names[:-1]:
+        (tree.movies_dir / name).write_bytes(b"x" * 10)
+    assert _raw(service, tree) == _true_raw(tree)
+
+
+def test_movie_dir_swapped_for_a_link_to_a_copy(measured: tuple[Sessions, SessionTree]) -> None:
+    service, tree = measured
+    _measure(service, tree)
+    copy = tree.movies_dir.with_name("copy")
+    shutil.copytree(tree.movies_dir, copy)
+    (copy / _linked_movies(tree)[0].name).unlink()
+    shutil.rmtree(tree.movies_dir)
+    tree.movies_dir.symlink_to(copy)
+    assert _raw(service, tree) == _true_raw(tree)
+
+
+def test_movie_moved_out_and_back(measured: tuple[Sessions, SessionTree]) -> None:
+    service, tree = measured
+    _measure(service, tree)
+    movie = _linked_movies(tree)[0]
+    movie.rename(tree.movies_dir.parent / "away")
+    (tree.movies_dir.parent / "away").write_bytes(b"z" * 3)
+    (tree.movies_dir.parent / "away").rename(movie)
+    assert _raw(service, tree) == _true_raw(tree)
+
+
+def test_movie_deleted_and_written_anew_with_its_old_inode_number(measured: tuple[Sessions, SessionTree]) -> None:
+    service, tree = measured
+    _measure(service, tree)
+    movie = _linked_movies(tree)[0]
+    ino = os.lstat(movie).st_ino
+    movie.unlink()
+    movie.write_bytes(b"n" * 54_321)
+    if os.lstat(movie).st_ino != ino:
+        pytest.skip("this file system did not hand the inode number out again")
+    assert _raw(service, tree) == _true_raw(tree)
+
+
 def test_relative_links_through_a_symlink_and_back_up_are_followed_where_they_lead(
         measured: tuple[Sessions, SessionTree]) -> None:
     """`import_movies/m -> ../hop/../../movies/m` with `hop` a link elsewhere: the kernel takes '..' after
@@ -70,3 +131,22 @@ def test_relative_links_through_a_symlink_and_back_up_are_followed_where_they_le
     _linked_movies(tree)[0].unlink()
     (decoy / "new.tiff").write_bytes(b"d")
     assert _raw(service, tree) == _true_raw(tree)
+
+
+def test_a_file_of_its_own_in_import_movies_does_not_make_every_refresh_after_a_full_one_stat_the_links(
+        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check after a walk that found new movie directories (are the movies it stat'ed still there?) passes
+    over a plain file in import_movies, whose key is its own inode, not a movie's."""
+    service, tree = measured
+    (tree.session_path / "import_movies" / "gain_ref.mrc").write_bytes(b"g" * 99)
+    _measure(service, tree, full=True)
+    restats: list[bool] = []
+    real = service.walks.__class__.measure.__globals__["SessionWalk"]
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        restats.append(kwargs["restat_raw"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("livedm.server.session_walks.SessionWalk", recording)
+    assert _raw(service, tree) == _true_raw(tree)
+    assert restats == [False], "nothing changed where the links point: no link is stat'ed again"

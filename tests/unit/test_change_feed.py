@@ -286,7 +286,7 @@ def test_arm_for_creations_says_whether_only_new_entries_came(feed: ChangeFeed, 
                                                                change: str, only_created: bool) -> None:
     d = tmp_path / "d"
     (d / "kept.tiff").write_bytes(b"k")
-    token, _ = feed.arm_for_creations(opened.fd, opened.identity, "")
+    token, _, _ = feed.arm_for_creations(opened.fd, opened.identity, "")
     if change in ("create", "create then write", "create then delete"):
         (d / "new.tiff").write_bytes(b"n")
     if change == "create then write":
