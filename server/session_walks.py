@@ -294,11 +294,10 @@ class SessionWalks:
                 return False
             if entries.keys is None:
                 return False  # a present raw link is always keyed: an odd state, looked at again
-            for index in range(len(entries)):
-                key = entries.key(index)
+            keys = zip(entries.keys[0::2], entries.keys[1::2], strict=True)
+            for key, ino, size in zip(keys, entries.inos, entries.sizes, strict=True):
                 # a file of its own in import_movies (not a link) is keyed by its own inode: not a movie's
-                if (entries.sizes[index] >= 0 and key is not None and key[1] != entries.inos[index]
-                        and key not in there):
+                if size >= 0 and key[1] != ino and key != (0, 0) and key not in there:
                     return False
         return True
 
