@@ -124,7 +124,7 @@ class SessionWalks:
         self.config = config
         self.cache = EntriesCache(config.walk_cache_entries)
         self._feed: ChangeFeed | None = None
-        self._feed_lock = threading.Lock()
+        self._lazy_lock = threading.Lock()  # the feed and the pool, started at the first walk
         self._feed_failed = False
         self._pool: ThreadPoolExecutor | None = None
 
@@ -132,7 +132,7 @@ class SessionWalks:
         """The threads every walk of this process lists, stats and packs on, started at the first: a pool
         per refresh cost a few milliseconds per thread, each start waiting for the busy ones to let go of
         the interpreter lock. Never waited on from inside itself (no deadlock when refreshes share it)."""
-        with self._feed_lock:
+        with self._lazy_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max(self.config.walk_threads, os.cpu_count() or 1),
                                                 thread_name_prefix="walk")
@@ -142,7 +142,7 @@ class SessionWalks:
         """The change feed, started at the first walk; None when off or the kernel refuses one."""
         if not self.config.change_feed:
             return None
-        with self._feed_lock:
+        with self._lazy_lock:
             if self._feed is None and not self._feed_failed:
                 try:
                     self._feed = ChangeFeed(max_names=FEED_NAMES_MAX)
@@ -152,7 +152,7 @@ class SessionWalks:
             return self._feed
 
     def close(self) -> None:
-        with self._feed_lock:
+        with self._lazy_lock:
             if self._feed is not None:
                 self._feed.close()
                 self._feed = None
@@ -308,25 +308,25 @@ class SessionWalks:
         listing. Armed before the walk looks, as the session's own directories are. Last, per directory whose
         changes since its token are known, the names changed."""
         feed = self.feed()
+        if feed is None:
+            return [""] * len(paths), False, {}
         saved = tokens if isinstance(tokens, list) and len(tokens) == len(paths) else [""] * len(paths)
         armed: list[str] = []
         changed: dict[str, list[str]] = {}
-        only_created = feed is not None
+        only_created = True
         for path, since in zip(paths, saved, strict=True):
             token, created, names = "", False, None
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError:
                 fd = -1
-            if fd >= 0 and feed is not None:
+            if fd >= 0:
                 try:
                     st = os.fstat(fd)
                     token, created, names = feed.arm_for_creations(fd, (st.st_dev, st.st_ino),
                                                                    since if isinstance(since, str) else "")
                 finally:
                     os.close(fd)
-            elif fd >= 0:
-                os.close(fd)
             armed.append(token)
             if names:
                 changed[path] = names
