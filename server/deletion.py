@@ -26,6 +26,7 @@ from .errors import ApiError, conflict, forbidden, invalid_params, not_found
 from .jobs import JobFailed, JobRun, Queue
 from .sessions import LIVEDM, Sessions
 from .states import BY_DELETION, BY_REPAIR, BY_USER, TRANSITIONS, CategoryStates
+from .store import DamagedRegistry
 from .unlink_pool import UnlinkPool
 from .unlinker import Outcome, Unlinker, by_directory
 
@@ -150,6 +151,12 @@ class Deletions:
         """The category's registered paths now (only its own registry chunks are read)."""
         registry = self.sessions.store.read_registry(session["project_uid"], session["uid"], session.get("scan_gen"),
                                                      sources=sources, datatypes=(datatype,))
+        inside = session["session_dir"] + "/"
+        stray = next((p for p in registry["scan"][datatype] if not p.startswith(inside)), None)
+        if stray is not None:  # a walk only registers what it found below the session dir: the store was altered
+            raise DamagedRegistry(f"the scanned registry of {session['project_uid']} {session['uid']} holds {stray!r}, "
+                                  f"which is not in the session dir; nothing was deleted. `livedm refresh "
+                                  f"{session['project_uid']} {session['uid']} --full` writes it again")
         return {path for source in sources for path in registry[source][datatype]}
 
     def _targets(self, project_dir: str, registered: set[str], datatype: str,

@@ -46,6 +46,13 @@ class Measured:
 
 
 @dataclass
+class _NameRuns:
+    """A full walk's names per directory, in the runs its chunks hold (`runs`) and compressed (`packed`)."""
+    runs: dict[str, list[bytes]]
+    packed: dict[str, list[bytes]]
+
+
+@dataclass
 class _Saved:
     header_id: str
     gen: str
@@ -241,18 +248,18 @@ class SessionWalks:
         if not walk_full:
             result.movie_dirs |= set(movie_dirs)
         totals = result.totals
-        blobs = self._freeze(result) if walk_full else {}
+        names = self._freeze(result) if walk_full else _NameRuns({}, {})
         self.store.begin_walk_write(key, sig)
         # the registry and the walk state are written side by side: each thread packs while the other's
         # write is in the store
         registry_written = self.pool().submit(
             self._update_registry, project_uid, session_uid, session, project_dir=project_dir, result=result,
-            walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"], rewrite=full is True)
+            walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"], rewrite=full is True, names=names)
         try:
             if walk_full:
                 self.store.clear_walk(key)
                 self.store.begin_walk_write(key, sig)
-                saved_ok = self._save_all(key, result, blobs)
+                saved_ok = self._save_all(key, result, names)
             else:
                 saved_ok = self._save_changes(key, result, saved=saved)
         finally:
@@ -345,7 +352,7 @@ class SessionWalks:
 
     def _update_registry(self, project_uid: str, session_uid: str, session: dict[str, Any], *, project_dir: str,
                          result: WalkResult, walk_full: bool, load_entries: Callable[[DirState], Entries | None],
-                         api_raw: list[str], rewrite: bool = False) -> bool:
+                         api_raw: list[str], rewrite: bool = False, names: _NameRuns) -> bool:
         """New files are appended to the registry; a file gone or replaced rewrites it whole, and `rewrite`
         (a full refresh someone asked for) always does: it is what repairs a damaged registry document, even
         when the paths are the same. False: the registry changed under this walk, or what the last walk saw
@@ -363,7 +370,7 @@ class SessionWalks:
                     rewrite = True
                     break
         if rewrite:
-            pieces = self._pieces(result, load_entries)
+            pieces = self._pieces(result, load_entries, names)
             if pieces is None:
                 log.warning("%s %s: what the last walk saw could not be read back; the next refresh walks in full",
                             project_uid, session_uid)
@@ -392,31 +399,42 @@ class SessionWalks:
         return ok
 
     @staticmethod
-    def _pieces(result: WalkResult, load_entries: Callable[[DirState], Entries | None]) -> Pieces | None:
+    def _pieces(result: WalkResult, load_entries: Callable[[DirState], Entries | None],
+                names: _NameRuns) -> Pieces | None:
         """The registry's paths of every directory, packed; None when one cannot be read back."""
         pieces: Pieces = {dt: [] for dt in DATATYPES}
         for state in result.dirs.values():
             entries = state.entries if state.entries is not None else load_entries(state)
             if entries is None:
                 return None
+            runs, packed = names.runs.get(state.rel), names.packed.get(state.rel)
+            if runs is None:
+                runs = entries.name_blobs(0, walk_docs.ENTRIES_PER_CHUNK)
             prefix = (state.rel + "/").encode(*FS_ENCODING)
-            pieces[state.datatype] += directory_pieces(prefix, entries.packed_names(), len(entries))
+            for index, run in enumerate(runs):
+                count = min(walk_docs.ENTRIES_PER_CHUNK, len(entries) - index * walk_docs.ENTRIES_PER_CHUNK)
+                pieces[state.datatype] += directory_pieces(prefix, run, count, packed[index] if packed else None)
         return pieces
 
     # --- the saved states ------------------------------------------------------------------------
 
-    @staticmethod
-    def _freeze(result: WalkResult) -> dict[str, list[bytes]]:
-        """After a full walk, every directory's names packed once, in the store's chunks' runs, for the
-        chunks, the registry and the cache alike (encoding a million names is a tenth of a second)."""
-        blobs: dict[str, list[bytes]] = {}
+    def _freeze(self, result: WalkResult) -> _NameRuns:
+        """After a full walk: every directory's names packed once, in the store's chunks' runs, and each run
+        compressed once, for the chunks, the registry and the cache alike (a million names are a tenth of a
+        second to encode and half a second to compress)."""
+        runs: dict[str, list[bytes]] = {}
         for state in result.dirs.values():
             assert state.entries is not None
-            blobs[state.rel] = state.entries.name_blobs(0, walk_docs.ENTRIES_PER_CHUNK)
-            state.entries = state.entries.frozen(b"\0".join(blobs[state.rel]))
-        return blobs
+            runs[state.rel] = state.entries.name_blobs(0, walk_docs.ENTRIES_PER_CHUNK)
+            state.entries = state.entries.frozen(b"\0".join(runs[state.rel]))
+        flat = [(rel, run) for rel, rel_runs in runs.items() for run in rel_runs]
+        packed: dict[str, list[bytes]] = {rel: [] for rel in runs}
+        for (rel, _), zipped in zip(flat, self.pool().map(walk_docs.compressed, (run for _, run in flat)),
+                                    strict=True):  # zlib runs without the GIL
+            packed[rel].append(zipped)
+        return _NameRuns(runs, packed)
 
-    def _save_all(self, key: str, result: WalkResult, blobs: dict[str, list[bytes]]) -> bool:
+    def _save_all(self, key: str, result: WalkResult, names: _NameRuns) -> bool:
         """After a full walk: every directory's state anew (the old ones were cleared), in two writes. False:
         another walk saved some meanwhile (the next refresh walks in full and clears what is left)."""
         chunks: list[dict[str, Any]] = []
@@ -425,7 +443,7 @@ class SessionWalks:
 
         def pack(state: DirState) -> list[dict[str, Any]]:
             assert state.entries is not None
-            return list(walk_docs.chunk_docs(key, state.entries, name_blobs=blobs[state.rel]))
+            return list(walk_docs.chunk_docs(key, state.entries, packed_names=names.packed[state.rel]))
 
         packed = list(self.pool().map(pack, states))  # zlib runs without the GIL
         for state, own in zip(states, packed, strict=True):

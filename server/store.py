@@ -16,6 +16,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pymongo
@@ -35,6 +36,7 @@ PACKED_CHUNK_PATHS = 50_000
 PACKED_CHUNK_BYTES = 8 << 20  # and at most this many bytes (deep trees have long paths)
 PACKED_BYTES_MAX = 2 * PACKED_CHUNK_BYTES  # read back (a restored document holds 2000 paths of at most 4 KiB):
 # more is a damaged or forged document, never inflated further
+PREFIX_BYTES_MAX = 4096  # a packed document's directory (PATH_MAX)
 COLLECTIONS = ("projects", "sessions", "registry", "counters", "users", "tokens", "jobs", "audit")
 
 NO_ID = {"_id": 0}
@@ -112,48 +114,65 @@ def session_key(project_uid: str, session_uid: str) -> str:
     return f"{project_uid}/{session_uid}"
 
 
-# Registry paths on their way to packed documents: per datatype, pieces of (NUL-separated paths in the file
-# system's encoding, how many), each within what one document holds.
-Pieces = dict[str, list[tuple[bytes, int]]]
+@dataclass(frozen=True)
+class Piece:
+    """Registry paths on their way to one packed document: `count` NUL-separated `names` in the file system's
+    encoding, each under `prefix` (a session directory ending in "/", or b"" when the names are whole paths).
+    `packed`: the names already compressed, when the caller has them (a full walk's chunks hold the same
+    bytes): a million names are then compressed once, not once for the walk state and again here."""
+
+    prefix: bytes
+    names: bytes
+    count: int
+    packed: bytes | None = None
+
+    def joined(self) -> bytes:
+        """The whole paths, NUL-separated."""
+        if not self.prefix:
+            return self.names
+        return self.prefix + self.names.replace(b"\0", b"\0" + self.prefix)
 
 
-def directory_pieces(prefix: bytes, names: bytes, count: int) -> Iterator[tuple[bytes, int]]:
-    """The paths of one directory's `count` files (`prefix` + each of the NUL-separated `names`), built in
-    one pass over the bytes: a million paths never become a million str."""
+Pieces = dict[str, list[Piece]]  # per datatype
+
+
+def directory_pieces(prefix: bytes, names: bytes, count: int, packed: bytes | None = None) -> Iterator[Piece]:
+    """One directory's `count` files (NUL-separated `names`, compressed already as `packed` if given), in as
+    many pieces as a document's limits need: one, unless a million paths never become a million bytes."""
     if not count:
         return
-    joined = prefix + names.replace(b"\0", b"\0" + prefix)
-    if count <= PACKED_CHUNK_PATHS and len(joined) <= PACKED_CHUNK_BYTES:
-        yield joined, count
+    if count <= PACKED_CHUNK_PATHS and len(names) <= PACKED_CHUNK_BYTES:
+        yield Piece(prefix, names, count, packed)
     else:
-        yield from _pieces(joined.split(b"\0"))
+        yield from _pieces(prefix, names.split(b"\0"))
 
 
-def path_pieces(paths: Iterable[str]) -> Iterator[tuple[bytes, int]]:
-    return _pieces([path.encode("utf-8", "surrogateescape") for path in paths])
+def path_pieces(paths: Iterable[str]) -> Iterator[Piece]:
+    return _pieces(b"", [path.encode("utf-8", "surrogateescape") for path in paths])
 
 
-def _pieces(paths: list[bytes]) -> Iterator[tuple[bytes, int]]:
+def _pieces(prefix: bytes, names: list[bytes]) -> Iterator[Piece]:
     start, size = 0, 0
-    for end, path in enumerate(paths):
-        if end > start and (end - start == PACKED_CHUNK_PATHS or size + len(path) + 1 > PACKED_CHUNK_BYTES):
-            yield b"\0".join(paths[start:end]), end - start
+    for end, name in enumerate(names):
+        if end > start and (end - start == PACKED_CHUNK_PATHS or size + len(name) + 1 > PACKED_CHUNK_BYTES):
+            yield Piece(prefix, b"\0".join(names[start:end]), end - start)
             start, size = end, 0
-        size += len(path) + 1
-    if start < len(paths):
-        yield b"\0".join(paths[start:]), len(paths) - start
+        size += len(name) + 1
+    if start < len(names):
+        yield Piece(prefix, b"\0".join(names[start:]), len(names) - start)
 
 
 def scan_digest(pieces: Pieces) -> str:
-    """Identifies a scan's result, to skip rewriting an unchanged registry. Paths in walk order: an
-    unchanged directory lists in the same order, and a reordering only costs one needless rewrite."""
+    """Identifies a scan's result, to skip rewriting an unchanged registry: its whole paths in walk order,
+    whatever the pieces (an unchanged directory lists in the same order, and a reordering only costs one
+    needless rewrite)."""
     digest = hashlib.sha256()
     for datatype in DATATYPES:
         digest.update(datatype.encode() + b"\x00")
-        for index, (joined, _) in enumerate(pieces.get(datatype, ())):
+        for index, piece in enumerate(pieces.get(datatype, ())):
             if index:
                 digest.update(b"\x00")
-            digest.update(joined)
+            digest.update(piece.joined())
         digest.update(b"\x01")
     return digest.hexdigest()
 
@@ -973,9 +992,12 @@ def _chunks(key: str, source: str, paths_by_datatype: dict[str, list[str]],
 
 def _packed_docs(key: str, pieces: Pieces, *, gen: str | None) -> Iterator[dict[str, Any]]:
     for datatype, parts in pieces.items():
-        for joined, count in parts:
-            doc: dict[str, Any] = {"key": key, "source": "scan", "datatype": datatype, "count": count,
-                                   "packed": Binary(zlib.compress(joined, 1))}
+        for piece in parts:
+            packed = piece.packed if piece.packed is not None else zlib.compress(piece.names, 1)
+            doc: dict[str, Any] = {"key": key, "source": "scan", "datatype": datatype, "count": piece.count,
+                                   "packed": Binary(packed)}
+            if piece.prefix:
+                doc["prefix"] = Binary(piece.prefix)
             if gen is not None:
                 doc["gen"] = gen
             yield doc
@@ -993,11 +1015,18 @@ def _doc_paths(doc: dict[str, Any]) -> list[str]:
     repair = f"`livedm refresh {doc.get('key', '?').replace('/', ' ')} --full` writes it again"
     if type(count) is not int or count < 0:
         raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} has no count; {repair}")
+    prefix = doc.get("prefix", b"")
+    if not isinstance(prefix, bytes) or b"\0" in prefix or len(prefix) > PREFIX_BYTES_MAX or (
+            prefix and not prefix.endswith(b"/")):
+        raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} has a prefix that is no "
+                              f"directory; {repair}")
     try:
         text = inflated(doc["packed"], PACKED_BYTES_MAX, "a packed registry document")
     except ValueError as exc:
         raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} is damaged ({exc}); "
                               f"{repair}") from None
+    if text and prefix:
+        text = Piece(prefix, text, count).joined()
     paths = text.decode("utf-8", "surrogateescape").split("\0") if text else []
     if len(paths) != count:
         raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} holds {len(paths)} paths, "
@@ -1006,28 +1035,36 @@ def _doc_paths(doc: dict[str, Any]) -> list[str]:
 
 
 def _unpacked(doc: dict[str, Any]) -> dict[str, Any]:
-    """A packed registry document as a backup holds it: `count` and `packed` become `paths`, in place."""
+    """A packed registry document as a backup holds it: `count`, `prefix` and `packed` become `paths`."""
     if "packed" not in doc:
         return doc
     out: dict[str, Any] = {}
     for name, value in doc.items():
         if name == "packed":
             out["paths"] = [_stored_path(p) for p in _doc_paths(doc)]
-        elif name != "count":
+        elif name not in ("count", "prefix"):
             out[name] = value
     return out
 
 
 def _repacked(doc: dict[str, Any]) -> dict[str, Any]:
-    """A restored scan document as the walk writes it (the inverse of _unpacked)."""
+    """A restored scan document as the walk writes it (the inverse of _unpacked): one directory's paths as
+    its names under their prefix."""
     if doc.get("source") != "scan" or "paths" not in doc:
         return doc
-    paths = list(map(_loaded_path, doc["paths"]))
+    paths = [_loaded_path(p).encode("utf-8", "surrogateescape") for p in doc["paths"]]
+    directory = paths[0].rpartition(b"/")[0] if paths else b""
+    if directory and not directory.startswith(b"/") and all(p.rpartition(b"/")[0] == directory for p in paths):
+        piece = Piece(directory + b"/", b"\0".join(p.rpartition(b"/")[2] for p in paths), len(paths))
+    else:
+        piece = Piece(b"", b"\0".join(paths), len(paths))
     out: dict[str, Any] = {}
     for name, value in doc.items():
         if name == "paths":
-            out["count"] = len(paths)
-            out["packed"] = Binary(zlib.compress(b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths), 1))
+            out["count"] = piece.count
+            out["packed"] = Binary(zlib.compress(piece.names, 1))
+            if piece.prefix:
+                out["prefix"] = Binary(piece.prefix)
         else:
             out[name] = value
     return out

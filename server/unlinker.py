@@ -41,6 +41,8 @@ def by_directory(paths: Iterable[str]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for path in paths:
         directory, _, name = path.rpartition("/")
+        if not directory and path.startswith("/"):
+            directory = "/"  # an absolute path is no directory of the project's (refused), not its top
         names = grouped.get(directory)
         if names is None:
             grouped[directory] = [name]

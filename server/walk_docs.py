@@ -21,8 +21,12 @@ from .dirwalk import DirState, Entries
 ENTRIES_PER_CHUNK = 20_000  # ~1 MB per document with its arrays, far under MongoDB's 16 MB
 
 
+def compressed(data: bytes) -> bytes:
+    return zlib.compress(data, 1)
+
+
 def _packed(data: bytes) -> Binary:
-    return Binary(zlib.compress(data, 1))
+    return Binary(compressed(data))
 
 
 NAME_BYTES_MAX = 1024  # per name, its separator included: Linux names hold at most 255 bytes
@@ -85,14 +89,16 @@ def state_from_header(doc: dict[str, Any]) -> DirState:
 
 
 def chunk_docs(key: str, entries: Entries, start: int = 0, *,
-               name_blobs: list[bytes] | None = None) -> Iterator[dict[str, Any]]:
+               packed_names: list[bytes] | None = None) -> Iterator[dict[str, Any]]:
     """`entries` from index `start` on, in chunks; each document has its own id (headers list them).
-    `name_blobs`: entries.name_blobs(start, ENTRIES_PER_CHUNK), if the caller has them already."""
-    blobs = entries.name_blobs(start, ENTRIES_PER_CHUNK) if name_blobs is None else name_blobs
-    for first, names in zip(range(start, len(entries), ENTRIES_PER_CHUNK), blobs, strict=True):
+    `packed_names`: each chunk's names compressed already (`compressed` of entries.name_blobs(start,
+    ENTRIES_PER_CHUNK)), if the caller has them."""
+    if packed_names is None:
+        packed_names = [compressed(names) for names in entries.name_blobs(start, ENTRIES_PER_CHUNK)]
+    for first, names in zip(range(start, len(entries), ENTRIES_PER_CHUNK), packed_names, strict=True):
         last = min(first + ENTRIES_PER_CHUNK, len(entries))
         doc: dict[str, Any] = {"_id": uuid.uuid4().hex, "key": key, "kind": "chunk", "count": last - first,
-                               "names": _packed(names),
+                               "names": Binary(names),
                                "inos": _packed(entries.inos[first:last].tobytes()),
                                "sizes": _packed(entries.sizes[first:last].tobytes()), "keys": None}
         if entries.keys is not None:

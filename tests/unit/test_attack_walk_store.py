@@ -37,8 +37,9 @@ def _particles_doc(api: Api) -> dict[str, Any]:
 
 
 async def test_registry_paths_that_lead_out_of_the_session_are_never_deleted(api: Api, tmp_path: Path) -> None:
-    """A packed registry document rewritten to hold '..' paths, an absolute path and a path into another
-    session: deleting the whole category must not take any of those files (SPEC §5)."""
+    """A packed registry document rewritten to hold paths below the session dir in name that lead out ('..',
+    an empty part) or into another session: deleting the whole category takes the session's own files and
+    none of those (SPEC §5). Paths not even below the session dir refuse the deletion whole (below)."""
     project = await _completed(api, tmp_path)
     victims = {"outside": tmp_path / "victim.txt", "other": project / "S2" / "extract" / "v.mrc",
                "absolute": tmp_path / "abs_victim.txt"}
@@ -46,11 +47,13 @@ async def test_registry_paths_that_lead_out_of_the_session_are_never_deleted(api
         victim.parent.mkdir(parents=True, exist_ok=True)
         victim.write_bytes(b"precious")
     doc = _particles_doc(api)
-    paths = zlib.decompress(doc["packed"]).decode().split("\0")
-    hostile = [*paths, "../victim.txt", "S1/extract/../../S2/extract/v.mrc", str(victims["absolute"]),
-               "S1/extract/..", "S1//../S2/extract/v.mrc"]
+    prefix = bytes(doc.get("prefix", b"")).decode()
+    paths = [prefix + name for name in zlib.decompress(doc["packed"]).decode().split("\0")]
+    hostile = [*paths, "S1/../victim.txt", "S1/extract/../../S2/extract/v.mrc",
+               "S1/" + str(victims["absolute"]).lstrip("/"), "S1/extract/..", "S1//../S2/extract/v.mrc"]
     api.mongo["livedm"].registry.update_one({"_id": doc["_id"]},
-                                            {"$set": {"packed": _pack(hostile), "count": len(hostile)}})
+                                            {"$set": {"packed": _pack(hostile), "count": len(hostile)},
+                                             "$unset": {"prefix": ""}})
     reply = await api.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
                                                     "datatype": "particles", "asynchronous": False})
     assert all(v.read_bytes() == b"precious" for v in victims.values()), reply
@@ -124,3 +127,60 @@ async def test_a_zlib_bomb_in_the_registry_does_not_blow_memory(api: Api, tmp_pa
     finally:
         tracemalloc.stop()
     assert peak < 50_000_000, f"{peak / 1e6:.0f} MB to read a 3-path document"
+
+
+@pytest.mark.parametrize("prefix", [b"../", b"S1/../../", b"/", b"S1/extract/../../S2/extract/"])
+async def test_a_registry_prefix_that_leads_out_of_the_session_deletes_nothing_outside(
+        api: Api, tmp_path: Path, prefix: bytes) -> None:
+    """A full walk's registry documents hold each directory once (`prefix`) and its names: a prefix
+    rewritten to climb out must not take a file outside the session, whatever the names under it."""
+    project = await _completed(api, tmp_path)
+    victim = (project / prefix.decode().lstrip("/") / "victim.txt").resolve()
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_bytes(b"precious")
+    absolute = tmp_path / "abs_victim.txt"
+    absolute.write_bytes(b"precious")
+    doc = _particles_doc(api)
+    names = ["victim.txt", str(absolute).lstrip("/")]
+    api.mongo["livedm"].registry.update_one({"_id": doc["_id"]}, {"$set": {
+        "prefix": Binary(prefix), "packed": _pack(names), "count": len(names)}})
+    await api.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1", "datatype": "particles",
+                                            "asynchronous": False})
+    assert victim.read_bytes() == b"precious" and absolute.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("prefix", [b"S1/ex\0tract/", b"S1/extract", "S1/extract/", b"S1/" * 2000])
+async def test_a_registry_prefix_that_is_no_directory_is_refused_with_what_to_do(
+        api: Api, tmp_path: Path, prefix: object) -> None:
+    """A NUL in it, no trailing slash, text instead of bytes, longer than a path: the document is damaged,
+    and the error says which refresh writes it again (never a path read some other way)."""
+    await _completed(api, tmp_path)
+    doc = _particles_doc(api)
+    assert bytes(doc["prefix"]).startswith(b"S1/"), "a walk writes each directory once"
+    api.mongo["livedm"].registry.update_one({"_id": doc["_id"]}, {"$set": {"prefix": prefix}})
+    listed = await api.call("get_datatype_file_paths", {"project_uid": "P1", "session_uid": "S1",
+                                                       "datatype": "particles"})
+    assert "error" in listed and "refresh P1 S1 --full" in listed["error"]["message"], listed
+
+
+async def test_a_scanned_path_outside_the_session_dir_fails_the_deletion_whole(api: Api, tmp_path: Path) -> None:
+    """Another session's file, a file at the top of the project: plain paths, but no walk of S1 registers
+    them. The deletion is refused as a whole, saying what repairs it, and nothing goes."""
+    project = await _completed(api, tmp_path)
+    victims = [project / "S2" / "extract" / "v.mrc", project / "top.mrc", tmp_path / "outside.mrc",
+               tmp_path / "abs.mrc"]
+    for victim in victims:
+        victim.parent.mkdir(parents=True, exist_ok=True)
+        victim.write_bytes(b"precious")
+    doc = _particles_doc(api)
+    prefix = bytes(doc["prefix"]).decode()
+    paths = [prefix + name for name in zlib.decompress(doc["packed"]).decode().split("\0")]
+    hostile = [*paths, "S2/extract/v.mrc", "top.mrc", "/top.mrc", "../outside.mrc", str(tmp_path / "abs.mrc")]
+    api.mongo["livedm"].registry.update_one({"_id": doc["_id"]},
+                                            {"$set": {"packed": _pack(hostile), "count": len(hostile)},
+                                             "$unset": {"prefix": ""}})
+    reply = await api.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
+                                                    "datatype": "particles", "asynchronous": False})
+    assert "error" in reply and "refresh P1 S1 --full" in reply["error"]["message"], reply
+    assert all(victim.read_bytes() == b"precious" for victim in victims)
+    assert all((project / p).exists() for p in paths), "nothing of the session went either"

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from livedm.server import store
-from livedm.server.store import directory_pieces, path_pieces, scan_digest
+from livedm.server.store import Piece, directory_pieces, path_pieces, scan_digest
 
 NAMES = ["a.mrc", os.fsdecode(b"caf\xe9.mrc"), "b c.mrc", "x" * 200]
 
@@ -18,11 +18,11 @@ def joined(names: list[str]) -> bytes:
     return "\0".join(names).encode("utf-8", "surrogateescape")
 
 
-def paths_in(pieces: list[tuple[bytes, int]]) -> list[str]:
+def paths_in(pieces: list[Piece]) -> list[str]:
     out: list[str] = []
-    for blob, count in pieces:
-        paths = blob.decode("utf-8", "surrogateescape").split("\0")
-        assert len(paths) == count
+    for piece in pieces:
+        paths = piece.joined().decode("utf-8", "surrogateescape").split("\0")
+        assert len(paths) == piece.count
         out += paths
     return out
 
@@ -30,7 +30,8 @@ def paths_in(pieces: list[tuple[bytes, int]]) -> list[str]:
 def test_a_directorys_pieces_are_its_paths() -> None:
     pieces = list(directory_pieces(b"S1/motioncorrected/", joined(NAMES), len(NAMES)))
     assert paths_in(pieces) == [f"S1/motioncorrected/{name}" for name in NAMES]
-    assert pieces == list(path_pieces(f"S1/motioncorrected/{name}" for name in NAMES))
+    assert [piece.prefix for piece in pieces] == [b"S1/motioncorrected/"]  # the names are stored without it
+    assert paths_in(pieces) == paths_in(list(path_pieces(f"S1/motioncorrected/{name}" for name in NAMES)))
 
 
 def test_an_empty_directory_has_no_pieces() -> None:
@@ -45,8 +46,8 @@ def test_pieces_split_at_a_documents_limits(monkeypatch: pytest.MonkeyPatch, max
     names = [f"FoilHole_{i:05d}.mrc" for i in range(25)]
     pieces = list(directory_pieces(b"S1/thumbnails/", joined(names), len(names)))
     assert paths_in(pieces) == [f"S1/thumbnails/{name}" for name in names]
-    assert all(count <= max_paths for _, count in pieces)
-    assert all(len(blob) <= max_bytes or count == 1 for blob, count in pieces)  # a path longer than the limit
+    assert all(piece.count <= max_paths for piece in pieces)
+    assert all(len(piece.names) <= max_bytes or piece.count == 1 for piece in pieces)  # a path longer than the limit
     # stands alone
 
 
@@ -60,3 +61,13 @@ def test_the_digest_does_not_depend_on_where_pieces_split(monkeypatch: pytest.Mo
     assert scan_digest(whole) != scan_digest({"micrographs": whole["micrographs"][:0]})
     moved = {"thumbnails": whole["micrographs"]}  # the same paths under another datatype
     assert scan_digest(whole) != scan_digest(moved)
+
+
+def test_the_digest_is_of_the_paths_not_of_how_pieces_hold_them() -> None:
+    """A full walk's pieces hold each directory once, an append's hold whole paths: the same paths in the same
+    order give the same digest (an upgrade's first full refresh finds the registry unchanged)."""
+    names = [f"n{i}" for i in range(10)]
+    by_directory = {"micrographs": list(directory_pieces(b"S1/m/", joined(names), len(names), b"zipped"))}
+    whole = {"micrographs": list(path_pieces(f"S1/m/{name}" for name in names))}
+    assert by_directory["micrographs"][0].prefix and not whole["micrographs"][0].prefix
+    assert scan_digest(by_directory) == scan_digest(whole)
