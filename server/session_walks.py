@@ -250,6 +250,14 @@ class SessionWalks:
         totals = result.totals
         names = self._freeze(result) if walk_full else _NameRuns({}, {})
         self.store.begin_walk_write(key, sig)
+        if walk_full:  # before the registry's write is in the store: its calls are served one at a time
+            self.store.clear_walk(key)
+        new_dirs = sorted(result.movie_dirs)
+        same_dirs = new_dirs == sorted(movie_dirs)
+        # movie directories first seen by this walk are armed and checked beside the writes (they read the
+        # disk, not the store), and their outcome kept only if the writes end clean
+        movies_checked = None if same_dirs else self.pool().submit(
+            self._arm_new_movie_dirs, result, movie_dirs, movie_feed, new_dirs, load_entries)
         # the registry and the walk state are written side by side: each thread packs while the other's
         # write is in the store
         registry_written = self.pool().submit(
@@ -257,24 +265,18 @@ class SessionWalks:
             walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"], rewrite=full is True, names=names)
         try:
             if walk_full:
-                self.store.clear_walk(key)
-                self.store.begin_walk_write(key, sig)
                 saved_ok = self._save_all(key, result, names)
             else:
                 saved_ok = self._save_changes(key, result, saved=saved)
         finally:
             wait([registry_written])  # a failed save never leaves the registry's write running on
+            if movies_checked is not None:
+                wait([movies_checked])
         clean = registry_written.result() and saved_ok
         if clean:
-            new_dirs = sorted(result.movie_dirs)
-            same_dirs = new_dirs == sorted(movie_dirs)
-            stamp = movie_stamp if same_dirs else movie_dirs_stamp(new_dirs)
-            if not same_dirs:
-                # armed only now, after the walk stat'ed the links: what changed since the stat is checked here
-                since_walk = dict(zip(movie_dirs, movie_feed, strict=True))
-                movie_feed, _, changes = self._arm_movie_dirs(new_dirs, [since_walk.get(p, "") for p in new_dirs])
-                if not self._movies_still_there(result, new_dirs, changes, load_entries):
-                    stamp, movie_feed = "", [""] * len(new_dirs)  # the next refresh stats the links again
+            stamp = movie_stamp
+            if movies_checked is not None:
+                stamp, movie_feed = movies_checked.result()
             self.store.finish_walk_write(key, since_full=0 if walk_full else since_full + 1,
                                          movie_dirs=walk_docs.pack_paths(new_dirs), movie_stamp=stamp,
                                          movie_feed=movie_feed, api_seen=(api_changes, len(skip)))
@@ -283,6 +285,18 @@ class SessionWalks:
                 totals[datatype] = self._with_registered(result, datatype, api[datatype], project_dir,
                                                          load_entries=load_entries)
         return Measured(totals, walk_full, result.stats, len(result.dirs), len(result.changed), result.probed)
+
+    def _arm_new_movie_dirs(self, result: WalkResult, old_dirs: list[str], old_tokens: list[str], new_dirs: list[str],
+                            load_entries: Callable[[DirState], Entries | None]) -> tuple[str, list[str]]:
+        """The stamp and the change feed's tokens of movie directories this walk found anew: armed only now,
+        after the walk stat'ed the links, so what changed since the stat is checked here. ("", no tokens):
+        a movie went meanwhile, and the next refresh stats the links again."""
+        stamp = movie_dirs_stamp(new_dirs)
+        since_walk = dict(zip(old_dirs, old_tokens, strict=True))
+        tokens, _, changes = self._arm_movie_dirs(new_dirs, [since_walk.get(p, "") for p in new_dirs])
+        if not self._movies_still_there(result, new_dirs, changes, load_entries):
+            return "", [""] * len(new_dirs)
+        return stamp, tokens
 
     @staticmethod
     def _movies_still_there(result: WalkResult, paths: list[str], changed: dict[str, list[str]],
