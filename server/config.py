@@ -235,7 +235,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(fs.inotify.max_user_watches); beyond that, the least recently walked directories give theirs up "
             "and are listed when they change.", _parse_bool),
     Setting("walk_threads", "auto", "Threads that walk and stat a session's files; more keep a cold disk or a "
-            "network file system busy. auto: four per core, at most 16.", _parse_walk_threads),
+            "network file system busy. Refreshes that run at once take turns on them (a small session is not "
+            "queued behind all of a large one). auto: four per core, at most 16.", _parse_walk_threads),
     Setting("trial", "false", "Allow running without data_roots (a trial on a laptop: projects may then be "
             "anywhere but system and state dirs). Never on a shared server.", _parse_bool),
     Setting("disk_threads", "4", "Threads for disk work (walking, sizing) requested by API calls; other calls and "

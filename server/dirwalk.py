@@ -33,6 +33,7 @@ from itertools import chain, compress, repeat
 from . import _dirstat
 from .change_feed import ChangeFeed
 from .domain import DATATYPES
+from .pool_share import PoolShare
 
 Layout = Sequence[tuple[str, str]]
 _NO_KEY = (0, 0)
@@ -272,7 +273,7 @@ class SessionWalk:
                  load_entries: Callable[[DirState], Entries | None], skip: frozenset[str] = frozenset(),
                  threads: int = 1, restat_raw: bool = True,
                  movie_inodes: frozenset[tuple[int, int]] | None = None, feed: ChangeFeed | None = None,
-                 pool: ThreadPoolExecutor | None = None) -> None:
+                 pool: ThreadPoolExecutor | PoolShare | None = None) -> None:
         self.project_dir = project_dir
         self.session_dir = session_dir
         self.layout = layout
@@ -289,7 +290,7 @@ class SessionWalk:
         self.movie_inodes = movie_inodes
         self.feed = feed
         self.probed = 0
-        self.pool = pool  # the caller's, kept across walks (None: one of `threads` for this walk)
+        self.pool = pool  # the caller's (its share of the walk pool), or None: one of `threads` for this walk
 
     def run(self) -> WalkResult:
         dirs: dict[str, DirState] = {}
@@ -319,7 +320,7 @@ class SessionWalk:
         return WalkResult(dirs, changed, removed, self._totals(dirs), self.stats, self.probed, self.compared,
                           self.movie_dirs)
 
-    def _round(self, pool: ThreadPoolExecutor, batch: list[tuple[str, str, tuple[int, int] | None]]
+    def _round(self, pool: ThreadPoolExecutor | PoolShare, batch: list[tuple[str, str, tuple[int, int] | None]]
                ) -> Iterator[tuple[DirState, bool, tuple[int, int]]]:
         """List a batch of directories and stat their files, each directory's stats queued as soon as it is
         listed and each one totalled as soon as they are done, so the threads do not wait for the slowest

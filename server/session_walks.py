@@ -26,6 +26,7 @@ from .config import Config
 from .dirwalk import FS_ENCODING, DirState, Entries, SessionWalk, Totals, WalkResult
 from .domain import DATATYPES
 from .entries_cache import EntriesCache
+from .pool_share import PoolShare
 from .store import Pieces, Store, directory_pieces, scan_digest, session_key
 
 log = logging.getLogger(__name__)
@@ -239,16 +240,17 @@ class SessionWalks:
         movies_now = movie_inodes(movie_dirs) if restat_raw and not walk_full else None
         if movies_now is not None and movie_changes:
             movies_now = movies_now - changed_inodes(movie_changes)
+        share = PoolShare(self.pool(), self.config.walk_threads)
         walk = SessionWalk(project_dir, session["session_dir"], self.config.layout, previous=previous,
                            load_entries=load_entries, skip=skip, threads=self.config.walk_threads,
                            restat_raw=restat_raw,
                            movie_inodes=movies_now,
-                           feed=self.feed(), pool=self.pool())
+                           feed=self.feed(), pool=share)
         result = walk.run()
         if not walk_full:
             result.movie_dirs |= set(movie_dirs)
         totals = result.totals
-        names = self._freeze(result) if walk_full else _NameRuns({}, {})
+        names = self._freeze(result, share) if walk_full else _NameRuns({}, {})
         self.store.begin_walk_write(key, sig)
         if walk_full:  # before the registry's write is in the store: its calls are served one at a time
             self.store.clear_walk(key)
@@ -265,7 +267,7 @@ class SessionWalks:
             walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"], rewrite=full is True, names=names)
         try:
             if walk_full:
-                saved_ok = self._save_all(key, result, names)
+                saved_ok = self._save_all(key, result, names, share)
             else:
                 saved_ok = self._save_changes(key, result, saved=saved)
         finally:
@@ -432,7 +434,8 @@ class SessionWalks:
 
     # --- the saved states ------------------------------------------------------------------------
 
-    def _freeze(self, result: WalkResult) -> _NameRuns:
+    @staticmethod
+    def _freeze(result: WalkResult, share: PoolShare) -> _NameRuns:
         """After a full walk: every directory's names packed once, in the store's chunks' runs, and each run
         compressed once, for the chunks, the registry and the cache alike (a million names are a tenth of a
         second to encode and half a second to compress)."""
@@ -443,12 +446,12 @@ class SessionWalks:
             state.entries = state.entries.frozen(b"\0".join(runs[state.rel]))
         flat = [(rel, run) for rel, rel_runs in runs.items() for run in rel_runs]
         packed: dict[str, list[bytes]] = {rel: [] for rel in runs}
-        for (rel, _), zipped in zip(flat, self.pool().map(walk_docs.compressed, (run for _, run in flat)),
+        for (rel, _), zipped in zip(flat, share.map(walk_docs.compressed, (run for _, run in flat)),
                                     strict=True):  # zlib runs without the GIL
             packed[rel].append(zipped)
         return _NameRuns(runs, packed)
 
-    def _save_all(self, key: str, result: WalkResult, names: _NameRuns) -> bool:
+    def _save_all(self, key: str, result: WalkResult, names: _NameRuns, share: PoolShare) -> bool:
         """After a full walk: every directory's state anew (the old ones were cleared), in two writes. False:
         another walk saved some meanwhile (the next refresh walks in full and clears what is left)."""
         chunks: list[dict[str, Any]] = []
@@ -459,7 +462,7 @@ class SessionWalks:
             assert state.entries is not None
             return list(walk_docs.chunk_docs(key, state.entries, packed_names=names.packed[state.rel]))
 
-        packed = list(self.pool().map(pack, states))  # zlib runs without the GIL
+        packed = list(share.map(pack, states))  # zlib runs without the GIL
         for state, own in zip(states, packed, strict=True):
             chunks += own
             headers.append(walk_docs.header_doc(key, state, chunk_ids=[c["_id"] for c in own], gen=uuid.uuid4().hex))
