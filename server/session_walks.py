@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 WALK_FORMAT = "2"  # bump when DirState documents change meaning: every session is then walked in full once
 MAX_CHUNKS_PER_DIR = 32  # appended chunks beyond this are merged into fresh ones
+SAVE_BATCH_DOCS, SAVE_BATCH_BYTES = 64, 4 << 20  # a full walk's chunks go to the store this many at a time
 FEED_NAMES_MAX = 1_000_000  # changed names the feed holds between refreshes (~100 bytes each)
 
 
@@ -391,9 +392,15 @@ class SessionWalks:
                 log.warning("%s %s: what the last walk saw could not be read back; the next refresh walks in full",
                             project_uid, session_uid)
                 return False
-            digest = scan_digest(pieces)
-            ok = (digest == session.get("scan_digest") and not forced) or self.store.replace_scan(
-                project_uid, session_uid, session.get("scan_gen"), pieces=pieces, digest=digest)
+            if forced or session.get("scan_digest") is None:  # written whatever the digest: the store
+                # takes the documents while the digest is worked out
+                new_gen = self.store.insert_scan(project_uid, session_uid, pieces)
+                ok = self.store.swap_scan(project_uid, session_uid, session.get("scan_gen"), new_gen,
+                                          digest=scan_digest(pieces))
+            else:
+                digest = scan_digest(pieces)
+                ok = digest == session.get("scan_digest") or self.store.replace_scan(
+                    project_uid, session_uid, session.get("scan_gen"), pieces=pieces, digest=digest)
         else:
             added: dict[str, list[str]] = {}
             for rel in result.changed:
@@ -452,24 +459,29 @@ class SessionWalks:
         return _NameRuns(runs, packed)
 
     def _save_all(self, key: str, result: WalkResult, names: _NameRuns, share: PoolShare) -> bool:
-        """After a full walk: every directory's state anew (the old ones were cleared), in two writes. False:
-        another walk saved some meanwhile (the next refresh walks in full and clears what is left)."""
-        chunks: list[dict[str, Any]] = []
+        """After a full walk: every directory's state anew (the old ones were cleared): the chunks in batches
+        as the directories are packed, so that the store writes while the rest are packed, then the headers.
+        False: another walk saved some meanwhile (the next refresh walks in full and clears what is left)."""
         headers: list[dict[str, Any]] = []
-        states = list(result.dirs.values())
+        batch: list[dict[str, Any]] = []
+        batch_bytes = 0
 
         def pack(state: DirState) -> list[dict[str, Any]]:
             assert state.entries is not None
             return list(walk_docs.chunk_docs(key, state.entries, packed_names=names.packed[state.rel]))
 
-        packed = list(share.map(pack, states))  # zlib runs without the GIL
-        for state, own in zip(states, packed, strict=True):
-            chunks += own
-            headers.append(walk_docs.header_doc(key, state, chunk_ids=[c["_id"] for c in own], gen=uuid.uuid4().hex))
-        self.store.insert_walk_chunks(chunks)
-        for state, own in zip(states, packed, strict=True):
+        states = list(result.dirs.values())
+        for state, own in zip(states, share.map(pack, states), strict=True):  # zlib runs without the GIL
             assert state.entries is not None
-            self.cache.put([c["_id"] for c in own], state.entries)
+            chunk_ids = [c["_id"] for c in own]
+            headers.append(walk_docs.header_doc(key, state, chunk_ids=chunk_ids, gen=uuid.uuid4().hex))
+            batch += own
+            batch_bytes += sum(walk_docs.packed_bytes(c) for c in own)
+            if len(batch) >= SAVE_BATCH_DOCS or batch_bytes >= SAVE_BATCH_BYTES:
+                self.store.insert_walk_chunks(batch)
+                batch, batch_bytes = [], 0
+            self.cache.put(chunk_ids, state.entries)
+        self.store.insert_walk_chunks(batch)
         return self.store.insert_walk_headers(headers)
 
     def _save_changes(self, key: str, result: WalkResult, *, saved: dict[str, _Saved]) -> bool:

@@ -163,16 +163,16 @@ def _pieces(prefix: bytes, names: list[bytes]) -> Iterator[Piece]:
 
 
 def scan_digest(pieces: Pieces) -> str:
-    """Identifies a scan's result, to skip rewriting an unchanged registry: its whole paths in walk order,
-    whatever the pieces (an unchanged directory lists in the same order, and a reordering only costs one
-    needless rewrite)."""
+    """Identifies a scan's result, to skip rewriting an unchanged registry: each piece's directory and names,
+    in walk order (an unchanged directory lists in the same order, in the same runs; a reordering only costs
+    one needless rewrite). The whole paths are never built for it."""
     digest = hashlib.sha256()
     for datatype in DATATYPES:
         digest.update(datatype.encode() + b"\x00")
-        for index, piece in enumerate(pieces.get(datatype, ())):
-            if index:
-                digest.update(b"\x00")
-            digest.update(piece.joined())
+        for piece in pieces.get(datatype, ()):
+            digest.update(b"%d\x00" % len(piece.prefix) + piece.prefix)
+            digest.update(b"%d\x00" % len(piece.names))
+            digest.update(piece.names)
         digest.update(b"\x01")
     return digest.hexdigest()
 
@@ -537,11 +537,22 @@ class Store:
     def replace_scan(self, project_uid: str, session_uid: str, old_gen: str | None,
                      *, pieces: Pieces, digest: str) -> bool:
         """Swap in a new scanned registry; False (and nothing changed) if another scan won the race."""
-        key = session_key(project_uid, session_uid)
+        new_gen = self.insert_scan(project_uid, session_uid, pieces)
+        return self.swap_scan(project_uid, session_uid, old_gen, new_gen, digest=digest)
+
+    def insert_scan(self, project_uid: str, session_uid: str, pieces: Pieces) -> str:
+        """A new scanned registry's documents, under a generation of their own (returned): read by no one
+        until swap_scan makes it the session's."""
         new_gen = uuid.uuid4().hex
-        docs = list(_packed_docs(key, pieces, gen=new_gen))
+        docs = list(_packed_docs(session_key(project_uid, session_uid), pieces, gen=new_gen))
         if docs:
             self.db.registry.insert_many(docs, ordered=False)
+        return new_gen
+
+    def swap_scan(self, project_uid: str, session_uid: str, old_gen: str | None, new_gen: str, *, digest: str) -> bool:
+        """Make the inserted generation the session's registry if `old_gen` still is, and drop every other;
+        False (the new one dropped, nothing else changed) if another scan won the race."""
+        key = session_key(project_uid, session_uid)
         flipped = self.db.sessions.update_one(
             {"_id": key, "scan_gen": old_gen},
             {"$set": {"scan_gen": new_gen, "scan_digest": digest}})

@@ -106,6 +106,11 @@ def chunk_docs(key: str, entries: Entries, start: int = 0, *,
         yield doc
 
 
+def packed_bytes(chunk: dict[str, Any]) -> int:
+    """What a chunk document holds, in bytes, about (its arrays and names as stored)."""
+    return sum(len(chunk[field] or b"") for field in ("names", "inos", "sizes", "keys"))
+
+
 def entries_from_chunks(docs: list[dict[str, Any]]) -> Entries:
     """The chunks of one directory, in the header's order, back into one Entries (names left packed).
     ValueError: a chunk that is damaged, forged, or disagrees with itself."""

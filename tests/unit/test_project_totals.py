@@ -160,7 +160,7 @@ SESSION_WRITERS = {
     "insert_sessions": "stamps and recomputes", "insert_session": "stamps and recomputes",
     "_update_session": "stamps, and recomputes when it sets a field the totals are made of",
     "set_category_hook": "the last hook run: in neither the totals nor the index",
-    "replace_scan": "the scan's generation: in neither the totals nor the index",
+    "swap_scan": "the scan's generation: in neither the totals nor the index",
     "append_scan_paths": "the scan's digest: in neither the totals nor the index",
 }
 PROJECT_WRITERS = {

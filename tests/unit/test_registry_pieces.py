@@ -1,6 +1,6 @@
 """The scanned registry's packed pieces: built from a directory's packed names in one pass, they hold the same
-paths as when built from str paths, split where a document's limits say, and the digest does not depend on
-where the pieces split."""
+paths as when built from str paths, split where a document's limits say, and the digest tells every change
+of the paths apart."""
 
 from __future__ import annotations
 
@@ -51,23 +51,23 @@ def test_pieces_split_at_a_documents_limits(monkeypatch: pytest.MonkeyPatch, max
     # stands alone
 
 
-def test_the_digest_does_not_depend_on_where_pieces_split(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_digest_tells_every_change_of_the_paths_apart() -> None:
+    """The same walk gives the same digest; a path gone, renamed, in another directory or another datatype,
+    or the same bytes framed otherwise, another (then the registry is written again)."""
     names = [f"n{i}" for i in range(10)]
-    whole = {"micrographs": list(directory_pieces(b"S1/m/", joined(names), len(names)))}
-    monkeypatch.setattr(store, "PACKED_CHUNK_PATHS", 3)
-    split = {"micrographs": list(directory_pieces(b"S1/m/", joined(names), len(names)))}
-    assert len(split["micrographs"]) == 4
-    assert scan_digest(whole) == scan_digest(split)
-    assert scan_digest(whole) != scan_digest({"micrographs": whole["micrographs"][:0]})
-    moved = {"thumbnails": whole["micrographs"]}  # the same paths under another datatype
-    assert scan_digest(whole) != scan_digest(moved)
 
+    def digest(by_datatype: dict[str, list[tuple[bytes, list[str]]]]) -> str:
+        return scan_digest({dt: [piece for prefix, group in groups
+                                 for piece in directory_pieces(prefix, joined(group), len(group))]
+                            for dt, groups in by_datatype.items()})
 
-def test_the_digest_is_of_the_paths_not_of_how_pieces_hold_them() -> None:
-    """A full walk's pieces hold each directory once, an append's hold whole paths: the same paths in the same
-    order give the same digest (an upgrade's first full refresh finds the registry unchanged)."""
-    names = [f"n{i}" for i in range(10)]
-    by_directory = {"micrographs": list(directory_pieces(b"S1/m/", joined(names), len(names), b"zipped"))}
-    whole = {"micrographs": list(path_pieces(f"S1/m/{name}" for name in names))}
-    assert by_directory["micrographs"][0].prefix and not whole["micrographs"][0].prefix
-    assert scan_digest(by_directory) == scan_digest(whole)
+    same = digest({"micrographs": [(b"S1/m/", names)]})
+    assert same == digest({"micrographs": [(b"S1/m/", list(names))]})
+    assert len({same,
+                digest({"micrographs": [(b"S1/m/", names[:-1])]}),
+                digest({"micrographs": [(b"S1/m/", [*names[:-1], "renamed"])]}),
+                digest({"micrographs": [(b"S1/other/", names)]}),
+                digest({"thumbnails": [(b"S1/m/", names)]}),
+                digest({"micrographs": [(b"S1/m/", names[:5]), (b"S1/m/", names[5:])]}),
+                digest({"micrographs": [(b"S1/mn0/", names[1:])]}),  # "S1/m/" + "n0" moved into the prefix
+                }) == 7
