@@ -91,6 +91,13 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         app[AUTH] = Authenticator(store, config.auth_cache_s)
         app[SERVICES] = Services.build(store, config, app[AUTH])
         threading.Thread(target=warm_overview, args=(app[SERVICES],), name="overview-warm", daemon=True).start()
+        if EMBEDDED in app:  # the store is this process's alone, and no measure of this process has begun: a
+            # category calculating now was left so by a livedmd that died mid-measure (with a shared MongoDB
+            # another may be measuring, and the maintenance waits CALCULATING_STALE_S)
+            repaired = await asyncio.to_thread(app[SERVICES].sessions.repair_calculating, 0.0)
+            if repaired:
+                log.warning("%d categor%s left calculating by a livedmd that stopped mid-measure went back to "
+                            "their status", repaired, "y" if repaired == 1 else "ies")
         pinned = await asyncio.to_thread(app[SERVICES].sessions.pin_projects)
         if pinned:
             log.info("pinned the directories of %d project(s) made by an earlier livedm", pinned)

@@ -3,7 +3,12 @@ and by cryoSPARC's own CommandClient (cryosparc-tools 4.7)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,3 +166,47 @@ def test_livedm_refresh_full_sees_a_file_rewritten_in_place(shared_daemon: Daemo
     assert refreshed("--full") == expected
     assert daemon.call("update_session_datatype_sizes", {"project_uid": project_uid, "session_uid": "S1",
                                                          "full": True}) == tree.total() + 1234
+
+
+def test_a_daemon_killed_mid_measure_shows_no_category_calculating_after_restart(tmp_path: Path) -> None:
+    """kill -9 while a refresh walks: the categories it set calculating must not stay so (they block marking
+    and deleting) until the six-hour repair: with the embedded store no one else can be measuring at start."""
+    daemon = Daemon(tmp_path / "state").spawn()  # starts while the files are made
+    tree = build_session_tree(tmp_path / "proj", exposures=2)
+    bulk = tree.session_path / "motioncorrected" / "bulk"
+    bulk.mkdir()
+    for i in range(30_000):
+        (bulk / f"m{i:05d}.mrc").write_bytes(b"m")
+    daemon.wait_ready()
+    daemon.call("create_project", ["p", str(tree.project_dir)])
+    daemon.call("create_live_session", ["P1", "s"])
+    daemon.call("mark_session_completed", ["P1", "S1"])
+    daemon.call("change_session_data_management_state", ["P1", "S1", "metadata", "archived"])
+    def refresh() -> None:
+        with contextlib.suppress(Exception):  # its daemon is killed under it
+            daemon.call("update_session_datatype_sizes", ["P1", "S1", True], timeout_s=60)
+
+    refreshing = threading.Thread(target=refresh, daemon=True)
+    refreshing.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        categories = daemon.call("get_session", ["P1", "S1"])["data_management"]
+        if categories["micrographs"]["status"] == "calculating":
+            break
+    else:
+        pytest.fail("never saw the refresh calculating")
+    assert daemon.process is not None
+    os.kill(daemon.process.pid, signal.SIGKILL)
+    daemon.process.wait()
+    daemon.process = None
+    refreshing.join(10)
+    daemon.start()
+    try:
+        statuses = {dt: c["status"] for dt, c in daemon.call("get_session", ["P1", "S1"])["data_management"].items()}
+        assert "calculating" not in statuses.values(), statuses
+        assert statuses["metadata"] == "archived" and statuses["micrographs"] == "active", statuses
+        daemon.call("update_session_datatype_sizes", ["P1", "S1", True], timeout_s=60)
+        sizes = daemon.call("get_session", ["P1", "S1"])["data_management"]["micrographs"]
+        assert sizes["file_count"] == 30_000 + len(tree.paths_by_datatype["micrographs"])
+    finally:
+        daemon.stop()
