@@ -104,3 +104,109 @@ def test_the_refresh_after_a_pool_shut_down_mid_refresh_is_right(
     assert figures(measure(service, tree, full=True)) == truth(tree)
     assert figures(measure(service, tree)) == truth(tree)
     assert registry(service) == registry(service)  # readable, not damaged
+
+
+def _scan_docs_not_current(service: Sessions) -> int:
+    session = service.session("P1", "S1")
+    return service.store.db.registry.count_documents(
+        {"key": "P1/S1", "source": "scan", "gen": {"$ne": session.get("scan_gen")}})
+
+
+def _consistent(service: Sessions, tree: SessionTree) -> None:
+    """What an incremental refresh counts and registers is what a walk from scratch finds, before and after a
+    file goes; no registry document of a losing generation is left."""
+    assert _scan_docs_not_current(service) == 0
+    listed = registry(service)
+    victim = next(p for p in sorted((tree.session_path / "extract").rglob("*")) if p.is_file())
+    victim.unlink()
+    assert figures(measure(service, tree)) == truth(tree)
+    after = registry(service)
+    rel = str(victim.relative_to(tree.project_dir))
+    assert rel not in after["particles"], "the registry still lists a file gone after the refresh that saw it go"
+    assert sum(map(len, after.values())) == sum(map(len, listed.values())) - 1
+    assert figures(measure(service, tree, full=True)) == truth(tree)
+    assert registry(service) == after
+    assert _scan_docs_not_current(service) == 0
+
+
+def test_two_full_refreshes_of_one_session_at_once_leave_it_consistent(
+        one_thread: tuple[Sessions, SessionTree]) -> None:
+    service, tree = one_thread
+    def together(barrier: threading.Barrier) -> Any:
+        return lambda: (barrier.wait(), measure(service, tree, full=True))
+
+    for _ in range(3):
+        barrier = threading.Barrier(2, timeout=JOIN_S)
+        runs = [_in_thread(together(barrier)) for _ in range(2)]
+        for thread, _ in runs:
+            thread.join(JOIN_S)
+            assert not thread.is_alive()
+        for _, outcome in runs:
+            assert outcome == [None], outcome
+    _consistent(service, tree)
+
+
+def test_a_full_refresh_that_clears_the_walk_state_under_another_ones_chunks_leaves_it_consistent(
+        one_thread: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writes its chunks; B (same session, full) clears the walk state, A's chunks with it; A's headers go in
+    first, pointing at chunks that are gone, and A marks the state clean; B's headers then collide. The next
+    refreshes must still count and register what a walk from scratch finds."""
+    service, tree = one_thread
+    store = service.store
+    a_chunks_in, b_cleared, a_headers_in = threading.Event(), threading.Event(), threading.Event()
+    names: dict[int, str] = {}
+    inserted: list[tuple[str, bool]] = []
+    real_clear, real_headers, real_chunks = store.clear_walk, store.insert_walk_headers, store.insert_walk_chunks
+
+    def who() -> str:
+        return names.get(threading.get_ident(), "")
+
+    def clear_walk(key: str) -> None:
+        if who() == "B":
+            a_chunks_in.wait(JOIN_S)
+            real_clear(key)
+            b_cleared.set()
+        else:
+            real_clear(key)
+
+    def insert_walk_chunks(docs: list[dict[str, Any]]) -> None:
+        if who() == "B":
+            a_headers_in.wait(JOIN_S)
+        real_chunks(docs)
+        if who() == "A" and docs:
+            a_chunks_in.set()
+
+    def insert_walk_headers(headers: list[dict[str, Any]]) -> bool:
+        if who() == "A":
+            b_cleared.wait(JOIN_S)
+            try:
+                inserted.append(("A", real_headers(headers)))
+                return inserted[-1][1]
+            finally:
+                a_headers_in.set()
+        inserted.append(("B", real_headers(headers)))
+        return inserted[-1][1]
+
+    monkeypatch.setattr(store, "clear_walk", clear_walk)
+    monkeypatch.setattr(store, "insert_walk_chunks", insert_walk_chunks)
+    monkeypatch.setattr(store, "insert_walk_headers", insert_walk_headers)
+
+    def named(name: str) -> Any:
+        def run() -> Any:
+            names[threading.get_ident()] = name
+            return measure(service, tree, full=True)
+        return run
+
+    a_thread, a_outcome = _in_thread(named("A"))
+    b_thread, b_outcome = _in_thread(named("B"))
+    for thread in (a_thread, b_thread):
+        thread.join(JOIN_S * 3)
+        assert not thread.is_alive()
+    assert a_outcome == [None] and b_outcome == [None], (a_outcome, b_outcome)
+    assert inserted == [("A", True), ("B", False)], "the interleaving this test is about"
+    walk_doc, headers = store.load_walk("P1/S1")
+    chunk_ids = [c for h in headers for c in h["chunks"]]
+    assert walk_doc is not None and not walk_doc.get("dirty") and chunk_ids
+    assert store.load_walk_chunks(chunk_ids) is None, "A's headers point at chunks B cleared"
+    monkeypatch.undo()
+    _consistent(service, tree)
