@@ -6,14 +6,19 @@ from __future__ import annotations
 import contextlib
 import tracemalloc
 import zlib
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from bson.binary import Binary
 
 from livedm.server import store as store_module
+from livedm.server.app import create_app
 from livedm.server.store import DamagedRegistry, Piece, _doc_paths, _packed_docs, _repacked, _unpacked
 from livedm.server.unlinker import by_directory
+from testkit.sessiontree import build_session_tree
+from tests.support.config import make_config
 
 SURROGATE = b"S1/extract/\xff\xfe.mrc".decode("utf-8", "surrogateescape")
 
@@ -140,3 +145,71 @@ def test_a_deep_directory_of_many_files_is_written_in_documents_that_read_back()
     for doc in _packed_docs("P1/S1", {"particles": pieces}, gen="g"):
         read += _doc_paths(doc)
     assert read == [(prefix + n).decode() for n in names]
+
+
+# --- through the API (mongomock): forged prefixes at a deletion, the restart repair on a shared store ---------
+
+async def _completed(api: Any, tmp_path: Path) -> Path:
+    tree = build_session_tree(tmp_path / "proj", exposures=2)
+    await api.ok("create_project", {"title": "p", "project_dir": str(tree.project_dir)})
+    await api.ok("create_live_session", ["P1", "s"])
+    await api.ok("create_live_session", ["P1", "s2"])
+    await api.ok("mark_session_completed", ["P1", "S1"])
+    return tree.project_dir
+
+
+def _forge(api: Any, prefix: bytes, names: list[str]) -> None:
+    doc = api.mongo["livedm"].registry.find_one({"key": "P1/S1", "source": "scan", "datatype": "particles"})
+    assert doc is not None and "prefix" in doc
+    api.mongo["livedm"].registry.update_one({"_id": doc["_id"]}, {"$set": {
+        "prefix": Binary(prefix), "count": len(names),
+        "packed": Binary(zlib.compress("\0".join(names).encode(), 1))}})
+
+
+@pytest.mark.parametrize("where", ["other_session", "outside"])
+async def test_a_prefix_through_a_symlinked_directory_deletes_nothing_it_leads_to(
+        api: Any, tmp_path: Path, where: str) -> None:
+    """S1/extract/evil -> another session's directory (or out of the project): the prefix is inside S1 by its
+    text, so the deletion is not refused whole; the unlinker must refuse the path, never follow the link."""
+    project = await _completed(api, tmp_path)
+    target = project / "S2" / "extract" if where == "other_session" else tmp_path / "outside"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "v.mrc").write_bytes(b"precious")
+    extract = project / "S1" / "extract"
+    extract.mkdir(parents=True, exist_ok=True)
+    (extract / "evil").symlink_to(target)
+    _forge(api, b"S1/extract/evil/", ["v.mrc"])
+    reply = await api.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
+                                                    "datatype": "particles", "asynchronous": False})
+    assert (target / "v.mrc").read_bytes() == b"precious"
+    assert reply.get("result", {}).get("result", {}).get("refused_paths") == ["S1/extract/evil/v.mrc"], reply
+
+
+@pytest.mark.parametrize("prefix", [b"S2/extract/", b"S10/extract/", b"S/extract/", b"/S1/extract/"])
+async def test_a_prefix_naming_another_session_refuses_the_deletion_whole(
+        api: Any, tmp_path: Path, prefix: bytes) -> None:
+    project = await _completed(api, tmp_path)
+    target = project / prefix.decode().lstrip("/") / "v.mrc"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"precious")
+    own = sorted(p for p in (project / "S1").rglob("*") if p.is_file())
+    _forge(api, prefix, ["v.mrc"])
+    reply = await api.call("delete_live_datatype", {"project_uid": "P1", "session_uid": "S1",
+                                                    "datatype": "particles", "asynchronous": False})
+    assert "error" in reply and "refresh P1 S1 --full" in reply["error"]["message"], reply
+    assert target.read_bytes() == b"precious"
+    assert all(p.exists() for p in own)
+
+
+async def test_a_category_calculating_on_a_shared_store_is_left_to_the_measure_at_start(
+        api: Any, aiohttp_client: Any, tmp_path: Path) -> None:
+    """Another livedmd (same MongoDB) is measuring: a livedmd starting on that store must not put the
+    category back (only the embedded store, this process's alone, is repaired at once)."""
+    await _completed(api, tmp_path)
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    api.mongo["livedm"].sessions.update_one({"_id": "P1/S1"}, {"$set": {
+        "data_management.particles.status": "calculating", "data_management.particles.prev_status": "active",
+        "data_management.particles.status_changed_at": now}})
+    await aiohttp_client(create_app(make_config(tmp_path / "state2"), mongo_client=api.mongo))
+    session = api.mongo["livedm"].sessions.find_one({"_id": "P1/S1"})
+    assert session["data_management"]["particles"]["status"] == "calculating"
