@@ -3,6 +3,8 @@ pool shut down mid-refresh, a walk that raises mid-way, two full refreshes of on
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from livedm.server import dirwalk, session_walks, walk_docs
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
 from testkit.sessiontree import SessionTree, build_session_tree
@@ -208,5 +211,56 @@ def test_a_full_refresh_that_clears_the_walk_state_under_another_ones_chunks_lea
     chunk_ids = [c for h in headers for c in h["chunks"]]
     assert walk_doc is not None and not walk_doc.get("dirty") and chunk_ids
     assert store.load_walk_chunks(chunk_ids) is None, "A's headers point at chunks B cleared"
+    monkeypatch.undo()
+    _consistent(service, tree)
+
+
+def _project_fds(tree: SessionTree) -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(tree.project_dir)):
+                out.add(f"{fd}:{target}")
+    return out
+
+
+def _walk_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith("walk"))
+
+
+@pytest.mark.parametrize("where", ["stat", "compress", "pack"])
+def test_a_full_walk_that_raises_mid_way_through_its_share_leaves_nothing_behind(
+        one_thread: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """One of the walk's tasks on the pool raises (a stat batch, a run's compression, a directory's chunks):
+    the refresh fails at once (no hang), holds no directory open, starts no threads beyond the pool's, and the
+    next refreshes count and register what a walk from scratch finds."""
+    service, tree = one_thread
+    monkeypatch.setattr(session_walks, "SAVE_BATCH_DOCS", 1)  # chunks go in before the failure
+    calls: list[int] = []
+
+    def failing(real: Any) -> Any:
+        def task(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError(5, "Input/output error")
+            return real(*args, **kwargs)
+        return task
+
+    if where == "stat":
+        monkeypatch.setattr(dirwalk, "_stat_batch", failing(dirwalk._stat_batch))
+    elif where == "compress":
+        monkeypatch.setattr(walk_docs, "compressed", failing(walk_docs.compressed))
+    else:
+        monkeypatch.setattr(walk_docs, "chunk_docs", failing(walk_docs.chunk_docs))
+    fds = _project_fds(tree)
+    threads = max(_walk_threads(), service.walks.pool()._max_workers)
+    thread, outcome = _in_thread(lambda: measure(service, tree, full=True))
+    thread.join(JOIN_S)
+    assert not thread.is_alive(), "the refresh hangs after a task raised"
+    assert outcome and isinstance(outcome[0], OSError), outcome
+    assert len(calls) >= 2
+    assert _project_fds(tree) <= fds, "a directory stays open"
+    assert _walk_threads() <= threads
     monkeypatch.undo()
     _consistent(service, tree)
