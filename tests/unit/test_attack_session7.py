@@ -4,6 +4,7 @@ forged prefixes, counts and types that must be refused or never widen a deletion
 from __future__ import annotations
 
 import contextlib
+import os
 import tracemalloc
 import zlib
 from datetime import UTC, datetime
@@ -213,3 +214,31 @@ async def test_a_category_calculating_on_a_shared_store_is_left_to_the_measure_a
     await aiohttp_client(create_app(make_config(tmp_path / "state2"), mongo_client=api.mongo))
     session = api.mongo["livedm"].sessions.find_one({"_id": "P1/S1"})
     assert session["data_management"]["particles"]["status"] == "calculating"
+
+
+async def test_a_backup_and_restore_of_a_walked_registry_gives_back_the_same_paths(api: Any, tmp_path: Path) -> None:
+    """A walk's prefixed documents (a file name that is not UTF-8, a directory of one file, a deep one) through
+    /admin/backup and /admin/restore: the same paths, the same documents' prefixes, and deletion still works."""
+    project = await _completed(api, tmp_path)
+    extract = project / "S1" / "extract"
+    extract.mkdir(parents=True, exist_ok=True)
+    (extract / os.fsdecode(b"bad\xff\xfe.mrc")).write_bytes(b"x")
+    deep = extract / "a" / "b" / ("c" * 200)
+    deep.mkdir(parents=True)
+    (deep / "one.mrc").write_bytes(b"y")
+    await api.ok("update_session_datatype_sizes", {"project_uid": "P1", "session_uid": "S1", "full": True})
+    params = {"project_uid": "P1", "session_uid": "S1", "datatype": "particles"}
+    before = await api.ok("get_datatype_file_paths", params)
+    db = api.mongo["livedm"]
+    prefixes = sorted(bytes(d.get("prefix", b"")) for d in db.registry.find({"source": "scan"}))
+    assert any(p.endswith(b"c" * 200 + b"/") for p in prefixes), prefixes
+    headers = {"Authorization": f"Bearer {api.token}"}
+    made = await api.client.get("/admin/backup", headers=headers)
+    assert made.status == 200
+    restored = await api.client.post("/admin/restore?confirm=yes", data=await made.read(), headers=headers)
+    assert restored.status == 200, await restored.text()
+    assert await api.ok("get_datatype_file_paths", params) == before
+    assert sorted(bytes(d.get("prefix", b"")) for d in db.registry.find({"source": "scan"})) == prefixes
+    reply = await api.call("delete_live_datatype", {**params, "asynchronous": False})
+    assert "error" not in reply, reply
+    assert not (deep / "one.mrc").exists() and not (extract / os.fsdecode(b"bad\xff\xfe.mrc")).exists()
