@@ -8,6 +8,7 @@ the registry and every state. So the registry and the states can disagree only u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -15,7 +16,7 @@ import threading
 import uuid
 from array import array
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -45,6 +46,14 @@ class Measured:
     dirs: int
     changed_dirs: int
     probed_dirs: int  # of those, looked at from the change feed's names rather than listed
+
+
+def _settled(future: Future[Any]) -> None:
+    """Returns once `future` ran or was cancelled. Not concurrent.futures.wait: a task that the pool's
+    shutdown(cancel_futures=True) cancels (SessionWalks.close while it is queued) is never notified to
+    wait(), which would then block for ever; Future.exception() wakes on any cancel."""
+    with contextlib.suppress(CancelledError):
+        future.exception()
 
 
 @dataclass
@@ -272,9 +281,9 @@ class SessionWalks:
             else:
                 saved_ok = self._save_changes(key, result, saved=saved)
         finally:
-            wait([registry_written])  # a failed save never leaves the registry's write running on
+            _settled(registry_written)  # a failed save never leaves the registry's write running on
             if movies_checked is not None:
-                wait([movies_checked])
+                _settled(movies_checked)
         clean = registry_written.result() and saved_ok
         if clean:
             stamp = movie_stamp

@@ -141,7 +141,7 @@ def directory_pieces(prefix: bytes, names: bytes, count: int, packed: bytes | No
     many pieces as a document's limits need: one, unless a million paths never become a million bytes."""
     if not count:
         return
-    if count <= PACKED_CHUNK_PATHS and len(names) <= PACKED_CHUNK_BYTES:
+    if count <= PACKED_CHUNK_PATHS and len(names) + count * len(prefix) <= PACKED_CHUNK_BYTES:
         yield Piece(prefix, names, count, packed)
     else:
         yield from _pieces(prefix, names.split(b"\0"))
@@ -154,10 +154,11 @@ def path_pieces(paths: Iterable[str]) -> Iterator[Piece]:
 def _pieces(prefix: bytes, names: list[bytes]) -> Iterator[Piece]:
     start, size = 0, 0
     for end, name in enumerate(names):
-        if end > start and (end - start == PACKED_CHUNK_PATHS or size + len(name) + 1 > PACKED_CHUNK_BYTES):
+        if end > start and (end - start == PACKED_CHUNK_PATHS or
+                            size + len(prefix) + len(name) + 1 > PACKED_CHUNK_BYTES):
             yield Piece(prefix, b"\0".join(names[start:end]), end - start)
             start, size = end, 0
-        size += len(name) + 1
+        size += len(prefix) + len(name) + 1  # the whole paths, as they are read back
     if start < len(names):
         yield Piece(prefix, b"\0".join(names[start:]), len(names) - start)
 
@@ -1037,6 +1038,15 @@ def _doc_paths(doc: dict[str, Any]) -> list[str]:
         raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} is damaged ({exc}); "
                               f"{repair}") from None
     if text and prefix:
+        # checked before the prefix is repeated: a forged document of many short names under a long prefix
+        # would otherwise build gigabytes of paths (a walk's documents hold at most PACKED_CHUNK_BYTES of them)
+        held = text.count(b"\0") + 1
+        if held != count:
+            raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} holds {held} paths, "
+                                  f"not {count}; {repair}")
+        if len(text) + count * len(prefix) > PACKED_BYTES_MAX:
+            raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} holds more bytes of "
+                                  f"paths than a document may; {repair}")
         text = Piece(prefix, text, count).joined()
     paths = text.decode("utf-8", "surrogateescape").split("\0") if text else []
     if len(paths) != count:

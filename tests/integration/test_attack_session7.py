@@ -1,0 +1,266 @@
+"""Attacks on this session's changes to the full walk (server/session_walks.py, server/pool_share.py): the walk
+pool shut down mid-refresh, a walk that raises mid-way, two full refreshes of one session at once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from livedm.server import dirwalk, session_walks, walk_docs
+from livedm.server.sessions import Sessions
+from livedm.server.store import Store
+from testkit.sessiontree import SessionTree, build_session_tree
+from tests.support.config import make_config, service_on
+from tests.support.walks import figures, measure, registry, truth
+
+JOIN_S = 20
+
+
+@pytest.fixture
+def one_thread(real_store: Store, tmp_path: Path) -> Iterator[tuple[Sessions, SessionTree]]:
+    """A session walked once, on a service whose walk pool has as few threads as the machine allows."""
+    service = service_on(real_store, make_config(tmp_path / "state", walk_threads="1"))
+    tree = build_session_tree(tmp_path / "proj", exposures=4)
+    service.create_project("p", str(tree.project_dir))
+    service.create_live_session("P1", "s")
+    service.refresh_session("P1", "S1")
+    yield service, tree
+    service.walks.close()
+
+
+def _in_thread(target: Any) -> tuple[threading.Thread, list[BaseException | None]]:
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_pool_shut_down_while_the_registry_write_is_queued_does_not_hang_the_refresh(
+        one_thread: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SessionWalks.close (the daemon stops) while a full refresh's registry write waits in the pool behind
+    other refreshes' tasks: shutdown(cancel_futures=True) leaves that future CANCELLED, never notified, and
+    concurrent.futures.wait() on it returns only for CANCELLED_AND_NOTIFIED or FINISHED: the refresh must end
+    (with an error), not hang for ever and keep the process from exiting."""
+    service, tree = one_thread
+    walks = service.walks
+    release = threading.Event()
+    real_begin = service.store.begin_walk_write
+    real_save_all = walks._save_all
+
+    def begin(*args: Any, **kwargs: Any) -> Any:
+        pool = walks.pool()
+        for _ in range(pool._max_workers):  # other refreshes' tasks hold every walk thread
+            pool.submit(release.wait, JOIN_S)
+        return real_begin(*args, **kwargs)
+
+    def save_all(*args: Any, **kwargs: Any) -> Any:
+        walks.close()  # the registry write is still queued: cancelled by the shutdown
+        release.set()
+        return real_save_all(*args, **kwargs)
+
+    monkeypatch.setattr(service.store, "begin_walk_write", begin)
+    monkeypatch.setattr(walks, "_save_all", save_all)
+    thread, outcome = _in_thread(lambda: measure(service, tree, full=True))
+    thread.join(JOIN_S)
+    release.set()
+    assert not thread.is_alive(), "the refresh hangs in wait() on a future the pool shutdown cancelled"
+    assert outcome and outcome[0] is not None  # it stops with an error: the daemon is stopping
+
+
+def test_the_refresh_after_a_pool_shut_down_mid_refresh_is_right(
+        one_thread: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool shut down while the walk's own tasks wait in its share: the walk stops, and the next full
+    refresh (a new pool) measures and registers what a walk from scratch finds."""
+    service, tree = one_thread
+    walks = service.walks
+    real_list = type(walks).pool
+    calls: list[int] = []
+
+    def closing_pool(self: Any) -> Any:
+        pool = real_list(self)
+        calls.append(1)
+        if len(calls) == 1:
+            walks.close()  # shut down before the walk queues anything: its share gives up at once
+        return pool
+
+    monkeypatch.setattr(type(walks), "pool", closing_pool)
+    thread, outcome = _in_thread(lambda: measure(service, tree, full=True))
+    thread.join(JOIN_S)
+    assert not thread.is_alive(), "a walk on a shut-down pool hangs"
+    assert outcome and outcome[0] is not None
+    monkeypatch.undo()
+    assert figures(measure(service, tree, full=True)) == truth(tree)
+    assert figures(measure(service, tree)) == truth(tree)
+    assert registry(service) == registry(service)  # readable, not damaged
+
+
+def _scan_docs_not_current(service: Sessions) -> int:
+    session = service.session("P1", "S1")
+    return service.store.db.registry.count_documents(
+        {"key": "P1/S1", "source": "scan", "gen": {"$ne": session.get("scan_gen")}})
+
+
+def _consistent(service: Sessions, tree: SessionTree) -> None:
+    """What an incremental refresh counts and registers is what a walk from scratch finds, before and after a
+    file goes; no registry document of a losing generation is left."""
+    assert _scan_docs_not_current(service) == 0
+    listed = registry(service)
+    victim = next(p for p in sorted((tree.session_path / "extract").rglob("*")) if p.is_file())
+    victim.unlink()
+    assert figures(measure(service, tree)) == truth(tree)
+    after = registry(service)
+    rel = str(victim.relative_to(tree.project_dir))
+    assert rel not in after["particles"], "the registry still lists a file gone after the refresh that saw it go"
+    assert sum(map(len, after.values())) == sum(map(len, listed.values())) - 1
+    assert figures(measure(service, tree, full=True)) == truth(tree)
+    assert registry(service) == after
+    assert _scan_docs_not_current(service) == 0
+
+
+def test_two_full_refreshes_of_one_session_at_once_leave_it_consistent(
+        one_thread: tuple[Sessions, SessionTree]) -> None:
+    service, tree = one_thread
+    def together(barrier: threading.Barrier) -> Any:
+        return lambda: (barrier.wait(), measure(service, tree, full=True))
+
+    for _ in range(3):
+        barrier = threading.Barrier(2, timeout=JOIN_S)
+        runs = [_in_thread(together(barrier)) for _ in range(2)]
+        for thread, _ in runs:
+            thread.join(JOIN_S)
+            assert not thread.is_alive()
+        for _, outcome in runs:
+            assert outcome == [None], outcome
+    _consistent(service, tree)
+
+
+def test_a_full_refresh_that_clears_the_walk_state_under_another_ones_chunks_leaves_it_consistent(
+        one_thread: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writes its chunks; B (same session, full) clears the walk state, A's chunks with it; A's headers go in
+    first, pointing at chunks that are gone, and A marks the state clean; B's headers then collide. The next
+    refreshes must still count and register what a walk from scratch finds."""
+    service, tree = one_thread
+    store = service.store
+    a_chunks_in, b_cleared, a_headers_in = threading.Event(), threading.Event(), threading.Event()
+    names: dict[int, str] = {}
+    inserted: list[tuple[str, bool]] = []
+    real_clear, real_headers, real_chunks = store.clear_walk, store.insert_walk_headers, store.insert_walk_chunks
+
+    def who() -> str:
+        return names.get(threading.get_ident(), "")
+
+    def clear_walk(key: str) -> None:
+        if who() == "B":
+            a_chunks_in.wait(JOIN_S)
+            real_clear(key)
+            b_cleared.set()
+        else:
+            real_clear(key)
+
+    def insert_walk_chunks(docs: list[dict[str, Any]]) -> None:
+        if who() == "B":
+            a_headers_in.wait(JOIN_S)
+        real_chunks(docs)
+        if who() == "A" and docs:
+            a_chunks_in.set()
+
+    def insert_walk_headers(headers: list[dict[str, Any]]) -> bool:
+        if who() == "A":
+            b_cleared.wait(JOIN_S)
+            try:
+                inserted.append(("A", real_headers(headers)))
+                return inserted[-1][1]
+            finally:
+                a_headers_in.set()
+        inserted.append(("B", real_headers(headers)))
+        return inserted[-1][1]
+
+    monkeypatch.setattr(store, "clear_walk", clear_walk)
+    monkeypatch.setattr(store, "insert_walk_chunks", insert_walk_chunks)
+    monkeypatch.setattr(store, "insert_walk_headers", insert_walk_headers)
+
+    def named(name: str) -> Any:
+        def run() -> Any:
+            names[threading.get_ident()] = name
+            return measure(service, tree, full=True)
+        return run
+
+    a_thread, a_outcome = _in_thread(named("A"))
+    b_thread, b_outcome = _in_thread(named("B"))
+    for thread in (a_thread, b_thread):
+        thread.join(JOIN_S * 3)
+        assert not thread.is_alive()
+    assert a_outcome == [None] and b_outcome == [None], (a_outcome, b_outcome)
+    assert inserted == [("A", True), ("B", False)], "the interleaving this test is about"
+    walk_doc, headers = store.load_walk("P1/S1")
+    chunk_ids = [c for h in headers for c in h["chunks"]]
+    assert walk_doc is not None and not walk_doc.get("dirty") and chunk_ids
+    assert store.load_walk_chunks(chunk_ids) is None, "A's headers point at chunks B cleared"
+    monkeypatch.undo()
+    _consistent(service, tree)
+
+
+def _project_fds(tree: SessionTree) -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(tree.project_dir)):
+                out.add(f"{fd}:{target}")
+    return out
+
+
+def _walk_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith("walk"))
+
+
+@pytest.mark.parametrize("where", ["stat", "compress", "pack"])
+def test_a_full_walk_that_raises_mid_way_through_its_share_leaves_nothing_behind(
+        one_thread: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """One of the walk's tasks on the pool raises (a stat batch, a run's compression, a directory's chunks):
+    the refresh fails at once (no hang), holds no directory open, starts no threads beyond the pool's, and the
+    next refreshes count and register what a walk from scratch finds."""
+    service, tree = one_thread
+    monkeypatch.setattr(session_walks, "SAVE_BATCH_DOCS", 1)  # chunks go in before the failure
+    calls: list[int] = []
+
+    def failing(real: Any) -> Any:
+        def task(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError(5, "Input/output error")
+            return real(*args, **kwargs)
+        return task
+
+    if where == "stat":
+        monkeypatch.setattr(dirwalk, "_stat_batch", failing(dirwalk._stat_batch))
+    elif where == "compress":
+        monkeypatch.setattr(walk_docs, "compressed", failing(walk_docs.compressed))
+    else:
+        monkeypatch.setattr(walk_docs, "chunk_docs", failing(walk_docs.chunk_docs))
+    fds = _project_fds(tree)
+    threads = max(_walk_threads(), service.walks.pool()._max_workers)
+    thread, outcome = _in_thread(lambda: measure(service, tree, full=True))
+    thread.join(JOIN_S)
+    assert not thread.is_alive(), "the refresh hangs after a task raised"
+    assert outcome and isinstance(outcome[0], OSError), outcome
+    assert len(calls) >= 2
+    assert _project_fds(tree) <= fds, "a directory stays open"
+    assert _walk_threads() <= threads
+    monkeypatch.undo()
+    _consistent(service, tree)
