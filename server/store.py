@@ -1075,7 +1075,8 @@ def _repacked(doc: dict[str, Any]) -> dict[str, Any]:
         return doc
     paths = [_loaded_path(p).encode("utf-8", "surrogateescape") for p in doc["paths"]]
     directory = paths[0].rpartition(b"/")[0] if paths else b""
-    if directory and not directory.startswith(b"/") and all(p.rpartition(b"/")[0] == directory for p in paths):
+    if directory and not directory.startswith(b"/") and all(
+            p.rpartition(b"/")[0] == directory and not p.endswith(b"/") for p in paths):  # no empty names
         piece = Piece(directory + b"/", b"\0".join(p.rpartition(b"/")[2] for p in paths), len(paths))
     else:
         piece = Piece(b"", b"\0".join(paths), len(paths))
