@@ -453,8 +453,8 @@ class SessionWalks:
     @staticmethod
     def _freeze(result: WalkResult, share: PoolShare) -> _NameRuns:
         """After a full walk: every directory's names packed once, in the store's chunks' runs, and each run
-        compressed once, for the chunks, the registry and the cache alike (a million names are a tenth of a
-        second to encode and half a second to compress)."""
+        compressed once, for the chunks, the registry and the cache alike (a million names take a tenth of a
+        second to encode and as much again to compress)."""
         runs: dict[str, list[bytes]] = {}
         for state in result.dirs.values():
             assert state.entries is not None
