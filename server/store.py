@@ -29,9 +29,10 @@ from .domain import DATATYPES, now_iso
 from .walk_docs import inflated
 
 CHUNK_PATHS = 2000  # registry paths per document: measured in DESIGN.md, ~20x faster than one per file
-# A walk's registry (source "scan") is stored packed: its paths NUL-joined and compressed, this many per
-# document. A million paths as string arrays cost the embedded store 4 s to write; packed, a tenth of that.
-# Backups hold them unpacked (a `paths` list, like every other source): the backup format does not change.
+# A walk's registry (source "scan") is stored packed: its paths NUL-joined and compressed, at most this many
+# per document, a full walk's each under its directory (`prefix`, held once). A million paths as string arrays
+# cost the embedded store 4 s to write; packed, a tenth of that. Backups hold them unpacked (a `paths` list,
+# like every other source): the backup format does not change.
 PACKED_CHUNK_PATHS = 50_000
 PACKED_CHUNK_BYTES = 8 << 20  # and at most this many bytes (deep trees have long paths)
 PACKED_BYTES_MAX = 2 * PACKED_CHUNK_BYTES  # read back (a restored document holds 2000 paths of at most 4 KiB):
@@ -138,7 +139,8 @@ Pieces = dict[str, list[Piece]]  # per datatype
 
 def directory_pieces(prefix: bytes, names: bytes, count: int, packed: bytes | None = None) -> Iterator[Piece]:
     """One directory's `count` files (NUL-separated `names`, compressed already as `packed` if given), in as
-    many pieces as a document's limits need: one, unless a million paths never become a million bytes."""
+    many pieces as a document's limits need, counted by whole paths: one for a run of a walk's names, more
+    for a directory of more files, or deeper, than one document may hold."""
     if not count:
         return
     if count <= PACKED_CHUNK_PATHS and len(names) + count * len(prefix) <= PACKED_CHUNK_BYTES:
