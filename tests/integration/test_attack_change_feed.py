@@ -124,6 +124,14 @@ def test_churn_of_every_kind_while_refreshes_run_settles_to_a_walk_from_scratch(
     stop = threading.Event()
     errors: list[BaseException] = []
 
+    def put(path: Path, data: bytes) -> None:
+        """A new file moved in whole: one written in place may be stat'ed between its create and its write,
+        and keeps that size until a full refresh (the known limit, a strict xfail below), which made this
+        test fail now and then on a busy machine."""
+        incoming = grave / f"incoming-{path.name}"
+        incoming.write_bytes(data)
+        incoming.rename(path)
+
     def churn() -> None:
         rng = random.Random(seed)
         i = 0
@@ -133,7 +141,7 @@ def test_churn_of_every_kind_while_refreshes_run_settles_to_a_walk_from_scratch(
                 op = rng.randrange(10)
                 a, b = rng.choice([mc, thumbs]), rng.choice([mc, thumbs])
                 if op == 0:
-                    (a / f"c{i}.mrc").write_bytes(b"c" * rng.randrange(200))
+                    put(a / f"c{i}.mrc", b"c" * rng.randrange(200))
                 elif op == 1:
                     victims = [p for p in a.iterdir() if p.is_file()]
                     if victims:
@@ -146,15 +154,13 @@ def test_churn_of_every_kind_while_refreshes_run_settles_to_a_walk_from_scratch(
                 elif op == 3:  # another file under an old name
                     victims = [p for p in a.iterdir() if p.is_file() and not p.is_symlink()]
                     if victims:
-                        tmp = a / f"incoming{i}"
-                        tmp.write_bytes(b"r" * rng.randrange(300))
                         victim = rng.choice(victims)
                         os.link(victim, grave / f"g{i}")  # its inode stays taken
-                        tmp.rename(victim)
+                        put(victim, b"r" * rng.randrange(300))
                 elif op == 4:  # a subdirectory made, filled, swapped for a link out of the session
                     sub = a / f"sub{i}"
                     sub.mkdir()
-                    (sub / "inside.mrc").write_bytes(b"i" * 11)
+                    put(sub / "inside.mrc", b"i" * 11)
                     if rng.random() < 0.5:
                         sub.rename(a / f"gone{i}")
                         (a / f"sub{i}").symlink_to(outside)
@@ -168,7 +174,7 @@ def test_churn_of_every_kind_while_refreshes_run_settles_to_a_walk_from_scratch(
                         rng.choice(links).rename(grave / f"g{i}")
                 elif op == 8:  # a directory in import_movies
                     (raw / f"rawdir{i}").mkdir()
-                    (raw / f"rawdir{i}" / "x.tiff").write_bytes(b"x" * 7)
+                    put(raw / f"rawdir{i}" / "x.tiff", b"x" * 7)
                 else:  # created and deleted at once
                     (a / f"blink{i}").write_bytes(b"b")
                     (a / f"blink{i}").rename(grave / f"g{i}")

@@ -15,9 +15,8 @@ import pytest
 from livedm.server import dirwalk, session_walks, walk_docs
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
-from testkit.sessiontree import SessionTree, build_session_tree
-from tests.support.config import make_config, service_on
-from tests.support.walks import figures, measure, registry, truth
+from testkit.sessiontree import SessionTree
+from tests.support.walks import figures, measure, measured_session, registry, truth
 
 JOIN_S = 20
 
@@ -25,13 +24,7 @@ JOIN_S = 20
 @pytest.fixture
 def one_thread(real_store: Store, tmp_path: Path) -> Iterator[tuple[Sessions, SessionTree]]:
     """A session walked once, on a service whose walk pool has as few threads as the machine allows."""
-    service = service_on(real_store, make_config(tmp_path / "state", walk_threads="1"))
-    tree = build_session_tree(tmp_path / "proj", exposures=4)
-    service.create_project("p", str(tree.project_dir))
-    service.create_live_session("P1", "s")
-    service.refresh_session("P1", "S1")
-    yield service, tree
-    service.walks.close()
+    yield from measured_session(real_store, tmp_path, exposures=4, walk_threads="1")
 
 
 def _in_thread(target: Any) -> tuple[threading.Thread, list[BaseException | None]]:
