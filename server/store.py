@@ -1039,22 +1039,16 @@ def _doc_paths(doc: dict[str, Any]) -> list[str]:
     except ValueError as exc:
         raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} is damaged ({exc}); "
                               f"{repair}") from None
-    if text and prefix:
-        # checked before the prefix is repeated: a forged document of many short names under a long prefix
-        # would otherwise build gigabytes of paths (a walk's documents hold at most PACKED_CHUNK_BYTES of them)
-        held = text.count(b"\0") + 1
-        if held != count:
-            raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} holds {held} paths, "
-                                  f"not {count}; {repair}")
-        if len(text) + count * len(prefix) > PACKED_BYTES_MAX:
-            raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} holds more bytes of "
-                                  f"paths than a document may; {repair}")
+    what = f"registry document {doc.get('_id')} of {doc.get('key')}"
+    held = text.count(b"\0") + 1 if text else 0
+    if held != count:  # counted before a prefix is repeated: a forged document of many short names under a long
+        # prefix would otherwise build gigabytes of paths (a walk's documents hold at most PACKED_CHUNK_BYTES)
+        raise DamagedRegistry(f"{what} holds {held} paths, not {count}; {repair}")
+    if prefix and len(text) + count * len(prefix) > PACKED_BYTES_MAX:
+        raise DamagedRegistry(f"{what} holds more bytes of paths than a document may; {repair}")
+    if prefix and text:
         text = Piece(prefix, text, count).joined()
-    paths = text.decode("utf-8", "surrogateescape").split("\0") if text else []
-    if len(paths) != count:
-        raise DamagedRegistry(f"registry document {doc.get('_id')} of {doc.get('key')} holds {len(paths)} paths, "
-                              f"not {count}; {repair}")
-    return paths
+    return text.decode("utf-8", "surrogateescape").split("\0") if text else []
 
 
 def _unpacked(doc: dict[str, Any]) -> dict[str, Any]:
