@@ -2,8 +2,10 @@
 changed, or all of it), bring the scanned registry and the saved states up to date.
 
 Consistency: the session's walk document is marked dirty before anything is written and clean after; a
-refresh that finds it dirty (a livedmd died mid-write, or two wrote at once) walks in full, which rewrites
-the registry and every state. So the registry and the states can disagree only until the next refresh.
+refresh that finds it dirty (a livedmd died mid-write, or two on one MongoDB wrote at once) walks in full,
+which rewrites the registry and every state. So the registry and the states can disagree only until the next
+refresh. Within a process, walks of one session take turns (Turns), the write of the walk state included,
+which a refresh leaves to the writer's thread once its figures are stored (`measuring(behind=True)`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import os
 import threading
 import uuid
 from array import array
-from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -29,6 +31,7 @@ from .domain import DATATYPES
 from .entries_cache import EntriesCache
 from .pool_share import PoolShare
 from .store import Pieces, Store, directory_pieces, scan_digest, session_key
+from .turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ WALK_FORMAT = "2"  # bump when DirState documents change meaning: every session 
 MAX_CHUNKS_PER_DIR = 32  # appended chunks beyond this are merged into fresh ones
 SAVE_BATCH_DOCS, SAVE_BATCH_BYTES = 64, 4 << 20  # a full walk's chunks go to the store this many at a time
 FEED_NAMES_MAX = 1_000_000  # changed names the feed holds between refreshes (~100 bytes each)
+CLOSE_WRITES_S = 10.0  # how long closing waits for walk states being written behind (a million files: ~0.5 s)
 
 
 @dataclass
@@ -61,6 +65,29 @@ class _NameRuns:
     """A full walk's names per directory, in the runs its chunks hold (`runs`) and compressed (`packed`)."""
     runs: dict[str, list[bytes]]
     packed: dict[str, list[bytes]]
+
+
+@dataclass
+class _Walked:
+    """A walk done, for its registry's write (the caller's thread) and its state's (the writer's)."""
+    key: str
+    project_uid: str
+    session_uid: str
+    session: dict[str, Any]
+    project_dir: str
+    asked_full: bool  # someone asked for a full refresh: the registry is rewritten whatever its digest
+    full: bool  # every file was stat'ed
+    result: WalkResult
+    names: _NameRuns
+    share: PoolShare
+    saved: dict[str, _Saved]  # the last walk's documents per directory
+    load_entries: Callable[[DirState], Entries | None]
+    api: dict[str, list[str]]  # per category, the files registered by API
+    done_after: tuple[int, int, int]  # for the walk document: since_full, API changes seen, API paths found
+    movie_stamp: str
+    movie_feed: list[str]
+    new_movie_dirs: list[str]
+    movies_checked: Future[tuple[str, list[str]]] | None
 
 
 @dataclass
@@ -145,6 +172,10 @@ class SessionWalks:
         self._lazy_lock = threading.Lock()  # the feed and the pool, started at the first walk
         self._feed_failed = False
         self._pool: ThreadPoolExecutor | None = None
+        self._turns = Turns()  # per session: one walk at a time, its state's write included
+        self._writer: ThreadPoolExecutor | None = None  # writes walk states behind (one at a time: the store
+        # serves one call at a time anyway), started at the first
+        self._writes: set[Future[None]] = set()  # handed to the writer, not yet done
 
     def pool(self) -> ThreadPoolExecutor:
         """The threads every walk of this process lists, stats and packs on, started at the first: a pool
@@ -170,6 +201,15 @@ class SessionWalks:
             return self._feed
 
     def close(self) -> None:
+        """Walk states being written behind get CLOSE_WRITES_S to finish (one cut short stays marked dirty: its
+        session's next walk is full); then the feed and the pool stop."""
+        with self._lazy_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            if not self.wait_written(CLOSE_WRITES_S):
+                log.warning("walk states still being written after %.0f s are left marked dirty: those sessions' "
+                            "next refreshes walk in full", CLOSE_WRITES_S)
+            writer.shutdown(wait=False, cancel_futures=True)
         with self._lazy_lock:
             if self._feed is not None:
                 self._feed.close()
@@ -196,9 +236,69 @@ class SessionWalks:
 
     def measure(self, project_uid: str, session_uid: str, session: dict[str, Any], project_dir: str,
                 *, full: bool | None) -> Measured:
-        """Walk the session and store what was seen; `full`: True walks everything, False re-reads only
-        what changed, None (a scheduled refresh) is full every `full_refresh_every`th time."""
+        """Walk the session and store what was seen, the walk state included, before returning."""
+        with self.measuring(project_uid, session_uid, session, project_dir, full=full) as measured:
+            return measured
+
+    @contextlib.contextmanager
+    def measuring(self, project_uid: str, session_uid: str, session: dict[str, Any], project_dir: str,
+                  *, full: bool | None, behind: bool = False) -> Iterator[Measured]:
+        """Walk the session and bring its registry up to date; `full`: True walks everything, False re-reads
+        only what changed, None (a scheduled refresh) is full every `full_refresh_every`th time.
+
+        The walk state (the next walk's starting point; a cache, never backed up) is written on the writer's
+        thread once the body ends: the store serves one call at a time, and the caller's own writes go first
+        (packing it beside the registry's write would slow that down where the walk keeps every core busy).
+        Without `behind` this waits for it and raises what it raised; with `behind` the caller answers
+        meanwhile, and a failed write is logged (its session stays marked dirty: the next walk is full). Walks
+        of one session take turns, their state's writes included: the next one waits for it."""
         key = session_key(project_uid, session_uid)
+        self._turns.take(key)
+        try:
+            walked = self._walk(key, project_uid, session_uid, session, project_dir, full=full)
+            gate: Future[bool] = Future()  # whether the registry was written; set when the state may go in
+            written = self._submit_write(key, walked, gate, log_failure=behind)
+        except BaseException:
+            self._turns.give_back(key)
+            raise
+        registry_ok = False
+        try:
+            registry_ok, measured = self._register(walked)
+            yield measured
+        finally:
+            gate.set_result(registry_ok)
+            if not behind:
+                written.result()
+
+    def _submit_write(self, key: str, walked: _Walked, gate: Future[bool], *, log_failure: bool) -> Future[None]:
+        """The walk state's write on the writer's thread, which gives the session's turn back when it ends."""
+        with self._lazy_lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="walk-writer")
+            written = self._writer.submit(self._write_state, walked, gate)
+            self._writes.add(written)
+
+        def done(_: Future[None]) -> None:  # a write cancelled by close() too
+            with self._lazy_lock:
+                self._writes.discard(written)
+            if log_failure and not written.cancelled() and written.exception() is not None:
+                log.warning("%s: the walk state could not be written (%r); the next refresh walks in full", key,
+                            written.exception())
+            self._turns.give_back(key)
+
+        written.add_done_callback(done)
+        return written
+
+    def wait_written(self, timeout_s: float | None = None) -> bool:
+        """Whether every walk state handed to the writer so far is written (or failed) within `timeout_s`."""
+        with self._lazy_lock:
+            writes = list(self._writes)
+        _, pending = wait(writes, timeout=timeout_s)
+        return not pending
+
+    def _walk(self, key: str, project_uid: str, session_uid: str, session: dict[str, Any], project_dir: str,
+              *, full: bool | None) -> _Walked:
+        """The walk, from the saved state; the walk state marked dirty (cleared, before a full walk's write)."""
         walk_doc, headers = self.store.load_walk(key)
         api_changes = int((walk_doc or {}).get("api_changes") or 0)
         if (walk_doc or {}).get("api_seen") == [api_changes, 0]:  # none then, none registered since
@@ -259,44 +359,63 @@ class SessionWalks:
         result = walk.run()
         if not walk_full:
             result.movie_dirs |= set(movie_dirs)
-        totals = result.totals
         names = self._freeze(result, share) if walk_full else _NameRuns({}, {})
         self.store.begin_walk_write(key, sig)
         if walk_full:  # before the registry's write is in the store: its calls are served one at a time
             self.store.clear_walk(key)
         new_dirs = sorted(result.movie_dirs)
-        same_dirs = new_dirs == sorted(movie_dirs)
         # movie directories first seen by this walk are armed and checked beside the writes (they read the
         # disk, not the store), and their outcome kept only if the writes end clean
-        movies_checked = None if same_dirs else self.pool().submit(
+        movies_checked = None if new_dirs == sorted(movie_dirs) else self.pool().submit(
             self._arm_new_movie_dirs, result, movie_dirs, movie_feed, new_dirs, load_entries)
-        # the registry and the walk state are written side by side: each thread packs while the other's
-        # write is in the store
-        registry_written = self.pool().submit(
-            self._update_registry, project_uid, session_uid, session, project_dir=project_dir, result=result,
-            walk_full=walk_full, load_entries=load_entries, api_raw=api["raw"], rewrite=full is True, names=names)
-        try:
-            if walk_full:
-                saved_ok = self._save_all(key, result, names, share)
-            else:
-                saved_ok = self._save_changes(key, result, saved=saved)
-        finally:
-            _settled(registry_written)  # a failed save never leaves the registry's write running on
-            if movies_checked is not None:
-                _settled(movies_checked)
-        clean = registry_written.result() and saved_ok
-        if clean:
-            stamp = movie_stamp
-            if movies_checked is not None:
-                stamp, movie_feed = movies_checked.result()
-            self.store.finish_walk_write(key, since_full=0 if walk_full else since_full + 1,
-                                         movie_dirs=walk_docs.pack_paths(new_dirs), movie_stamp=stamp,
-                                         movie_feed=movie_feed, api_seen=(api_changes, len(skip)))
+        return _Walked(key=key, project_uid=project_uid, session_uid=session_uid, session=session,
+                       project_dir=project_dir, asked_full=full is True, full=walk_full, result=result, names=names,
+                       share=share, saved=saved, load_entries=load_entries, api=api,
+                       done_after=(0 if walk_full else since_full + 1, api_changes, len(skip)),
+                       movie_stamp=movie_stamp, movie_feed=movie_feed, new_movie_dirs=new_dirs,
+                       movies_checked=movies_checked)
+
+    def _register(self, walked: _Walked) -> tuple[bool, Measured]:
+        """The registry brought up to date (False: it changed under this walk, or could not be), and the
+        figures, files registered by API measured in."""
+        result, api = walked.result, walked.api
+        registry_ok = self._update_registry(
+            walked.project_uid, walked.session_uid, walked.session, project_dir=walked.project_dir, result=result,
+            walk_full=walked.full, load_entries=walked.load_entries, api_raw=api["raw"], rewrite=walked.asked_full,
+            names=walked.names)
+        totals = result.totals
         for datatype in DATATYPES:  # files registered by API join the measure, each byte once
             if api[datatype]:
-                totals[datatype] = self._with_registered(result, datatype, api[datatype], project_dir,
-                                                         load_entries=load_entries)
-        return Measured(totals, walk_full, result.stats, len(result.dirs), len(result.changed), result.probed)
+                totals[datatype] = self._with_registered(result, datatype, api[datatype], walked.project_dir,
+                                                         load_entries=walked.load_entries)
+        return registry_ok, Measured(totals, walked.full, result.stats, len(result.dirs), len(result.changed),
+                                     result.probed)
+
+    def _write_state(self, walked: _Walked, gate: Future[bool]) -> None:
+        """On the writer's thread, once `gate` says the registry was written: the walk state sent to the store
+        and marked clean (unless another walk wrote meanwhile). Not written at all when the registry was not:
+        the state stays marked dirty."""
+        checked = walked.movies_checked
+        try:
+            if not gate.result():
+                return
+            if walked.full:
+                saved_ok = self._save_all(walked.key, walked.result, walked.names, walked.share)
+            else:
+                saved_ok = self._save_changes(walked.key, walked.result, saved=walked.saved)
+        finally:
+            if checked is not None:
+                if not gate.done() or not gate.result():
+                    checked.cancel()
+                _settled(checked)
+        if saved_ok:
+            stamp, feed_tokens = walked.movie_stamp, walked.movie_feed
+            if checked is not None:
+                stamp, feed_tokens = checked.result()
+            since_full, api_changes, api_found = walked.done_after
+            self.store.finish_walk_write(walked.key, since_full=since_full,
+                                         movie_dirs=walk_docs.pack_paths(walked.new_movie_dirs), movie_stamp=stamp,
+                                         movie_feed=feed_tokens, api_seen=(api_changes, api_found))
 
     def _arm_new_movie_dirs(self, result: WalkResult, old_dirs: list[str], old_tokens: list[str], new_dirs: list[str],
                             load_entries: Callable[[DirState], Entries | None]) -> tuple[str, list[str]]:

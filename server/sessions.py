@@ -494,11 +494,14 @@ class Sessions:
             self._pin_session_dir(project_uid, session_uid, session["session_dir"], identity=current_id)
         before = self._begin_measure(project_uid, session_uid, session)
         try:
-            walked = self.walks.measure(project_uid, session_uid, session, project_dir, full=full).totals
+            # the walk state is written behind: the new figures are stored and answered first
+            with self.walks.measuring(project_uid, session_uid, session, project_dir, full=full,
+                                      behind=True) as measured:
+                return self._store_measures(project_uid, session_uid, session, measures=measured.totals,
+                                            before=before)
         except BaseException:
             self._end_measure(project_uid, session_uid, before)
             raise
-        return self._store_measures(project_uid, session_uid, session, measures=walked, before=before)
 
     def _end_measure(self, project_uid: str, session_uid: str, before: dict[str, str]) -> None:
         """A measure that failed: the categories go back to what they were."""

@@ -16,6 +16,7 @@ from livedm.server import dirwalk, session_walks, walk_docs
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
 from testkit.sessiontree import SessionTree
+from tests.support.config import make_config, service_on
 from tests.support.walks import figures, measure, measured_session, registry, truth
 
 JOIN_S = 20
@@ -43,17 +44,18 @@ def _in_thread(target: Any) -> tuple[threading.Thread, list[BaseException | None
     return thread, outcome
 
 
-def test_a_pool_shut_down_while_the_registry_write_is_queued_does_not_hang_the_refresh(
+def test_a_pool_shut_down_while_the_walk_state_is_packed_does_not_hang_the_refresh(
         one_thread: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
-    """SessionWalks.close (the daemon stops) while a full refresh's registry write waits in the pool behind
-    other refreshes' tasks: shutdown(cancel_futures=True) leaves that future CANCELLED, never notified, and
-    concurrent.futures.wait() on it returns only for CANCELLED_AND_NOTIFIED or FINISHED: the refresh must end
+    """SessionWalks.close (the daemon stops) while a full refresh's walk state waits to be packed in the pool
+    behind other refreshes' tasks: close waits CLOSE_WRITES_S for it, then shuts the pool down, which cancels
+    those tasks (shutdown(cancel_futures=True) never notifies concurrent.futures.wait()). The refresh must end
     (with an error), not hang for ever and keep the process from exiting."""
     service, tree = one_thread
     walks = service.walks
     release = threading.Event()
     real_begin = service.store.begin_walk_write
-    real_save_all = walks._save_all
+    real_update = walks._update_registry
+    monkeypatch.setattr(session_walks, "CLOSE_WRITES_S", 0.2)
 
     def begin(*args: Any, **kwargs: Any) -> Any:
         pool = walks.pool()
@@ -61,18 +63,20 @@ def test_a_pool_shut_down_while_the_registry_write_is_queued_does_not_hang_the_r
             pool.submit(release.wait, JOIN_S)
         return real_begin(*args, **kwargs)
 
-    def save_all(*args: Any, **kwargs: Any) -> Any:
-        walks.close()  # the registry write is still queued: cancelled by the shutdown
+    def update_registry(*args: Any, **kwargs: Any) -> Any:
+        walks.close()  # the walk state's packing is still queued: cancelled by the shutdown
         release.set()
-        return real_save_all(*args, **kwargs)
+        return real_update(*args, **kwargs)
 
     monkeypatch.setattr(service.store, "begin_walk_write", begin)
-    monkeypatch.setattr(walks, "_save_all", save_all)
+    monkeypatch.setattr(walks, "_update_registry", update_registry)
     thread, outcome = _in_thread(lambda: measure(service, tree, full=True))
     thread.join(JOIN_S)
     release.set()
-    assert not thread.is_alive(), "the refresh hangs in wait() on a future the pool shutdown cancelled"
+    assert not thread.is_alive(), "the refresh hangs on a future the pool shutdown cancelled"
     assert outcome and outcome[0] is not None  # it stops with an error: the daemon is stopping
+    walk_doc, _ = service.store.load_walk("P1/S1")
+    assert walk_doc is not None and walk_doc["dirty"], "a walk state not written stays marked dirty"
 
 
 def test_the_refresh_after_a_pool_shut_down_mid_refresh_is_right(
@@ -143,12 +147,14 @@ def test_two_full_refreshes_of_one_session_at_once_leave_it_consistent(
 
 
 def test_a_full_refresh_that_clears_the_walk_state_under_another_ones_chunks_leaves_it_consistent(
-        one_thread: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A writes its chunks; B (same session, full) clears the walk state, A's chunks with it; A's headers go in
-    first, pointing at chunks that are gone, and A marks the state clean; B's headers then collide. The next
+        one_thread: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two livedmd on one MongoDB (in one process, walks of a session take turns): A writes its chunks; B (same
+    session, full) clears the walk state, A's chunks with it; A's headers go in first, pointing at chunks that
+    are gone, and A marks the state clean; B, whose registry write lost to A's, writes no state. The next
     refreshes must still count and register what a walk from scratch finds."""
     service, tree = one_thread
     store = service.store
+    other = service_on(store, make_config(tmp_path / "other-state", walk_threads="1"))
     a_chunks_in, b_cleared, a_headers_in = threading.Event(), threading.Event(), threading.Event()
     names: dict[int, str] = {}
     inserted: list[tuple[str, bool]] = []
@@ -187,19 +193,31 @@ def test_a_full_refresh_that_clears_the_walk_state_under_another_ones_chunks_lea
     monkeypatch.setattr(store, "insert_walk_chunks", insert_walk_chunks)
     monkeypatch.setattr(store, "insert_walk_headers", insert_walk_headers)
 
-    def named(name: str) -> Any:
+    for daemon, name in ((service, "A"), (other, "B")):  # each one's walk state is written on its writer's thread
+        def write_state(*args: Any, _real: Any = daemon.walks._write_state, _name: str = name) -> Any:
+            names[threading.get_ident()] = _name
+            return _real(*args)
+
+        monkeypatch.setattr(daemon.walks, "_write_state", write_state)
+
+    def named(name: str, daemon: Sessions) -> Any:
         def run() -> Any:
             names[threading.get_ident()] = name
-            return measure(service, tree, full=True)
+            return measure(daemon, tree, full=True)
         return run
 
-    a_thread, a_outcome = _in_thread(named("A"))
-    b_thread, b_outcome = _in_thread(named("B"))
-    for thread in (a_thread, b_thread):
-        thread.join(JOIN_S * 3)
-        assert not thread.is_alive()
+    try:
+        a_thread, a_outcome = _in_thread(named("A", service))
+        b_thread, b_outcome = _in_thread(named("B", other))
+        for thread in (a_thread, b_thread):
+            thread.join(JOIN_S * 3)
+            assert not thread.is_alive()
+    finally:
+        other.walks.close()
     assert a_outcome == [None] and b_outcome == [None], (a_outcome, b_outcome)
-    assert inserted == [("A", True), ("B", False)], "the interleaving this test is about"
+    # B's registry write found A's generation in place of the one it started from: B leaves its walk state
+    # unwritten (marked dirty, until A's finish marks it clean over B's clearing)
+    assert inserted == [("A", True)], "the interleaving this test is about"
     walk_doc, headers = store.load_walk("P1/S1")
     chunk_ids = [c for h in headers for c in h["chunks"]]
     assert walk_doc is not None and not walk_doc.get("dirty") and chunk_ids

@@ -21,6 +21,7 @@ from livedm.server import dirwalk
 from livedm.server.domain import DATATYPES
 from livedm.server.sessions import Sessions
 from testkit.sessiontree import SessionTree, build_session_tree
+from tests.support.config import make_config, service_on
 
 
 def _registry(service: Sessions) -> dict[str, list[str]]:
@@ -39,6 +40,7 @@ def measured(real_service: Sessions, tmp_path: Path) -> tuple[Sessions, SessionT
     real_service.create_project("p", str(tree.project_dir))
     real_service.create_live_session("P1", "s")
     real_service.refresh_session("P1", "S1")
+    assert real_service.walks.wait_written(30)  # the tests tamper with the walk state it leaves
     return real_service, tree
 
 
@@ -248,11 +250,12 @@ def test_files_below_a_path_longer_than_path_max_are_not_hidden_from_the_measure
 
 
 def test_two_incremental_refreshes_at_once_leave_no_path_twice_in_the_registry(
-        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two refreshes of one session at once (a full=False and a full=None one are not coalesced; or two
-    daemons on one database): both walk, then both write. Both see the same new file and both append it: the
-    registry's generation does not change on an append, so neither notices the other."""
+        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Two refreshes of one session at once by two daemons on one database (in one process, walks of a session
+    take turns): both walk, then both write. Both see the same new file and both append it: the registry's
+    generation does not change on an append, so neither notices the other."""
     service, tree = measured
+    other = service_on(service.store, make_config(tmp_path / "other-state"))
     (tree.session_path / "motioncorrected" / "new.mrc").write_bytes(b"n" * 10)
     both_walked = threading.Barrier(2, timeout=30)
     real_begin = service.store.begin_walk_write
@@ -263,9 +266,12 @@ def test_two_incremental_refreshes_at_once_leave_no_path_twice_in_the_registry(
 
     monkeypatch.setattr(service.store, "begin_walk_write", begin_after_both_walked)
     session = service.session("P1", "S1")
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda full: service.walks.measure("P1", "S1", session, str(tree.project_dir), full=full),
-                      [False, None]))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda run: run[0].walks.measure("P1", "S1", session, str(tree.project_dir), full=run[1]),
+                          [(service, False), (other, None)]))
+    finally:
+        other.walks.close()
     monkeypatch.undo()
     service.refresh_session("P1", "S1")  # the next refresh: whatever it does, it must leave the registry right
     registry = _registry(service)

@@ -199,6 +199,7 @@ def test_on_a_file_system_the_feed_cannot_follow_every_changed_directory_is_list
         service.create_project("p", str(tree.project_dir))
         service.create_live_session("P1", "s")
         service.refresh_session("P1", "S1")
+        assert service.walks.wait_written(30)
         headers = list(real_store.db.walks.find({"key": session_key("P1", "S1"), "kind": "dir"}))
         assert headers and {h["feed"] for h in headers} == {""}
         (_mc(tree) / "remote.mrc").write_bytes(b"r" * 10)

@@ -54,6 +54,7 @@ def measured(walker: Sessions, tmp_path: Path) -> tuple[Sessions, SessionTree]:
     walker.create_project("p", str(tree.project_dir))
     walker.create_live_session("P1", "s")
     walker.refresh_session("P1", "S1")  # the first walk is full: it saves what it saw
+    assert walker.walks.wait_written(30)  # behind the refresh's answer
     return walker, tree
 
 

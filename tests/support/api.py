@@ -8,6 +8,8 @@ from typing import Any
 import mongomock
 from aiohttp.test_utils import TestClient
 
+from livedm.server.appkeys import SERVICES
+
 
 class Api:
     def __init__(self, client: TestClient, token: str, mongo: mongomock.MongoClient) -> None:
@@ -29,6 +31,8 @@ class Api:
         return reply["result"]
 
     def snapshot(self) -> dict[str, list]:
+        """The store at rest: after the walk states that refreshes leave to the writer's thread are written."""
+        assert self.client.server.app[SERVICES].sessions.walks.wait_written(30), "a walk state still being written"
         db = self.mongo["livedm"]
         return {name: sorted(map(repr, db[name].find())) for name in db.list_collection_names()}
 

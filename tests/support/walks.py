@@ -19,13 +19,15 @@ LAYOUT = make_config(Path("/nonexistent")).layout
 
 def measured_session(store: Store, tmp_path: Path, *, exposures: int = 6,
                      **flags: object) -> Iterator[tuple[Sessions, SessionTree]]:
-    """For a fixture: a session of six exposures, walked once (the change feed on), its service closed after.
+    """For a fixture: a session of six exposures, walked once (the change feed on) and its walk state written,
+    its service closed after.
     `flags`: settings of the service's config (e.g. walk_threads="1")."""
     service = service_on(store, make_config(tmp_path / "state", **flags))
     tree = build_session_tree(tmp_path / "proj", exposures=exposures)
     service.create_project("p", str(tree.project_dir))
     service.create_live_session("P1", "s")
     service.refresh_session("P1", "S1")
+    assert service.walks.wait_written(30), "the first walk's state was not written"
     yield service, tree
     service.walks.close()
 

@@ -4,7 +4,9 @@ hooked; nothing else writes a category's status."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,13 +120,15 @@ def _one_session(store: Store, tmp_path: Path) -> Services:
 def test_a_refresh_shows_calculating_and_goes_back_without_audit_or_hook(mock_store: Store, tmp_path: Path) -> None:
     services = _one_session(mock_store, tmp_path)
     seen: list[str] = []
-    walk = services.sessions.walks.measure
+    walk = services.sessions.walks.measuring
 
-    def watching_walk(*args: Any, **kwargs: Any) -> Any:
+    @contextlib.contextmanager
+    def watching_walk(*args: Any, **kwargs: Any) -> Iterator[Any]:
         seen.append(services.sessions.get_session("P1", "S1")["data_management"]["micrographs"]["status"])
-        return walk(*args, **kwargs)
+        with walk(*args, **kwargs) as measured:
+            yield measured
 
-    services.sessions.walks.measure = watching_walk  # type: ignore[method-assign]
+    services.sessions.walks.measuring = watching_walk  # type: ignore[method-assign]
     audit_before = len(mock_store.find_audit(limit=1000))
     services.sessions.refresh_session("P1", "S1")
     assert seen == ["calculating"]
@@ -141,7 +145,7 @@ def test_a_measure_that_fails_puts_the_statuses_back(mock_store: Store, tmp_path
     def broken_walk(*args: Any, **kwargs: Any) -> Any:
         raise OSError("disk went away")
 
-    services.sessions.walks.measure = broken_walk  # type: ignore[method-assign]
+    services.sessions.walks.measuring = broken_walk  # type: ignore[method-assign]
     with pytest.raises(OSError):
         services.sessions.refresh_session("P1", "S1")
     assert {c["status"] for c in services.sessions.get_session("P1", "S1")["data_management"].values()} == {"active"}
