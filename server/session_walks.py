@@ -40,6 +40,7 @@ MAX_CHUNKS_PER_DIR = 32  # appended chunks beyond this are merged into fresh one
 SAVE_BATCH_DOCS, SAVE_BATCH_BYTES = 64, 4 << 20  # a full walk's chunks go to the store this many at a time
 FEED_NAMES_MAX = 1_000_000  # changed names the feed holds between refreshes (~100 bytes each)
 CLOSE_WRITES_S = 10.0  # how long closing waits for walk states being written behind (a million files: ~0.5 s)
+WRITES_PENDING_MAX = 2  # walk states waiting for the writer: the next refresh waits for room (each holds its walk)
 
 
 @dataclass
@@ -176,6 +177,7 @@ class SessionWalks:
         self._writer: ThreadPoolExecutor | None = None  # writes walk states behind (one at a time: the store
         # serves one call at a time anyway), started at the first
         self._writes: set[Future[None]] = set()  # handed to the writer, not yet done
+        self._write_room = threading.BoundedSemaphore(WRITES_PENDING_MAX)
 
     def pool(self) -> ThreadPoolExecutor:
         """The threads every walk of this process lists, stats and packs on, started at the first: a pool
@@ -271,12 +273,19 @@ class SessionWalks:
                 written.result()
 
     def _submit_write(self, key: str, walked: _Walked, gate: Future[bool], *, log_failure: bool) -> Future[None]:
-        """The walk state's write on the writer's thread, which gives the session's turn back when it ends."""
-        with self._lazy_lock:
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(1, thread_name_prefix="walk-writer")
-            written = self._writer.submit(self._write_state, walked, gate)
-            self._writes.add(written)
+        """The walk state's write on the writer's thread, which gives the session's turn back when it ends.
+        Waits while WRITES_PENDING_MAX others are pending (a store slower than the walks must not make every
+        walk of a scheduled round wait in memory)."""
+        self._write_room.acquire()
+        try:
+            with self._lazy_lock:
+                if self._writer is None:
+                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="walk-writer")
+                written = self._writer.submit(self._write_state, walked, gate)
+                self._writes.add(written)
+        except BaseException:  # the interpreter shutting down
+            self._write_room.release()
+            raise
 
         def done(_: Future[None]) -> None:  # a write cancelled by close() too
             with self._lazy_lock:
@@ -284,6 +293,7 @@ class SessionWalks:
             if log_failure and not written.cancelled() and written.exception() is not None:
                 log.warning("%s: the walk state could not be written (%r); the next refresh walks in full", key,
                             written.exception())
+            self._write_room.release()
             self._turns.give_back(key)
 
         written.add_done_callback(done)

@@ -18,7 +18,7 @@ import pytest
 from livedm.server import session_walks
 from livedm.server.sessions import Sessions
 from livedm.server.store import Store
-from testkit.sessiontree import SessionTree
+from testkit.sessiontree import SessionTree, build_session_tree
 from tests.support.config import make_config, service_on
 from tests.support.walks import figures, measure, measured_session, registry, truth
 
@@ -198,3 +198,44 @@ def test_two_walks_of_one_session_in_one_process_take_turns(measured: tuple[Sess
     assert events == ["begin", "finish", "begin", "finish"]
     assert _figures_stored(service) == truth(tree)
     assert service.walks._turns.held() == 0
+
+
+def test_refreshes_of_other_sessions_wait_for_room_when_the_writer_falls_behind(
+        real_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store slower than the walks: at most WRITES_PENDING_MAX walk states wait for the writer (each holds a
+    whole walk in memory); the next refresh waits for room, and all are written once the store catches up."""
+    service = service_on(real_store, make_config(tmp_path / "state"))
+    try:
+        projects = []
+        for index in range(session_walks.WRITES_PENDING_MAX + 2):
+            tree = build_session_tree(tmp_path / f"proj{index}", exposures=2)
+            project = service.create_project(f"p{index}", str(tree.project_dir))["uid"]
+            service.create_live_session(project, "s")
+            projects.append((project, tree))
+        reached, release = _blocking_headers(real_store, monkeypatch)
+        answered: list[str] = []
+
+        def refresh(project: str) -> None:
+            service.refresh_session(project, "S1")
+            answered.append(project)
+
+        with ThreadPoolExecutor(len(projects)) as pool:
+            running = [pool.submit(refresh, project) for project, _ in projects]
+            assert reached.wait(JOIN_S)
+            deadline = time.monotonic() + JOIN_S
+            while len(answered) < session_walks.WRITES_PENDING_MAX and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.3)
+            assert len(answered) == session_walks.WRITES_PENDING_MAX, "the others wait for room"
+            release.set()
+            for future in running:
+                future.result(JOIN_S)
+        assert service.walks.wait_written(JOIN_S)
+        for project, tree in projects:
+            walk_doc, headers = real_store.load_walk(f"{project}/S1")
+            assert walk_doc is not None and not walk_doc["dirty"] and headers
+            measured = service.walks.measure(project, "S1", service.session(project, "S1"), str(tree.project_dir),
+                                             full=False)
+            assert not measured.full
+    finally:
+        service.walks.close()
