@@ -87,8 +87,8 @@ class _Walked:
     done_after: tuple[int, int, int]  # for the walk document: since_full, API changes seen, API paths found
     movie_stamp: str
     movie_feed: list[str]
-    new_movie_dirs: list[str]
-    movies_checked: Future[tuple[str, list[str]]] | None
+    old_movie_dirs: list[str]  # where the last walk's raw links pointed
+    new_movie_dirs: list[str]  # where this walk's point
 
 
 @dataclass
@@ -373,17 +373,12 @@ class SessionWalks:
         self.store.begin_walk_write(key, sig)
         if walk_full:  # before the registry's write is in the store: its calls are served one at a time
             self.store.clear_walk(key)
-        new_dirs = sorted(result.movie_dirs)
-        # movie directories first seen by this walk are armed and checked beside the writes (they read the
-        # disk, not the store), and their outcome kept only if the writes end clean
-        movies_checked = None if new_dirs == sorted(movie_dirs) else self.pool().submit(
-            self._arm_new_movie_dirs, result, movie_dirs, movie_feed, new_dirs, load_entries)
         return _Walked(key=key, project_uid=project_uid, session_uid=session_uid, session=session,
                        project_dir=project_dir, asked_full=full is True, full=walk_full, result=result, names=names,
                        share=share, saved=saved, load_entries=load_entries, api=api,
                        done_after=(0 if walk_full else since_full + 1, api_changes, len(skip)),
-                       movie_stamp=movie_stamp, movie_feed=movie_feed, new_movie_dirs=new_dirs,
-                       movies_checked=movies_checked)
+                       movie_stamp=movie_stamp, movie_feed=movie_feed, old_movie_dirs=movie_dirs,
+                       new_movie_dirs=sorted(result.movie_dirs))
 
     def _register(self, walked: _Walked) -> tuple[bool, Measured]:
         """The registry brought up to date (False: it changed under this walk, or could not be), and the
@@ -405,18 +400,21 @@ class SessionWalks:
         """On the writer's thread, once `gate` says the registry was written: the walk state sent to the store
         and marked clean (unless another walk wrote meanwhile). Not written at all when the registry was not:
         the state stays marked dirty."""
-        checked = walked.movies_checked
+        if not gate.result():
+            return
+        # movie directories first seen by this walk are armed and checked beside the writes (they read the
+        # disk, not the store: after the answer, where they no longer slow it down), and their outcome kept only
+        # if the writes end clean
+        checked = None if walked.new_movie_dirs == sorted(walked.old_movie_dirs) else self.pool().submit(
+            self._arm_new_movie_dirs, walked.result, walked.old_movie_dirs, walked.movie_feed,
+            walked.new_movie_dirs, walked.load_entries)
         try:
-            if not gate.result():
-                return
             if walked.full:
                 saved_ok = self._save_all(walked.key, walked.result, walked.names, walked.share)
             else:
                 saved_ok = self._save_changes(walked.key, walked.result, saved=walked.saved)
         finally:
             if checked is not None:
-                if not gate.done() or not gate.result():
-                    checked.cancel()
                 _settled(checked)
         if saved_ok:
             stamp, feed_tokens = walked.movie_stamp, walked.movie_feed
