@@ -272,3 +272,46 @@ def test_close_then_refresh_again_restarts_the_writer_and_the_state_is_written(
     assert not _walk_doc(service.store)["dirty"]
     again = measure(service, tree)
     assert not again.full and figures(again) == truth(tree)
+
+
+def test_one_sessions_slow_registry_write_does_not_hold_up_other_sessions_refreshes(
+        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The writer takes the walk states in order, each waiting for its refresh's registry and figures (its
+    gate). A session whose registry write is slow (a million paths rewritten, a busy store) holds the writer
+    idle; the writes of other sessions queue behind it, and once WRITES_PENDING_MAX are pending every other
+    refresh in the process waits after its walk, though the store is free. Before write-behind they did not."""
+    service, _ = measured
+    others = []
+    for index in range(session_walks.WRITES_PENDING_MAX + 1):
+        tree = build_session_tree(tmp_path / f"other{index}", exposures=1)
+        project = service.create_project(f"o{index}", str(tree.project_dir))["uid"]
+        service.create_live_session(project, "s")
+        others.append(project)
+    reached, release = threading.Event(), threading.Event()
+    real_swap = service.store.swap_scan
+
+    def slow_swap(project_uid: str, *args: Any, **kwargs: Any) -> bool:
+        if project_uid == "P1":
+            reached.set()
+            assert release.wait(JOIN_S)
+        return real_swap(project_uid, *args, **kwargs)
+
+    monkeypatch.setattr(service.store, "swap_scan", slow_swap)
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(service.refresh_session, "P1", "S1", full=True)
+        try:
+            assert reached.wait(JOIN_S)
+            answered = []
+            for project in others:
+                started = time.monotonic()
+                try:
+                    pool.submit(service.refresh_session, project, "S1").result(3.0)
+                except TimeoutError:
+                    break
+                answered.append((project, round(time.monotonic() - started, 2)))
+            assert len(answered) == len(others), (
+                f"only {answered} of {others} answered while P1's registry was being written")
+        finally:
+            release.set()
+        slow.result(JOIN_S)
+    assert service.walks.wait_written(JOIN_S)
