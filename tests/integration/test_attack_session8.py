@@ -315,3 +315,38 @@ def test_one_sessions_slow_registry_write_does_not_hold_up_other_sessions_refres
             release.set()
         slow.result(JOIN_S)
     assert service.walks.wait_written(JOIN_S)
+
+
+def test_a_registry_changed_under_an_incremental_walk_leaves_its_state_unwritten_and_dirty(
+        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    service, tree = measured
+    (tree.session_path / "motioncorrected" / "new.mrc").write_bytes(b"n" * 12)
+    monkeypatch.setattr(service.store, "append_scan_paths", lambda *args, **kwargs: False)
+    service.refresh_session("P1", "S1")
+    assert service.walks.wait_written(JOIN_S)
+    assert _walk_doc(service.store)["dirty"], "a state the registry does not match is not marked clean"
+    monkeypatch.undo()
+    again = measure(service, tree)
+    assert again.full and figures(again) == truth(tree)
+    assert registry(service)["micrographs"].count("S1/motioncorrected/new.mrc") == 1
+
+
+def test_figures_that_fail_to_be_stored_after_the_registry_leave_a_state_the_next_refresh_counts_right(
+        measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch) -> None:
+    service, tree = measured
+    (tree.session_path / "motioncorrected" / "new.mrc").write_bytes(b"n" * 12)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(service.store, "set_measures", broken)
+    with pytest.raises(OSError):
+        service.refresh_session("P1", "S1")
+    assert service.walks.wait_written(JOIN_S)
+    assert service.walks._turns.held() == 0
+    monkeypatch.undo()
+    answer = _in_time(service.refresh_session, "P1", "S1")
+    assert answer["micrographs"]["file_count"] == truth(tree)["micrographs"][1]
+    assert answer["micrographs"]["size"] == truth(tree)["micrographs"][0]
+    assert registry(service)["micrographs"].count("S1/motioncorrected/new.mrc") == 1
+    assert all(c["status"] != "calculating" for c in service.session("P1", "S1")["data_management"].values())
