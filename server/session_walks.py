@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import uuid
 from array import array
 from collections.abc import Callable, Iterator
@@ -89,6 +90,7 @@ class _Walked:
     movie_feed: list[str]
     old_movie_dirs: list[str]  # where the last walk's raw links pointed
     new_movie_dirs: list[str]  # where this walk's point
+    writer: str  # begin_walk_write's token: the state is marked clean only if no other walk began since
 
 
 @dataclass
@@ -204,11 +206,15 @@ class SessionWalks:
 
     def close(self) -> None:
         """Walk states being written behind get CLOSE_WRITES_S to finish (one cut short stays marked dirty: its
-        session's next walk is full); then the feed and the pool stop."""
-        with self._lazy_lock:
-            writer, self._writer = self._writer, None
-        if writer is not None:
-            if not self.wait_written(CLOSE_WRITES_S):
+        session's next walk is full); then the feed and the pool stop. A refresh that hands a write over while
+        this waits gets a writer anew, which is stopped too."""
+        deadline = time.monotonic() + CLOSE_WRITES_S
+        while True:
+            with self._lazy_lock:
+                writer, self._writer = self._writer, None
+            if writer is None:
+                break
+            if not self.wait_written(max(0.0, deadline - time.monotonic())):
                 log.warning("walk states still being written after %.0f s are left marked dirty: those sessions' "
                             "next refreshes walk in full", CLOSE_WRITES_S)
             writer.shutdown(wait=False, cancel_futures=True)
@@ -248,31 +254,32 @@ class SessionWalks:
         """Walk the session and bring its registry up to date; `full`: True walks everything, False re-reads
         only what changed, None (a scheduled refresh) is full every `full_refresh_every`th time.
 
-        The walk state (the next walk's starting point; a cache, never backed up) is written on the writer's
-        thread once the body ends: the store serves one call at a time, and the caller's own writes go first
-        (packing it beside the registry's write would slow that down where the walk keeps every core busy).
-        Without `behind` this waits for it and raises what it raised; with `behind` the caller answers
-        meanwhile, and a failed write is logged (its session stays marked dirty: the next walk is full). Walks
-        of one session take turns, their state's writes included: the next one waits for it."""
+        The walk state (the next walk's starting point; a cache, never backed up) is handed to the writer's
+        thread when the body ends, if the registry was written (else it stays marked dirty: the next walk is
+        full): the store serves one call at a time, and the caller's own writes go first. Without `behind` this
+        waits for it and raises what it raised; with `behind` the caller answers meanwhile, and a failed write
+        is logged. Walks of one session take turns, their state's writes included: the next one waits for it.
+        At most WRITES_PENDING_MAX writes wait for the writer: the body's end waits for room."""
         key = session_key(project_uid, session_uid)
         self._turns.take(key)
+        handed_over = False  # the turn goes back when the walk state's write ends
         try:
             walked = self._walk(key, project_uid, session_uid, session, project_dir, full=full)
-            gate: Future[bool] = Future()  # whether the registry was written; set when the state may go in
-            written = self._submit_write(key, walked, gate, log_failure=behind)
-        except BaseException:
-            self._turns.give_back(key)
-            raise
-        registry_ok = False
-        try:
-            registry_ok, measured = self._register(walked)
-            yield measured
+            registry_ok = False
+            try:
+                registry_ok, measured = self._register(walked)
+                yield measured
+            finally:
+                if registry_ok:  # else not written at all: the state stays marked dirty, the next walk is full
+                    written = self._submit_write(key, walked, log_failure=behind)
+                    handed_over = True
+                    if not behind:
+                        written.result()
         finally:
-            gate.set_result(registry_ok)
-            if not behind:
-                written.result()
+            if not handed_over:
+                self._turns.give_back(key)
 
-    def _submit_write(self, key: str, walked: _Walked, gate: Future[bool], *, log_failure: bool) -> Future[None]:
+    def _submit_write(self, key: str, walked: _Walked, *, log_failure: bool) -> Future[None]:
         """The walk state's write on the writer's thread, which gives the session's turn back when it ends.
         Waits while WRITES_PENDING_MAX others are pending (a store slower than the walks must not make every
         walk of a scheduled round wait in memory)."""
@@ -281,7 +288,7 @@ class SessionWalks:
             with self._lazy_lock:
                 if self._writer is None:
                     self._writer = ThreadPoolExecutor(1, thread_name_prefix="walk-writer")
-                written = self._writer.submit(self._write_state, walked, gate)
+                written = self._writer.submit(self._write_state, walked)
                 self._writes.add(written)
         except BaseException:  # the interpreter shutting down
             self._write_room.release()
@@ -370,7 +377,7 @@ class SessionWalks:
         if not walk_full:
             result.movie_dirs |= set(movie_dirs)
         names = self._freeze(result, share) if walk_full else _NameRuns({}, {})
-        self.store.begin_walk_write(key, sig)
+        writer = self.store.begin_walk_write(key, sig)
         if walk_full:  # before the registry's write is in the store: its calls are served one at a time
             self.store.clear_walk(key)
         return _Walked(key=key, project_uid=project_uid, session_uid=session_uid, session=session,
@@ -378,7 +385,7 @@ class SessionWalks:
                        share=share, saved=saved, load_entries=load_entries, api=api,
                        done_after=(0 if walk_full else since_full + 1, api_changes, len(skip)),
                        movie_stamp=movie_stamp, movie_feed=movie_feed, old_movie_dirs=movie_dirs,
-                       new_movie_dirs=sorted(result.movie_dirs))
+                       new_movie_dirs=sorted(result.movie_dirs), writer=writer)
 
     def _register(self, walked: _Walked) -> tuple[bool, Measured]:
         """The registry brought up to date (False: it changed under this walk, or could not be), and the
@@ -396,12 +403,9 @@ class SessionWalks:
         return registry_ok, Measured(totals, walked.full, result.stats, len(result.dirs), len(result.changed),
                                      result.probed)
 
-    def _write_state(self, walked: _Walked, gate: Future[bool]) -> None:
-        """On the writer's thread, once `gate` says the registry was written: the walk state sent to the store
-        and marked clean (unless another walk wrote meanwhile). Not written at all when the registry was not:
-        the state stays marked dirty."""
-        if not gate.result():
-            return
+    def _write_state(self, walked: _Walked) -> None:
+        """On the writer's thread: the walk state sent to the store and marked clean, unless another walk wrote
+        meanwhile or began writing since (another livedmd on the same MongoDB)."""
         # movie directories first seen by this walk are armed and checked beside the writes (they read the
         # disk, not the store: after the answer, where they no longer slow it down), and their outcome kept only
         # if the writes end clean
@@ -423,7 +427,8 @@ class SessionWalks:
             since_full, api_changes, api_found = walked.done_after
             self.store.finish_walk_write(walked.key, since_full=since_full,
                                          movie_dirs=walk_docs.pack_paths(walked.new_movie_dirs), movie_stamp=stamp,
-                                         movie_feed=feed_tokens, api_seen=(api_changes, api_found))
+                                         movie_feed=feed_tokens, api_seen=(api_changes, api_found),
+                                         writer=walked.writer)
 
     def _arm_new_movie_dirs(self, result: WalkResult, old_dirs: list[str], old_tokens: list[str], new_dirs: list[str],
                             load_entries: Callable[[DirState], Entries | None]) -> tuple[str, list[str]]:

@@ -614,17 +614,22 @@ class Store:
         found = {doc["_id"]: doc for doc in self.db.walks.find({"_id": {"$in": chunk_ids}})}
         return [found[i] for i in chunk_ids] if all(i in found for i in chunk_ids) else None
 
-    def begin_walk_write(self, key: str, sig: str) -> None:
-        self.db.walks.update_one({"_id": key}, {"$set": {"kind": "session", "sig": sig, "dirty": True}},
-                                 upsert=True)
+    def begin_walk_write(self, key: str, sig: str) -> str:
+        """The state marked dirty by this writer: the token its finish_walk_write names (a walk that began
+        after it, in another process, takes the state over: this one's finish then leaves it dirty)."""
+        writer = uuid.uuid4().hex
+        self.db.walks.update_one({"_id": key}, {"$set": {"kind": "session", "sig": sig, "dirty": True,
+                                                         "writer": writer}}, upsert=True)
+        return writer
 
     def finish_walk_write(self, key: str, *, since_full: int, movie_dirs: list[Any], movie_stamp: str,
-                          movie_feed: list[str], api_seen: tuple[int, int]) -> None:
+                          movie_feed: list[str], api_seen: tuple[int, int], writer: str) -> None:
         """`api_seen`: (the API-registration change count the walk started from, how many paths it found);
-        `movie_feed`: the change feed's token per movie directory."""
-        self.db.walks.update_one({"_id": key}, {"$set": {"dirty": False, "since_full": since_full,
-                                                         "movie_dirs": movie_dirs, "movie_stamp": movie_stamp,
-                                                         "movie_feed": movie_feed, "api_seen": list(api_seen)}})
+        `movie_feed`: the change feed's token per movie directory; `writer`: begin_walk_write's token (marked
+        clean only if no other walk began writing since)."""
+        self.db.walks.update_one({"_id": key, "writer": writer}, {"$set": {
+            "dirty": False, "since_full": since_full, "movie_dirs": movie_dirs, "movie_stamp": movie_stamp,
+            "movie_feed": movie_feed, "api_seen": list(api_seen)}})
 
     def clear_walk(self, key: str) -> None:
         """Every directory's state (the session's own document stays: it counts API registrations)."""

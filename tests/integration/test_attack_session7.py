@@ -216,11 +216,11 @@ def test_a_full_refresh_that_clears_the_walk_state_under_another_ones_chunks_lea
         other.walks.close()
     assert a_outcome == [None] and b_outcome == [None], (a_outcome, b_outcome)
     # B's registry write found A's generation in place of the one it started from: B leaves its walk state
-    # unwritten (marked dirty, until A's finish marks it clean over B's clearing)
+    # unwritten, and A's finish does not mark it clean over B's clearing (B began writing after A)
     assert inserted == [("A", True)], "the interleaving this test is about"
     walk_doc, headers = store.load_walk("P1/S1")
     chunk_ids = [c for h in headers for c in h["chunks"]]
-    assert walk_doc is not None and not walk_doc.get("dirty") and chunk_ids
+    assert walk_doc is not None and walk_doc.get("dirty") and chunk_ids
     assert store.load_walk_chunks(chunk_ids) is None, "A's headers point at chunks B cleared"
     monkeypatch.undo()
     _consistent(service, tree)

@@ -172,10 +172,10 @@ def test_a_restore_while_a_walk_state_waits_for_the_writer_leaves_the_next_walk_
     # the write waits before anything of it reaches the store
     real_write = service.walks._write_state
 
-    def slow_write(walked: Any, registry_gate: Any) -> None:
+    def slow_write(walked: Any) -> None:
         reached.set()
         assert gate.wait(JOIN_S)
-        real_write(walked, registry_gate)
+        real_write(walked)
 
     monkeypatch.setattr(service.walks, "_write_state", slow_write)
     (tree.session_path / "motioncorrected" / "new.mrc").write_bytes(b"n" * 1234)
@@ -276,10 +276,10 @@ def test_close_then_refresh_again_restarts_the_writer_and_the_state_is_written(
 
 def test_one_sessions_slow_registry_write_does_not_hold_up_other_sessions_refreshes(
         measured: tuple[Sessions, SessionTree], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The writer takes the walk states in order, each waiting for its refresh's registry and figures (its
-    gate). A session whose registry write is slow (a million paths rewritten, a busy store) holds the writer
-    idle; the writes of other sessions queue behind it, and once WRITES_PENDING_MAX are pending every other
-    refresh in the process waits after its walk, though the store is free. Before write-behind they did not."""
+    """A session whose registry write is slow (a million paths rewritten, a busy store) must not hold the writer
+    idle: were its walk state handed over before the registry was written (waiting there for it), the writes
+    of other sessions would queue behind it, and once WRITES_PENDING_MAX were pending every other refresh in
+    the process would wait after its walk, though the store is free."""
     service, _ = measured
     others = []
     for index in range(session_walks.WRITES_PENDING_MAX + 1):

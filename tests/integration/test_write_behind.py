@@ -174,10 +174,10 @@ def test_two_walks_of_one_session_in_one_process_take_turns(measured: tuple[Sess
     events: list[str] = []
     real_begin, real_finish = store.begin_walk_write, store.finish_walk_write
 
-    def begin(*args: Any, **kwargs: Any) -> None:
+    def begin(*args: Any, **kwargs: Any) -> str:
         events.append("begin")
         time.sleep(0.1)  # room for the other walk to come in, were it let
-        real_begin(*args, **kwargs)
+        return real_begin(*args, **kwargs)
 
     def finish(*args: Any, **kwargs: Any) -> None:
         real_finish(*args, **kwargs)

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from livedm.server import rpc
 from livedm.server.app import create_app
-from livedm.server.appkeys import CONFIG, DISPATCHER, METRICS
+from livedm.server.appkeys import CONFIG, DISPATCHER, METRICS, SERVICES
 from livedm.server.methods import METHODS
 from livedm.server.params import matches
 from livedm.server.rpc import Dispatcher
@@ -106,7 +106,9 @@ class Daemon:
         return reply["result"]
 
     def database(self) -> dict[str, set[str]]:
-        """Every collection but the token hashes, with times and random ids left out."""
+        """Every collection but the token hashes, with times and random ids left out; at rest (the walk states
+        refreshes write behind their answers written)."""
+        assert self.client.app[SERVICES].sessions.walks.wait_written(30)
         db = self.mongo["livedm"]
         return {name: {json.dumps(_comparable(doc), sort_keys=True, default=str) for doc in db[name].find()}
                 for name in db.list_collection_names() if name != "tokens"}
@@ -120,11 +122,11 @@ class Daemon:
 
 
 def _comparable(value: Any) -> Any:
-    """Times, generated ObjectIds, scan generations (random) and change-feed tokens (each daemon's own) differ
-    between any two databases."""
+    """Times, generated ObjectIds, scan generations and walk writers' tokens (random) and change-feed tokens
+    (each daemon's own) differ between any two databases."""
     if isinstance(value, dict):
         return {k: _comparable(v) for k, v in value.items() if not (
-            k in ("at", "as_of", "not_before", "lease_until", "changed_s", "feed", "movie_feed")
+            k in ("at", "as_of", "not_before", "lease_until", "changed_s", "feed", "movie_feed", "writer")
             or k.endswith(("_at", "_ts", "gen"))
             or (k == "_id" and not isinstance(v, str)))}
     if isinstance(value, list):
