@@ -40,7 +40,7 @@ WALK_FORMAT = "2"  # bump when DirState documents change meaning: every session 
 MAX_CHUNKS_PER_DIR = 32  # appended chunks beyond this are merged into fresh ones
 SAVE_BATCH_DOCS, SAVE_BATCH_BYTES = 64, 4 << 20  # a full walk's chunks go to the store this many at a time
 FEED_NAMES_MAX = 1_000_000  # changed names the feed holds between refreshes (~100 bytes each)
-CLOSE_WRITES_S = 10.0  # how long closing waits for walk states being written behind (a million files: ~0.5 s)
+CLOSE_WRITES_S = 10.0  # how long closing waits for walk states being written behind (a million files: ~1 s)
 WRITES_PENDING_MAX = 2  # walk states waiting for the writer: the next refresh waits for room (each holds its walk)
 
 
