@@ -107,8 +107,8 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         if supervisor is not None:
             supervisor.cancel()
-        if SERVICES in app:
-            app[SERVICES].close()
+        if SERVICES in app:  # off the loop: it waits up to CLOSE_WRITES_S for walk states being written
+            await asyncio.to_thread(app[SERVICES].close)
         if STORE in app and MONGO_CLIENT not in app:
             app[STORE].close()
         if EMBEDDED in app:
